@@ -1,0 +1,98 @@
+"""Durable, content-addressed store of teacher responses.
+
+Every completed response is committed as it arrives (SQLite in WAL mode), so a run killed at any
+moment loses at most the requests that were in flight. The key is a hash of everything that
+decides the answer: backend, endpoint, model, messages, generation parameters, response format
+and sample index. Never the API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from synthkd.teachers.base import ChatRequest, Completion
+from synthkd.teachers.config import TeacherConfig
+
+
+def cache_root() -> Path:
+    """`$SYNTHKD_CACHE_DIR`, else `$XDG_CACHE_HOME/synthkd`, else `~/.cache/synthkd`."""
+    if os.environ.get("SYNTHKD_CACHE_DIR"):
+        return Path(os.environ["SYNTHKD_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "synthkd"
+
+
+def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
+    """The cache key of a request: what decides the answer, and nothing secret."""
+    material = {
+        "backend": teacher.backend,
+        "base_url": (teacher.base_url or "").rstrip("/"),
+        "model": teacher.model,
+        "messages": list(request.messages),
+        "params": request.params,
+        "response_format": request.response_format,
+        "sample": request.sample,
+    }
+    canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """A SQLite table of key -> completion. Safe to share between processes."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power cut)
+        # and costs microseconds, so committing every response is affordable.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
+        )
+
+    @classmethod
+    def default(cls) -> ResponseCache:
+        return cls(cache_root() / "requests.sqlite")
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+                found[key] = Completion(**json.loads(value))
+        return found
+
+    def put(self, key: str, completion: Completion) -> None:
+        value: dict[str, Any] = {
+            "text": completion.text,
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+        }
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+            (key, json.dumps(value, ensure_ascii=False), time.time()),
+        )
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def clear(self) -> int:
+        removed = self.count()
+        self._db.execute("DELETE FROM responses")
+        self._db.execute("VACUUM")
+        return removed
+
+    def close(self) -> None:
+        self._db.close()

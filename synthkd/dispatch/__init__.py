@@ -1,0 +1,1 @@
+"""Sending many requests to a teacher: concurrency, rate limits, retries, cache."""

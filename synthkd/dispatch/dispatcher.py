@@ -1,0 +1,198 @@
+"""Streaming concurrency: keep `concurrency` requests in flight and start one as soon as one ends.
+
+A batch-and-gather loop waits for the slowest request of every batch, which caps throughput at
+about B / E[max latency of B]; with a heavy latency tail that is a fraction of the real limit.
+Here a fixed pool of workers pulls from one queue, so a slow request holds up only its own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from synthkd.cache import ResponseCache, request_key
+from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
+from synthkd.errors import TeacherFatalError
+from synthkd.pricing import Price
+from synthkd.teachers.base import ChatRequest, Completion, Teacher, TeacherError
+from synthkd.teachers.config import TeacherConfig
+
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+
+
+@dataclass
+class Outcome:
+    """What became of one request: a completion, or the error of its last attempt."""
+
+    completion: Completion | None
+    attempts: int = 0
+    cached: bool = False
+    error: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class DispatchStats:
+    requests_sent: int = 0  # attempts that reached the teacher, retries included
+    cache_hits: int = 0
+    failed: int = 0
+    retries: Counter = field(default_factory=Counter)  # by reason: http_429, http_500, timeout, ...
+    prompt_tokens: int = 0  # of every completion used, cached or not
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0  # of the requests sent in this run; None when the price is unknown
+    cost_usd_with_cache: float | None = 0.0  # what the completions used would cost to request anew
+
+
+class Dispatcher:
+    """Sends requests to one teacher with a cache in front and the recipe's limits around it."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        config: TeacherConfig,
+        cache: ResponseCache | None,
+        price: Price | None,
+        stats: DispatchStats | None = None,
+    ) -> None:
+        self.teacher = teacher
+        self.config = config
+        self.cache = cache
+        self.price = price
+        self.stats = stats if stats is not None else DispatchStats()
+        self._rpm = requests_bucket(config.rpm)
+        self._tpm = tokens_bucket(config.tpm)
+        self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
+        # A local model has no network timeout of its own to trust; an API call is bounded here
+        # as well as in the SDK, so a hung connection can never stall a worker forever.
+        self._deadline = None if teacher.backend == "transformers" else config.timeout + 5.0
+        if price is None:
+            self.stats.cost_usd = self.stats.cost_usd_with_cache = None
+
+    def key(self, request: ChatRequest) -> str:
+        return request_key(self.config, request)
+
+    async def run(
+        self,
+        requests: Sequence[ChatRequest],
+        on_result: Callable[[Outcome, int], None] | None = None,
+    ) -> list[Outcome]:
+        """Answer every request; the result list is in request order, whatever the finish order.
+
+        `on_result(outcome, copies)` is called as each answer arrives; `copies` counts the
+        identical requests it answers, which are sent once.
+        """
+        keys = [self.key(request) for request in requests]
+        copies = Counter(keys)
+        unique: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            unique.setdefault(key, index)
+        hits = self.cache.get_many(unique) if self.cache is not None else {}
+        by_key: dict[str, Outcome] = {}
+
+        def finish(key: str, outcome: Outcome) -> None:
+            by_key[key] = outcome
+            if outcome.completion is not None:
+                self._account(outcome)
+            if on_result is not None:
+                on_result(outcome, copies[key])
+
+        for key, completion in hits.items():
+            self.stats.cache_hits += 1
+            finish(key, Outcome(completion, cached=True))
+        queue = deque(key for key in unique if key not in hits)
+
+        async def worker() -> None:
+            while queue:
+                key = queue.popleft()
+                finish(key, await self._send(requests[unique[key]], key))
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(queue)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+        return [by_key[key] for key in keys]
+
+    def _account(self, outcome: Outcome) -> None:
+        completion = outcome.completion
+        assert completion is not None
+        self.stats.prompt_tokens += completion.prompt_tokens
+        self.stats.completion_tokens += completion.completion_tokens
+        if self.price is not None:
+            cost = self.price.cost(completion.prompt_tokens, completion.completion_tokens)
+            self.stats.cost_usd_with_cache += cost
+            if not outcome.cached:
+                self.stats.cost_usd += cost
+
+    async def _send(self, request: ChatRequest, key: str) -> Outcome:
+        error: TeacherError | None = None
+        for attempt in range(1, self.config.max_attempts + 1):
+            estimate = await self._wait_for_capacity(request)
+            self.stats.requests_sent += 1
+            try:
+                completion, hint = await self._complete(request)
+            except TeacherError as exc:
+                if not exc.retryable:
+                    raise TeacherFatalError(
+                        f"{self.teacher.backend} teacher {self.teacher.model!r}: {exc}"
+                    ) from exc
+                error = exc
+                if exc.retry_after is not None:
+                    self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
+                if attempt < self.config.max_attempts:
+                    self.stats.retries[exc.reason] += 1
+                    await asyncio.sleep(_backoff(attempt, exc.retry_after))
+                continue
+            if self._tpm is not None:
+                used = completion.prompt_tokens + completion.completion_tokens
+                self._tpm.give_back(estimate - used)
+            if hint is not None and hint.remaining_requests == 0 and hint.reset_seconds:
+                self._paused_until = max(self._paused_until, time.monotonic() + hint.reset_seconds)
+            if self.cache is not None:
+                self.cache.put(key, completion)
+            return Outcome(completion, attempts=attempt)
+        self.stats.failed += 1
+        assert error is not None
+        return Outcome(None, attempts=self.config.max_attempts, error=str(error), reason=error.reason)
+
+    async def _complete(self, request: ChatRequest) -> tuple[Completion, object]:
+        if self._deadline is None:
+            return await self.teacher.complete(request)
+        try:
+            return await asyncio.wait_for(self.teacher.complete(request), self._deadline)
+        except asyncio.TimeoutError:
+            raise TeacherError("the request timed out", retryable=True, reason="timeout") from None
+
+    async def _wait_for_capacity(self, request: ChatRequest) -> float:
+        """Wait out pauses and rate limits; return the tokens reserved against the TPM budget."""
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._rpm is not None:
+            await self._rpm.take(1)
+        if self._tpm is None:
+            return 0.0
+        estimate = estimate_tokens(request)
+        await self._tpm.take(estimate)
+        return estimate
+
+
+def estimate_tokens(request: ChatRequest) -> float:
+    """A cheap upper-ish estimate: 4 characters a token, plus the completion budget."""
+    prompt_chars = sum(len(message.get("content") or "") for message in request.messages)
+    budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or 256
+    return prompt_chars / 4 + float(budget)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff; never sooner than the server's Retry-After."""
+    jitter = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        return retry_after + jitter * 0.1
+    return jitter

@@ -1,0 +1,221 @@
+"""Run a recipe: check it, run its steps in order through their teachers, write the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import synthkd
+from synthkd.cache import ResponseCache
+from synthkd.dispatch.dispatcher import DispatchStats, Dispatcher
+from synthkd.output import with_messages, write_run
+from synthkd.preflight import check_teacher_environment, redact_url
+from synthkd.teachers.transformers_backend import check_local_params
+from synthkd.pricing import price_of
+from synthkd.recipe import LoadedRecipe
+from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
+from synthkd.teachers import Teacher, TeacherConfig, build_teacher
+
+
+def check(loaded: LoadedRecipe) -> list[Columns]:
+    """Validate every step against the columns the steps before it produce. Sends nothing."""
+    columns: Columns = set()
+    flow = []
+    for index, step in enumerate(loaded.recipe.steps):
+        ctx = CheckContext(loaded.base_dir, lambda key, i=index: loaded.at("steps", i, key))
+        columns = step.check(columns, ctx)
+        teacher = step.step_teacher()
+        if teacher is not None and teacher.backend == "transformers":
+            check_local_params(teacher.params, _teacher_where(loaded, index, "params"))
+        flow.append(columns)
+    return flow
+
+
+def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:
+    """Before a run: keys present and (with `network`) endpoints reachable for every teacher used."""
+    seen = set()
+    for index, step in enumerate(loaded.recipe.steps):
+        teacher = step.step_teacher()
+        if teacher is not None and _teacher_id(teacher) not in seen:
+            seen.add(_teacher_id(teacher))
+            check_teacher_environment(teacher, lambda key, i=index: _teacher_where(loaded, i, key), network=network)
+
+
+def _teacher_where(loaded: LoadedRecipe, index: int, *key: str) -> str:
+    """The step's own `teacher:` if it has one, else the recipe's, where errors should point."""
+    step = loaded.data["steps"][index]
+    own = isinstance(step, dict) and any(k in (step.get("teacher") or {}) for k in key or ("backend", "model"))
+    return loaded.at("steps", index, "teacher", *key) if own else loaded.at("teacher", *key)
+
+
+@dataclass
+class StepReport:
+    """One step's line in the manifest: the funnel and what it cost."""
+
+    index: int
+    step: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_failed: int = 0
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    requests_sent: int = 0
+    cache_hits: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    cost_usd_with_cache: float | None = 0.0
+    seconds: float = 0.0
+
+    def absorb(self, stats: DispatchStats) -> None:
+        self.requests_sent += stats.requests_sent
+        self.cache_hits += stats.cache_hits
+        self.retries = dict(Counter(self.retries) + stats.retries)
+        self.prompt_tokens += stats.prompt_tokens
+        self.completion_tokens += stats.completion_tokens
+        self.cost_usd = stats.cost_usd
+        self.cost_usd_with_cache = stats.cost_usd_with_cache
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    rows: list[Row]
+    failures: list[tuple[str, Failure]]
+    reports: list[StepReport]
+    manifest: dict[str, Any]
+
+
+class ProgressFactory:
+    """Makes the progress sink for each step; the CLI's shows rich bars, the default shows nothing."""
+
+    def step(self, label: str, stats: DispatchStats | None) -> Progress:
+        return Progress()
+
+
+async def execute(
+    loaded: LoadedRecipe,
+    *,
+    use_cache: bool = True,
+    progress: ProgressFactory | None = None,
+    out_dir: Path | None = None,
+) -> RunResult:
+    """Run every step and write the outputs. The recipe must have passed `check` and `preflight`."""
+    recipe = loaded.recipe
+    progress = progress or ProgressFactory()
+    cache = ResponseCache.default() if use_cache else None
+    teachers: dict[str, Teacher] = {}
+    rows: list[Row] = []
+    failures: list[tuple[str, Failure]] = []
+    reports: list[StepReport] = []
+    started = datetime.now(timezone.utc)
+    try:
+        for index, step in enumerate(recipe.steps):
+            report = StepReport(index, step.step, rows_in=len(rows))
+            clock = time.perf_counter()
+            dispatcher = None
+            config = step.step_teacher()
+            if config is not None:
+                teacher = teachers.get(_teacher_id(config))
+                if teacher is None:
+                    teacher = teachers[_teacher_id(config)] = build_teacher(config, seed=recipe.seed)
+                dispatcher = Dispatcher(teacher, config, cache, price_of(config.backend, config.model))
+            bar = progress.step(f"{index}:{step.step}", dispatcher.stats if dispatcher else None)
+            result = await step.run(rows, StepContext(loaded.base_dir, recipe.seed, dispatcher, bar))
+            rows = result.rows
+            failures += [(f"{index}:{step.step}", failure) for failure in result.failures]
+            report.rows_out = len(rows)
+            report.rows_failed = len(result.failures)
+            report.rows_dropped = dict(result.dropped)
+            if dispatcher is not None:
+                report.absorb(dispatcher.stats)
+            report.seconds = round(time.perf_counter() - clock, 3)
+            reports.append(report)
+    finally:
+        for teacher in teachers.values():
+            await teacher.aclose()
+        if cache is not None:
+            cache.close()
+    if recipe.output.format == "messages":
+        rows = with_messages(rows)
+    manifest = build_manifest(loaded, reports, started, len(rows), len(failures))
+    target = out_dir or recipe.output_dir()
+    write_run(target, rows, failures, manifest)
+    return RunResult(target, rows, failures, reports, manifest)
+
+
+def run_recipe(loaded: LoadedRecipe, **kwargs: Any) -> RunResult:
+    """Check, preflight and execute a recipe from synchronous code."""
+    check(loaded)
+    preflight(loaded)
+    return asyncio.run(execute(loaded, **kwargs))
+
+
+def build_manifest(
+    loaded: LoadedRecipe, reports: list[StepReport], started: datetime, rows: int, failures: int
+) -> dict[str, Any]:
+    recipe = loaded.recipe
+    templates = {}
+    for step in recipe.steps:
+        for name, source in step.template_sources().items():
+            templates[name] = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    teachers = []
+    for step in recipe.steps:
+        config = step.step_teacher()
+        if config is not None:
+            described = {"backend": config.backend, "model": config.model, "base_url": redact_url(config.base_url)}
+            if described not in teachers:
+                teachers.append(described)
+    costs = [report.cost_usd for report in reports]
+    return {
+        "name": recipe.name,
+        "synthkd_version": synthkd.__version__,
+        "recipe_sha256": loaded.sha256(),
+        # The recipe as run. It holds the NAME of the key variable, never a key; URLs lose any
+        # user:password part.
+        "recipe": _redacted_recipe(loaded),
+        "teachers": teachers,
+        "templates": templates,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+        "failures": failures,
+        "cost_usd": None if None in costs else round(sum(costs), 6),
+        "steps": [asdict(report) for report in reports],
+    }
+
+
+def _redacted_recipe(loaded: LoadedRecipe) -> dict[str, Any]:
+    data = loaded.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+    teachers = [data.get("teacher")] + [step.get("teacher") for step in data.get("steps", [])]
+    for teacher in teachers:
+        if isinstance(teacher, dict) and teacher.get("base_url"):
+            teacher["base_url"] = redact_url(teacher["base_url"])
+    return data
+
+
+def plan(loaded: LoadedRecipe, *, use_cache: bool = True) -> list[tuple[Step, StepPlan]]:
+    """A dry run: what every step would send, without loading a model or sending anything."""
+    cache = ResponseCache.default() if use_cache else None
+    rows: list[Row] = []
+    plans = []
+    try:
+        for step in loaded.recipe.steps:
+            rows, step_plan = step.plan(rows, cache)
+            plans.append((step, step_plan))
+    finally:
+        if cache is not None:
+            cache.close()
+    return plans
+
+
+def _teacher_id(config: TeacherConfig) -> str:
+    """Steps whose teachers differ only in params share one client or loaded model."""
+    return json.dumps(config.model_dump(exclude={"params"}), sort_keys=True)

@@ -1,0 +1,58 @@
+"""Checks of a run's environment made before any request: API keys present, endpoints reachable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from synthkd.errors import RecipeError
+from synthkd.teachers.config import TeacherConfig
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str], *, network: bool) -> None:
+    """Raise RecipeError if the teacher cannot possibly work: a missing key, a dead endpoint.
+
+    `where(key)` names the recipe line of a teacher key, for the message.
+    """
+    if teacher.backend == "transformers":
+        return
+    if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+        raise RecipeError(
+            f"environment variable {teacher.api_key_env} is not set; export it, or set "
+            f"teacher.api_key_env to the variable that holds the key (null for a server that needs none)",
+            where=where("api_key_env"),
+        )
+    url = teacher.base_url or (OPENAI_DEFAULT_URL if teacher.backend == "openai" else None)
+    if network and url:
+        check_reachable(url, where("base_url") if teacher.base_url else where("model"))
+
+
+def check_reachable(url: str, where: str) -> None:
+    """Open (and close) a TCP connection to the URL's host: no HTTP request is sent."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RecipeError(f"not an http(s) URL: {redact_url(url)}", where=where)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_SECONDS):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise RecipeError(f"cannot reach {redact_url(url)}: {reason}", where=where) from None
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without any user:password part, for logs and manifests."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,175 @@
+"""The recipe: a YAML file validated into pydantic models, with errors that point at a line."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from synthkd.config_base import StrictModel
+from synthkd.errors import RecipeError
+from synthkd.overrides import apply_overrides
+from synthkd.shipped import resolve_path
+from synthkd.steps import STEP_TYPES, AnyStep
+from synthkd.teachers.config import TeacherConfig, default_teacher
+from synthkd.yaml_source import KeyPath, format_path, line_of, load_yaml_with_lines
+
+MAX_ERRORS_SHOWN = 5
+
+
+class OutputConfig(StrictModel):
+    dir: str | None = Field(None, description="run folder, relative to the working directory; default runs/<name>")
+    format: Literal["messages", "flat"] = Field(
+        "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
+    )
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run and its folder")
+    seed: int = Field(42, description="seeds sampling wherever synthkd samples")
+    teacher: TeacherConfig = Field(description="default teacher of every step (default: the embedded SmolLM2)")
+    steps: list[AnyStep] = Field(min_length=1, description="run in order")
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def output_dir(self) -> Path:
+        return Path(self.output.dir or f"runs/{self.name}")
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe plus what is needed to point at its lines in error messages."""
+
+    recipe: Recipe
+    path: Path
+    data: dict[str, Any]  # the raw mapping after --set overrides, before defaults
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    overridden: set[KeyPath] = field(default_factory=set)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def at(self, *path: str | int) -> str:
+        """Where a key is: 'recipe.yaml:12: steps.1.prompt', or '--set steps.1.prompt: steps.1.prompt'."""
+        return f"{_where(self.path, self.lines, self.overridden, tuple(path))}: {format_path(tuple(path))}"
+
+    def sha256(self) -> str:
+        canonical = json.dumps(self.recipe.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe path as given, else one of the shipped recipes (`recipes/quickstart.yaml`)."""
+    found = resolve_path(path, Path.cwd())
+    if found is None or not found.is_file():
+        raise RecipeError("recipe file not found", where=str(path))
+    return found.resolve() if Path(path).exists() else found
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Read, override and validate a recipe. Raises RecipeError with file, line and key."""
+    recipe_path = find_recipe(path)
+    data, lines = load_yaml_with_lines(recipe_path)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping with name, teacher, steps and output", where=str(recipe_path))
+    overrides = overrides or []
+    apply_overrides(data, overrides)
+    overridden = {tuple(_parse_key(o.partition("=")[0])) for o in overrides}
+    prepared = _prepare(copy.deepcopy(data), recipe_path, lines, overridden)
+    try:
+        recipe = Recipe.model_validate(prepared)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, prepared, recipe_path, lines, overridden)) from None
+    return LoadedRecipe(recipe, recipe_path, data, lines, overridden)
+
+
+def _parse_key(key: str) -> list[str | int]:
+    return [int(part) if part.lstrip("-").isdigit() else part for part in key.strip().split(".")]
+
+
+def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> dict[str, Any]:
+    """Check step names, and give every step that talks to a teacher its merged teacher."""
+    teacher = data.get("teacher")
+    if teacher is None:
+        teacher = data["teacher"] = default_teacher()
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return data  # pydantic reports the missing or mistyped list
+    for index, step in enumerate(steps):
+        where = f"{_where(path, lines, overridden, ('steps', index))}: steps.{index}"
+        if not isinstance(step, dict) or "step" not in step:
+            raise RecipeError(f"each step is a mapping with a `step:` key naming one of: {', '.join(STEP_TYPES)}",
+                              where=where)
+        name = step["step"]
+        if name not in STEP_TYPES:
+            raise RecipeError(f"unknown step {name!r}{_did_you_mean(str(name), STEP_TYPES)}; "
+                              f"valid steps: {', '.join(STEP_TYPES)}",
+                              where=f"{_where(path, lines, overridden, ('steps', index, 'step'))}: steps.{index}.step")
+        if STEP_TYPES[name].uses_teacher and isinstance(teacher, dict):
+            own = step.get("teacher") or {}
+            if isinstance(own, dict):
+                # A step's teacher overrides the recipe's key by key; params merge one level deeper.
+                params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
+                step["teacher"] = {**teacher, **own, "params": params}
+    return data
+
+
+def _describe(exc: ValidationError, data: dict, path: Path, lines: dict, overridden: set) -> str:
+    messages = []
+    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
+        loc = _strip_union_tags(error["loc"], data)
+        key = str(loc[-1]) if loc else ""
+        if error["type"] == "extra_forbidden":
+            valid = _valid_keys(loc[:-1], data)
+            text = f"unknown key {key!r}{_did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
+        elif error["type"] == "missing":
+            text = "required key is missing"
+        else:
+            text = f"{error['msg']} (got {error.get('input')!r})"
+        messages.append(f"{_where(path, lines, overridden, loc)}: {format_path(loc)}: {text}")
+    more = len(exc.errors()) - MAX_ERRORS_SHOWN
+    if more > 0:
+        messages.append(f"... and {more} more")
+    return "\n".join(messages)
+
+
+def _strip_union_tags(loc: tuple, data: dict) -> KeyPath:
+    """pydantic puts the discriminator value in error paths (steps.1.label.prompt); drop it."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "steps" and isinstance(parts[1], int) and parts[2] in STEP_TYPES:
+        del parts[2]
+    return tuple(parts)
+
+
+def _valid_keys(loc: KeyPath, data: dict) -> list[str]:
+    model: type[BaseModel] | None = None
+    if loc == ():
+        model = Recipe
+    elif loc in (("teacher",),) or (len(loc) == 3 and loc[0] == "steps" and loc[2] == "teacher"):
+        model = TeacherConfig
+    elif loc == ("output",):
+        model = OutputConfig
+    elif len(loc) == 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        model = STEP_TYPES.get(data["steps"][loc[1]].get("step"))
+    if model is None:
+        return []
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _where(path: Path, lines: dict, overridden: set, loc: KeyPath) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in overridden:
+            return f"--set {format_path(loc[:end])}"
+    line = line_of(lines, loc)
+    return f"{path}:{line}" if line else str(path)

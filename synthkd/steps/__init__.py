@@ -1,0 +1,18 @@
+"""Every step type a recipe can name, one module each."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from synthkd.steps.base import Step
+from synthkd.steps.filter import FilterStep
+from synthkd.steps.label import LabelStep
+from synthkd.steps.load import LoadStep
+
+STEP_TYPES: dict[str, type[Step]] = {"load": LoadStep, "label": LabelStep, "filter": FilterStep}
+
+AnyStep = Annotated[LoadStep | LabelStep | FilterStep, Field(discriminator="step")]
+
+__all__ = ["STEP_TYPES", "AnyStep", "Step"]

@@ -1,0 +1,117 @@
+"""What every step is: a recipe section (a pydantic model) that knows how to check and run itself."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from synthkd.cache import ResponseCache
+from synthkd.config_base import StrictModel
+from synthkd.dispatch.dispatcher import Dispatcher, Outcome
+from synthkd.teachers.config import TeacherConfig
+
+Row = dict[str, Any]
+Columns = set[str] | None  # None: not known before running (e.g. a Hub dataset at validate time)
+
+
+@dataclass
+class CheckContext:
+    """What a step needs to check itself: where the recipe lives and how to name a key in errors."""
+
+    recipe_dir: Path
+    at: Callable[[str], str]  # at("prompt") -> "recipe.yaml:14: steps.1.prompt"
+
+
+class Progress:
+    """Receives a step's progress; the CLI shows it, tests and the library may ignore it."""
+
+    def set_total(self, total: int) -> None: ...
+
+    def advance(self, rows: int = 1) -> None: ...
+
+
+@dataclass
+class StepContext:
+    """What a running step may use."""
+
+    recipe_dir: Path
+    seed: int
+    dispatcher: Dispatcher | None
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass
+class Failure:
+    """A row a step could not produce; written to failures.jsonl, never dropped silently."""
+
+    id: str
+    reason: str
+    attempts: int = 0
+    error: str | None = None
+    row: Row | None = None
+
+    @classmethod
+    def from_outcome(cls, row: Row, outcome: Outcome) -> Failure:
+        return cls(row["id"], outcome.reason or "request_failed", outcome.attempts, outcome.error, row)
+
+
+@dataclass
+class StepResult:
+    rows: list[Row]
+    failures: list[Failure] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # reason -> rows removed on purpose
+
+
+@dataclass
+class StepPlan:
+    """A dry run's account of a step: what it would send, and what that may cost."""
+
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    max_completion_tokens: int = 0
+    sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)
+
+
+class Step(StrictModel):
+    """Base of every step. Subclasses set `step: Literal[...]` and implement check and run."""
+
+    step: str
+    uses_teacher: ClassVar[bool] = False
+
+    def step_teacher(self) -> TeacherConfig | None:
+        """The teacher this step talks to (its own override or the recipe's), if it needs one."""
+        return getattr(self, "teacher", None)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        """Validate files, templates and needed columns; return the columns after this step."""
+        return columns
+
+    def template_sources(self) -> dict[str, str]:
+        """Prompt templates used, name -> source text (hashed into the manifest)."""
+        return {}
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        raise NotImplementedError
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """What a dry run reports; by default a step passes rows through and sends nothing."""
+        return rows, StepPlan()
+
+
+def require_columns(needed: set[str], columns: Columns, ctx: CheckContext, key: str, purpose: str) -> None:
+    """Raise a RecipeError naming the columns a step needs but the data lacks."""
+    if columns is None:
+        return
+    missing = sorted(needed - columns)
+    if missing:
+        from synthkd.errors import RecipeError
+
+        raise RecipeError(
+            f"{purpose} needs column(s) {', '.join(missing)}, but the rows at this step have only: "
+            f"{', '.join(sorted(columns)) or '(none)'}",
+            where=ctx.at(key),
+        )

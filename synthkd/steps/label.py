@@ -1,0 +1,195 @@
+"""`label`: the teacher answers each row's prompt (by default `instruction` + optional `input`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import jsonschema
+from pydantic import Field, PrivateAttr
+
+from synthkd.cache import ResponseCache, request_key
+from synthkd.dispatch.dispatcher import Outcome
+from synthkd.errors import RecipeError
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepPlan,
+    StepResult,
+    require_columns,
+)
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+# Columns the default template reads only if present; rows without them render as if empty.
+OPTIONAL_COLUMNS = {"input": ""}
+ASSUMED_MAX_TOKENS = 512  # for dry-run estimates when the recipe sets no max_tokens
+SAMPLE_PROMPTS_SHOWN = 3
+
+
+class LabelStep(Step):
+    """Ask the teacher to answer every row; `n` samples each, optionally as validated JSON."""
+
+    step: Literal["label"]
+    prompt: str = Field("prompts/label.jinja", description="Jinja template of the user message")
+    system: str | None = Field(None, description="system prompt sent with every request")
+    n: int = Field(1, ge=1, description="samples per prompt")
+    output_schema: dict[str, Any] | str | None = Field(
+        None, alias="schema", description="JSON schema (inline or a .json file) the response must match"
+    )
+    reask: int = Field(1, ge=0, description="times an answer that fails the schema is asked again")
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _template: PromptTemplate | None = PrivateAttr(None)
+    _schema: dict[str, Any] | None = PrivateAttr(None)
+    _reask_template: PromptTemplate | None = PrivateAttr(None)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        self._template = load_template(self.prompt, ctx.recipe_dir, ctx.at("prompt"))
+        require_columns(set(self._template.variables) - set(OPTIONAL_COLUMNS), columns, ctx, "prompt",
+                        f"template {self.prompt}")
+        if self.output_schema is not None:
+            self._schema = _load_schema(self.output_schema, ctx)
+            self._reask_template = load_template("prompts/json_reask.jinja", ctx.recipe_dir, ctx.at("schema"))
+        added = {"prompt", "response", "finish_reason"} | ({"system"} if self.system else set())
+        return None if columns is None else columns | added | ({"sample"} if self.n > 1 else set())
+
+    def template_sources(self) -> dict[str, str]:
+        assert self._template is not None
+        sources = {self.prompt: self._template.source}
+        if self._reask_template is not None:
+            sources["prompts/json_reask.jinja"] = self._reask_template.source
+        return sources
+
+    def _requests(self, rows: list[Row]) -> tuple[list[tuple[Row, int, str]], list[ChatRequest]]:
+        assert self._template is not None and self.teacher is not None
+        response_format = (
+            {"type": "json_schema", "json_schema": {"name": "response", "schema": self._schema}}
+            if self._schema is not None else None
+        )
+        slots, requests = [], []
+        for row in rows:
+            prompt = self._template.render({**OPTIONAL_COLUMNS, **row})
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            for sample in range(self.n):
+                slots.append((row, sample, prompt))
+                requests.append(ChatRequest(tuple(messages), dict(self.teacher.params), sample, response_format))
+        return slots, requests
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None
+        slots, requests = self._requests(rows)
+        ctx.progress.set_total(len(requests))
+        outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
+        if self._schema is not None:
+            outcomes = await self._reask_invalid(requests, outcomes, ctx)
+        result = StepResult([])
+        for (row, sample, prompt), outcome in zip(slots, outcomes):
+            out_id = row["id"] if self.n == 1 else f"{row['id']}-{sample}"
+            completion = outcome.completion
+            if completion is None:
+                result.failures.append(Failure.from_outcome({**row, "id": out_id}, outcome))
+                continue
+            if completion.finish_reason == "content_filter" and not completion.text.strip():
+                result.failures.append(Failure(out_id, "content_filter", outcome.attempts,
+                                               "the provider's content filter withheld the answer", row))
+                continue
+            labelled = {**row, "id": out_id, "prompt": prompt}
+            if self.system:
+                labelled["system"] = self.system
+            if self.n > 1:
+                labelled["sample"] = sample
+            labelled["response"] = completion.text
+            labelled["finish_reason"] = completion.finish_reason
+            result.rows.append(labelled)
+        return result
+
+    async def _reask_invalid(
+        self, requests: list[ChatRequest], outcomes: list[Outcome], ctx: StepContext
+    ) -> list[Outcome]:
+        """Ask again, showing the error, for answers that are not valid JSON for the schema."""
+        assert ctx.dispatcher is not None and self._reask_template is not None
+        outcomes = list(outcomes)
+        conversations = [list(request.messages) for request in requests]
+        for round_number in range(self.reask + 1):
+            invalid = {}
+            for index, outcome in enumerate(outcomes):
+                if outcome.completion is not None and (error := self._schema_error(outcome.completion.text)):
+                    invalid[index] = error
+            if not invalid or round_number == self.reask:
+                break
+            retry_requests = []
+            for index, error in invalid.items():
+                conversations[index] += [
+                    {"role": "assistant", "content": outcomes[index].completion.text},
+                    {"role": "user", "content": self._reask_template.render(
+                        {"error": error, "schema": json.dumps(self._schema)})},
+                ]
+                original = requests[index]
+                retry_requests.append(ChatRequest(tuple(conversations[index]), original.params,
+                                                  original.sample, original.response_format))
+            retried = await ctx.dispatcher.run(retry_requests)
+            for index, outcome in zip(invalid, retried):
+                outcome.attempts += outcomes[index].attempts
+                outcomes[index] = outcome
+        for index, error in invalid.items():
+            outcomes[index] = Outcome(None, outcomes[index].attempts, error=error, reason="invalid_json")
+        return outcomes
+
+    def _schema_error(self, text: str) -> str | None:
+        try:
+            value = json.loads(_strip_code_fence(text))
+        except json.JSONDecodeError as exc:
+            return f"not JSON ({exc.msg})"
+        try:
+            jsonschema.validate(value, self._schema)
+        except jsonschema.ValidationError as exc:
+            return f"does not match the schema: {exc.message}"
+        return None
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        assert self.teacher is not None
+        slots, requests = self._requests(rows)
+        cached = cache.get_many({request_key(self.teacher, r) for r in requests}) if cache else {}
+        budget = self.teacher.params.get("max_tokens") or self.teacher.params.get("max_new_tokens")
+        plan = StepPlan(
+            requests=len(requests),
+            cached=sum(1 for r in requests if request_key(self.teacher, r) in cached),
+            prompt_tokens=sum(sum(len(m["content"]) for m in r.messages) // 4 for r in requests),
+            max_completion_tokens=len(requests) * int(budget or ASSUMED_MAX_TOKENS),
+            sample_prompts=[list(r.messages) for r in requests[:SAMPLE_PROMPTS_SHOWN]],
+        )
+        placeholder = [{**row, "prompt": prompt, "response": "", "finish_reason": None} for row, _, prompt in slots]
+        return placeholder, plan
+
+
+def _strip_code_fence(text: str) -> str:
+    """Models often wrap JSON in ```json fences even when told not to; accept that."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        stripped = stripped.rsplit("```", 1)[0]
+    return stripped.strip()
+
+
+def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, Any]:
+    if isinstance(value, str):
+        path = Path(value) if Path(value).is_absolute() else ctx.recipe_dir / value
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecipeError(f"cannot read the JSON schema {path}: {exc}", where=ctx.at("schema")) from None
+    try:
+        jsonschema.Draft202012Validator.check_schema(value)
+    except jsonschema.SchemaError as exc:
+        raise RecipeError(f"not a valid JSON schema: {exc.message}", where=ctx.at("schema")) from None
+    return value

@@ -1,0 +1,166 @@
+"""`load`: read seed rows from a file, a `save_to_disk` folder or a Hub dataset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.cache import ResponseCache
+from synthkd.errors import RecipeError
+from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepPlan, StepResult
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+class LoadStep(Step):
+    """Read rows. Self-Instruct's `seed_tasks.jsonl` is recognised and its instances flattened."""
+
+    step: Literal["load"]
+    path: str = Field(description="a .jsonl/.json/.csv/.parquet file, a save_to_disk folder, or a Hub id")
+    split: str = Field("train", description="split of a Hub dataset or a DatasetDict folder")
+    limit: int | None = Field(None, ge=1, description="keep the first N rows")
+    rename: dict[str, str] = Field(default_factory=dict, description="column renames, old: new")
+
+    _rows: list[Row] | None = PrivateAttr(None)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        source = resolve_path(self.path, ctx.recipe_dir)
+        if source is None and not (_HUB_ID.match(self.path) and not self.path.endswith(FILE_SUFFIXES)):
+            tried = ", ".join(str(p) for p in candidate_paths(self.path, ctx.recipe_dir))
+            raise RecipeError(f"file not found: {self.path} (tried {tried})", where=ctx.at("path"))
+        if source is None:
+            return None  # a Hub dataset: its columns are known only once it is downloaded
+        self._rows = self._finish(read_rows(source, self.split), ctx)
+        return set().union(*(row.keys() for row in self._rows)) if self._rows else {"id"}
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        if self._rows is None:  # a Hub dataset
+            from datasets import load_dataset
+
+            dataset = load_dataset(self.path, split=self.split)
+            self._rows = self._finish([dict(row) for row in dataset], None)
+        ctx.progress.set_total(len(self._rows))
+        ctx.progress.advance(len(self._rows))
+        return StepResult(list(rows) + self._rows)
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        return list(rows) + (self._rows or []), StepPlan()
+
+    def _finish(self, rows: list[Row], ctx: CheckContext | None) -> list[Row]:
+        rows = flatten_self_instruct(rows)
+        if self.limit is not None:
+            rows = rows[: self.limit]
+        if self.rename:
+            present = set().union(*(row.keys() for row in rows)) if rows else set()
+            unknown = sorted(set(self.rename) - present)
+            if unknown and ctx is not None:
+                raise RecipeError(
+                    f"cannot rename missing column(s) {', '.join(unknown)}; the data has: {', '.join(sorted(present))}",
+                    where=ctx.at("rename"),
+                )
+            rows = [{self.rename.get(key, key): value for key, value in row.items()} for row in rows]
+        return assign_ids(rows)
+
+
+def read_rows(source: Path, split: str) -> list[Row]:
+    """Rows of a local file or `save_to_disk` folder, as plain dicts."""
+    if source.is_dir():
+        from datasets import Dataset, DatasetDict, load_from_disk
+
+        try:
+            loaded = load_from_disk(str(source))
+        except FileNotFoundError as exc:
+            raise RecipeError(f"not a save_to_disk folder: {exc}", where=str(source)) from None
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise RecipeError(f"no split {split!r}; it has: {', '.join(loaded)}", where=str(source))
+            loaded = loaded[split]
+        assert isinstance(loaded, Dataset)
+        return [dict(row) for row in loaded]
+    suffix = source.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(source)
+    if suffix == ".json":
+        return _read_json(source)
+    if suffix == ".csv":
+        with source.open(newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(source).to_pylist()
+    raise RecipeError(f"unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}",
+                      where=str(source))
+
+
+def _read_jsonl(source: Path) -> list[Row]:
+    rows = []
+    with source.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecipeError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{source}:{number}") from None
+            if not isinstance(row, dict):
+                raise RecipeError("each line must be a JSON object", where=f"{source}:{number}")
+            rows.append(row)
+    return rows
+
+
+def _read_json(source: Path) -> list[Row]:
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"invalid JSON: {exc.msg}", where=f"{source}:{exc.lineno}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # the common {"data": [...]} wrapper
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise RecipeError("expected a JSON list of objects (or {\"data\": [...]})", where=str(source))
+    return data
+
+
+def flatten_self_instruct(rows: list[Row]) -> list[Row]:
+    """Self-Instruct seed tasks carry `instances: [{input, output}]`; make one row per instance."""
+    if not rows or not all(isinstance(row.get("instances"), list) for row in rows):
+        return rows
+    flat = []
+    for row in rows:
+        base = {key: value for key, value in row.items() if key not in ("instances", "id")}
+        instances = row["instances"] or [{"input": "", "output": ""}]
+        for index, instance in enumerate(instances):
+            task_id = str(row.get("id", "")) or None
+            flat_row = {
+                **({"id": task_id if len(instances) == 1 else f"{task_id}-{index}"} if task_id else {}),
+                **base,
+                "input": instance.get("input", ""),
+                "output": instance.get("output", ""),
+            }
+            flat.append(flat_row)
+    return flat
+
+
+def assign_ids(rows: list[Row]) -> list[Row]:
+    """Give every row a stable string `id`: its own if it has one, else a hash of its content."""
+    seen: dict[str, int] = {}
+    result = []
+    for row in rows:
+        if row.get("id") not in (None, ""):
+            base = str(row["id"])
+        else:
+            canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+            base = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        rest = {key: value for key, value in row.items() if key != "id"}
+        result.append({"id": base if count == 0 else f"{base}-{count}", **rest})
+    return result

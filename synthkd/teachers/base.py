@@ -1,0 +1,66 @@
+"""The one protocol every teacher backend speaks, and the values that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for. `sample` tells apart the n answers to the same prompt."""
+
+    messages: tuple[dict[str, str], ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    sample: int = 0
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class RateLimitHint:
+    """What a response's headers say about the limits left (x-ratelimit-*)."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_seconds: float | None = None
+
+
+class TeacherError(Exception):
+    """A failed request, classified so the dispatcher knows whether to try again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Teacher(Protocol):
+    """A model that answers chat requests. Implementations must not retry on their own."""
+
+    backend: str
+    model: str
+    base_url: str | None
+
+    async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
+        """Answer one request or raise TeacherError."""
+        ...
+
+    async def aclose(self) -> None: ...

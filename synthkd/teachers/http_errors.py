@@ -1,0 +1,120 @@
+"""Classify SDK exceptions and read rate-limit headers; shared by the openai and litellm backends."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from datetime import datetime, timezone
+from typing import Any
+
+from synthkd.teachers.base import RateLimitHint, TeacherError
+
+# Statuses that a later attempt may get past; everything else 4xx is the caller's fault.
+RETRYABLE_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in an OpenAI-style duration ("1s", "6m0s", "20ms") or a plain number."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if not parts:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait according to `retry-after-ms`, `Retry-After` (seconds or HTTP date)."""
+    if not headers:
+        return None
+    lower = {key.lower(): value for key, value in headers.items()}
+    if "retry-after-ms" in lower:
+        try:
+            return max(0.0, float(lower["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = lower.get("retry-after")
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def rate_limit_hint(headers: Mapping[str, str] | None) -> RateLimitHint | None:
+    """Read `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` if the server sent them."""
+    if not headers:
+        return None
+    lower = {key.lower(): value for key, value in headers.items() if key[:12].lower() == "x-ratelimit-"}
+    if not lower:
+        return None
+
+    def as_int(name: str) -> int | None:
+        try:
+            return int(float(lower[name]))
+        except (KeyError, ValueError):
+            return None
+
+    resets = [parse_duration(lower.get(name)) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")]
+    known = [seconds for seconds in resets if seconds is not None]
+    return RateLimitHint(
+        remaining_requests=as_int("x-ratelimit-remaining-requests"),
+        remaining_tokens=as_int("x-ratelimit-remaining-tokens"),
+        reset_seconds=max(known) if known else None,
+    )
+
+
+def _error_code(exc: Any) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and isinstance(inner.get("code"), str):
+            return inner["code"]
+    return None
+
+
+def classify_status_error(exc: Exception, status: int, headers: Mapping[str, str] | None) -> TeacherError:
+    """Turn an HTTP error from an SDK into a TeacherError that says whether to retry."""
+    message = str(exc).strip() or exc.__class__.__name__
+    code = _error_code(exc) or ""
+    if "insufficient_quota" in code or "insufficient_quota" in message:
+        return TeacherError(
+            f"the account has no quota left (HTTP {status} insufficient_quota): {message}",
+            retryable=False, reason="insufficient_quota", status=status,
+        )
+    if status in RETRYABLE_STATUSES:
+        return TeacherError(
+            message, retryable=True, reason=f"http_{status}", status=status,
+            retry_after=retry_after_seconds(headers),
+        )
+    hint = {
+        401: "the API key was refused; check the variable named by teacher.api_key_env",
+        403: "the key is not allowed to use this model or endpoint",
+        404: "the model or endpoint does not exist; check teacher.model and teacher.base_url",
+    }.get(status, "the request was rejected; check teacher.params and the model name")
+    return TeacherError(f"HTTP {status}: {hint} ({message})", retryable=False, reason=f"http_{status}",
+                        status=status)
+
+
+def response_headers(exc: Exception) -> Mapping[str, str] | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        headers = getattr(exc, "litellm_response_headers", None)
+    return headers

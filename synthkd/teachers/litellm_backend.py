@@ -1,0 +1,84 @@
+"""Teacher behind any provider litellm knows (Anthropic, Gemini, Bedrock, Ollama, ...)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
+from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.http_errors import classify_status_error, rate_limit_hint, response_headers
+
+
+def _import_litellm() -> Any:
+    import litellm  # slow to import (about 3 s), so only when a recipe asks for it
+
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in our logs
+    litellm.drop_params = True  # a param one provider lacks is dropped, not an error mid-run
+    return litellm
+
+
+class LiteLLMTeacher:
+    backend = "litellm"
+
+    def __init__(self, config: TeacherConfig) -> None:
+        self._litellm = _import_litellm()
+        self.model = config.model
+        self.base_url = config.base_url
+        self._timeout = config.timeout
+        self._api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+
+    async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
+        litellm = self._litellm
+        extra: dict[str, Any] = {}
+        if request.response_format:
+            extra["response_format"] = request.response_format
+        if self.base_url:
+            extra["api_base"] = self.base_url
+        if self._api_key:
+            extra["api_key"] = self._api_key
+        try:
+            response = await litellm.acompletion(
+                model=self.model,
+                messages=list(request.messages),
+                timeout=self._timeout,
+                num_retries=0,  # synthkd's dispatcher is the one retry loop
+                max_retries=0,
+                **request.params,
+                **extra,
+            )
+        except litellm.exceptions.Timeout as exc:
+            raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
+        except litellm.exceptions.APIConnectionError as exc:
+            # litellm raises this both for refused connections and for bodies it cannot parse.
+            raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                raise classify_status_error(exc, status, response_headers(exc)) from exc
+            raise TeacherError(f"{exc.__class__.__name__}: {exc}", retryable=True, reason="malformed") from exc
+        try:
+            choice = response.choices[0]
+            text = choice.message.content or ""
+        except (AttributeError, IndexError) as exc:
+            raise TeacherError(f"malformed response: {exc}", retryable=True, reason="malformed") from exc
+        usage = getattr(response, "usage", None)
+        headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers")
+        completion = Completion(
+            text=text,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        )
+        return completion, _litellm_rate_hint(headers)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _litellm_rate_hint(headers: dict[str, Any] | None) -> RateLimitHint | None:
+    if not headers:
+        return None
+    # litellm prefixes the provider's headers with "llm_provider-".
+    plain = {key.removeprefix("llm_provider-"): str(value) for key, value in headers.items()}
+    return rate_limit_hint(plain)

@@ -1,0 +1,165 @@
+"""Teacher that runs a local transformers model, batching the requests that arrive together."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from synthkd.errors import RecipeError
+from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint
+from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+
+# Recipe params (OpenAI names where one exists) -> generate() arguments.
+_PARAM_NAMES = {
+    "max_tokens": "max_new_tokens",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "seed": "seed",
+}
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def check_local_params(params: dict[str, Any], where: str) -> None:
+    """Refuse generation params a local model cannot honour, before anything runs."""
+    unknown = sorted(set(params) - set(_PARAM_NAMES))
+    if unknown:
+        raise RecipeError(
+            f"{', '.join(unknown)} not supported by the transformers backend; "
+            f"valid: {', '.join(sorted(_PARAM_NAMES))}",
+            where=where,
+        )
+
+
+def resolve_model_source(model: str) -> str:
+    if model == EMBEDDED_MODEL:
+        from synthkd.teachers.embedded import embedded_model_dir
+
+        return str(embedded_model_dir())
+    return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+
+
+def _pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class TransformersTeacher:
+    backend = "transformers"
+
+    def __init__(self, config: TeacherConfig, seed: int = 0) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        check_local_params(config.params, "teacher.params")
+        self.model = config.model
+        self.base_url = None
+        self._seed = seed
+        self._batch_size = config.batch_size
+        self._device = _pick_device(config.device)
+        source = resolve_model_source(config.model)
+        dtype = torch.float32 if self._device == "cpu" else torch.bfloat16
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(source)
+            self._model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(self._device)
+        except OSError as exc:
+            raise RecipeError(
+                f"cannot load a transformers model from {config.model!r} (a local folder, a Hub id or "
+                f"'embedded'): {exc}",
+                where="teacher.model",
+            ) from None
+        if not self._tokenizer.chat_template:
+            raise RecipeError(f"the tokenizer of {config.model!r} has no chat template", where="teacher.model")
+        self._model.eval()
+        self._tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._pending: list[tuple[ChatRequest, asyncio.Future]] = []
+        self._batcher: asyncio.Task | None = None
+
+    async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._drain())
+        return await future, None
+
+    async def _drain(self) -> None:
+        """Generate for queued requests, a batch at a time, off the event loop."""
+        while self._pending:
+            await asyncio.sleep(0)  # let requests that are being scheduled right now join the batch
+            first_params = self._pending[0][0].params
+            batch = [item for item in self._pending if item[0].params == first_params][: self._batch_size]
+            for item in batch:
+                self._pending.remove(item)
+            try:
+                completions = await asyncio.to_thread(self._generate, [request for request, _ in batch])
+            except Exception as exc:  # a generation error fails the batch, not the batcher
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), completion in zip(batch, completions):
+                if not future.done():
+                    future.set_result(completion)
+
+    def _generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        import torch
+
+        params = {_PARAM_NAMES[name]: value for name, value in requests[0].params.items()}
+        seed = params.pop("seed", self._seed)
+        params.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        temperature = params.get("temperature", 1.0)
+        params["do_sample"] = temperature > 0
+        if not params["do_sample"]:
+            params.pop("temperature", None)
+        texts = [
+            self._tokenizer.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        encoded = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(self._device)
+        # Seed from the batch's content so that a rerun of the same batch samples the same text.
+        digest = hashlib.sha256(json.dumps([seed, texts, [r.sample for r in requests]]).encode()).digest()
+        torch.manual_seed(int.from_bytes(digest[:8], "little"))
+        with torch.inference_mode():
+            output = self._model.generate(**encoded, **params, pad_token_id=self._tokenizer.pad_token_id)
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        eos_ids = self._eos_ids()
+        completions = []
+        for row, prompt_mask in zip(new_tokens.tolist(), encoded["attention_mask"].tolist()):
+            end = next((i for i, token in enumerate(row) if token in eos_ids), None)
+            generated = row if end is None else row[:end]
+            completions.append(
+                Completion(
+                    text=self._tokenizer.decode(generated, skip_special_tokens=True).strip(),
+                    finish_reason="stop" if end is not None else "length",
+                    prompt_tokens=int(sum(prompt_mask)),
+                    completion_tokens=len(generated),
+                )
+            )
+        return completions
+
+    def _eos_ids(self) -> set[int]:
+        configured = self._model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        if self._tokenizer.eos_token_id is not None:
+            ids.add(self._tokenizer.eos_token_id)
+        return ids
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
