@@ -1,0 +1,205 @@
+"""Bad input: one clear message naming the file, line or key; exit code 2; nothing sent or written."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from helpers import write_jsonl
+
+from synthkd.cli import main
+
+GOOD = """\
+name: t
+teacher:
+  backend: openai
+  model: gpt-4o-mini
+  api_key_env: SYNTHKD_TEST_KEY
+  base_url: http://127.0.0.1:{port}/v1
+steps:
+  - step: load
+    path: seeds.jsonl
+  - step: label
+    prompt: {prompt}
+  - step: filter
+    min_chars: 5
+output:
+  dir: out
+"""
+
+
+@pytest.fixture
+def listening_port():
+    """A port with something listening, so the base_url preflight passes without a server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def recipe_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": "Say hi."}, {"instruction": "Name a colour."}])
+    (tmp_path / "ask.jinja").write_text("{{ instruction }} ({{ topic }})")
+    monkeypatch.setenv("SYNTHKD_TEST_KEY", "sk-test")
+    return tmp_path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, " ".join((captured.err + captured.out).split())  # unwrap rich's line breaks
+
+
+def write(recipe_dir: Path, text: str) -> Path:
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_recipe_validates(recipe_dir, capsys, listening_port):
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 0, out
+    assert "3 steps valid" in out
+
+
+def test_malformed_yaml_names_line(recipe_dir, capsys):
+    path = write(recipe_dir, "name: t\nsteps:\n  - step: load\n   path: [unclosed\n")
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert f"{path}:4" in out and "malformed YAML" in out
+
+
+def test_unknown_key_suggests_the_right_one(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja").replace("    prompt:", "    promt:")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert "recipe.yaml:11: steps.1.promt: unknown key 'promt' (did you mean 'prompt'?)" in out
+
+
+def test_unknown_step_lists_valid_ones(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="x").replace("step: filter", "step: filtr")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert "recipe.yaml:12: steps.2.step: unknown step 'filtr' (did you mean 'filter'?)" in out
+    assert "valid steps: load, label, filter" in out
+
+
+def test_bad_value_names_key_and_choices(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="x").replace("backend: openai", "backend: opena")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert "recipe.yaml:3: teacher.backend" in out and "'openai', 'litellm' or 'transformers'" in out
+
+
+def test_missing_data_file(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="x").replace("seeds.jsonl", "nope.jsonl")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert "recipe.yaml:9: steps.0.path: file not found: nope.jsonl" in out
+
+
+def test_missing_template_file(recipe_dir, capsys, listening_port):
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="missing.jinja"))
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "recipe.yaml:11: steps.1.prompt: template not found: missing.jinja" in out
+
+
+def test_template_variable_the_data_lacks(recipe_dir, capsys, listening_port):
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="ask.jinja"))
+    code, out = run_cli(["run", str(path)], capsys)
+    assert code == 2
+    assert "steps.1.prompt: template ask.jinja needs column(s) topic" in out
+    assert "instruction" in out  # lists what the rows do have
+    assert not (recipe_dir / "out").exists()
+
+
+def test_malformed_data_line(recipe_dir, capsys, listening_port):
+    (recipe_dir / "seeds.jsonl").write_text('{"instruction": "ok"}\n{"instruction": oops}\n')
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="x"))
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "seeds.jsonl:2: invalid JSON" in out
+
+
+def test_missing_api_key_variable_stops_run_but_only_warns_in_validate(recipe_dir, capsys, listening_port,
+                                                                          monkeypatch):
+    monkeypatch.delenv("SYNTHKD_TEST_KEY")
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["run", str(path)], capsys)
+    assert code == 2
+    assert "recipe.yaml:5: teacher.api_key_env: environment variable SYNTHKD_TEST_KEY is not set" in out
+    assert not (recipe_dir / "out").exists()
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 0 and "warning" in out and "SYNTHKD_TEST_KEY" in out
+
+
+def test_unreachable_base_url(recipe_dir, capsys):
+    with socket.socket() as sock:  # a port nothing listens on: bound, then closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write(recipe_dir, GOOD.format(port=port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["run", str(path)], capsys)
+    assert code == 2
+    assert f"recipe.yaml:6: teacher.base_url: cannot reach http://127.0.0.1:{port}/v1" in out
+    assert not (recipe_dir / "out").exists()
+
+
+def test_set_override_errors_name_the_flag(recipe_dir, capsys, listening_port):
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), "--set", "teacher.modle=x"], capsys)
+    assert code == 2
+    assert "--set teacher.modle: teacher.modle: unknown key 'modle' (did you mean 'model'?)" in out
+    code, out = run_cli(["validate", str(path), "--set", "steps.7.n=2"], capsys)
+    assert code == 2
+    assert "steps has 3 items" in out
+    code, out = run_cli(["validate", str(path), "--set", "steps.1.n=0"], capsys)
+    assert code == 2
+    assert "--set steps.1.n: steps.1.n: Input should be greater than or equal to 1" in out
+
+
+def test_set_overrides_values(recipe_dir, listening_port):
+    from synthkd.recipe import load_recipe
+
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    loaded = load_recipe(path, ["teacher.model=gpt-4.1", "steps.1.n=2", "teacher.params.temperature=0"])
+    assert loaded.recipe.teacher.model == "gpt-4.1"
+    label = loaded.recipe.steps[1]
+    assert label.n == 2
+    # A step's teacher inherits the recipe's, overrides included.
+    assert label.teacher.model == "gpt-4.1" and label.teacher.params == {"temperature": 0}
+
+
+def test_step_teacher_overrides_key_by_key(recipe_dir, listening_port):
+    from synthkd.recipe import load_recipe
+
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja") + "params_placeholder: 1\n"
+    text = text.replace("params_placeholder: 1\n", "").replace(
+        "    prompt: prompts/label.jinja\n",
+        "    prompt: prompts/label.jinja\n    teacher: {model: other, params: {max_tokens: 9}}\n",
+    ).replace("  base_url:", "  params: {temperature: 0.5}\n  base_url:")
+    loaded = load_recipe(write(recipe_dir, text))
+    teacher = loaded.recipe.steps[1].teacher
+    assert teacher.model == "other" and teacher.backend == "openai"
+    assert teacher.params == {"temperature": 0.5, "max_tokens": 9}
+    assert loaded.recipe.teacher.model == "gpt-4o-mini"
+
+
+def test_recipe_without_teacher_uses_embedded(recipe_dir):
+    from synthkd.recipe import load_recipe
+
+    path = write(recipe_dir, "name: t\nsteps:\n  - step: load\n    path: seeds.jsonl\n  - step: label\n")
+    teacher = load_recipe(path).recipe.steps[1].teacher
+    assert (teacher.backend, teacher.model, teacher.api_key_env) == ("transformers", "embedded", None)
+
+
+def test_unsupported_local_param(recipe_dir, capsys):
+    path = write(recipe_dir, "name: t\nteacher:\n  backend: transformers\n  model: embedded\n"
+                             "  params: {frequency_penalty: 1}\nsteps:\n  - step: load\n    path: seeds.jsonl\n"
+                             "  - step: label\n")
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "recipe.yaml:5: teacher.params: frequency_penalty not supported by the transformers backend" in out
