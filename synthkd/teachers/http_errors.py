@@ -77,23 +77,23 @@ def rate_limit_hint(headers: Mapping[str, str] | None) -> RateLimitHint | None:
     )
 
 
-def _error_code(exc: Any) -> str | None:
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        return code
+def _error_codes(exc: Any) -> set[str]:
+    """The error `code` and `type` strings an SDK exception carries (litellm's `code` is the status)."""
+    codes = set()
     body = getattr(exc, "body", None)
     if isinstance(body, Mapping):
         inner = body.get("error", body)
-        if isinstance(inner, Mapping) and isinstance(inner.get("code"), str):
-            return inner["code"]
-    return None
+        if isinstance(inner, Mapping):
+            codes |= {str(inner[key]) for key in ("code", "type") if inner.get(key)}
+    if getattr(exc, "code", None):
+        codes.add(str(exc.code))
+    return codes
 
 
 def classify_status_error(exc: Exception, status: int, headers: Mapping[str, str] | None) -> TeacherError:
     """Turn an HTTP error from an SDK into a TeacherError that says whether to retry."""
     message = str(exc).strip() or exc.__class__.__name__
-    code = _error_code(exc) or ""
-    if "insufficient_quota" in code or "insufficient_quota" in message:
+    if "insufficient_quota" in _error_codes(exc) or "insufficient_quota" in message:
         return TeacherError(
             f"the account has no quota left (HTTP {status} insufficient_quota): {message}",
             retryable=False, reason="insufficient_quota", status=status,

@@ -1,0 +1,1 @@
+"""Tools for testing recipes and synthkd itself without a paid API."""

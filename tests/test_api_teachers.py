@@ -1,0 +1,208 @@
+"""The openai and litellm backends against a real OpenAI-compatible HTTP server with injected faults."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers import read_jsonl, write_jsonl, write_recipe
+
+from synthkd.cli import main
+from synthkd.pipeline import run_recipe
+from synthkd.recipe import load_recipe
+from synthkd.testing.fake_openai import FakeOpenAIServer
+
+BACKENDS = ["openai", "litellm"]
+KEY = "sk-canary-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_server(server, monkeypatch):
+    server.reset()
+    server.configure(fail_500=0, fail_429=0, quota=0, hang=0, malformed=0, content_filter=0, latency_ms=0,
+                     require_key=None)
+    monkeypatch.setenv("SYNTHKD_TEST_KEY", KEY)
+    yield
+
+
+def recipe(tmp_path: Path, server, backend: str, rows: int = 20, steps: list | None = None, **teacher) -> Path:
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Explain item {i} in a sentence."} for i in range(rows)])
+    model = "fake-model" if backend == "openai" else "openai/fake-model"
+    return write_recipe(tmp_path / "r.yaml", {
+        "name": "api",
+        "teacher": {"backend": backend, "model": model, "base_url": server.base_url,
+                    "api_key_env": "SYNTHKD_TEST_KEY", "concurrency": 16, "timeout": 5, **teacher},
+        "steps": steps or [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}],
+        "output": {"dir": str(tmp_path / "out")},
+    })
+
+
+def chat_requests(server) -> int:
+    return server.stats()["requests"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_500_requests_through_faults_all_land_once(tmp_path, server, backend):
+    server.configure(fail_500=0.05, fail_429=0.02, retry_after=0.05)
+    path = recipe(tmp_path, server, backend, rows=500, concurrency=32)
+    result = run_recipe(load_recipe(path))
+    rows = read_jsonl(tmp_path / "out" / "data.jsonl")
+    assert len(rows) == 500 and len({row["id"] for row in rows}) == 500
+    assert all(row["response"] == f"Answer: {row['instruction']}" for row in rows)
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+    stats = server.stats()
+    assert stats["by_status"]["200"] == 500  # every prompt answered exactly once
+    injected = stats["by_status"].get("500", 0) + stats["by_status"].get("429", 0)
+    assert injected > 0
+    label = result.reports[1]
+    # Every injected failure was retried and is accounted for in the manifest.
+    assert label.requests_sent == stats["requests"]
+    assert sum(label.retries.values()) == injected
+    assert label.retries.get("http_429", 0) == stats["by_status"].get("429", 0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["steps"][1]["requests_sent"] == stats["requests"]
+
+    server.reset()
+    again = run_recipe(load_recipe(path))
+    assert chat_requests(server) == 0
+    assert again.reports[1].cache_hits == 500
+    assert read_jsonl(tmp_path / "out" / "data.jsonl") == rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_key_stops_the_run_at_once(tmp_path, server, backend, capsys):
+    server.configure(require_key="sk-the-right-one")
+    path = recipe(tmp_path, server, backend, rows=200, concurrency=8)
+    clock = time.monotonic()
+    assert main(["run", str(path)]) == 1
+    assert time.monotonic() - clock < 20
+    err = " ".join(capsys.readouterr().err.split())
+    assert "HTTP 401" in err and "api_key_env" in err
+    assert chat_requests(server) <= 8  # at most the requests already in flight
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_insufficient_quota_is_not_retried(tmp_path, server, backend, capsys):
+    server.configure(quota=1.0)
+    path = recipe(tmp_path, server, backend, rows=50, concurrency=4)
+    assert main(["run", str(path)]) == 1
+    assert "insufficient_quota" in capsys.readouterr().err
+    assert chat_requests(server) <= 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hangs_and_malformed_bodies_are_retried(tmp_path, server, backend):
+    server.configure(hang=0.15, hang_seconds=5, malformed=0.15)
+    path = recipe(tmp_path, server, backend, rows=40, timeout=0.5)
+    result = run_recipe(load_recipe(path))
+    assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 40
+    retries = result.reports[1].retries
+    faults = server.stats()["by_fault"]
+    assert retries.get("timeout", 0) == faults["hang"] > 0
+    # litellm reports a body it cannot parse as its own HTTP 500; the openai SDK lets us tell.
+    malformed_reason = "malformed" if backend == "openai" else "http_500"
+    assert retries.get(malformed_reason, 0) == faults["malformed"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failures_are_written_never_silent(tmp_path, server, backend):
+    server.configure(fail_500=1.0)
+    path = recipe(tmp_path, server, backend, rows=5, max_attempts=2)
+    result = run_recipe(load_recipe(path))
+    assert read_jsonl(tmp_path / "out" / "data.jsonl") == []
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert len(failures) == 5
+    assert {(f["step"], f["reason"], f["attempts"]) for f in failures} == {("1:label", "http_500", 2)}
+    assert all(f["row"]["instruction"].startswith("Explain item") for f in failures)
+    assert result.reports[1].rows_failed == 5 and chat_requests(server) == 10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finish_reasons_are_recorded(tmp_path, server, backend):
+    server.configure(content_filter=0.3)
+    path = recipe(tmp_path, server, backend, rows=30)
+    with open(path) as handle:
+        text = handle.read()
+    path.write_text(text.replace("timeout: 5", "timeout: 5\n  params: {max_tokens: 3}"))
+    run_recipe(load_recipe(path))
+    rows = read_jsonl(tmp_path / "out" / "data.jsonl")
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    filtered = server.stats()["by_fault"]["content_filter"]
+    assert filtered > 0 and len(failures) == filtered and len(rows) == 30 - filtered
+    assert {f["reason"] for f in failures} == {"content_filter"}
+    assert all(r["finish_reason"] == "length" and len(r["response"].split()) == 3 for r in rows)
+
+
+def test_structured_output_is_validated_and_reasked(tmp_path):
+    script = [
+        {"match": "previous answer was not valid", "reply": '{"answer": "fixed"}'},
+        {"match": "item 0", "reply": '```json\n{"answer": "fenced"}\n```'},
+        {"match": "item 1", "reply": "not json at all"},
+        {"match": "item 2", "reply": '{"wrong": 1}'},
+    ]
+    with FakeOpenAIServer(script=script) as scripted:
+        steps = [{"step": "load", "path": "seeds.jsonl"},
+                 {"step": "label", "reask": 1, "schema": {"type": "object", "required": ["answer"],
+                                                          "properties": {"answer": {"type": "string"}}}}]
+        path = recipe(tmp_path, scripted, "openai", rows=3, steps=steps)
+        run_recipe(load_recipe(path))
+        responses = sorted(json.loads(r["response"].strip("`").removeprefix("json\n"))["answer"]
+                           for r in read_jsonl(tmp_path / "out" / "data.jsonl"))
+        assert responses == ["fenced", "fixed", "fixed"]
+        assert scripted.stats()["requests"] == 5  # 3 first answers + 2 re-asks
+
+
+def test_reask_that_fails_again_is_a_failure(tmp_path):
+    script = [{"match": ".", "reply": "still not json"}]
+    with FakeOpenAIServer(script=script) as scripted:
+        steps = [{"step": "load", "path": "seeds.jsonl"},
+                 {"step": "label", "reask": 2, "schema": {"type": "object"}}]
+        path = recipe(tmp_path, scripted, "openai", rows=2, steps=steps)
+        run_recipe(load_recipe(path))
+        failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+        assert [f["reason"] for f in failures] == ["invalid_json", "invalid_json"]
+        assert all(f["attempts"] == 3 for f in failures)
+        assert scripted.stats()["requests"] == 6
+
+
+def test_changed_step_rerequests_only_itself_and_later_steps(tmp_path, server):
+    (tmp_path / "improve.jinja").write_text("Improve this answer: {{ response }}")
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"},
+             {"step": "label", "prompt": "improve.jinja"}, {"step": "filter", "min_chars": 1}]
+    path = recipe(tmp_path, server, "openai", rows=10, steps=steps)
+    run_recipe(load_recipe(path))
+    assert chat_requests(server) == 20
+    (tmp_path / "improve.jinja").write_text("Make this answer better: {{ response }}")
+    server.reset()
+    result = run_recipe(load_recipe(path, ["steps.3.min_chars=2"]))
+    assert [r.requests_sent for r in result.reports] == [0, 0, 10, 0]
+    assert result.reports[1].cache_hits == 10
+    assert chat_requests(server) == 10
+
+
+def test_rpm_limit_paces_requests(tmp_path, server):
+    path = recipe(tmp_path, server, "openai", rows=25, rpm=1200)  # 20 per second
+    clock = time.monotonic()
+    run_recipe(load_recipe(path))
+    assert time.monotonic() - clock >= 0.2  # the first second's burst is 20, the other 5 wait
+    assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 25
+
+
+def test_no_secret_in_cache_manifest_or_outputs(tmp_path, server, private_cache):
+    server.configure(require_key=KEY)
+    path = recipe(tmp_path, server, "openai", rows=5)
+    run_recipe(load_recipe(path))
+    assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 5
+    written = [p for p in list((tmp_path / "out").rglob("*")) + list(private_cache.glob("*")) if p.is_file()]
+    assert any(p.name == "requests.sqlite" for p in written)
+    for file in written:
+        assert KEY.encode() not in file.read_bytes(), file

@@ -1,0 +1,50 @@
+"""Every shipped recipe validates and dry-runs; the quickstart runs end to end on the embedded teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import read_jsonl
+
+from synthkd.cli import main
+from synthkd.shipped import shipped_root
+
+RECIPES = sorted((shipped_root() / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_are_found():
+    assert len(RECIPES) >= 2
+    assert any(path.name == "quickstart.yaml" for path in RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(shipped_root() / "recipes")))
+def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixture):
+    assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+    assert main(["run", str(recipe), "--dry-run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().err
+    assert "dry run" in out and "requests" in out
+
+
+def test_quickstart_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    # Run by the path a user types, from a folder that is not the repository: the shipped copy is found.
+    assert main(["run", "recipes/quickstart.yaml", "--output", str(tmp_path / "qs")]) == 0
+    out = capsys.readouterr().err
+    assert "24 rows" in out or "rows ->" in out
+    rows = read_jsonl(tmp_path / "qs" / "data.jsonl")
+    assert 20 <= len(rows) <= 24  # the filter may drop an empty or refusing answer of the tiny model
+    assert all(row["response"].strip() and row["messages"][0]["role"] == "system" for row in rows)
+    assert (tmp_path / "qs" / "failures.jsonl").exists()
+    import json
+
+    manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
+    assert manifest["teachers"] == [{"backend": "transformers", "model": "embedded", "base_url": None}]
+    label = manifest["steps"][1]
+    assert label["requests_sent"] == 24 and label["completion_tokens"] > 0
+    assert manifest["steps"][2]["rows_out"] == len(rows)
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(tmp_path / "qs" / "dataset"))
+    assert dataset.num_rows == len(rows) and "messages" in dataset.column_names
