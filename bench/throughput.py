@@ -4,7 +4,9 @@
 
 For each latency profile it prints achieved requests/s, the limit min(C/L, RPM/60) (L is the mean
 latency), their ratio, and client CPU ms per request, for synthkd and for the naive baseline: the
-openai client with asyncio.gather over batches of C, run in the same process.
+openai client with asyncio.gather over batches of C, run in the same process. A bare aiohttp
+loop (no SDK, no cache) shows the ceiling of the harness itself: the server shares the machine's
+2 cores and adds its own overhead to every request.
 """
 
 from __future__ import annotations
@@ -80,6 +82,25 @@ async def run_naive(base_url: str, count: int, concurrency: int) -> Measurement:
     return measurement
 
 
+async def run_bare_aiohttp(base_url: str, count: int, concurrency: int) -> Measurement:
+    """The harness's own ceiling: a bare aiohttp loop with no SDK, no cache, no accounting."""
+    import aiohttp
+
+    batch = requests_for(count, f"bare-{time.time_ns()}")
+    queue = list(reversed(batch))
+    async with aiohttp.ClientSession() as session:
+        async def worker() -> None:
+            while queue:
+                request = queue.pop()
+                body = {"model": "fake-model", "messages": list(request.messages), **request.params}
+                async with session.post(f"{base_url}/chat/completions", json=body) as response:
+                    await response.json()
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return Measurement(time.perf_counter() - wall, time.process_time() - cpu, count)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -107,6 +128,8 @@ def main() -> None:
                 if rpm is None:
                     rows.append(("naive gather", asyncio.run(run_naive(server.base_url, args.requests,
                                                                        args.concurrency))))
+                    rows.append(("bare aiohttp (harness ceiling)",
+                                 asyncio.run(run_bare_aiohttp(server.base_url, args.requests, args.concurrency))))
             for client, measured in rows:
                 print(f"| {label} | {client} | {measured.rate:.0f} | {limit:.0f} | {measured.rate / limit:.1%} | "
                       f"{measured.cpu_seconds / measured.requests * 1000:.2f} |", flush=True)

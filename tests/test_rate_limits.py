@@ -20,9 +20,9 @@ def test_bucket_paces_to_its_rate():
     assert 0.45 <= elapsed < 0.9  # 25 refills at 50/s after the first token
 
 
-def test_requests_bucket_bursts_one_second_only():
+def test_requests_bucket_starts_paced_and_banks_one_second():
     bucket = requests_bucket(600)  # 10/s
-    assert bucket.capacity == 10 and bucket.rate == 10
+    assert bucket.capacity == 10 and bucket.rate == 10 and bucket._tokens == 1
 
 
 def test_durations():

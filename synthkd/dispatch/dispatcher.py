@@ -23,6 +23,7 @@ from synthkd.teachers.config import TeacherConfig
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
+RAMP_UP_SECONDS = 0.1
 
 
 @dataclass
@@ -106,12 +107,17 @@ class Dispatcher:
             finish(key, Outcome(completion, cached=True))
         queue = deque(key for key in unique if key not in hits)
 
-        async def worker() -> None:
+        async def worker(start_delay: float) -> None:
+            await asyncio.sleep(start_delay)
             while queue:
                 key = queue.popleft()
                 finish(key, await self._send(requests[unique[key]], key))
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, len(queue)))]
+        count = min(self.config.concurrency, len(queue))
+        # Starting every worker at the same instant makes the answers return in one wave that the
+        # event loop then works through while the other slots wait; a short staggered start
+        # spreads them out, and is gentler on providers' burst limits too.
+        workers = [asyncio.create_task(worker(RAMP_UP_SECONDS * i / count)) for i in range(count)]
         try:
             await asyncio.gather(*workers)
         finally:

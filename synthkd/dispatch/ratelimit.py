@@ -13,10 +13,10 @@ class TokenBucket:
     not starved by a stream of small ones.
     """
 
-    def __init__(self, rate_per_second: float, capacity: float) -> None:
+    def __init__(self, rate_per_second: float, capacity: float, initial: float | None = None) -> None:
         self.rate = rate_per_second
         self.capacity = capacity
-        self._tokens = capacity
+        self._tokens = capacity if initial is None else initial
         self._updated = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -41,11 +41,11 @@ class TokenBucket:
 
 
 def requests_bucket(rpm: float | None) -> TokenBucket | None:
-    """Requests per minute, with a one-second burst so the first minute does not send 2x."""
+    """Requests per minute, paced from the first request; later idle time banks one second's worth."""
     if rpm is None:
         return None
     rate = rpm / 60.0
-    return TokenBucket(rate, capacity=max(1.0, rate))
+    return TokenBucket(rate, capacity=max(1.0, rate), initial=1.0)
 
 
 def tokens_bucket(tpm: float | None) -> TokenBucket | None:
