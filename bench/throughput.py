@@ -47,13 +47,23 @@ class Measurement:
 
 
 def requests_for(count: int, tag: str) -> list[ChatRequest]:
-    return [ChatRequest(({"role": "user", "content": f"{tag} request {i}"},), {"max_tokens": 16})
-            for i in range(count)]
+    return [
+        ChatRequest(({"role": "user", "content": f"{tag} request {i}"},), {"max_tokens": 16})
+        for i in range(count)
+    ]
 
 
-async def run_synthkd(base_url: str, count: int, concurrency: int, rpm: float | None, cache_dir: Path) -> Measurement:
-    config = TeacherConfig(backend="openai", model="fake-model", base_url=base_url, api_key_env=None,
-                           concurrency=concurrency, rpm=rpm)
+async def run_synthkd(
+    base_url: str, count: int, concurrency: int, rpm: float | None, cache_dir: Path
+) -> Measurement:
+    config = TeacherConfig(
+        backend="openai",
+        model="fake-model",
+        base_url=base_url,
+        api_key_env=None,
+        concurrency=concurrency,
+        rpm=rpm,
+    )
     teacher = OpenAITeacher(config)
     cache = ResponseCache(cache_dir / f"bench-{time.time_ns()}.sqlite")  # real runs write every answer
     dispatcher = Dispatcher(teacher, config, cache, price=None)
@@ -73,10 +83,12 @@ async def run_naive(base_url: str, count: int, concurrency: int) -> Measurement:
     batch = requests_for(count, f"naive-{time.time_ns()}")
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, count, concurrency):
-        await asyncio.gather(*(
-            client.chat.completions.create(model="fake-model", messages=list(r.messages), **r.params)
-            for r in batch[start : start + concurrency]
-        ))
+        await asyncio.gather(
+            *(
+                client.chat.completions.create(model="fake-model", messages=list(r.messages), **r.params)
+                for r in batch[start : start + concurrency]
+            )
+        )
     measurement = Measurement(time.perf_counter() - wall, time.process_time() - cpu, count)
     await client.close()
     return measurement
@@ -89,6 +101,7 @@ async def run_bare_aiohttp(base_url: str, count: int, concurrency: int) -> Measu
     batch = requests_for(count, f"bare-{time.time_ns()}")
     queue = list(reversed(batch))
     async with aiohttp.ClientSession() as session:
+
         async def worker() -> None:
             while queue:
                 request = queue.pop()
@@ -102,20 +115,30 @@ async def run_bare_aiohttp(base_url: str, count: int, concurrency: int) -> Measu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     profiles = [
         ("fixed 100 ms", {"latency_ms": 100}, None, 0.100),
         ("fixed 100 ms, RPM 12000", {"latency_ms": 100}, 12000.0, 0.100),
-        ("lognormal median 100 ms, p99 1 s", {"latency_ms": 100, "latency_dist": "lognormal", "p99_ms": 1000},
-         None, 0.100 * math.exp((math.log(10) / Z99) ** 2 / 2)),
+        (
+            "lognormal median 100 ms, p99 1 s",
+            {"latency_ms": 100, "latency_dist": "lognormal", "p99_ms": 1000},
+            None,
+            0.100 * math.exp((math.log(10) / Z99) ** 2 / 2),
+        ),
     ]
-    header = (f"| latency | client | requests/s | limit min(C/L, RPM/60) | ratio | client CPU ms/request |\n"
-              f"|---|---|---:|---:|---:|---:|")
-    print(f"{args.requests} requests, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
-          f"openai {openai.__version__}\n")
+    header = (
+        "| latency | client | requests/s | limit min(C/L, RPM/60) | ratio | client CPU ms/request |\n"
+        "|---|---|---:|---:|---:|---:|"
+    )
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
+        f"openai {openai.__version__}\n"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as scratch:
         for label, server_settings, rpm, mean_latency in profiles:
@@ -123,16 +146,27 @@ def main() -> None:
             if rpm is not None:
                 limit = min(limit, rpm / 60)
             with FakeOpenAIServer(**server_settings) as server:
-                ours = asyncio.run(run_synthkd(server.base_url, args.requests, args.concurrency, rpm, Path(scratch)))
+                ours = asyncio.run(
+                    run_synthkd(server.base_url, args.requests, args.concurrency, rpm, Path(scratch))
+                )
                 rows = [("synthkd", ours)]
                 if rpm is None:
-                    rows.append(("naive gather", asyncio.run(run_naive(server.base_url, args.requests,
-                                                                       args.concurrency))))
-                    rows.append(("bare aiohttp (harness ceiling)",
-                                 asyncio.run(run_bare_aiohttp(server.base_url, args.requests, args.concurrency))))
+                    rows.append(
+                        (
+                            "naive gather",
+                            asyncio.run(run_naive(server.base_url, args.requests, args.concurrency)),
+                        )
+                    )
+                    rows.append(
+                        (
+                            "bare aiohttp (harness ceiling)",
+                            asyncio.run(run_bare_aiohttp(server.base_url, args.requests, args.concurrency)),
+                        )
+                    )
             for client, measured in rows:
-                print(f"| {label} | {client} | {measured.rate:.0f} | {limit:.0f} | {measured.rate / limit:.1%} | "
-                      f"{measured.cpu_seconds / measured.requests * 1000:.2f} |", flush=True)
+                cpu_ms = measured.cpu_seconds / measured.requests * 1000
+                ratio = measured.rate / limit
+                print(f"| {label} | {client} | {measured.rate:.0f} | {limit:.0f} | {ratio:.1%} | {cpu_ms:.2f} |")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ class ResponseCache:
         for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+            for key, value in self._db.execute(
+                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
+            ):
                 found[key] = Completion(**json.loads(value))
         return found
 

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: completed responses are cached; run the same command to resume[/]")
+        console.print(
+            "[yellow]interrupted: completed responses are cached; run the same command to resume[/]"
+        )
         return 130
 
 
@@ -39,13 +41,18 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a recipe and write its dataset")
     _recipe_arguments(run)
-    run.add_argument("--dry-run", action="store_true",
-                     help="render the first prompts, count requests, estimate tokens and cost; send nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the first prompts, count requests, estimate tokens and cost; send nothing",
+    )
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the request cache")
     run.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
     run.set_defaults(handler=_run)
 
-    validate = commands.add_parser("validate", help="check a recipe's keys, files and templates; send nothing")
+    validate = commands.add_parser(
+        "validate", help="check a recipe's keys, files and templates; send nothing"
+    )
     _recipe_arguments(validate)
     validate.set_defaults(handler=_validate)
 
@@ -60,8 +67,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML file (or a shipped one, e.g. recipes/quickstart.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key, e.g. --set teacher.model=gpt-4o-mini --set steps.1.n=2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set teacher.model=gpt-4o-mini --set steps.1.n=2",
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -75,7 +88,7 @@ def _validate(args: argparse.Namespace) -> int:
         preflight(loaded, network=False)
     except RecipeError as exc:  # the recipe is fine; this machine is not ready to run it yet
         console.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
-    for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow)):
+    for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow, strict=True)):
         shown = ", ".join(sorted(columns)) if columns is not None else "(known at run time)"
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
     console.print(f"[green]ok[/] {loaded.path}: {len(loaded.recipe.steps)} steps valid", highlight=False)
@@ -97,12 +110,14 @@ def _run(args: argparse.Namespace) -> int:
     quiet_library_progress_bars()
 
     with RichProgressFactory(console) as progress:
-        result = asyncio.run(execute(
-            loaded,
-            use_cache=not args.no_cache,
-            progress=progress,
-            out_dir=Path(args.output) if args.output else None,
-        ))
+        result = asyncio.run(
+            execute(
+                loaded,
+                use_cache=not args.no_cache,
+                progress=progress,
+                out_dir=Path(args.output) if args.output else None,
+            )
+        )
     _print_summary(result)
     return 0
 
@@ -111,8 +126,15 @@ def _print_plan(plans: list, loaded) -> None:
     from synthkd.pricing import price_of
 
     table = Table(title=f"dry run: {loaded.recipe.name}", title_justify="left")
-    for column in ("step", "requests", "cached", "to send", "prompt tok (est.)", "completion tok (max)",
-                   "cost (max, USD)"):
+    for column in (
+        "step",
+        "requests",
+        "cached",
+        "to send",
+        "prompt tok (est.)",
+        "completion tok (max)",
+        "cost (max, USD)",
+    ):
         table.add_column(column, justify="right" if column != "step" else "left")
     for index, (step, step_plan) in enumerate(plans):
         teacher = step.step_teacher()
@@ -120,37 +142,73 @@ def _print_plan(plans: list, loaded) -> None:
         to_send = step_plan.requests - step_plan.cached
         share = to_send / step_plan.requests if step_plan.requests else 0
         cost = (
-            "-" if teacher is None else "unknown" if price is None
+            "-"
+            if teacher is None
+            else "unknown"
+            if price is None
             else f"{share * price.cost(step_plan.prompt_tokens, step_plan.max_completion_tokens):.4f}"
         )
-        table.add_row(f"{index}:{step.step}", str(step_plan.requests), str(step_plan.cached), str(to_send),
-                      str(step_plan.prompt_tokens), str(step_plan.max_completion_tokens), cost)
+        table.add_row(
+            f"{index}:{step.step}",
+            str(step_plan.requests),
+            str(step_plan.cached),
+            str(to_send),
+            str(step_plan.prompt_tokens),
+            str(step_plan.max_completion_tokens),
+            cost,
+        )
     for index, (step, step_plan) in enumerate(plans):
         for number, messages in enumerate(step_plan.sample_prompts, start=1):
             console.rule(f"step {index}:{step.step}, prompt {number}", align="left")
             for message in messages:
-                console.print(f"[bold]{message['role']}:[/] {message['content']}", highlight=False, markup=True)
+                console.print(
+                    f"[bold]{message['role']}:[/] {message['content']}", highlight=False, markup=True
+                )
     console.print(table)
-    console.print("Token counts are estimates (4 characters a token); completion tokens assume every answer "
-                  "uses max_tokens. Later steps' counts assume no row is dropped before them.")
+    console.print(
+        "Token counts are estimates (4 characters a token); completion tokens assume every answer "
+        "uses max_tokens. Later steps' counts assume no row is dropped before them."
+    )
 
 
 def _print_summary(result) -> None:
     table = Table(title=f"run {result.manifest['name']} -> {result.out_dir}", title_justify="left")
-    for column in ("step", "in", "out", "failed", "dropped", "sent", "cached", "retries", "tokens", "cost",
-                   "seconds"):
+    for column in (
+        "step",
+        "in",
+        "out",
+        "failed",
+        "dropped",
+        "sent",
+        "cached",
+        "retries",
+        "tokens",
+        "cost",
+        "seconds",
+    ):
         table.add_column(column, justify="left" if column in ("step", "dropped") else "right")
     for report in result.reports:
         dropped = ", ".join(f"{reason} {count}" for reason, count in report.rows_dropped.items()) or "-"
         cost = "?" if report.cost_usd is None else f"${report.cost_usd:.4f}"
         table.add_row(
-            f"{report.index}:{report.step}", str(report.rows_in), str(report.rows_out), str(report.rows_failed),
-            dropped, str(report.requests_sent), str(report.cache_hits), str(sum(report.retries.values())),
-            str(report.prompt_tokens + report.completion_tokens), cost, f"{report.seconds:.1f}",
+            f"{report.index}:{report.step}",
+            str(report.rows_in),
+            str(report.rows_out),
+            str(report.rows_failed),
+            dropped,
+            str(report.requests_sent),
+            str(report.cache_hits),
+            str(sum(report.retries.values())),
+            str(report.prompt_tokens + report.completion_tokens),
+            cost,
+            f"{report.seconds:.1f}",
         )
     console.print(table)
-    console.print(f"{len(result.rows)} rows -> {result.out_dir}/dataset, data.jsonl; "
-                  f"{len(result.failures)} failures -> failures.jsonl; manifest.json", highlight=False)
+    console.print(
+        f"{len(result.rows)} rows -> {result.out_dir}/dataset, data.jsonl; "
+        f"{len(result.failures)} failures -> failures.jsonl; manifest.json",
+        highlight=False,
+    )
 
 
 def _cache_clear(args: argparse.Namespace) -> int:

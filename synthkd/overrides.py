@@ -14,8 +14,9 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
     for assignment in assignments:
         key, sep, raw_value = assignment.partition("=")
         if not sep or not key.strip():
-            raise RecipeError(f"expected KEY=VALUE, e.g. teacher.model=gpt-4o-mini; got {assignment!r}",
-                              where="--set")
+            raise RecipeError(
+                f"expected KEY=VALUE, e.g. teacher.model=gpt-4o-mini; got {assignment!r}", where="--set"
+            )
         try:
             value = yaml.safe_load(raw_value) if raw_value.strip() else ""
         except yaml.YAMLError:

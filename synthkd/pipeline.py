@@ -14,14 +14,14 @@ from typing import Any
 
 import synthkd
 from synthkd.cache import ResponseCache
-from synthkd.dispatch.dispatcher import DispatchStats, Dispatcher
+from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.output import with_messages, write_run
 from synthkd.preflight import check_teacher_environment, redact_url
-from synthkd.teachers.transformers_backend import check_local_params
 from synthkd.pricing import price_of
 from synthkd.recipe import LoadedRecipe
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import Teacher, TeacherConfig, build_teacher
+from synthkd.teachers.transformers_backend import check_local_params
 
 
 def check(loaded: LoadedRecipe) -> list[Columns]:
@@ -45,13 +45,17 @@ def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:
         teacher = step.step_teacher()
         if teacher is not None and _teacher_id(teacher) not in seen:
             seen.add(_teacher_id(teacher))
-            check_teacher_environment(teacher, lambda key, i=index: _teacher_where(loaded, i, key), network=network)
+            check_teacher_environment(
+                teacher, lambda key, i=index: _teacher_where(loaded, i, key), network=network
+            )
 
 
 def _teacher_where(loaded: LoadedRecipe, index: int, *key: str) -> str:
     """The step's own `teacher:` if it has one, else the recipe's, where errors should point."""
     step = loaded.data["steps"][index]
-    own = isinstance(step, dict) and any(k in (step.get("teacher") or {}) for k in key or ("backend", "model"))
+    own = isinstance(step, dict) and any(
+        k in (step.get("teacher") or {}) for k in key or ("backend", "model")
+    )
     return loaded.at("steps", index, "teacher", *key) if own else loaded.at("teacher", *key)
 
 
@@ -170,7 +174,11 @@ def build_manifest(
     for step in recipe.steps:
         config = step.step_teacher()
         if config is not None:
-            described = {"backend": config.backend, "model": config.model, "base_url": redact_url(config.base_url)}
+            described = {
+                "backend": config.backend,
+                "model": config.model,
+                "base_url": redact_url(config.base_url),
+            }
             if described not in teachers:
                 teachers.append(described)
     costs = [report.cost_usd for report in reports]

@@ -24,7 +24,9 @@ MAX_ERRORS_SHOWN = 5
 
 
 class OutputConfig(StrictModel):
-    dir: str | None = Field(None, description="run folder, relative to the working directory; default runs/<name>")
+    dir: str | None = Field(
+        None, description="run folder, relative to the working directory; default runs/<name>"
+    )
     format: Literal["messages", "flat"] = Field(
         "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
     )
@@ -33,7 +35,9 @@ class OutputConfig(StrictModel):
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run and its folder")
     seed: int = Field(42, description="seeds sampling wherever synthkd samples")
-    teacher: TeacherConfig = Field(description="default teacher of every step (default: the embedded SmolLM2)")
+    teacher: TeacherConfig = Field(
+        description="default teacher of every step (default: the embedded SmolLM2)"
+    )
     steps: list[AnyStep] = Field(min_length=1, description="run in order")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -77,7 +81,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     recipe_path = find_recipe(path)
     data, lines = load_yaml_with_lines(recipe_path)
     if not isinstance(data, dict):
-        raise RecipeError("a recipe must be a mapping with name, teacher, steps and output", where=str(recipe_path))
+        raise RecipeError(
+            "a recipe must be a mapping with name, teacher, steps and output", where=str(recipe_path)
+        )
     overrides = overrides or []
     apply_overrides(data, overrides)
     overridden = {tuple(_parse_key(o.partition("=")[0])) for o in overrides}
@@ -104,13 +110,17 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
     for index, step in enumerate(steps):
         where = f"{_where(path, lines, overridden, ('steps', index))}: steps.{index}"
         if not isinstance(step, dict) or "step" not in step:
-            raise RecipeError(f"each step is a mapping with a `step:` key naming one of: {', '.join(STEP_TYPES)}",
-                              where=where)
+            raise RecipeError(
+                f"each step is a mapping with a `step:` key naming one of: {', '.join(STEP_TYPES)}",
+                where=where,
+            )
         name = step["step"]
         if name not in STEP_TYPES:
-            raise RecipeError(f"unknown step {name!r}{_did_you_mean(str(name), STEP_TYPES)}; "
-                              f"valid steps: {', '.join(STEP_TYPES)}",
-                              where=f"{_where(path, lines, overridden, ('steps', index, 'step'))}: steps.{index}.step")
+            raise RecipeError(
+                f"unknown step {name!r}{_did_you_mean(str(name), STEP_TYPES)}; "
+                f"valid steps: {', '.join(STEP_TYPES)}",
+                where=f"{_where(path, lines, overridden, ('steps', index, 'step'))}: steps.{index}.step",
+            )
         if STEP_TYPES[name].uses_teacher and isinstance(teacher, dict):
             own = step.get("teacher") or {}
             if isinstance(own, dict):

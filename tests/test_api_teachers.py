@@ -27,22 +27,37 @@ def server():
 @pytest.fixture(autouse=True)
 def fresh_server(server, monkeypatch):
     server.reset()
-    server.configure(fail_500=0, fail_429=0, quota=0, hang=0, malformed=0, content_filter=0, latency_ms=0,
-                     require_key=None)
+    server.configure(
+        fail_500=0, fail_429=0, quota=0, hang=0, malformed=0, content_filter=0, latency_ms=0, require_key=None
+    )
     monkeypatch.setenv("SYNTHKD_TEST_KEY", KEY)
     yield
 
 
-def recipe(tmp_path: Path, server, backend: str, rows: int = 20, steps: list | None = None, **teacher) -> Path:
-    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Explain item {i} in a sentence."} for i in range(rows)])
+def recipe(
+    tmp_path: Path, server, backend: str, rows: int = 20, steps: list | None = None, **teacher
+) -> Path:
+    write_jsonl(
+        tmp_path / "seeds.jsonl", [{"instruction": f"Explain item {i} in a sentence."} for i in range(rows)]
+    )
     model = "fake-model" if backend == "openai" else "openai/fake-model"
-    return write_recipe(tmp_path / "r.yaml", {
-        "name": "api",
-        "teacher": {"backend": backend, "model": model, "base_url": server.base_url,
-                    "api_key_env": "SYNTHKD_TEST_KEY", "concurrency": 16, "timeout": 5, **teacher},
-        "steps": steps or [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}],
-        "output": {"dir": str(tmp_path / "out")},
-    })
+    return write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "api",
+            "teacher": {
+                "backend": backend,
+                "model": model,
+                "base_url": server.base_url,
+                "api_key_env": "SYNTHKD_TEST_KEY",
+                "concurrency": 16,
+                "timeout": 5,
+                **teacher,
+            },
+            "steps": steps or [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}],
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
 
 
 def chat_requests(server) -> int:
@@ -150,13 +165,24 @@ def test_structured_output_is_validated_and_reasked(tmp_path):
         {"match": "item 2", "reply": '{"wrong": 1}'},
     ]
     with FakeOpenAIServer(script=script) as scripted:
-        steps = [{"step": "load", "path": "seeds.jsonl"},
-                 {"step": "label", "reask": 1, "schema": {"type": "object", "required": ["answer"],
-                                                          "properties": {"answer": {"type": "string"}}}}]
+        steps = [
+            {"step": "load", "path": "seeds.jsonl"},
+            {
+                "step": "label",
+                "reask": 1,
+                "schema": {
+                    "type": "object",
+                    "required": ["answer"],
+                    "properties": {"answer": {"type": "string"}},
+                },
+            },
+        ]
         path = recipe(tmp_path, scripted, "openai", rows=3, steps=steps)
         run_recipe(load_recipe(path))
-        responses = sorted(json.loads(r["response"].strip("`").removeprefix("json\n"))["answer"]
-                           for r in read_jsonl(tmp_path / "out" / "data.jsonl"))
+        responses = sorted(
+            json.loads(r["response"].strip("`").removeprefix("json\n"))["answer"]
+            for r in read_jsonl(tmp_path / "out" / "data.jsonl")
+        )
         assert responses == ["fenced", "fixed", "fixed"]
         assert scripted.stats()["requests"] == 5  # 3 first answers + 2 re-asks
 
@@ -164,8 +190,10 @@ def test_structured_output_is_validated_and_reasked(tmp_path):
 def test_reask_that_fails_again_is_a_failure(tmp_path):
     script = [{"match": ".", "reply": "still not json"}]
     with FakeOpenAIServer(script=script) as scripted:
-        steps = [{"step": "load", "path": "seeds.jsonl"},
-                 {"step": "label", "reask": 2, "schema": {"type": "object"}}]
+        steps = [
+            {"step": "load", "path": "seeds.jsonl"},
+            {"step": "label", "reask": 2, "schema": {"type": "object"}},
+        ]
         path = recipe(tmp_path, scripted, "openai", rows=2, steps=steps)
         run_recipe(load_recipe(path))
         failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
@@ -176,8 +204,12 @@ def test_reask_that_fails_again_is_a_failure(tmp_path):
 
 def test_changed_step_rerequests_only_itself_and_later_steps(tmp_path, server):
     (tmp_path / "improve.jinja").write_text("Improve this answer: {{ response }}")
-    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"},
-             {"step": "label", "prompt": "improve.jinja"}, {"step": "filter", "min_chars": 1}]
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "label"},
+        {"step": "label", "prompt": "improve.jinja"},
+        {"step": "filter", "min_chars": 1},
+    ]
     path = recipe(tmp_path, server, "openai", rows=10, steps=steps)
     run_recipe(load_recipe(path))
     assert chat_requests(server) == 20

@@ -38,7 +38,9 @@ def test_every_file_format_reads_the_same_rows(tmp_path: Path):
     Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
     results = [load(name, tmp_path) for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "saved")]
     for rows in results:
-        assert [(r["instruction"], r["input"]) for r in rows] == [(r["instruction"], r["input"]) for r in ROWS]
+        assert [(r["instruction"], r["input"]) for r in rows] == [
+            (r["instruction"], r["input"]) for r in ROWS
+        ]
         assert rows == results[0]  # same content -> same ids, whatever the format
     assert len({row["id"] for row in results[0]}) == 2
 
@@ -82,11 +84,17 @@ def test_filter_counts_every_reason():
         {"id": "a", "response": "A full and useful answer.", "finish_reason": "stop"},
         {"id": "b", "response": "short", "finish_reason": "stop"},
         {"id": "c", "response": "I'm sorry, but I cannot help with that request.", "finish_reason": "stop"},
-        {"id": "d", "response": "As an AI language model, I have no opinions on this.", "finish_reason": "stop"},
+        {
+            "id": "d",
+            "response": "As an AI language model, I have no opinions on this.",
+            "finish_reason": "stop",
+        },
         {"id": "e", "response": "An answer that was cut off in the midd", "finish_reason": "length"},
         {"id": "f", "response": "Contains a FORBIDDEN word here.", "finish_reason": "stop"},
     ]
-    kept, dropped = filtered(rows, min_chars=10, drop_refusals=True, drop_truncated=True, drop_regex="FORBIDDEN")
+    kept, dropped = filtered(
+        rows, min_chars=10, drop_refusals=True, drop_truncated=True, drop_regex="FORBIDDEN"
+    )
     assert [r["id"] for r in kept] == ["a"]
     assert dropped == {"too_short": 1, "refusal": 2, "truncated": 1, "drop_regex_matched": 1}
 

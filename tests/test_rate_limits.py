@@ -42,7 +42,13 @@ def test_retry_after_forms():
 
 
 def test_rate_limit_hint():
-    hint = rate_limit_hint({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s",
-                            "x-ratelimit-reset-tokens": "6m0s", "content-type": "application/json"})
+    hint = rate_limit_hint(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1s",
+            "x-ratelimit-reset-tokens": "6m0s",
+            "content-type": "application/json",
+        }
+    )
     assert hint.remaining_requests == 0 and hint.reset_seconds == 360
     assert rate_limit_hint({"content-type": "application/json"}) is None

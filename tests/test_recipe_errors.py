@@ -125,8 +125,9 @@ def test_malformed_data_line(recipe_dir, capsys, listening_port):
     assert "seeds.jsonl:2: invalid JSON" in out
 
 
-def test_missing_api_key_variable_stops_run_but_only_warns_in_validate(recipe_dir, capsys, listening_port,
-                                                                          monkeypatch):
+def test_missing_api_key_variable_stops_run_but_only_warns_in_validate(
+    recipe_dir, capsys, listening_port, monkeypatch
+):
     monkeypatch.delenv("SYNTHKD_TEST_KEY")
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
     code, out = run_cli(["run", str(path)], capsys)
@@ -177,10 +178,14 @@ def test_step_teacher_overrides_key_by_key(recipe_dir, listening_port):
     from synthkd.recipe import load_recipe
 
     text = GOOD.format(port=listening_port, prompt="prompts/label.jinja") + "params_placeholder: 1\n"
-    text = text.replace("params_placeholder: 1\n", "").replace(
-        "    prompt: prompts/label.jinja\n",
-        "    prompt: prompts/label.jinja\n    teacher: {model: other, params: {max_tokens: 9}}\n",
-    ).replace("  base_url:", "  params: {temperature: 0.5}\n  base_url:")
+    text = (
+        text.replace("params_placeholder: 1\n", "")
+        .replace(
+            "    prompt: prompts/label.jinja\n",
+            "    prompt: prompts/label.jinja\n    teacher: {model: other, params: {max_tokens: 9}}\n",
+        )
+        .replace("  base_url:", "  params: {temperature: 0.5}\n  base_url:")
+    )
     loaded = load_recipe(write(recipe_dir, text))
     teacher = loaded.recipe.steps[1].teacher
     assert teacher.model == "other" and teacher.backend == "openai"
@@ -197,9 +202,12 @@ def test_recipe_without_teacher_uses_embedded(recipe_dir):
 
 
 def test_unsupported_local_param(recipe_dir, capsys):
-    path = write(recipe_dir, "name: t\nteacher:\n  backend: transformers\n  model: embedded\n"
-                             "  params: {frequency_penalty: 1}\nsteps:\n  - step: load\n    path: seeds.jsonl\n"
-                             "  - step: label\n")
+    path = write(
+        recipe_dir,
+        "name: t\nteacher:\n  backend: transformers\n  model: embedded\n"
+        "  params: {frequency_penalty: 1}\nsteps:\n  - step: load\n    path: seeds.jsonl\n"
+        "  - step: label\n",
+    )
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
     assert "recipe.yaml:5: teacher.params: frequency_penalty not supported by the transformers backend" in out

@@ -19,22 +19,38 @@ CONCURRENCY = 16
 
 def synthkd_run(recipe: Path, cache: Path, extra_env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "SYNTHKD_CACHE_DIR": str(cache), "SYNTHKD_TEST_KEY": "k", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "synthkd.cli", "run", str(recipe)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "synthkd.cli", "run", str(recipe)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path):
     write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Task {i}: name a prime."} for i in range(ROWS)])
     with FakeOpenAIServer(latency_ms=40) as server:
+
         def make(name: str) -> Path:
-            return write_recipe(tmp_path / f"{name}.yaml", {
-                "name": name,
-                "teacher": {"backend": "openai", "model": "fake-model", "base_url": server.base_url,
-                            "api_key_env": "SYNTHKD_TEST_KEY", "concurrency": CONCURRENCY},
-                "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"},
-                          {"step": "filter", "min_chars": 3}],
-                "output": {"dir": str(tmp_path / name)},
-            })
+            return write_recipe(
+                tmp_path / f"{name}.yaml",
+                {
+                    "name": name,
+                    "teacher": {
+                        "backend": "openai",
+                        "model": "fake-model",
+                        "base_url": server.base_url,
+                        "api_key_env": "SYNTHKD_TEST_KEY",
+                        "concurrency": CONCURRENCY,
+                    },
+                    "steps": [
+                        {"step": "load", "path": "seeds.jsonl"},
+                        {"step": "label"},
+                        {"step": "filter", "min_chars": 3},
+                    ],
+                    "output": {"dir": str(tmp_path / name)},
+                },
+            )
 
         reference = make("reference")
         assert synthkd_run(reference, tmp_path / "cache-ref").wait(timeout=120) == 0
@@ -57,7 +73,9 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path):
         assert stats["duplicates"] <= CONCURRENCY
         assert stats["requests"] - ROWS == stats["duplicates"]
         for name in ("data.jsonl", "failures.jsonl"):
-            assert (tmp_path / "interrupted" / name).read_text() == (tmp_path / "reference" / name).read_text()
+            assert (tmp_path / "interrupted" / name).read_text() == (
+                tmp_path / "reference" / name
+            ).read_text()
         from datasets import load_from_disk
 
         resumed = load_from_disk(str(tmp_path / "interrupted" / "dataset")).to_list()

@@ -19,13 +19,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_recipe(tmp_path: Path, model: Path, **teacher) -> Path:
     write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Question number {i}?"} for i in range(11)])
-    return write_recipe(tmp_path / "r.yaml", {
-        "name": "tiny",
-        "teacher": {"backend": "transformers", "model": str(model), "batch_size": 4,
-                    "params": {"max_tokens": 12, "temperature": 0.8}, **teacher},
-        "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "label", "n": 2}],
-        "output": {"dir": str(tmp_path / "out")},
-    })
+    return write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "tiny",
+            "teacher": {
+                "backend": "transformers",
+                "model": str(model),
+                "batch_size": 4,
+                "params": {"max_tokens": 12, "temperature": 0.8},
+                **teacher,
+            },
+            "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "label", "n": 2}],
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
 
 
 def test_local_teacher_labels_every_row_in_batches(tmp_path: Path, tiny_model: Path):

@@ -53,8 +53,13 @@ class LabelStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         self._template = load_template(self.prompt, ctx.recipe_dir, ctx.at("prompt"))
-        require_columns(set(self._template.variables) - set(OPTIONAL_COLUMNS), columns, ctx, "prompt",
-                        f"template {self.prompt}")
+        require_columns(
+            set(self._template.variables) - set(OPTIONAL_COLUMNS),
+            columns,
+            ctx,
+            "prompt",
+            f"template {self.prompt}",
+        )
         if self.output_schema is not None:
             self._schema = _load_schema(self.output_schema, ctx)
             self._reask_template = load_template("prompts/json_reask.jinja", ctx.recipe_dir, ctx.at("schema"))
@@ -72,7 +77,8 @@ class LabelStep(Step):
         assert self._template is not None and self.teacher is not None
         response_format = (
             {"type": "json_schema", "json_schema": {"name": "response", "schema": self._schema}}
-            if self._schema is not None else None
+            if self._schema is not None
+            else None
         )
         slots, requests = [], []
         for row in rows:
@@ -82,7 +88,9 @@ class LabelStep(Step):
             ]
             for sample in range(self.n):
                 slots.append((row, sample, prompt))
-                requests.append(ChatRequest(tuple(messages), dict(self.teacher.params), sample, response_format))
+                requests.append(
+                    ChatRequest(tuple(messages), dict(self.teacher.params), sample, response_format)
+                )
         return slots, requests
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
@@ -93,15 +101,22 @@ class LabelStep(Step):
         if self._schema is not None:
             outcomes = await self._reask_invalid(requests, outcomes, ctx)
         result = StepResult([])
-        for (row, sample, prompt), outcome in zip(slots, outcomes):
+        for (row, sample, prompt), outcome in zip(slots, outcomes, strict=True):
             out_id = row["id"] if self.n == 1 else f"{row['id']}-{sample}"
             completion = outcome.completion
             if completion is None:
                 result.failures.append(Failure.from_outcome({**row, "id": out_id}, outcome))
                 continue
             if completion.finish_reason == "content_filter" and not completion.text.strip():
-                result.failures.append(Failure(out_id, "content_filter", outcome.attempts,
-                                               "the provider's content filter withheld the answer", row))
+                result.failures.append(
+                    Failure(
+                        out_id,
+                        "content_filter",
+                        outcome.attempts,
+                        "the provider's content filter withheld the answer",
+                        row,
+                    )
+                )
                 continue
             labelled = {**row, "id": out_id, "prompt": prompt}
             if self.system:
@@ -131,14 +146,24 @@ class LabelStep(Step):
             for index, error in invalid.items():
                 conversations[index] += [
                     {"role": "assistant", "content": outcomes[index].completion.text},
-                    {"role": "user", "content": self._reask_template.render(
-                        {"error": error, "schema": json.dumps(self._schema)})},
+                    {
+                        "role": "user",
+                        "content": self._reask_template.render(
+                            {"error": error, "schema": json.dumps(self._schema)}
+                        ),
+                    },
                 ]
                 original = requests[index]
-                retry_requests.append(ChatRequest(tuple(conversations[index]), original.params,
-                                                  original.sample, original.response_format))
+                retry_requests.append(
+                    ChatRequest(
+                        tuple(conversations[index]),
+                        original.params,
+                        original.sample,
+                        original.response_format,
+                    )
+                )
             retried = await ctx.dispatcher.run(retry_requests)
-            for index, outcome in zip(invalid, retried):
+            for index, outcome in zip(invalid, retried, strict=True):
                 outcome.attempts += outcomes[index].attempts
                 outcomes[index] = outcome
         for index, error in invalid.items():
@@ -168,7 +193,9 @@ class LabelStep(Step):
             max_completion_tokens=len(requests) * int(budget or ASSUMED_MAX_TOKENS),
             sample_prompts=[list(r.messages) for r in requests[:SAMPLE_PROMPTS_SHOWN]],
         )
-        placeholder = [{**row, "prompt": prompt, "response": "", "finish_reason": None} for row, _, prompt in slots]
+        placeholder = [
+            {**row, "prompt": prompt, "response": "", "finish_reason": None} for row, _, prompt in slots
+        ]
         return placeholder, plan
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -63,7 +63,8 @@ class LoadStep(Step):
             unknown = sorted(set(self.rename) - present)
             if unknown and ctx is not None:
                 raise RecipeError(
-                    f"cannot rename missing column(s) {', '.join(unknown)}; the data has: {', '.join(sorted(present))}",
+                    f"cannot rename missing column(s) {', '.join(unknown)}; "
+                    f"the data has: {', '.join(sorted(present))}",
                     where=ctx.at("rename"),
                 )
             rows = [{self.rename.get(key, key): value for key, value in row.items()} for row in rows]
@@ -97,8 +98,9 @@ def read_rows(source: Path, split: str) -> list[Row]:
         import pyarrow.parquet as pq
 
         return pq.read_table(source).to_pylist()
-    raise RecipeError(f"unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}",
-                      where=str(source))
+    raise RecipeError(
+        f"unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}", where=str(source)
+    )
 
 
 def _read_jsonl(source: Path) -> list[Row]:
@@ -110,7 +112,9 @@ def _read_jsonl(source: Path) -> list[Row]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise RecipeError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{source}:{number}") from None
+                raise RecipeError(
+                    f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{source}:{number}"
+                ) from None
             if not isinstance(row, dict):
                 raise RecipeError("each line must be a JSON object", where=f"{source}:{number}")
             rows.append(row)
@@ -125,7 +129,7 @@ def _read_json(source: Path) -> list[Row]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # the common {"data": [...]} wrapper
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise RecipeError("expected a JSON list of objects (or {\"data\": [...]})", where=str(source))
+        raise RecipeError('expected a JSON list of objects (or {"data": [...]})', where=str(source))
     return data
 
 

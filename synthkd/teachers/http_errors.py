@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from synthkd.teachers.base import RateLimitHint, TeacherError
@@ -68,7 +68,9 @@ def rate_limit_hint(headers: Mapping[str, str] | None) -> RateLimitHint | None:
         except (KeyError, ValueError):
             return None
 
-    resets = [parse_duration(lower.get(name)) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")]
+    resets = [
+        parse_duration(lower.get(name)) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+    ]
     known = [seconds for seconds in resets if seconds is not None]
     return RateLimitHint(
         remaining_requests=as_int("x-ratelimit-remaining-requests"),
@@ -96,11 +98,16 @@ def classify_status_error(exc: Exception, status: int, headers: Mapping[str, str
     if "insufficient_quota" in _error_codes(exc) or "insufficient_quota" in message:
         return TeacherError(
             f"the account has no quota left (HTTP {status} insufficient_quota): {message}",
-            retryable=False, reason="insufficient_quota", status=status,
+            retryable=False,
+            reason="insufficient_quota",
+            status=status,
         )
     if status in RETRYABLE_STATUSES:
         return TeacherError(
-            message, retryable=True, reason=f"http_{status}", status=status,
+            message,
+            retryable=True,
+            reason=f"http_{status}",
+            status=status,
             retry_after=retry_after_seconds(headers),
         )
     hint = {
@@ -108,8 +115,9 @@ def classify_status_error(exc: Exception, status: int, headers: Mapping[str, str
         403: "the key is not allowed to use this model or endpoint",
         404: "the model or endpoint does not exist; check teacher.model and teacher.base_url",
     }.get(status, "the request was rejected; check teacher.params and the model name")
-    return TeacherError(f"HTTP {status}: {hint} ({message})", retryable=False, reason=f"http_{status}",
-                        status=status)
+    return TeacherError(
+        f"HTTP {status}: {hint} ({message})", retryable=False, reason=f"http_{status}", status=status
+    )
 
 
 def response_headers(exc: Exception) -> Mapping[str, str] | None:

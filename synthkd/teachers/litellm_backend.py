@@ -56,7 +56,9 @@ class LiteLLMTeacher:
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
                 raise classify_status_error(exc, status, response_headers(exc)) from exc
-            raise TeacherError(f"{exc.__class__.__name__}: {exc}", retryable=True, reason="malformed") from exc
+            raise TeacherError(
+                f"{exc.__class__.__name__}: {exc}", retryable=True, reason="malformed"
+            ) from exc
         try:
             choice = response.choices[0]
             text = choice.message.content or ""

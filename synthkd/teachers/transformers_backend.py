@@ -82,7 +82,9 @@ class TransformersTeacher:
                 where="teacher.model",
             ) from None
         if not self._tokenizer.chat_template:
-            raise RecipeError(f"the tokenizer of {config.model!r} has no chat template", where="teacher.model")
+            raise RecipeError(
+                f"the tokenizer of {config.model!r} has no chat template", where="teacher.model"
+            )
         self._model.eval()
         self._tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
         if self._tokenizer.pad_token is None:
@@ -112,7 +114,7 @@ class TransformersTeacher:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), completion in zip(batch, completions):
+            for (_, future), completion in zip(batch, completions, strict=True):
                 if not future.done():
                     future.set_result(completion)
 
@@ -140,7 +142,7 @@ class TransformersTeacher:
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         eos_ids = self._eos_ids()
         completions = []
-        for row, prompt_mask in zip(new_tokens.tolist(), encoded["attention_mask"].tolist()):
+        for row, prompt_mask in zip(new_tokens.tolist(), encoded["attention_mask"].tolist(), strict=True):
             end = next((i for i, token in enumerate(row) if token in eos_ids), None)
             generated = row if end is None else row[:end]
             completions.append(
@@ -155,7 +157,9 @@ class TransformersTeacher:
 
     def _eos_ids(self) -> set[int]:
         configured = self._model.generation_config.eos_token_id
-        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        ids = set(
+            configured if isinstance(configured, list) else [configured] if configured is not None else []
+        )
         if self._tokenizer.eos_token_id is not None:
             ids.add(self._tokenizer.eos_token_id)
         return ids

@@ -136,12 +136,18 @@ async def _answer(request, state: ServerState, config: ServerConfig, epoch: int)
         return _error(500, "Internal server error (injected)", "server_error", None)
     if rng.random() < config.fail_429:
         state.count(state.by_fault, "fail_429", epoch)
-        return _error(429, "Rate limit reached (injected)", "requests", "rate_limit_exceeded",
-                      headers={"Retry-After": f"{config.retry_after:g}"})
+        return _error(
+            429,
+            "Rate limit reached (injected)",
+            "requests",
+            "rate_limit_exceeded",
+            headers={"Retry-After": f"{config.retry_after:g}"},
+        )
     if rng.random() < config.quota:
         state.count(state.by_fault, "quota", epoch)
-        return _error(429, "You exceeded your current quota (injected)", "insufficient_quota",
-                      "insufficient_quota")
+        return _error(
+            429, "You exceeded your current quota (injected)", "insufficient_quota", "insufficient_quota"
+        )
     if rng.random() < config.hang:
         state.count(state.by_fault, "hang", epoch)
         await asyncio.sleep(config.hang_seconds)
@@ -160,19 +166,28 @@ async def _answer(request, state: ServerState, config: ServerConfig, epoch: int)
     n = int(body.get("n") or 1)
     prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
     completion_tokens = len(reply.split()) * n
-    return web.json_response({
-        "id": f"chatcmpl-{state.requests}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "fake-model"),
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": finish_reason,
-             "logprobs": None}
-            for i in range(n)
-        ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    })
+    return web.json_response(
+        {
+            "id": f"chatcmpl-{state.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
+                for i in range(n)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
 
 
 def make_app(state: ServerState):
@@ -182,14 +197,26 @@ def make_app(state: ServerState):
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     async def stats(_request):
-        return web.json_response({
-            "requests": state.requests,
-            "by_status": dict(state.by_status),
-            "by_fault": {name: state.by_fault.get(name, 0) for name in
-                         ("fail_500", "fail_429", "quota", "hang", "malformed", "content_filter", "auth")},
-            "duplicates": state.duplicates,
-            "max_in_flight": state.max_in_flight,
-        })
+        return web.json_response(
+            {
+                "requests": state.requests,
+                "by_status": dict(state.by_status),
+                "by_fault": {
+                    name: state.by_fault.get(name, 0)
+                    for name in (
+                        "fail_500",
+                        "fail_429",
+                        "quota",
+                        "hang",
+                        "malformed",
+                        "content_filter",
+                        "auth",
+                    )
+                },
+                "duplicates": state.duplicates,
+                "max_in_flight": state.max_in_flight,
+            }
+        )
 
     async def reset(_request):
         state.reset()
@@ -234,7 +261,9 @@ async def serve(port: int, state: ServerState) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--script", type=Path, help="JSON list of {match, reply, finish_reason} rules")
@@ -269,9 +298,8 @@ class FakeOpenAIServer:
                 self._args += [f"--{name.replace('_', '-')}", str(value)]
         self._script_file: Path | None = None
         if script is not None:
-            handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-            json.dump(script, handle)
-            handle.close()
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+                json.dump(script, handle)
             self._script_file = Path(handle.name)
             self._args += ["--script", handle.name]
         self._process: subprocess.Popen | None = None
@@ -280,7 +308,9 @@ class FakeOpenAIServer:
     def __enter__(self) -> FakeOpenAIServer:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "synthkd.testing.fake_openai", *self._args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             line = self._process.stdout.readline()  # the first line is LISTENING <url>, or nothing if it died
@@ -299,8 +329,9 @@ class FakeOpenAIServer:
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         root = self.base_url.removesuffix("/v1")
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(root + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            root + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
