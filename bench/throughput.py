@@ -166,7 +166,8 @@ def main() -> None:
             for client, measured in rows:
                 cpu_ms = measured.cpu_seconds / measured.requests * 1000
                 ratio = measured.rate / limit
-                print(f"| {label} | {client} | {measured.rate:.0f} | {limit:.0f} | {ratio:.1%} | {cpu_ms:.2f} |")
+                rate = measured.rate
+                print(f"| {label} | {client} | {rate:.0f} | {limit:.0f} | {ratio:.1%} | {cpu_ms:.2f} |")
 
 
 if __name__ == "__main__":
