@@ -23,8 +23,11 @@ from synthkd.teachers.http_errors import classify_status_error, rate_limit_hint
 
 
 def _http_client(timeout: float) -> Any:
+    aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.80
+    if aiohttp_client is None:
+        return None
     try:
-        return openai.DefaultAioHttpClient(timeout=timeout)
+        return aiohttp_client(timeout=timeout)
     except RuntimeError:  # the SDK was installed without its aiohttp extra
         return None
 

