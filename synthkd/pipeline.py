@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import synthkd
 from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
+from synthkd.errors import RecipeError
 from synthkd.output import with_messages, write_run
 from synthkd.preflight import check_teacher_environment, redact_url
 from synthkd.pricing import price_of
@@ -32,10 +34,22 @@ def check(loaded: LoadedRecipe) -> list[Columns]:
         ctx = CheckContext(loaded.base_dir, lambda key, i=index: loaded.at("steps", i, key))
         columns = step.check(columns, ctx)
         teacher = step.step_teacher()
-        if teacher is not None and teacher.backend == "transformers":
-            check_local_params(teacher.params, _teacher_where(loaded, index, "params"))
+        if teacher is not None:
+            _check_params(teacher, lambda *key, i=index: _teacher_where(loaded, i, "params", *key))
         flow.append(columns)
     return flow
+
+
+# Params synthkd itself decides: samples are separate cached requests, answers are read whole.
+RESERVED_PARAMS = {"n": "use the step's `n:` (each sample is cached on its own)", "stream": "not supported"}
+
+
+def _check_params(teacher: TeacherConfig, where: Callable[..., str]) -> None:
+    for name, hint in RESERVED_PARAMS.items():
+        if name in teacher.params:
+            raise RecipeError(f"cannot be a teacher param: {hint}", where=where(name))
+    if teacher.backend == "transformers":
+        check_local_params(teacher.params, where())
 
 
 def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:

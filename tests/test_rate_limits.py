@@ -17,7 +17,7 @@ def test_bucket_paces_to_its_rate():
         return time.monotonic() - start
 
     elapsed = asyncio.run(take_many())
-    assert 0.45 <= elapsed < 0.9  # 25 refills at 50/s after the first token
+    assert 0.45 <= elapsed < 1.5  # 25 refills at 50/s after the first token
 
 
 def test_requests_bucket_starts_paced_and_banks_one_second():

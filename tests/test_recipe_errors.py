@@ -211,3 +211,10 @@ def test_unsupported_local_param(recipe_dir, capsys):
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
     assert "recipe.yaml:5: teacher.params: frequency_penalty not supported by the transformers backend" in out
+
+
+def test_n_in_teacher_params_points_to_the_step_key(recipe_dir, capsys, listening_port):
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), "--set", "teacher.params.n=3"], capsys)
+    assert code == 2
+    assert "--set teacher.params.n: teacher.params.n: cannot be a teacher param: use the step's `n:`" in out
