@@ -238,3 +238,34 @@ def test_no_secret_in_cache_manifest_or_outputs(tmp_path, server, private_cache)
     assert any(p.name == "requests.sqlite" for p in written)
     for file in written:
         assert KEY.encode() not in file.read_bytes(), file
+
+
+def test_no_cache_flag_and_cache_clear(tmp_path, server, capsys):
+    path = recipe(tmp_path, server, "openai", rows=6)
+    assert main(["run", str(path), "--no-cache"]) == 0
+    assert main(["run", str(path), "--no-cache"]) == 0
+    assert chat_requests(server) == 12  # nothing read from the cache
+    capsys.readouterr()
+    assert main(["cache", "info"]) == 0
+    assert json.loads(capsys.readouterr().out)["responses"] == 0  # nor written to it
+    assert main(["run", str(path)]) == 0
+    assert main(["cache", "info"]) == 0
+    assert json.loads(capsys.readouterr().out)["responses"] == 6
+    assert main(["cache", "clear"]) == 0
+    assert "removed 6 cached responses" in capsys.readouterr().err
+    server.reset()
+    assert main(["run", str(path)]) == 0
+    assert chat_requests(server) == 6
+
+
+def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, capsys):
+    path = recipe(tmp_path, server, "openai", rows=8)
+    run_recipe(load_recipe(path, ["steps.1.n=1"]))
+    server.reset()
+    assert main(["run", str(path), "--dry-run", "--set", "steps.1.n=2"]) == 0
+    out = capsys.readouterr().err
+    assert chat_requests(server) == 0
+    label_row = next(line for line in out.splitlines() if "1:label" in line and "│" in line)
+    cells = [cell.strip() for cell in label_row.split("│") if cell.strip()]
+    assert cells[:4] == ["1:label", "16", "8", "8"]  # requests, cached (sample 0), to send
+    assert "user: Explain item 0 in a sentence." in out
