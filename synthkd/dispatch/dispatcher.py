@@ -116,8 +116,10 @@ class Dispatcher:
         count = min(self.config.concurrency, len(queue))
         # Starting every worker at the same instant makes the answers return in one wave that the
         # event loop then works through while the other slots wait; a short staggered start
-        # spreads them out, and is gentler on providers' burst limits too.
-        workers = [asyncio.create_task(worker(RAMP_UP_SECONDS * i / count)) for i in range(count)]
+        # spreads them out, and is gentler on providers' burst limits too. A local model wants
+        # the opposite: every request at once, so its first batch is full.
+        ramp = 0.0 if self.teacher.backend == "transformers" else RAMP_UP_SECONDS
+        workers = [asyncio.create_task(worker(ramp * i / count)) for i in range(count)]
         try:
             await asyncio.gather(*workers)
         finally:
