@@ -67,3 +67,21 @@ def test_greedy_decoding_is_reproducible_without_cache(tmp_path: Path, tiny_mode
     first = read_jsonl(tmp_path / "out" / "data.jsonl")
     run_recipe(load_recipe(recipe, overrides), use_cache=False)
     assert read_jsonl(tmp_path / "out" / "data.jsonl") == first
+
+
+def test_requests_in_flight_are_generated_in_full_batches(tiny_model: Path):
+    import asyncio
+
+    from synthkd.dispatch.dispatcher import Dispatcher
+    from synthkd.teachers import ChatRequest, TeacherConfig, build_teacher
+
+    config = TeacherConfig(
+        backend="transformers", model=str(tiny_model), batch_size=4, params={"max_tokens": 4}
+    )
+    teacher = build_teacher(config)
+    requests = [
+        ChatRequest(({"role": "user", "content": f"question {i}"},), config.params) for i in range(10)
+    ]
+    outcomes = asyncio.run(Dispatcher(teacher, config, cache=None, price=None).run(requests))
+    assert all(outcome.completion is not None for outcome in outcomes)
+    assert teacher.batch_sizes == [4, 4, 2]

@@ -91,6 +91,7 @@ class TransformersTeacher:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._pending: list[tuple[ChatRequest, asyncio.Future]] = []
         self._batcher: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []  # one entry per generate() call, to see batching at work
 
     async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -107,6 +108,7 @@ class TransformersTeacher:
             batch = [item for item in self._pending if item[0].params == first_params][: self._batch_size]
             for item in batch:
                 self._pending.remove(item)
+            self.batch_sizes.append(len(batch))
             try:
                 completions = await asyncio.to_thread(self._generate, [request for request, _ in batch])
             except Exception as exc:  # a generation error fails the batch, not the batcher
