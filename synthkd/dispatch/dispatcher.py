@@ -58,13 +58,12 @@ class Dispatcher:
         config: TeacherConfig,
         cache: ResponseCache | None,
         price: Price | None,
-        stats: DispatchStats | None = None,
     ) -> None:
         self.teacher = teacher
         self.config = config
         self.cache = cache
         self.price = price
-        self.stats = stats if stats is not None else DispatchStats()
+        self.stats = DispatchStats()
         self._rpm = requests_bucket(config.rpm)
         self._tpm = tokens_bucket(config.tpm)
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
