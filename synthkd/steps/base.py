@@ -52,6 +52,7 @@ class Failure:
     attempts: int = 0
     error: str | None = None
     row: Row | None = None
+    raw: str | None = None  # the teacher's text when it could not be parsed
 
     @classmethod
     def from_outcome(cls, row: Row, outcome: Outcome) -> Failure:

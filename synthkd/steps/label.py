@@ -10,7 +10,6 @@ import jsonschema
 from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
-from synthkd.dispatch.dispatcher import Outcome
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     CheckContext,
@@ -23,6 +22,7 @@ from synthkd.steps.base import (
     StepResult,
     require_columns,
 )
+from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 from synthkd.templates import PromptTemplate, load_template
@@ -97,22 +97,37 @@ class LabelStep(Step):
         assert ctx.dispatcher is not None
         slots, requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
-        outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
-        if self._schema is not None:
-            outcomes = await self._reask_invalid(requests, outcomes, ctx)
+        if self._schema is None:
+            outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
+            answers = [Parsed(o.completion.text if o.completion else None, o, o.error) for o in outcomes]
+        else:
+            assert self._reask_template is not None
+            answers = await ask_parsed(
+                ctx.dispatcher,
+                requests,
+                self._check_schema,
+                self._reask_template,
+                reask=self.reask,
+                progress=ctx.progress,
+                extra={"schema": json.dumps(self._schema)},
+            )
         result = StepResult([])
-        for (row, sample, prompt), outcome in zip(slots, outcomes, strict=True):
+        for (row, sample, prompt), answer in zip(slots, answers, strict=True):
             out_id = row["id"] if self.n == 1 else f"{row['id']}-{sample}"
-            completion = outcome.completion
-            if completion is None:
-                result.failures.append(Failure.from_outcome({**row, "id": out_id}, outcome))
+            completion = answer.outcome.completion
+            if not answer.ok:
+                reason = "invalid_json" if completion is not None else answer.reason
+                result.failures.append(
+                    Failure(out_id, reason, answer.outcome.attempts, answer.error, row, raw=answer.raw)
+                )
                 continue
+            assert completion is not None
             if completion.finish_reason == "content_filter" and not completion.text.strip():
                 result.failures.append(
                     Failure(
                         out_id,
                         "content_filter",
-                        outcome.attempts,
+                        answer.outcome.attempts,
                         "the provider's content filter withheld the answer",
                         row,
                     )
@@ -128,58 +143,17 @@ class LabelStep(Step):
             result.rows.append(labelled)
         return result
 
-    async def _reask_invalid(
-        self, requests: list[ChatRequest], outcomes: list[Outcome], ctx: StepContext
-    ) -> list[Outcome]:
-        """Ask again, showing the error, for answers that are not valid JSON for the schema."""
-        assert ctx.dispatcher is not None and self._reask_template is not None
-        outcomes = list(outcomes)
-        conversations = [list(request.messages) for request in requests]
-        for round_number in range(self.reask + 1):
-            invalid = {}
-            for index, outcome in enumerate(outcomes):
-                if outcome.completion is not None and (error := self._schema_error(outcome.completion.text)):
-                    invalid[index] = error
-            if not invalid or round_number == self.reask:
-                break
-            retry_requests = []
-            for index, error in invalid.items():
-                conversations[index] += [
-                    {"role": "assistant", "content": outcomes[index].completion.text},
-                    {
-                        "role": "user",
-                        "content": self._reask_template.render(
-                            {"error": error, "schema": json.dumps(self._schema)}
-                        ),
-                    },
-                ]
-                original = requests[index]
-                retry_requests.append(
-                    ChatRequest(
-                        tuple(conversations[index]),
-                        original.params,
-                        original.sample,
-                        original.response_format,
-                    )
-                )
-            retried = await ctx.dispatcher.run(retry_requests)
-            for index, outcome in zip(invalid, retried, strict=True):
-                outcome.attempts += outcomes[index].attempts
-                outcomes[index] = outcome
-        for index, error in invalid.items():
-            outcomes[index] = Outcome(None, outcomes[index].attempts, error=error, reason="invalid_json")
-        return outcomes
-
-    def _schema_error(self, text: str) -> str | None:
+    def _check_schema(self, text: str) -> str:
+        """The answer itself if it is JSON matching the schema; else a ParseError saying why."""
         try:
-            value = json.loads(_strip_code_fence(text))
+            value = json.loads(strip_code_fence(text))
         except json.JSONDecodeError as exc:
-            return f"not JSON ({exc.msg})"
+            raise ParseError(f"not JSON ({exc.msg})") from None
         try:
             jsonschema.validate(value, self._schema)
         except jsonschema.ValidationError as exc:
-            return f"does not match the schema: {exc.message}"
-        return None
+            raise ParseError(f"does not match the schema: {exc.message}") from None
+        return text
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         assert self.teacher is not None
@@ -197,15 +171,6 @@ class LabelStep(Step):
             {**row, "prompt": prompt, "response": "", "finish_reason": None} for row, _, prompt in slots
         ]
         return placeholder, plan
-
-
-def _strip_code_fence(text: str) -> str:
-    """Models often wrap JSON in ```json fences even when told not to; accept that."""
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        stripped = stripped.rsplit("```", 1)[0]
-    return stripped.strip()
 
 
 def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Ask a teacher for something parseable; re-ask with the error shown; never crash on bad output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from synthkd.dispatch.dispatcher import Dispatcher, Outcome
+from synthkd.steps.base import Progress
+from synthkd.teachers.base import ChatRequest
+from synthkd.templates import PromptTemplate
+
+
+class ParseError(ValueError):
+    """The teacher's text is not what the step asked for; the message is shown in the re-ask."""
+
+
+@dataclass
+class Parsed:
+    """The parsed value of one request, or why there is none (with the raw text, for failures.jsonl)."""
+
+    value: Any
+    outcome: Outcome
+    error: str | None = None
+    raw: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def reason(self) -> str:
+        if self.outcome.completion is None:
+            return self.outcome.reason or "request_failed"
+        return "unparseable"
+
+
+async def ask_parsed(
+    dispatcher: Dispatcher,
+    requests: Sequence[ChatRequest],
+    parse: Callable[[str], Any],
+    reask_template: PromptTemplate,
+    *,
+    reask: int = 1,
+    progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[Parsed]:
+    """Send `requests`, parse each answer, and re-ask up to `reask` times where parsing failed.
+
+    A re-ask continues the conversation: the teacher's answer, then `reask_template` rendered with
+    `error` (the ParseError message) and `extra`. Answers are cached like any other request, so a
+    resumed run takes the same path.
+    """
+    on_result = (lambda _, copies: progress.advance(copies)) if progress is not None else None
+    outcomes = await dispatcher.run(requests, on_result)
+    results = [_parse(outcome, parse) for outcome in outcomes]
+    conversations = [list(request.messages) for request in requests]
+    for _ in range(reask):
+        retry = [index for index, result in enumerate(results) if result.outcome.completion and not result.ok]
+        if not retry:
+            break
+        follow_ups = []
+        for index in retry:
+            conversations[index] += [
+                {"role": "assistant", "content": results[index].raw or ""},
+                {
+                    "role": "user",
+                    "content": reask_template.render({"error": results[index].error, **(extra or {})}),
+                },
+            ]
+            original = requests[index]
+            follow_ups.append(
+                ChatRequest(
+                    tuple(conversations[index]), original.params, original.sample, original.response_format
+                )
+            )
+        for index, outcome in zip(retry, await dispatcher.run(follow_ups), strict=True):
+            outcome.attempts += results[index].outcome.attempts
+            results[index] = _parse(outcome, parse)
+    return results
+
+
+def _parse(outcome: Outcome, parse: Callable[[str], Any]) -> Parsed:
+    if outcome.completion is None:
+        return Parsed(None, outcome, error=outcome.error or "request failed")
+    text = outcome.completion.text
+    try:
+        return Parsed(parse(text), outcome, raw=text)
+    except ParseError as exc:
+        return Parsed(None, outcome, error=str(exc), raw=text)
+
+
+def strip_code_fence(text: str) -> str:
+    """Models often wrap structured answers in ``` fences even when told not to; accept that."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        stripped = stripped.rsplit("```", 1)[0]
+    return stripped.strip()
