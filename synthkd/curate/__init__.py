@@ -1,0 +1,1 @@
+"""Curation primitives: pure functions and indexes that steps call."""
