@@ -10,9 +10,15 @@ from synthkd.steps.base import Step
 from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
+from synthkd.steps.self_instruct import SelfInstructStep
 
-STEP_TYPES: dict[str, type[Step]] = {"load": LoadStep, "label": LabelStep, "filter": FilterStep}
+STEP_TYPES: dict[str, type[Step]] = {
+    "load": LoadStep,
+    "label": LabelStep,
+    "filter": FilterStep,
+    "self_instruct": SelfInstructStep,
+}
 
-AnyStep = Annotated[LoadStep | LabelStep | FilterStep, Field(discriminator="step")]
+AnyStep = Annotated[LoadStep | LabelStep | FilterStep | SelfInstructStep, Field(discriminator="step")]
 
 __all__ = ["STEP_TYPES", "AnyStep", "Step"]

@@ -3,8 +3,9 @@
     python -m synthkd.testing.fake_openai --port 0 --latency-ms 100 --fail-500 0.05 --fail-429 0.02
 
 It answers `POST /v1/chat/completions` deterministically ("Answer: <last user message>" or a
-scripted reply), and injects faults at the given rates: 500, 429 with Retry-After, 429
-insufficient_quota, a hang, a truncated body, a content-filtered answer. `GET /stats` counts
+scripted reply, whose `{word}` placeholders become words derived from the request), and injects
+faults at the given rates: 500, 429 with Retry-After, 429 insufficient_quota, a hang, a truncated
+body, a content-filtered answer. `GET /stats` counts
 what it saw; `POST /reset` and `POST /config` let a test steer it. It binds 127.0.0.1 only.
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import random
@@ -79,6 +81,25 @@ def _error(status: int, message: str, kind: str, code: str | None, headers: dict
 
     body = {"error": {"message": message, "type": kind, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+_WORDS = ("amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+          "kelp", "lumen", "maple", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra",
+          "umber", "velvet", "willow", "xenon", "yarrow", "zephyr")  # fmt: skip
+
+
+def _fill_words(reply: str, body: str) -> str:
+    """Replace each `{word}` in a scripted reply by a word derived from the request, so that
+    different requests get different (but reproducible) answers from one rule."""
+    if "{word}" not in reply:
+        return reply
+    digest = hashlib.sha256(body.encode()).digest()
+    parts = reply.split("{word}")
+    out = [parts[0]]
+    for index, part in enumerate(parts[1:]):
+        out.append(_WORDS[digest[index % len(digest)] % len(_WORDS)] + str(digest[(index + 7) % len(digest)]))
+        out.append(part)
+    return "".join(out)
 
 
 def _reply_for(state: ServerState, messages: list[dict]) -> tuple[str, str]:
@@ -156,6 +177,7 @@ async def _answer(request, state: ServerState, config: ServerConfig, epoch: int)
         return web.Response(text='{"id": "chatcmpl-x", "choices": [', content_type="application/json")
 
     reply, finish_reason = _reply_for(state, messages)
+    reply = _fill_words(reply, canonical)
     if rng.random() < config.content_filter:
         state.count(state.by_fault, "content_filter", epoch)
         reply, finish_reason = "", "content_filter"

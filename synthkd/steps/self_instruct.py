@@ -1,0 +1,282 @@
+"""`self_instruct`: grow new tasks from a seed pool (Wang et al., 2022, "Self-Instruct").
+
+Each request shows the teacher a few tasks sampled from the seeds and from tasks already made, and
+asks for new ones. A new task is kept unless it is too short or long, names something a text-only
+model cannot serve (images, files, ...), starts with punctuation or a non-English character, or has
+a ROUGE-L F1 of 0.7 or more with any task already in the pool. Rounds repeat until
+`num_instructions` are kept. Each kept task is then classified (classification or not) and given
+input/output instances; classification tasks get theirs label first, as in the paper, so that the
+labels are not all the same.
+
+Every request's examples come from a generator seeded by (recipe seed, round, request), and the
+pool is filtered in request order, so a rerun replays the cache and reaches the same dataset.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.curate.rouge import RougeLPool
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+# Words that ask for something a text-only model cannot see or produce (the paper's list, extended).
+DEFAULT_BLOCKED_KEYWORDS = [
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+]
+_TASK_LINE = re.compile(r"^\W*(?:task\s*)?\d+\s*[:.)]\s*(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE)
+_INSTANCE = re.compile(
+    r"^\W*input\s*:\s*(.*?)\s*\n\W*output\s*:\s*(.*?)\s*(?=\n\W*input\s*:|\Z)",
+    re.IGNORECASE | re.DOTALL | re.MULTILINE,
+)
+_LABELLED = re.compile(
+    r"^\W*class label\s*:\s*(.*?)\s*\n\W*input\s*:\s*(.*?)\s*(?=\n\W*class label\s*:|\Z)",
+    re.IGNORECASE | re.DOTALL | re.MULTILINE,
+)
+_NO_INPUT = {"", "<none>", "none", "n/a", "<noinput>", "no input"}
+
+
+class SelfInstructStep(Step):
+    """New tasks from a seed pool, with Self-Instruct's filters, then instances for each."""
+
+    step: Literal["self_instruct"]
+    num_instructions: int = Field(100, ge=1, description="new tasks to keep")
+    seed_examples: int = Field(6, ge=0, description="seed tasks shown per request (paper: 6)")
+    generated_examples: int = Field(2, ge=0, description="generated tasks shown per request (paper: 2)")
+    new_per_request: int = Field(8, ge=1, description="new tasks asked for per request")
+    requests_per_round: int = Field(8, ge=1, description="requests sent together before filtering")
+    max_rounds: int = Field(50, ge=1, description="give up after this many rounds")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="drop a task at this ROUGE-L F1 to the pool")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(150, ge=1)
+    blocked_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_KEYWORDS))
+    instances: bool = Field(True, description="generate input/output instances for each new task")
+    max_instances: int = Field(1, ge=1, description="instances asked for per task")
+    keep_seeds: bool = Field(False, description="also output the seed rows")
+    prompt: str = "prompts/self_instruct/generate.jinja"
+    classify_prompt: str = "prompts/self_instruct/is_classification.jinja"
+    instances_prompt: str = "prompts/self_instruct/instances.jinja"
+    classification_instances_prompt: str = "prompts/self_instruct/classification_instances.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+    _blocked: re.Pattern | None = PrivateAttr(None)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        require_columns({"instruction"}, columns, ctx, "step", "self_instruct (the seed tasks)")
+        for key in (
+            "prompt",
+            "classify_prompt",
+            "instances_prompt",
+            "classification_instances_prompt",
+            "reask_prompt",
+        ):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        words = [re.escape(word) for word in self.blocked_keywords]
+        self._blocked = re.compile(rf"\b(?:{'|'.join(words)})\b", re.IGNORECASE) if words else None
+        return {"id", "instruction", "input", "output", "is_classification", "round"}
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def drop_reason(self, instruction: str, pool: RougeLPool) -> str | None:
+        """Why a new task is not kept (the paper's filters, cheapest first), or None to keep it."""
+        words = len(instruction.split())
+        if words < self.min_words:
+            return "too_short"
+        if words > self.max_words:
+            return "too_long"
+        if self._blocked is not None and self._blocked.search(instruction):
+            return "unsupported_keyword"
+        if instruction[0] in string.punctuation:
+            return "starts_with_punctuation"
+        if not instruction[0].isascii():
+            return "non_english_start"
+        if pool.is_near_duplicate(instruction, self.rouge_threshold):
+            return "near_duplicate"
+        return None
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None and self.teacher is not None
+        seeds = list(dict.fromkeys(row["instruction"].strip() for row in rows if row.get("instruction")))
+        pool = RougeLPool()
+        for seed_task in seeds:
+            pool.add(seed_task)
+        kept: list[tuple[str, int]] = []  # (task, round)
+        result = StepResult([])
+        ctx.progress.set_total(self.num_instructions * (3 if self.instances else 1))
+        for round_number in range(self.max_rounds):
+            if len(kept) >= self.num_instructions:
+                break
+            requests = [
+                self._generation_request(seeds, kept, ctx.seed, round_number, index)
+                for index in range(self.requests_per_round)
+            ]
+            answers = await ask_parsed(ctx.dispatcher, requests, parse_tasks, self._templates["reask_prompt"])
+            for index, answer in enumerate(answers):
+                if not answer.ok:
+                    result.failures.append(
+                        Failure(
+                            f"round{round_number}-request{index}",
+                            answer.reason,
+                            answer.outcome.attempts,
+                            answer.error,
+                            raw=answer.raw,
+                        )
+                    )
+                    continue
+                for task in answer.value:
+                    if len(kept) >= self.num_instructions:
+                        result.dropped["over_target"] += 1
+                        continue
+                    reason = self.drop_reason(task, pool)
+                    if reason is not None:
+                        result.dropped[reason] += 1
+                        continue
+                    pool.add(task)
+                    kept.append((task, round_number))
+                    ctx.progress.advance()
+        tasks = [
+            {"id": f"self-instruct-{number:05d}", "instruction": task, "round": round_number}
+            for number, (task, round_number) in enumerate(kept)
+        ]
+        new_rows = await self._add_instances(tasks, ctx, result) if self.instances else tasks
+        result.rows = (list(rows) if self.keep_seeds else []) + new_rows
+        return result
+
+    def _generation_request(self, seeds: list[str], kept: list, seed: int, round_number: int, index: int):
+        assert self.teacher is not None
+        rng = random.Random(f"{seed}:{round_number}:{index}")
+        generated = [task for task, _ in kept]
+        machine = rng.sample(generated, min(self.generated_examples, len(generated)))
+        human_count = self.seed_examples + self.generated_examples - len(machine)
+        human = rng.sample(seeds, min(human_count, len(seeds)))
+        examples = human + machine
+        rng.shuffle(examples)
+        prompt = self._templates["prompt"].render({"examples": examples, "num_new": self.new_per_request})
+        messages = ({"role": "user", "content": prompt},)
+        # The round and index are part of the cache key, so two rounds that happen to sample the
+        # same examples still get two different answers.
+        return ChatRequest(messages, dict(self.teacher.params), sample=round_number * 10_000 + index)
+
+    async def _add_instances(self, tasks: list[Row], ctx: StepContext, result: StepResult) -> list[Row]:
+        """Classify each task, then ask for its instances (label first for classification tasks)."""
+        assert ctx.dispatcher is not None and self.teacher is not None
+        params = dict(self.teacher.params)
+        reask = self._templates["reask_prompt"]
+
+        def ask(template: str, task: Row, **values: Any) -> ChatRequest:
+            content = self._templates[template].render({"instruction": task["instruction"], **values})
+            return ChatRequest(({"role": "user", "content": content},), params)
+
+        verdicts = await ask_parsed(
+            ctx.dispatcher,
+            [ask("classify_prompt", t) for t in tasks],
+            parse_yes_no,
+            reask,
+            progress=ctx.progress,
+        )
+        requests = []
+        for task, verdict in zip(tasks, verdicts, strict=True):
+            # An unanswered classification question is not worth losing the task over.
+            task["is_classification"] = bool(verdict.value) if verdict.ok else False
+            template = "classification_instances_prompt" if task["is_classification"] else "instances_prompt"
+            requests.append(ask(template, task, count=self.max_instances))
+        answers = await ask_parsed(
+            ctx.dispatcher, requests, parse_any_instances, reask, progress=ctx.progress
+        )
+        rows = []
+        for task, answer in zip(tasks, answers, strict=True):
+            if not answer.ok:
+                result.failures.append(
+                    Failure(
+                        task["id"],
+                        answer.reason,
+                        answer.outcome.attempts,
+                        answer.error,
+                        dict(task),
+                        raw=answer.raw,
+                    )
+                )
+                continue
+            instances = answer.value[: self.max_instances]
+            for number, (instance_input, output) in enumerate(instances):
+                row_id = task["id"] if len(instances) == 1 else f"{task['id']}-{number}"
+                rows.append({**task, "id": row_id, "input": instance_input, "output": output})
+        return rows
+
+
+def parse_tasks(text: str) -> list[str]:
+    """The tasks in a numbered list ("Task 9: ...", "9. ..."); a ParseError if there are none."""
+    tasks = []
+    for line in text.splitlines():
+        match = _TASK_LINE.match(line)
+        if match:
+            task = match.group(1).strip().strip("*").strip()
+            if task:
+                tasks.append(task)
+    if not tasks:
+        raise ParseError("no numbered tasks found; write one per line as 'Task N: <the task>'")
+    return tasks
+
+
+def parse_yes_no(text: str) -> bool:
+    first = re.sub(r"[^a-z]", " ", text.strip().lower()).split()
+    if first and first[0] in ("yes", "no"):
+        return first[0] == "yes"
+    raise ParseError("the answer must start with Yes or No")
+
+
+def parse_any_instances(text: str) -> list[tuple[str, str]]:
+    """(input, output) pairs from either format: 'Input/Output' or 'Class label/Input'."""
+    pairs = [(_clean_input(i), o.strip()) for i, o in _INSTANCE.findall(text) if o.strip()]
+    if not pairs:
+        # Label first: the label is the output of the instance.
+        pairs = [(_clean_input(i), label.strip()) for label, i in _LABELLED.findall(text) if label.strip()]
+    if not pairs:
+        raise ParseError(
+            "no examples found; write 'Input: ...' then 'Output: ...' "
+            "(or 'Class label: ...' then 'Input: ...')"
+        )
+    return pairs
+
+
+def _clean_input(text: str) -> str:
+    text = text.strip()
+    return "" if text.lower() in _NO_INPUT else text
