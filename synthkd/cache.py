@@ -40,6 +40,8 @@ def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
         "response_format": request.response_format,
         "sample": request.sample,
     }
+    if request.continue_final:  # added only when set, so earlier keys stay valid
+        material["continue_final"] = True
     canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -31,7 +31,11 @@ def check(loaded: LoadedRecipe) -> list[Columns]:
     columns: Columns = set()
     flow = []
     for index, step in enumerate(loaded.recipe.steps):
-        ctx = CheckContext(loaded.base_dir, lambda key, i=index: loaded.at("steps", i, key))
+        ctx = CheckContext(
+            loaded.base_dir,
+            lambda key, i=index: loaded.at("steps", i, key),
+            lambda *key, i=index: _teacher_where(loaded, i, *key),
+        )
         columns = step.check(columns, ctx)
         teacher = step.step_teacher()
         if teacher is not None:

@@ -10,6 +10,7 @@ from synthkd.steps.base import Step
 from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
+from synthkd.steps.magpie import MagpieStep
 from synthkd.steps.self_instruct import SelfInstructStep
 
 STEP_TYPES: dict[str, type[Step]] = {
@@ -17,8 +18,11 @@ STEP_TYPES: dict[str, type[Step]] = {
     "label": LabelStep,
     "filter": FilterStep,
     "self_instruct": SelfInstructStep,
+    "magpie": MagpieStep,
 }
 
-AnyStep = Annotated[LoadStep | LabelStep | FilterStep | SelfInstructStep, Field(discriminator="step")]
+AnyStep = Annotated[
+    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep, Field(discriminator="step")
+]
 
 __all__ = ["STEP_TYPES", "AnyStep", "Step"]

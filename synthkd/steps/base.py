@@ -23,6 +23,8 @@ class CheckContext:
 
     recipe_dir: Path
     at: Callable[[str], str]  # at("prompt") -> "recipe.yaml:14: steps.1.prompt"
+    # teacher_at("backend") -> the step's own teacher key if it sets it, else the recipe's.
+    teacher_at: Callable[..., str] = lambda *key: ".".join(("teacher", *key))
 
 
 class Progress:

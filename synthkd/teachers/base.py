@@ -14,6 +14,9 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     sample: int = 0
     response_format: dict[str, Any] | None = None
+    # Continue the last message instead of answering it: with an empty user message last, the
+    # model writes the user's turn (Magpie). Only a local model can be sent such a prefix.
+    continue_final: bool = False
 
 
 @dataclass

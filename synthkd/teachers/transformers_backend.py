@@ -104,8 +104,12 @@ class TransformersTeacher:
         """Generate for queued requests, a batch at a time, off the event loop."""
         while self._pending:
             await asyncio.sleep(0)  # let requests that are being scheduled right now join the batch
-            first_params = self._pending[0][0].params
-            batch = [item for item in self._pending if item[0].params == first_params][: self._batch_size]
+            first = self._pending[0][0]
+            batch = [
+                item
+                for item in self._pending
+                if item[0].params == first.params and item[0].continue_final == first.continue_final
+            ][: self._batch_size]
             for item in batch:
                 self._pending.remove(item)
             self.batch_sizes.append(len(batch))
@@ -130,10 +134,7 @@ class TransformersTeacher:
         params["do_sample"] = temperature > 0
         if not params["do_sample"]:
             params.pop("temperature", None)
-        texts = [
-            self._tokenizer.apply_chat_template(list(r.messages), add_generation_prompt=True, tokenize=False)
-            for r in requests
-        ]
+        texts = [self.render_prompt(request) for request in requests]
         encoded = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = encoded.to(self._device)
         # Seed from the batch's content so that a rerun of the same batch samples the same text.
@@ -156,6 +157,21 @@ class TransformersTeacher:
                 )
             )
         return completions
+
+    def render_prompt(self, request: ChatRequest) -> str:
+        """The text the model continues: the chat up to the assistant's turn, or, with
+        `continue_final`, up to and including the last message's content, left open."""
+        messages = list(request.messages)
+        if not request.continue_final:
+            return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # Render with a sentinel as the last content and cut there: this works for any template,
+        # where transformers' own continue_final_message cannot find an empty message.
+        sentinel = "\u2063SYNTHKD_CONTINUE\u2063"
+        last = messages[-1]
+        rendered = self._tokenizer.apply_chat_template(
+            messages[:-1] + [{**last, "content": sentinel}], add_generation_prompt=False, tokenize=False
+        )
+        return rendered[: rendered.index(sentinel)] + last["content"]
 
     def _eos_ids(self) -> set[int]:
         configured = self._model.generation_config.eos_token_id
