@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.evol_instruct import EvolInstructStep
 from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
@@ -19,10 +20,12 @@ STEP_TYPES: dict[str, type[Step]] = {
     "filter": FilterStep,
     "self_instruct": SelfInstructStep,
     "magpie": MagpieStep,
+    "evol_instruct": EvolInstructStep,
 }
 
 AnyStep = Annotated[
-    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep, Field(discriminator="step")
+    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep | EvolInstructStep,
+    Field(discriminator="step"),
 ]
 
 __all__ = ["STEP_TYPES", "AnyStep", "Step"]

@@ -1,0 +1,215 @@
+"""`evol_instruct`: make instructions harder, round by round (Xu et al., 2023, "WizardLM").
+
+Each round rewrites every instruction with one operation drawn at random: in depth (add a
+constraint, deepen, concretize, increase reasoning steps, complicate the input) or, less often, in
+breadth (a new instruction on a rarer topic of the same domain). The teacher then answers the
+evolved instruction. As in the paper, an evolution is eliminated when it adds no information over
+its parent (a similarity test, or the teacher is asked), when the answer is a refusal or very
+short, or when it copies words of the rewriting prompt; the parent then goes on to the next round
+unchanged. Every row keeps its lineage: parent id, operation, round.
+
+The operation of a row in a round comes from a generator seeded by (recipe seed, row id, round),
+so a rerun replays the cache and reaches the same dataset.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.curate.rouge import RougeLPool
+from synthkd.errors import RecipeError
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.filter import REFUSAL_PATTERNS
+from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.steps.self_instruct import parse_yes_no
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+DEPTH_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input"]
+OPERATIONS = [*DEPTH_OPERATIONS, "breadth"]
+# Words of the rewriting prompts that must not leak into an evolved instruction.
+PROMPT_WORDS = re.compile(
+    r"#?\s*(?:rewritten|given|created|new)\s+(?:prompt|instruction)\s*#?\s*:|rewritten prompt|given prompt",
+    re.IGNORECASE,
+)
+_HEADING = re.compile(
+    r"^\s*(?:#+\s*)?(?:\*\*)?(?:rewritten|new|evolved)?\s*(?:instruction|prompt)\s*(?:\*\*)?\s*:\s*",
+    re.IGNORECASE,
+)
+_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
+
+
+class EvolInstructStep(Step):
+    """Evolve instructions for `rounds` rounds, eliminating failed evolutions as WizardLM does."""
+
+    step: Literal["evol_instruct"]
+    rounds: int = Field(3, ge=1, description="rounds of evolution")
+    operations: list[str] = Field(
+        default_factory=lambda: list(OPERATIONS), description="operations drawn from"
+    )
+    breadth_probability: float = Field(0.2, ge=0, le=1, description="chance of the in-breadth operation")
+    elimination: Literal["similarity", "teacher"] = Field(
+        "similarity", description="how 'adds no information' is judged: ROUGE-L with the parent, or asking"
+    )
+    similarity_threshold: float = Field(
+        0.9, gt=0, le=1, description="ROUGE-L F1 at which a child equals its parent"
+    )
+    min_answer_words: int = Field(
+        20, ge=0, description="an answer shorter than this eliminates the evolution"
+    )
+    keep_original: bool = Field(False, description="also output the round-0 instructions")
+    depth_prompt: str = "prompts/evol_instruct/depth.jinja"
+    breadth_prompt: str = "prompts/evol_instruct/breadth.jinja"
+    equal_prompt: str = "prompts/evol_instruct/equal.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        require_columns({"instruction"}, columns, ctx, "step", "evol_instruct")
+        unknown = sorted(set(self.operations) - set(OPERATIONS))
+        if unknown or not self.operations:
+            raise RecipeError(
+                f"unknown operation(s) {unknown}; valid: {', '.join(OPERATIONS)}", where=ctx.at("operations")
+            )
+        for key in ("depth_prompt", "breadth_prompt", "equal_prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        added = {"id", "instruction", "response", "finish_reason", "parent_id", "operation", "round"}
+        return None if columns is None else columns | added
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def choose_operation(self, seed: int, row_id: str, round_number: int) -> str:
+        rng = random.Random(f"{seed}:{row_id}:{round_number}")
+        depth = [op for op in self.operations if op != "breadth"]
+        if "breadth" in self.operations and (not depth or rng.random() < self.breadth_probability):
+            return "breadth"
+        return rng.choice(depth)
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None and self.teacher is not None
+        result = StepResult(list(rows) if self.keep_original else [])
+        ctx.progress.set_total(len(rows) * self.rounds)
+        current = [{**row, "round": 0} for row in rows]
+        for round_number in range(1, self.rounds + 1):
+            evolved = await self._evolve(current, round_number, ctx, result)
+            survivors = {row["parent_id"]: row for row in evolved}
+            result.rows += evolved
+            # A parent whose evolution was eliminated goes on to the next round as it was.
+            current = [survivors.get(row["id"], row) for row in current]
+            ctx.progress.advance(len(current))
+        return result
+
+    async def _evolve(
+        self, parents: list[Row], round_number: int, ctx: StepContext, result: StepResult
+    ) -> list[Row]:
+        assert ctx.dispatcher is not None and self.teacher is not None
+        params = dict(self.teacher.params)
+        operations = [self.choose_operation(ctx.seed, row["id"], round_number) for row in parents]
+        rewrites = [
+            self._user(
+                "breadth_prompt" if operation == "breadth" else "depth_prompt",
+                instruction=row["instruction"],
+                operation=operation,
+            )
+            for row, operation in zip(parents, operations, strict=True)
+        ]
+        requests = [ChatRequest(messages, params) for messages in rewrites]
+        children = await ask_parsed(
+            ctx.dispatcher, requests, parse_instruction, self._templates["reask_prompt"]
+        )
+        candidates = []
+        for parent, operation, child in zip(parents, operations, children, strict=True):
+            child_id = f"{parent['id']}-r{round_number}"
+            if not child.ok:
+                result.failures.append(
+                    Failure(
+                        child_id, child.reason, child.outcome.attempts, child.error, parent, raw=child.raw
+                    )
+                )
+                continue
+            if PROMPT_WORDS.search(child.value):
+                result.dropped["copied_prompt_words"] += 1
+                continue
+            row = {
+                **parent,
+                "id": child_id,
+                "instruction": child.value,
+                "parent_id": parent["id"],
+                "operation": operation,
+                "round": round_number,
+            }
+            candidates.append((parent, row))
+        candidates = await self._drop_no_gain(candidates, params, ctx, result)
+        answers = await ctx.dispatcher.run(
+            [ChatRequest(self._user(None, text=row["instruction"]), params) for _, row in candidates]
+        )
+        evolved = []
+        for (_, row), outcome in zip(candidates, answers, strict=True):
+            if outcome.completion is None:
+                result.failures.append(Failure.from_outcome(row, outcome))
+                continue
+            text = outcome.completion.text.strip()
+            if _REFUSAL.search(text[:200]) or len(text.split()) < self.min_answer_words:
+                result.dropped["refusal_or_short_answer"] += 1
+                continue
+            evolved.append({**row, "response": text, "finish_reason": outcome.completion.finish_reason})
+        return evolved
+
+    async def _drop_no_gain(
+        self, candidates: list, params: dict, ctx: StepContext, result: StepResult
+    ) -> list:
+        """Drop children that ask for the same thing as their parent."""
+        if self.elimination == "similarity":
+            kept = []
+            for parent, child in candidates:
+                same = RougeLPool([parent["instruction"]]).is_near_duplicate(
+                    child["instruction"], self.similarity_threshold
+                )
+                if same:
+                    result.dropped["no_information_gain"] += 1
+                else:
+                    kept.append((parent, child))
+            return kept
+        assert ctx.dispatcher is not None
+        questions = [
+            ChatRequest(self._user("equal_prompt", parent=p["instruction"], child=c["instruction"]), params)
+            for p, c in candidates
+        ]
+        verdicts = await ask_parsed(ctx.dispatcher, questions, parse_yes_no, self._templates["reask_prompt"])
+        kept = []
+        for pair, verdict in zip(candidates, verdicts, strict=True):
+            if verdict.ok and verdict.value:
+                result.dropped["no_information_gain"] += 1
+            else:  # an unanswered question does not eliminate an evolution
+                kept.append(pair)
+        return kept
+
+    def _user(self, template: str | None, text: str = "", **values: str) -> tuple[dict[str, str], ...]:
+        content = self._templates[template].render(values) if template else text
+        return ({"role": "user", "content": content},)
+
+
+def parse_instruction(text: str) -> str:
+    """The rewritten instruction, without a heading the model may have put before it."""
+    cleaned = _HEADING.sub("", text.strip(), count=1).strip().strip('"').strip()
+    if not cleaned:
+        raise ParseError("the answer was empty; write only the rewritten instruction")
+    return cleaned
