@@ -12,6 +12,7 @@ from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
 from synthkd.steps.magpie import MagpieStep
+from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.self_instruct import SelfInstructStep
 
 STEP_TYPES: dict[str, type[Step]] = {
@@ -21,10 +22,11 @@ STEP_TYPES: dict[str, type[Step]] = {
     "self_instruct": SelfInstructStep,
     "magpie": MagpieStep,
     "evol_instruct": EvolInstructStep,
+    "rationale": RationaleStep,
 }
 
 AnyStep = Annotated[
-    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep | EvolInstructStep,
+    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep | EvolInstructStep | RationaleStep,
     Field(discriminator="step"),
 ]
 
