@@ -123,7 +123,9 @@ class RougeLPool:
         best = 0.0
         # Best bounds first: the first pair that reaches the threshold ends the search.
         for row in promising[np.argsort(-upper[promising], kind="stable")]:
-            if upper[row] <= best:
+            # The bound and the exact F1 are rounded differently; the slack keeps a row whose F1 ties
+            # `best` to the last bit from being skipped, so max_f1 stays exactly rouge-score's maximum.
+            if upper[row] + _EPSILON < best:
                 break
             reference = self._tokens[row]
             score = f1_from_lcs(lcs_length(ids, reference), len(ids), len(reference))
