@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.doc_qa import DocQAStep
 from synthkd.steps.evol_instruct import EvolInstructStep
 from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
@@ -23,10 +24,18 @@ STEP_TYPES: dict[str, type[Step]] = {
     "magpie": MagpieStep,
     "evol_instruct": EvolInstructStep,
     "rationale": RationaleStep,
+    "doc_qa": DocQAStep,
 }
 
 AnyStep = Annotated[
-    LoadStep | LabelStep | FilterStep | SelfInstructStep | MagpieStep | EvolInstructStep | RationaleStep,
+    LoadStep
+    | LabelStep
+    | FilterStep
+    | SelfInstructStep
+    | MagpieStep
+    | EvolInstructStep
+    | RationaleStep
+    | DocQAStep,
     Field(discriminator="step"),
 ]
 

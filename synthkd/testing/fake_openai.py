@@ -2,11 +2,14 @@
 
     python -m synthkd.testing.fake_openai --port 0 --latency-ms 100 --fail-500 0.05 --fail-429 0.02
 
-It answers `POST /v1/chat/completions` deterministically ("Answer: <last user message>" or a
-scripted reply, whose `{word}` placeholders become words derived from the request), and injects
-faults at the given rates: 500, 429 with Retry-After, 429 insufficient_quota, a hang, a truncated
-body, a content-filtered answer. `GET /stats` counts
-what it saw; `POST /reset` and `POST /config` let a test steer it. It binds 127.0.0.1 only.
+It answers `POST /v1/chat/completions` deterministically: "Answer: <last user message>", or the
+reply of the first `--script` rule whose regex matches the last user message (a `{word}` in a
+scripted reply becomes a word derived from the request body, so one rule can give different but
+reproducible answers). At the given rates it injects faults: 500, 429 with Retry-After, 429
+insufficient_quota, a hang, a truncated body, a content-filtered answer. `GET /stats` counts what it
+saw; `POST /reset` and `POST /config` let a test steer it at runtime. It binds 127.0.0.1 only and
+prints `LISTENING http://127.0.0.1:PORT/v1` once it accepts connections.
+
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
 """
 
@@ -14,73 +17,165 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import math
+import os
 import random
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+import weakref
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-Z99 = 2.3263  # the 99th percentile of a standard normal
+from aiohttp import web
+
+Z99 = 2.3263  # the 99th percentile of a standard normal: p99 = median * exp(Z99 * sigma)
+LATENCY_DISTS = ("fixed", "lognormal")
+# Checked in this order; at most one fault hits a request. "auth" is not drawn, only counted.
+DRAWN_FAULTS = ("fail_500", "fail_429", "quota", "hang", "malformed", "content_filter")
+ALL_FAULTS = (*DRAWN_FAULTS, "auth")
+TRUNCATED_BODY = '{"id": "chatcmpl-x", "choices": ['
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
+    """The settings `POST /config` may change; frozen, so a request reads one consistent snapshot."""
+
     fail_500: float = 0.0
     fail_429: float = 0.0
-    retry_after: float = 0.05
+    retry_after: float = 0.05  # seconds, sent as the Retry-After header of injected 429s
     quota: float = 0.0
     hang: float = 0.0
     hang_seconds: float = 30.0
     malformed: float = 0.0
     content_filter: float = 0.0
-    latency_ms: float = 0.0
-    latency_dist: str = "fixed"  # fixed | lognormal
-    p99_ms: float | None = None
+    latency_ms: float = 0.0  # the fixed latency, or the median of the lognormal one
+    latency_dist: str = "fixed"
+    p99_ms: float | None = None  # needed by the lognormal distribution
     require_key: str | None = None
+
+    def updated(self, changes: dict[str, Any]) -> ServerConfig:
+        """A copy with `changes` applied; raises ValueError on unknown keys or bad values."""
+        unknown = set(changes) - SETTING_NAMES
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        new = replace(self, **{name: _coerce(name, value) for name, value in changes.items()})
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        for name in (*DRAWN_FAULTS, "retry_after", "hang_seconds", "latency_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.latency_dist not in LATENCY_DISTS:
+            raise ValueError(f"latency_dist must be one of {LATENCY_DISTS}")
+        if self.latency_dist == "lognormal" and (self.p99_ms is None or self.p99_ms < self.latency_ms):
+            raise ValueError("latency_dist lognormal needs p99_ms >= latency_ms")
+
+
+SETTING_NAMES = frozenset(f.name for f in fields(ServerConfig))
+_TEXT_SETTINGS = frozenset({"latency_dist", "require_key"})
+_OPTIONAL_SETTINGS = frozenset({"p99_ms", "require_key"})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """JSON and the command line give numbers as int, float or str; store them as the field's type."""
+    if value is None and name in _OPTIONAL_SETTINGS:
+        return None
+    return str(value) if name in _TEXT_SETTINGS else float(value)
 
 
 @dataclass
-class ServerState:
-    config: ServerConfig
-    rules: list[tuple[re.Pattern, str, str]]
-    rng: random.Random
+class Stats:
+    """What the server saw since the last reset.
+
+    A request keeps the Stats it started with, so one still running across a reset (say, a hang)
+    counts in the discarded object and never in the next test's numbers.
+    """
+
     requests: int = 0
-    by_status: Counter = field(default_factory=Counter)
-    by_fault: Counter = field(default_factory=Counter)
-    seen_bodies: set = field(default_factory=set)
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_fault: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
-    # Bumped by reset; a request that began before a reset (say, one still hanging) is not
-    # counted in the new stats, so a test never sees the previous test's stragglers.
-    epoch: int = 0
+    # Digests, not the bodies, so a long benchmark does not hold every prompt in memory.
+    seen: set[bytes] = field(default_factory=set)
 
-    def count(self, counter: Counter, name: str, epoch: int) -> None:
-        if epoch == self.epoch:
-            counter[name] += 1
-
-    def reset(self) -> None:
-        self.epoch += 1
-        self.requests = self.duplicates = self.max_in_flight = 0
-        self.by_status.clear()
-        self.by_fault.clear()
-        self.seen_bodies.clear()
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_status": dict(self.by_status),
+            "by_fault": {name: self.by_fault[name] for name in ALL_FAULTS},
+            "duplicates": self.duplicates,
+            "max_in_flight": self.max_in_flight,
+        }
 
 
-def _error(status: int, message: str, kind: str, code: str | None, headers: dict | None = None):
-    from aiohttp import web
+@dataclass(frozen=True)
+class Rule:
+    pattern: re.Pattern[str]
+    reply: str
+    finish_reason: str = "stop"
 
-    body = {"error": {"message": message, "type": kind, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+
+def compile_rules(script: list[dict[str, str]]) -> list[Rule]:
+    return [Rule(re.compile(r["match"]), r["reply"], r.get("finish_reason", "stop")) for r in script]
+
+
+class BadRequest(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """The parts of a chat request the answer depends on."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    n: int
+    max_tokens: int | None
+    canonical: str  # json.dumps(body, sort_keys=True): identifies duplicates, seeds `{word}`s
+
+
+def parse_chat(raw: bytes) -> ChatCall:
+    try:
+        body = json.loads(raw)
+        messages = body["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise BadRequest("`messages` must be a list of objects")
+        n = int(body.get("n") or 1)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = None if limit is None else int(limit)
+        canonical = json.dumps(body, sort_keys=True)
+    except BadRequest:
+        raise
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadRequest(f"the body must be JSON with `messages` ({error})") from None
+    if n < 1:
+        raise BadRequest("n must be >= 1")
+    return ChatCall(str(body.get("model", "fake-model")), messages, n, max_tokens, canonical)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message, whether its content is a string or a list of content parts."""
+    content = message.get("content") or ""
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 _WORDS = ("amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
@@ -88,258 +183,301 @@ _WORDS = ("amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbo
           "umber", "velvet", "willow", "xenon", "yarrow", "zephyr")  # fmt: skip
 
 
-def _fill_words(reply: str, body: str) -> str:
-    """Replace each `{word}` in a scripted reply by a word derived from the request, so that
-    different requests get different (but reproducible) answers from one rule."""
+def fill_words(reply: str, canonical: str) -> str:
+    """Replace each `{word}` by a word derived from the request, so that different requests get
+    different (but reproducible) answers from one rule."""
     if "{word}" not in reply:
         return reply
-    digest = hashlib.sha256(body.encode()).digest()
-    parts = reply.split("{word}")
-    out = [parts[0]]
-    for index, part in enumerate(parts[1:]):
-        out.append(_WORDS[digest[index % len(digest)] % len(_WORDS)] + str(digest[(index + 7) % len(digest)]))
-        out.append(part)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    head, *rest = reply.split("{word}")
+    out = [head]
+    for index, part in enumerate(rest):
+        word = _WORDS[digest[index % len(digest)] % len(_WORDS)] + str(digest[(index + 7) % len(digest)])
+        out += [word, part]
     return "".join(out)
 
 
-def _reply_for(state: ServerState, messages: list[dict]) -> tuple[str, str]:
-    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-    if not isinstance(last_user, str):  # content parts: join the text ones
-        last_user = " ".join(part.get("text", "") for part in last_user if isinstance(part, dict))
-    for pattern, reply, finish_reason in state.rules:
-        if pattern.search(last_user):
-            return reply, finish_reason
+def reply_for(rules: list[Rule], call: ChatCall) -> tuple[str, str]:
+    """(content, finish_reason) before any fault or max_tokens cut."""
+    last_user = next((message_text(m) for m in reversed(call.messages) if m.get("role") == "user"), "")
+    for rule in rules:
+        if rule.pattern.search(last_user):
+            return fill_words(rule.reply, call.canonical), rule.finish_reason
     return f"Answer: {last_user}", "stop"
 
 
-def _latency_seconds(config: ServerConfig, rng: random.Random) -> float:
-    median = config.latency_ms / 1000
-    if config.latency_dist == "lognormal" and median > 0 and config.p99_ms:
-        sigma = math.log(config.p99_ms / config.latency_ms) / Z99
-        return median * math.exp(rng.gauss(0.0, sigma))
-    return median
-
-
-async def _chat(request, state: ServerState):
-    epoch = state.epoch
-    state.requests += 1
-    state.in_flight += 1
-    state.max_in_flight = max(state.max_in_flight, state.in_flight)
-    try:
-        response = await _answer(request, state, state.config, epoch)
-    finally:
-        state.in_flight -= 1
-    state.count(state.by_status, str(response.status), epoch)
-    return response
-
-
-async def _answer(request, state: ServerState, config: ServerConfig, epoch: int):
-    from aiohttp import web
-
-    raw = await request.read()
-    if config.require_key and request.headers.get("Authorization") != f"Bearer {config.require_key}":
-        state.count(state.by_fault, "auth", epoch)
-        return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
-    try:
-        body = json.loads(raw)
-        messages = body["messages"]
-    except (ValueError, KeyError, TypeError):
-        return _error(400, "body must be JSON with `messages`", "invalid_request_error", None)
-    canonical = json.dumps(body, sort_keys=True)
-    if canonical in state.seen_bodies:
-        state.duplicates += 1
-    state.seen_bodies.add(canonical)
-
-    rng = state.rng
-    await asyncio.sleep(_latency_seconds(config, rng))
-    if rng.random() < config.fail_500:
-        state.count(state.by_fault, "fail_500", epoch)
-        return _error(500, "Internal server error (injected)", "server_error", None)
-    if rng.random() < config.fail_429:
-        state.count(state.by_fault, "fail_429", epoch)
-        return _error(
-            429,
-            "Rate limit reached (injected)",
-            "requests",
-            "rate_limit_exceeded",
-            headers={"Retry-After": f"{config.retry_after:g}"},
-        )
-    if rng.random() < config.quota:
-        state.count(state.by_fault, "quota", epoch)
-        return _error(
-            429, "You exceeded your current quota (injected)", "insufficient_quota", "insufficient_quota"
-        )
-    if rng.random() < config.hang:
-        state.count(state.by_fault, "hang", epoch)
-        await asyncio.sleep(config.hang_seconds)
-    if rng.random() < config.malformed:
-        state.count(state.by_fault, "malformed", epoch)
-        return web.Response(text='{"id": "chatcmpl-x", "choices": [', content_type="application/json")
-
-    reply, finish_reason = _reply_for(state, messages)
-    reply = _fill_words(reply, canonical)
-    if rng.random() < config.content_filter:
-        state.count(state.by_fault, "content_filter", epoch)
-        reply, finish_reason = "", "content_filter"
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+def truncate(reply: str, finish_reason: str, max_tokens: int | None) -> tuple[str, str]:
+    """Words stand in for tokens: cut to `max_tokens` words, as a real model stops at the limit."""
     words = reply.split()
-    if limit is not None and len(words) > int(limit):
-        reply, finish_reason = " ".join(words[: int(limit)]), "length"
-    n = int(body.get("n") or 1)
-    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
-    completion_tokens = len(reply.split()) * n
-    return web.json_response(
-        {
-            "id": f"chatcmpl-{state.requests}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake-model"),
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": reply},
-                    "finish_reason": finish_reason,
-                    "logprobs": None,
-                }
-                for i in range(n)
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    )
+    if max_tokens is not None and len(words) > max_tokens:
+        return " ".join(words[:max_tokens]), "length"
+    return reply, finish_reason
 
 
-def make_app(state: ServerState):
-    from aiohttp import web
+def error_response(
+    status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
 
-    async def models(_request):
+
+def completion(call: ChatCall, reply: str, finish_reason: str, response_id: str) -> dict[str, Any]:
+    prompt_tokens = sum(len(message_text(m).split()) for m in call.messages)
+    completion_tokens = len(reply.split()) * call.n
+    choice = {"role": "assistant", "content": reply}
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": call.model,
+        "choices": [
+            {"index": i, "message": choice, "finish_reason": finish_reason, "logprobs": None}
+            for i in range(call.n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+class FakeOpenAI:
+    """The server's state and handlers. Everything runs on one event loop, so no locks."""
+
+    def __init__(self, config: ServerConfig, rules: list[Rule], seed: int = 0) -> None:
+        config.validate()
+        self.config = config
+        self.rules = rules
+        self.stats = Stats()
+        self.fault_rng = random.Random(seed)
+        # Latency has its own generator, so switching to lognormal latency does not change which
+        # requests get faults.
+        self.latency_rng = random.Random(f"latency-{seed}")
+        self.ids = itertools.count(1)
+
+    def draw_fault(self, config: ServerConfig) -> str | None:
+        # One draw per fault and request, hit or not, so request k's fault depends only on k.
+        rolls = [self.fault_rng.random() for _ in DRAWN_FAULTS]
+        return next(
+            (name for name, roll in zip(DRAWN_FAULTS, rolls, strict=True) if roll < getattr(config, name)),
+            None,
+        )
+
+    def latency_s(self, config: ServerConfig) -> float:
+        median = config.latency_ms / 1000
+        if config.latency_dist == "lognormal" and median > 0 and config.p99_ms:
+            sigma = math.log(config.p99_ms / config.latency_ms) / Z99
+            return median * math.exp(self.latency_rng.gauss(0.0, sigma))
+        return median
+
+    async def chat(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            response = await self.answer(request, stats)
+        finally:  # also when the client gave up and aiohttp cancelled the handler
+            stats.in_flight -= 1
+        stats.by_status[str(response.status)] += 1
+        return response
+
+    async def answer(self, request: web.Request, stats: Stats) -> web.Response:
+        config = self.config
+        raw = await request.read()
+        if config.require_key and request.headers.get("Authorization") != f"Bearer {config.require_key}":
+            stats.by_fault["auth"] += 1
+            return error_response(
+                401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"
+            )
+        try:
+            call = parse_chat(raw)
+        except BadRequest as error:
+            return error_response(400, str(error), "invalid_request_error", None)
+        digest = hashlib.blake2b(call.canonical.encode(), digest_size=16).digest()
+        if digest in stats.seen:
+            stats.duplicates += 1
+        stats.seen.add(digest)
+
+        fault = self.draw_fault(config)
+        latency = self.latency_s(config)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if fault is not None:
+            stats.by_fault[fault] += 1
+        if fault == "fail_500":
+            return error_response(500, "Internal server error (injected)", "server_error", None)
+        if fault == "fail_429":
+            retry_after = {"Retry-After": f"{config.retry_after:g}"}
+            return error_response(
+                429, "Rate limit reached (injected)", "requests", "rate_limit_exceeded", retry_after
+            )
+        if fault == "quota":
+            message = "You exceeded your current quota (injected)"
+            return error_response(429, message, "insufficient_quota", "insufficient_quota")
+        if fault == "hang":
+            await asyncio.sleep(config.hang_seconds)
+        if fault == "malformed":
+            return web.Response(text=TRUNCATED_BODY, content_type="application/json")
+
+        reply, finish_reason = reply_for(self.rules, call)
+        if fault == "content_filter":
+            reply, finish_reason = "", "content_filter"
+        reply, finish_reason = truncate(reply, finish_reason, call.max_tokens)
+        return web.json_response(completion(call, reply, finish_reason, f"chatcmpl-{next(self.ids)}"))
+
+    async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
-    async def stats(_request):
-        return web.json_response(
-            {
-                "requests": state.requests,
-                "by_status": dict(state.by_status),
-                "by_fault": {
-                    name: state.by_fault.get(name, 0)
-                    for name in (
-                        "fail_500",
-                        "fail_429",
-                        "quota",
-                        "hang",
-                        "malformed",
-                        "content_filter",
-                        "auth",
-                    )
-                },
-                "duplicates": state.duplicates,
-                "max_in_flight": state.max_in_flight,
-            }
-        )
+    async def get_stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.stats.as_json())
 
-    async def reset(_request):
-        state.reset()
+    async def reset(self, _request: web.Request) -> web.Response:
+        self.stats = Stats()
         return web.json_response({"ok": True})
 
-    async def configure(request):
-        changes = await request.json()
-        known = {f.name for f in fields(ServerConfig)}
-        unknown = set(changes) - known - {"script"}
-        if unknown:
-            return _error(400, f"unknown settings: {sorted(unknown)}", "invalid_request_error", None)
-        for name, value in changes.items():
-            if name == "script":
-                state.rules = compile_rules(value or [])
-            else:
-                setattr(state.config, name, value)
-        return web.json_response(asdict(state.config))
+    async def configure(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object")
+            rules = compile_rules(changes.pop("script")) if "script" in changes else self.rules
+            config = self.config.updated(changes)
+        except (ValueError, TypeError, KeyError, re.error) as error:
+            return error_response(400, str(error), "invalid_request_error", None)
+        self.config, self.rules = config, rules
+        return web.json_response(asdict(config))
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", lambda request: _chat(request, state))
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/reset", reset)
-    app.router.add_post("/config", configure)
-    return app
-
-
-def compile_rules(script: list[dict[str, str]]) -> list[tuple[re.Pattern, str, str]]:
-    return [(re.compile(rule["match"]), rule["reply"], rule.get("finish_reason", "stop")) for rule in script]
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/stats", self.get_stats)
+        app.router.add_post("/reset", self.reset)
+        app.router.add_post("/config", self.configure)
+        return app
 
 
-async def serve(port: int, state: ServerState) -> None:
-    from aiohttp import web
-
-    runner = web.AppRunner(make_app(state), access_log=None)
+async def serve(server: FakeOpenAI, port: int) -> None:
+    # No access log: formatting a line per request would cost more than answering it. Handler
+    # cancellation stops a hung request once its client gives up, so in-flight counts stay true.
+    runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]
+    bound = runner.addresses[0][1]
     print(f"LISTENING http://127.0.0.1:{bound}/v1", flush=True)
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
+def exit_when_stdin_closes() -> None:
+    """Exit once the parent closes our stdin, which includes the parent dying: a test run killed
+    with SIGKILL then leaves no server behind."""
+
+    def watch() -> None:
+        sys.stdin.buffer.read()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the fault (and latency) draws")
     parser.add_argument("--script", type=Path, help="JSON list of {match, reply, finish_reason} rules")
+    parser.add_argument("--exit-with-parent", action="store_true", help="exit when stdin closes")
     for item in fields(ServerConfig):
-        kind = str if item.name in ("latency_dist", "require_key") else float
-        parser.add_argument(f"--{item.name.replace('_', '-')}", type=kind, default=item.default)
-    args = parser.parse_args(argv)
-    config = ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
-    rules = compile_rules(json.loads(args.script.read_text())) if args.script else []
-    state = ServerState(config, rules, random.Random(args.seed))
-    try:
-        try:
-            import uvloop  # a faster event loop keeps the server's own overhead out of benchmarks
-        except ImportError:
-            asyncio.run(serve(args.port, state))
+        flag = f"--{item.name.replace('_', '-')}"
+        if item.name == "latency_dist":
+            parser.add_argument(flag, choices=LATENCY_DISTS, default=item.default)
         else:
-            uvloop.run(serve(args.port, state))
-    except KeyboardInterrupt:
-        pass
+            parser.add_argument(flag, type=lambda v, name=item.name: _coerce(name, v), default=item.default)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = ServerConfig(**{name: getattr(args, name) for name in SETTING_NAMES})
+    try:
+        config.validate()
+    except ValueError as error:
+        sys.exit(f"fake_openai: {error}")
+    rules = compile_rules(json.loads(args.script.read_text())) if args.script else []
+    if args.exit_with_parent:
+        exit_when_stdin_closes()
+    server = FakeOpenAI(config, rules, seed=args.seed)
+    try:
+        import uvloop  # a faster event loop keeps the server's own overhead out of benchmarks
+    except ImportError:
+        run = asyncio.run
+    else:
+        run = uvloop.run
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C in a terminal: exit without a traceback
+        run(serve(server, args.port))
+
+
+# The client side: start the server in a subprocess and talk to its control endpoints.
+
+# The server is on 127.0.0.1: an HTTP(S)_PROXY in the environment must not reroute the control calls.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class FakeOpenAIServer:
-    """Start the server in a subprocess: `with FakeOpenAIServer(latency_ms=100) as server: ...`."""
+    """Run the fake server in a subprocess for the duration of a `with` block.
 
-    def __init__(self, *, seed: int = 0, script: list[dict[str, str]] | None = None, **settings: Any) -> None:
-        unknown = set(settings) - {f.name for f in fields(ServerConfig)}
+        with FakeOpenAIServer(latency_ms=100, fail_500=0.05, script=[{"match": "hi", "reply": "Hello"}]) as s:
+            client = openai.OpenAI(base_url=s.base_url, api_key="k")
+            ...
+            s.stats()["requests"]
+
+    Keyword settings are those of `ServerConfig` (see `POST /config`); `script` is a list of
+    `{"match", "reply", "finish_reason"}` rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        script: list[dict[str, str]] | None = None,
+        port: int = 0,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+        **settings: Any,
+    ) -> None:
+        unknown = set(settings) - SETTING_NAMES
         if unknown:
             raise TypeError(f"unknown server settings: {sorted(unknown)}")
-        self._args = ["--seed", str(seed)]
+        ServerConfig().updated({k: v for k, v in settings.items() if v is not None})  # fail here, not later
+        self._args = ["--port", str(port), "--seed", str(seed), "--exit-with-parent"]
         for name, value in settings.items():
             if value is not None:
                 self._args += [f"--{name.replace('_', '-')}", str(value)]
+        self._script = script
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[str] | None = None
         self._script_file: Path | None = None
-        if script is not None:
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-                json.dump(script, handle)
-            self._script_file = Path(handle.name)
-            self._args += ["--script", handle.name]
-        self._process: subprocess.Popen | None = None
+        self._stderr: IO[bytes] | None = None
         self.base_url = ""
 
     def __enter__(self) -> FakeOpenAIServer:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "synthkd.testing.fake_openai", *self._args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
         try:
-            line = self._process.stdout.readline()  # the first line is LISTENING <url>, or nothing if it died
-            if not line.startswith("LISTENING "):
-                self._process.wait(timeout=30)
-                raise RuntimeError(f"fake OpenAI server failed to start: {self._process.stderr.read()}")
-            self.base_url = line.split()[1]
+            self._start()
         except BaseException:
             self.close()
             raise
@@ -348,38 +486,108 @@ class FakeOpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
-        root = self.base_url.removesuffix("/v1")
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(
-            root + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    def _start(self) -> None:
+        args = list(self._args)
+        if self._script is not None:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+                self._script_file = Path(handle.name)
+                json.dump(self._script, handle)
+            args += ["--script", str(self._script_file)]
+        # stderr goes to a file, not a pipe: nobody reads it while the server runs, and a full pipe
+        # would block a server that logs a lot.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "synthkd.testing.fake_openai", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=_child_env(),
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        # Close the server with this object, or at the latest when the interpreter exits.
+        weakref.finalize(self, _stop, self._process)
+        line = self._read_first_line()
+        if not line.startswith("LISTENING "):
+            _stop(self._process)
+            raise RuntimeError(
+                f"the fake OpenAI server did not start (exit code {self._process.returncode}); "
+                f"stdout: {line!r}; stderr:\n{self._stderr_text()}"
+            )
+        self.base_url = line.split()[1]
 
-    def stats(self) -> dict:
+    def _read_first_line(self) -> str:
+        """The server's first stdout line, or "" if it exits or stays silent past the timeout."""
+        assert self._process is not None and self._process.stdout is not None
+        lines: list[str] = []
+        stdout = self._process.stdout
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(self._startup_timeout)
+        if reader.is_alive():  # stopping the process closes its stdout, which ends the reader
+            _stop(self._process)
+            reader.join()
+            raise RuntimeError(
+                f"the fake OpenAI server printed nothing in {self._startup_timeout:g} s; "
+                f"stderr:\n{self._stderr_text()}"
+            )
+        return lines[0] if lines else ""
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        if not self.base_url:
+            raise RuntimeError("the fake OpenAI server is not running; use it in a `with` block")
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.base_url.removesuffix("/v1") + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with _NO_PROXY.open(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise ValueError(f"{method} {path}: HTTP {error.code}: {error.read().decode()}") from None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the last reset: requests, by_status, by_fault, duplicates, max_in_flight."""
         return self._call("GET", "/stats")
 
     def reset(self) -> None:
+        """Zero the counters and forget the bodies seen (for `duplicates`)."""
         self._call("POST", "/reset", {})
 
-    def configure(self, **settings: Any) -> dict:
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change settings at runtime (`None` clears p99_ms or require_key); returns the new config."""
         return self._call("POST", "/config", settings)
 
     def close(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        """Stop the server (terminate, then kill after 5 s) and remove its files. Idempotent."""
         if self._process is not None:
-            for stream in (self._process.stdout, self._process.stderr):
-                if stream:
+            _stop(self._process)
+            for stream in (self._process.stdin, self._process.stdout):
+                if stream is not None:
                     stream.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         if self._script_file is not None:
             self._script_file.unlink(missing_ok=True)
+            self._script_file = None
+        self.base_url = ""
+
+
+def _child_env() -> dict[str, str]:
+    """The environment with this package's root on PYTHONPATH, so `-m synthkd...` resolves to
+    this copy from any working directory, installed or not."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join([root, path])}
 
 
 if __name__ == "__main__":
