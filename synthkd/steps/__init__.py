@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.dialogue import DialogueStep
 from synthkd.steps.doc_qa import DocQAStep
 from synthkd.steps.evol_instruct import EvolInstructStep
 from synthkd.steps.filter import FilterStep
@@ -25,6 +26,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "evol_instruct": EvolInstructStep,
     "rationale": RationaleStep,
     "doc_qa": DocQAStep,
+    "dialogue": DialogueStep,
 }
 
 AnyStep = Annotated[
@@ -35,7 +37,8 @@ AnyStep = Annotated[
     | MagpieStep
     | EvolInstructStep
     | RationaleStep
-    | DocQAStep,
+    | DocQAStep
+    | DialogueStep,
     Field(discriminator="step"),
 ]
 

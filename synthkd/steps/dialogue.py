@@ -1,0 +1,135 @@
+"""`dialogue`: multi-turn conversations in which the teacher plays both the user and the assistant.
+
+Each row's opening message (its `instruction`) starts a conversation. Turn by turn, the teacher
+answers as the assistant, then, prompted with the conversation so far and an optional persona,
+writes the user's next message (or `<end>`). Each turn is sent for all conversations together, so
+turns are batched and cached like any other requests. The output rows carry the whole exchange
+in the `messages` format.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+END_MARK = "<end>"
+_LABEL = re.compile(r"^\s*(?:\*\*)?user(?:\*\*)?\s*:\s*", re.IGNORECASE)
+
+
+class DialogueStep(Step):
+    """Conversations of up to `turns` exchanges, the teacher playing user and assistant."""
+
+    step: Literal["dialogue"]
+    turns: int = Field(3, ge=1, description="user-assistant exchanges per conversation, the opening included")
+    opening_column: str = Field("instruction", description="column holding the first user message")
+    persona_column: str | None = Field(None, description="column describing the simulated user, if any")
+    system: str | None = Field(None, description="the assistant's system prompt")
+    user_prompt: str = Field("prompts/dialogue/user.jinja", description="template for the simulated user")
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _user_template: PromptTemplate | None = PrivateAttr(None)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        needed = {self.opening_column} | ({self.persona_column} if self.persona_column else set())
+        require_columns(needed, columns, ctx, "opening_column", "dialogue")
+        self._user_template = load_template(self.user_prompt, ctx.recipe_dir, ctx.at("user_prompt"))
+        return None if columns is None else columns | {"messages", "turns", "response"}
+
+    def template_sources(self) -> dict[str, str]:
+        assert self._user_template is not None
+        return {self.user_prompt: self._user_template.source}
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None and self.teacher is not None and self._user_template is not None
+        params = dict(self.teacher.params)
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        conversations = {
+            row["id"]: [*system, {"role": "user", "content": str(row[self.opening_column])}] for row in rows
+        }
+        active = list(conversations)
+        failed: dict[str, Failure] = {}
+        ctx.progress.set_total(len(rows) * self.turns)
+        for turn in range(self.turns):
+            replies = await ctx.dispatcher.run([ChatRequest(tuple(conversations[i]), params) for i in active])
+            answered = []
+            for row_id, outcome in zip(active, replies, strict=True):
+                if outcome.completion is None or not outcome.completion.text.strip():
+                    failed[row_id] = _failure(row_id, outcome, conversations[row_id], "assistant")
+                    continue
+                conversations[row_id].append(
+                    {"role": "assistant", "content": outcome.completion.text.strip()}
+                )
+                answered.append(row_id)
+            ctx.progress.advance(len(active))
+            if turn == self.turns - 1:
+                break
+            personas = {
+                row["id"]: row.get(self.persona_column) if self.persona_column else None for row in rows
+            }
+            asks = [
+                ChatRequest(
+                    (
+                        {
+                            "role": "user",
+                            "content": self._user_template.render(
+                                {
+                                    "conversation": [m for m in conversations[i] if m["role"] != "system"],
+                                    "persona": personas[i],
+                                }
+                            ),
+                        },
+                    ),
+                    params,
+                )
+                for i in answered
+            ]
+            follow_ups = await ctx.dispatcher.run(asks)
+            active = []
+            for row_id, outcome in zip(answered, follow_ups, strict=True):
+                if outcome.completion is None:
+                    failed[row_id] = _failure(row_id, outcome, conversations[row_id], "user")
+                    continue
+                message = _LABEL.sub("", outcome.completion.text.strip(), count=1).strip()
+                if not message or END_MARK in message:
+                    continue  # the simulated user is done: the conversation ends here
+                conversations[row_id].append({"role": "user", "content": message})
+                active.append(row_id)
+        result = StepResult([])
+        result.failures = list(failed.values())
+        for row in rows:
+            if row["id"] in failed:
+                continue
+            messages = conversations[row["id"]]
+            turns = sum(1 for m in messages if m["role"] == "assistant")
+            result.rows.append(
+                {**row, "messages": messages, "turns": turns, "response": messages[-1]["content"]}
+            )
+        return result
+
+
+def _failure(row_id: str, outcome, conversation: list, role: str) -> Failure:
+    reason = outcome.reason or ("empty_answer" if outcome.completion is not None else "request_failed")
+    return Failure(
+        row_id,
+        reason,
+        outcome.attempts,
+        outcome.error or f"no {role} message",
+        {"messages": list(conversation)},
+    )
