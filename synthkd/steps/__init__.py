@@ -16,6 +16,7 @@ from synthkd.steps.load import LoadStep
 from synthkd.steps.magpie import MagpieStep
 from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.self_instruct import SelfInstructStep
+from synthkd.steps.topics import TopicsStep
 
 STEP_TYPES: dict[str, type[Step]] = {
     "load": LoadStep,
@@ -27,6 +28,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "rationale": RationaleStep,
     "doc_qa": DocQAStep,
     "dialogue": DialogueStep,
+    "topics": TopicsStep,
 }
 
 AnyStep = Annotated[
@@ -38,7 +40,8 @@ AnyStep = Annotated[
     | EvolInstructStep
     | RationaleStep
     | DocQAStep
-    | DialogueStep,
+    | DialogueStep
+    | TopicsStep,
     Field(discriminator="step"),
 ]
 

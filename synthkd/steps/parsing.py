@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,3 +99,20 @@ def strip_code_fence(text: str) -> str:
         stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
         stripped = stripped.rsplit("```", 1)[0]
     return stripped.strip()
+
+
+_NUMBERED = re.compile(r"^\W*(?:task\s*)?\d+\s*[:.)]\s*(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def parse_numbered_list(text: str, what: str = "items") -> list[str]:
+    """The items of a numbered list ("1. ...", "Task 9: ...", "**2)** ..."); a ParseError if none."""
+    items = []
+    for line in text.splitlines():
+        match = _NUMBERED.match(line)
+        if match:
+            item = match.group(1).strip().strip("*").strip()
+            if item:
+                items.append(item)
+    if not items:
+        raise ParseError(f"no numbered {what} found; write one per line, numbered")
+    return items

@@ -32,7 +32,7 @@ from synthkd.steps.base import (
     StepResult,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.steps.parsing import ParseError, ask_parsed, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 from synthkd.templates import PromptTemplate, load_template
@@ -58,7 +58,6 @@ DEFAULT_BLOCKED_KEYWORDS = [
     "flowchart",
     "diagram",
 ]
-_TASK_LINE = re.compile(r"^\W*(?:task\s*)?\d+\s*[:.)]\s*(?:\*\*)?\s*(.+?)\s*$", re.IGNORECASE)
 _INSTANCE = re.compile(
     r"^\W*input\s*:\s*(.*?)\s*\n\W*output\s*:\s*(.*?)\s*(?=\n\W*input\s*:|\Z)",
     re.IGNORECASE | re.DOTALL | re.MULTILINE,
@@ -244,16 +243,10 @@ class SelfInstructStep(Step):
 
 def parse_tasks(text: str) -> list[str]:
     """The tasks in a numbered list ("Task 9: ...", "9. ..."); a ParseError if there are none."""
-    tasks = []
-    for line in text.splitlines():
-        match = _TASK_LINE.match(line)
-        if match:
-            task = match.group(1).strip().strip("*").strip()
-            if task:
-                tasks.append(task)
-    if not tasks:
-        raise ParseError("no numbered tasks found; write one per line as 'Task N: <the task>'")
-    return tasks
+    try:
+        return parse_numbered_list(text, "tasks")
+    except ParseError:
+        raise ParseError("no numbered tasks found; write one per line as 'Task N: <the task>'") from None
 
 
 def parse_yes_no(text: str) -> bool:

@@ -1,0 +1,114 @@
+"""`topics`: a domain dataset from a prompt alone, by way of a topic tree.
+
+For a user without seed data: from `domain: "cardiology for general practitioners"` the teacher
+proposes `breadth` subtopics, level by level, `depth` levels deep; a subtopic that is
+ROUGE-L-close to one already in the tree is dropped. For each leaf it then writes `per_topic`
+varied instructions, also dropped when near-duplicate. Every row keeps its topic path.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.curate.rouge import RougeLPool
+from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
+from synthkd.steps.parsing import ask_parsed, parse_numbered_list
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+
+class TopicsStep(Step):
+    """Topic tree from a domain prompt, then instructions for every leaf topic."""
+
+    step: Literal["topics"]
+    domain: str = Field(min_length=3, description="what the dataset is about, in a phrase")
+    breadth: int = Field(5, ge=1, description="subtopics asked for per topic")
+    depth: int = Field(2, ge=1, description="levels of the tree below the domain")
+    per_topic: int = Field(5, ge=1, description="instructions asked for per leaf topic")
+    similarity_threshold: float = Field(
+        0.7, gt=0, le=1, description="ROUGE-L F1 at which two items are duplicates"
+    )
+    subtopics_prompt: str = "prompts/topics/subtopics.jinja"
+    instructions_prompt: str = "prompts/topics/instructions.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        for key in ("subtopics_prompt", "instructions_prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        added = {"id", "instruction", "topic", "topic_path"}
+        return None if columns is None else columns | added
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def _ask(self, template: str, **values: object) -> ChatRequest:
+        assert self.teacher is not None
+        content = self._templates[template].render({"domain": self.domain, **values})
+        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None
+        result = StepResult(list(rows))
+        reask = self._templates["reask_prompt"]
+        seen_topics = RougeLPool([self.domain])
+        level: list[list[str]] = [[]]  # topic paths below the domain
+        for _ in range(self.depth):
+            requests = [self._ask("subtopics_prompt", path=path, breadth=self.breadth) for path in level]
+            answers = await ask_parsed(ctx.dispatcher, requests, parse_numbered_list, reask)
+            next_level = []
+            for path, answer in zip(level, answers, strict=True):
+                if not answer.ok:
+                    result.failures.append(
+                        Failure(
+                            " > ".join(path) or self.domain,
+                            answer.reason,
+                            answer.outcome.attempts,
+                            answer.error,
+                            raw=answer.raw,
+                        )
+                    )
+                    continue
+                for topic in answer.value[: self.breadth]:
+                    if seen_topics.is_near_duplicate(topic, self.similarity_threshold):
+                        result.dropped["duplicate_topic"] += 1
+                        continue
+                    seen_topics.add(topic)
+                    next_level.append([*path, topic])
+            level = next_level
+        ctx.progress.set_total(len(level) * self.per_topic)
+        requests = [
+            self._ask("instructions_prompt", path=path, topic=path[-1], count=self.per_topic)
+            for path in level
+        ]
+        answers = await ask_parsed(ctx.dispatcher, requests, parse_numbered_list, reask)
+        seen_instructions = RougeLPool()
+        for leaf, (path, answer) in enumerate(zip(level, answers, strict=True)):
+            if not answer.ok:
+                result.failures.append(
+                    Failure(
+                        " > ".join(path), answer.reason, answer.outcome.attempts, answer.error, raw=answer.raw
+                    )
+                )
+                continue
+            for number, instruction in enumerate(answer.value[: self.per_topic]):
+                ctx.progress.advance()
+                if seen_instructions.is_near_duplicate(instruction, self.similarity_threshold):
+                    result.dropped["duplicate_instruction"] += 1
+                    continue
+                seen_instructions.add(instruction)
+                result.rows.append(
+                    {
+                        "id": f"topic-{leaf:04d}-{number}",
+                        "instruction": instruction,
+                        "topic": path[-1],
+                        "topic_path": path,
+                    }
+                )
+        return result
