@@ -151,7 +151,7 @@ async def execute(
                 dispatcher = Dispatcher(teacher, config, cache, price_of(config.backend, config.model))
             bar = progress.step(f"{index}:{step.step}", dispatcher.stats if dispatcher else None)
             result = await step.run(rows, StepContext(loaded.base_dir, recipe.seed, dispatcher, bar))
-            rows = result.rows
+            rows = _stamp_provenance(step, rows, result.rows) if config is not None else result.rows
             failures += [(f"{index}:{step.step}", failure) for failure in result.failures]
             report.rows_out = len(rows)
             report.rows_failed = len(result.failures)
@@ -171,6 +171,17 @@ async def execute(
     target = out_dir or recipe.output_dir()
     write_run(target, rows, failures, manifest)
     return RunResult(target, rows, failures, reports, manifest)
+
+
+def _stamp_provenance(step: Step, before: list[Row], after: list[Row]) -> list[Row]:
+    """Add the step's provenance to every row it produced. Rows it passed through untouched are
+    the very same objects as its input rows, and keep the provenance they had."""
+    passed_through = {id(row) for row in before}
+    entry = step.provenance()
+    return [
+        row if id(row) in passed_through else {**row, "provenance": [*(row.get("provenance") or []), entry]}
+        for row in after
+    ]
 
 
 def run_recipe(loaded: LoadedRecipe, **kwargs: Any) -> RunResult:

@@ -269,3 +269,24 @@ def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, caps
     cells = [cell.strip() for cell in label_row.split("│") if cell.strip()]
     assert cells[:4] == ["1:label", "16", "8", "8"]  # requests, cached (sample 0), to send
     assert "user: Explain item 0 in a sentence." in out
+
+
+def test_rows_record_their_provenance(tmp_path, server):
+    (tmp_path / "improve.jinja").write_text("Improve this answer: {{ response }}")
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "label", "system": "Be brief."},
+        {"step": "label", "prompt": "improve.jinja", "teacher": {"params": {"temperature": 0}}},
+        {"step": "filter", "min_chars": 1},
+    ]
+    run_recipe(load_recipe(recipe(tmp_path, server, "openai", rows=3, steps=steps)))
+    rows = read_jsonl(tmp_path / "out" / "data.jsonl")
+    first, second = rows[0]["provenance"]  # one entry per generating step; load and filter add none
+    assert first["step"] == second["step"] == "label"
+    assert first["teacher"] == "openai:fake-model"
+    assert json.loads(first["step_params"])["system"] == "Be brief."
+    assert json.loads(second["generation_params"]) == {"temperature": 0}
+    assert first["template_sha256"] != second["template_sha256"]
+    from datasets import load_from_disk
+
+    assert load_from_disk(str(tmp_path / "out" / "dataset"))[0]["provenance"] == rows[0]["provenance"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +98,20 @@ class Step(StrictModel):
     def template_sources(self) -> dict[str, str]:
         """Prompt templates used, name -> source text (hashed into the manifest)."""
         return {}
+
+    def provenance(self) -> dict[str, str]:
+        """What made a row: appended to the `provenance` list of every row this step produces."""
+        teacher = self.step_teacher()
+        sources = json.dumps(self.template_sources(), sort_keys=True)
+        return {
+            "step": self.step,
+            "teacher": f"{teacher.backend}:{teacher.model}" if teacher else "",
+            "generation_params": json.dumps(teacher.params if teacher else {}, sort_keys=True),
+            "template_sha256": hashlib.sha256(sources.encode("utf-8")).hexdigest(),
+            "step_params": json.dumps(
+                self.model_dump(mode="json", by_alias=True, exclude={"teacher"}), sort_keys=True
+            ),
+        }
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         raise NotImplementedError
