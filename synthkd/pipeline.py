@@ -95,6 +95,7 @@ class StepReport:
     cost_usd: float | None = 0.0
     cost_usd_with_cache: float | None = 0.0
     seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
 
     def absorb(self, stats: DispatchStats) -> None:
         self.requests_sent += stats.requests_sent
@@ -156,6 +157,7 @@ async def execute(
             report.rows_out = len(rows)
             report.rows_failed = len(result.failures)
             report.rows_dropped = dict(result.dropped)
+            report.details = result.details
             if dispatcher is not None:
                 report.absorb(dispatcher.stats)
             report.seconds = round(time.perf_counter() - clock, 3)

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.dedup import DedupStep
 from synthkd.steps.dialogue import DialogueStep
 from synthkd.steps.doc_qa import DocQAStep
 from synthkd.steps.evol_instruct import EvolInstructStep
@@ -29,6 +30,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "doc_qa": DocQAStep,
     "dialogue": DialogueStep,
     "topics": TopicsStep,
+    "dedup": DedupStep,
 }
 
 AnyStep = Annotated[
@@ -41,7 +43,8 @@ AnyStep = Annotated[
     | RationaleStep
     | DocQAStep
     | DialogueStep
-    | TopicsStep,
+    | TopicsStep
+    | DedupStep,
     Field(discriminator="step"),
 ]
 

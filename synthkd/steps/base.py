@@ -68,6 +68,7 @@ class StepResult:
     rows: list[Row]
     failures: list[Failure] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # reason -> rows removed on purpose
+    details: dict[str, Any] = field(default_factory=dict)  # step-specific facts for the manifest
 
 
 @dataclass

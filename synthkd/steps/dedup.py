@@ -1,0 +1,81 @@
+"""`dedup`: drop exact, near (MinHash) or semantic (embedding) duplicates, keeping the first row.
+
+Chain several, cheapest first (exact, then minhash, then embedding). The manifest lists, for every
+dropped row, the id of the kept row it duplicated and their similarity.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed
+from synthkd.curate.exact import exact_duplicates
+from synthkd.curate.minhash import minhash_duplicates
+from synthkd.curate.semantic import semantic_duplicates
+from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
+
+DEFAULT_THRESHOLDS = {"minhash": 0.8, "embedding": 0.95}
+DEFAULT_SHINGLE_SIZES = {"word": 3, "char": 5}
+
+
+class DedupStep(Step):
+    """Keep the first of each group of duplicates, by one method."""
+
+    step: Literal["dedup"]
+    method: Literal["exact", "minhash", "embedding"] = Field(description="exact | minhash | embedding")
+    columns: list[str] = Field(default_factory=lambda: ["instruction"], description="texts compared, joined")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="minhash: Jaccard (default 0.8); embedding: cosine (default 0.95)"
+    )
+    shingle: Literal["word", "char"] = Field(
+        "word", description="minhash shingles: word or character n-grams"
+    )
+    shingle_size: int | None = Field(None, ge=1, description="n of the n-grams (word 3, char 5)")
+    num_perm: int = Field(128, ge=16, description="minhash permutations")
+    model: str = Field(EMBEDDED_ENCODER, description="sentence-transformers model: name, folder or embedded")
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="faiss index; auto: flat, then ivf"
+    )
+    exact_max: int = Field(20_000, ge=1, description="auto uses exact search up to this many rows")
+    batch_size: int = Field(64, ge=1, description="encoding batch size")
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        require_columns(set(self.columns), columns, ctx, "columns", "dedup")
+        return columns
+
+    def text(self, row: Row) -> str:
+        return "\n".join(str(row.get(column) or "") for column in self.columns)
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        texts = [self.text(row) for row in rows]
+        ctx.progress.set_total(len(rows))
+        if self.method == "exact":
+            found = {index: (first, 1.0) for index, first in exact_duplicates(texts).items()}
+        elif self.method == "minhash":
+            found = minhash_duplicates(
+                texts,
+                self.threshold or DEFAULT_THRESHOLDS["minhash"],
+                self.num_perm,
+                self.shingle,
+                self.shingle_size or DEFAULT_SHINGLE_SIZES[self.shingle],
+            )
+        else:
+            cache = EmbeddingCache()
+            try:
+                vectors, _ = embed(texts, self.model, self.batch_size, cache)
+            finally:
+                cache.close()
+            found = semantic_duplicates(
+                vectors, self.threshold or DEFAULT_THRESHOLDS["embedding"], self.index, self.exact_max
+            )
+        ctx.progress.advance(len(rows))
+        result = StepResult([row for index, row in enumerate(rows) if index not in found])
+        if found:
+            result.dropped[f"duplicate_{self.method}"] = len(found)
+        result.details["duplicates"] = [
+            {"id": rows[index]["id"], "duplicate_of": rows[first]["id"], "similarity": round(score, 4)}
+            for index, (first, score) in sorted(found.items())
+        ]
+        return result
