@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.decontaminate import DecontaminateStep
 from synthkd.steps.dedup import DedupStep
 from synthkd.steps.dialogue import DialogueStep
 from synthkd.steps.doc_qa import DocQAStep
@@ -31,6 +32,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "dialogue": DialogueStep,
     "topics": TopicsStep,
     "dedup": DedupStep,
+    "decontaminate": DecontaminateStep,
 }
 
 AnyStep = Annotated[
@@ -44,7 +46,8 @@ AnyStep = Annotated[
     | DocQAStep
     | DialogueStep
     | TopicsStep
-    | DedupStep,
+    | DedupStep
+    | DecontaminateStep,
     Field(discriminator="step"),
 ]
 

@@ -1,0 +1,86 @@
+"""`decontaminate`: drop rows that overlap an evaluation set, so the student is not trained on the test."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.config_base import StrictModel
+from synthkd.curate.decontamination import NgramIndex
+from synthkd.errors import RecipeError
+from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
+from synthkd.steps.load import read_rows
+
+
+class EvalSet(StrictModel):
+    path: str = Field(description="a local file or save_to_disk folder, or a Hub dataset id")
+    columns: list[str] = Field(description="text columns of the evaluation set to check against")
+    split: str = Field("test", description="split of a Hub dataset or DatasetDict folder")
+    name: str | None = Field(None, description="name used in the report (default: the path)")
+
+
+class DecontaminateStep(Step):
+    """Drop rows sharing an n-gram (or a whole short question) with any evaluation set."""
+
+    step: Literal["decontaminate"]
+    eval_sets: list[EvalSet] = Field(min_length=1, description="evaluation sets to protect")
+    columns: list[str] = Field(
+        default_factory=lambda: ["instruction", "response"], description="row texts checked"
+    )
+    ngram: int = Field(13, ge=3, description="n-gram length (GPT-3 used 13)")
+    min_words: int = Field(8, ge=1, description="shorter evaluation texts are matched whole, if this long")
+
+    _index: NgramIndex | None = PrivateAttr(None)
+    _hub_sets: list[EvalSet] = PrivateAttr(default_factory=list)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        require_columns(set(self.columns), columns, ctx, "columns", "decontaminate")
+        self._index = NgramIndex(self.ngram, self.min_words)
+        for position, eval_set in enumerate(self.eval_sets):
+            source = resolve_path(eval_set.path, ctx.recipe_dir)
+            if source is None:
+                if "/" in eval_set.path and not eval_set.path.endswith(
+                    (".jsonl", ".json", ".csv", ".parquet")
+                ):
+                    self._hub_sets.append(eval_set)  # loaded at run time
+                    continue
+                tried = ", ".join(str(p) for p in candidate_paths(eval_set.path, ctx.recipe_dir))
+                raise RecipeError(f"evaluation set not found (tried {tried})", where=ctx.at("eval_sets"))
+            self._add(eval_set, read_rows(source, eval_set.split), ctx.at("eval_sets") + f".{position}")
+        return columns
+
+    def _add(self, eval_set: EvalSet, rows: list[Row], where: str) -> None:
+        assert self._index is not None
+        name = eval_set.name or eval_set.path
+        missing = [c for c in eval_set.columns if rows and c not in rows[0]]
+        if missing:
+            raise RecipeError(
+                f"evaluation set {name} has no column(s) {missing}; it has {sorted(rows[0])}", where=where
+            )
+        self._index.add_all((str(row.get(c) or ""), name) for row in rows for c in eval_set.columns)
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert self._index is not None
+        for eval_set in self._hub_sets:
+            from datasets import load_dataset
+
+            self._add(
+                eval_set, [dict(r) for r in load_dataset(eval_set.path, split=eval_set.split)], eval_set.path
+            )
+        self._hub_sets = []
+        ctx.progress.set_total(len(rows))
+        result = StepResult([])
+        removed = []
+        for row in rows:
+            hit = self._index.match("\n".join(str(row.get(c) or "") for c in self.columns))
+            if hit is None:
+                result.rows.append(row)
+            else:
+                result.dropped["contaminated"] += 1
+                removed.append({"id": row["id"], "eval_set": hit[0], "overlap": hit[1]})
+        ctx.progress.advance(len(rows))
+        result.details["checked"] = [eval_set.name or eval_set.path for eval_set in self.eval_sets]
+        result.details["removed"] = removed
+        return result
