@@ -16,6 +16,7 @@ from synthkd.steps.filter import FilterStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
 from synthkd.steps.magpie import MagpieStep
+from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.self_instruct import SelfInstructStep
 from synthkd.steps.topics import TopicsStep
@@ -33,6 +34,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "topics": TopicsStep,
     "dedup": DedupStep,
     "decontaminate": DecontaminateStep,
+    "quality": QualityStep,
 }
 
 AnyStep = Annotated[
@@ -47,7 +49,8 @@ AnyStep = Annotated[
     | DialogueStep
     | TopicsStep
     | DedupStep
-    | DecontaminateStep,
+    | DecontaminateStep
+    | QualityStep,
     Field(discriminator="step"),
 ]
 
