@@ -13,6 +13,7 @@ from synthkd.steps.dialogue import DialogueStep
 from synthkd.steps.doc_qa import DocQAStep
 from synthkd.steps.evol_instruct import EvolInstructStep
 from synthkd.steps.filter import FilterStep
+from synthkd.steps.judge import JudgeStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
 from synthkd.steps.magpie import MagpieStep
@@ -35,6 +36,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "dedup": DedupStep,
     "decontaminate": DecontaminateStep,
     "quality": QualityStep,
+    "judge": JudgeStep,
 }
 
 AnyStep = Annotated[
@@ -50,7 +52,8 @@ AnyStep = Annotated[
     | TopicsStep
     | DedupStep
     | DecontaminateStep
-    | QualityStep,
+    | QualityStep
+    | JudgeStep,
     Field(discriminator="step"),
 ]
 

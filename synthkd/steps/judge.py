@@ -1,0 +1,215 @@
+"""`judge`: LLM-as-judge scores (pointwise, optionally per aspect) or pairwise verdicts.
+
+Pointwise: a rubric asks for a JSON score with a short justification. A score that cannot be parsed
+or is out of range is re-asked once, then recorded as a failure; never counted as the lowest or
+highest score. Multi-aspect scoring (as in UltraFeedback) asks for one score per aspect; `score` is
+their mean. Pairwise: the judge compares two responses twice, with their order swapped, and a win
+counts only when both orders agree; otherwise the pair is a tie (position bias, Zheng et al., 2023).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.errors import RecipeError
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+ULTRAFEEDBACK_ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
+
+
+class JudgeStep(Step):
+    """Score rows with a judge teacher (which may differ from the generating teacher)."""
+
+    step: Literal["judge"]
+    mode: Literal["pointwise", "pairwise"] = Field(
+        "pointwise", description="score one response, or compare two"
+    )
+    instruction_column: str = Field("instruction", description="the instruction shown to the judge")
+    response_column: str = Field("response", description="pointwise: the response judged")
+    pair_columns: list[str] = Field(
+        default_factory=lambda: ["response_a", "response_b"],
+        description="pairwise: the two responses compared",
+    )
+    scale: tuple[int, int] = Field((1, 10), description="lowest and highest score")
+    aspects: list[str] | None = Field(None, description="score each aspect, e.g. the UltraFeedback four")
+    min_score: float | None = Field(None, description="drop rows scoring below this")
+    pointwise_prompt: str = "prompts/judge/pointwise.jinja"
+    pairwise_prompt: str = "prompts/judge/pairwise.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="the judge; defaults to the recipe's teacher")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        low, high = self.scale
+        if low >= high:
+            raise RecipeError(
+                f"scale must be [low, high] with low < high, got {list(self.scale)}", where=ctx.at("scale")
+            )
+        if self.mode == "pointwise":
+            require_columns(
+                {self.instruction_column, self.response_column}, columns, ctx, "response_column", "judge"
+            )
+            added = {"score", "justification"} | ({"aspect_scores"} if self.aspects else set())
+        else:
+            if len(self.pair_columns) != 2:
+                raise RecipeError("pair_columns names exactly two columns", where=ctx.at("pair_columns"))
+            require_columns(
+                {self.instruction_column, *self.pair_columns}, columns, ctx, "pair_columns", "judge"
+            )
+            added = {"winner", "verdicts"}
+        for key in ("pointwise_prompt", "pairwise_prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        return None if columns is None else columns | added
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def _request(self, template: str, **values: Any) -> ChatRequest:
+        assert self.teacher is not None
+        content = self._templates[template].render(values)
+        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        if self.mode == "pairwise":
+            return await self._pairwise(rows, ctx)
+        assert ctx.dispatcher is not None
+        low, high = self.scale
+        requests = [
+            self._request(
+                "pointwise_prompt",
+                instruction=row[self.instruction_column],
+                response=row[self.response_column],
+                low=low,
+                high=high,
+                aspects=self.aspects,
+            )
+            for row in rows
+        ]
+        ctx.progress.set_total(len(rows))
+        parse = score_parser(self.scale, self.aspects)
+        verdicts = await ask_parsed(
+            ctx.dispatcher, requests, parse, self._templates["reask_prompt"], progress=ctx.progress
+        )
+        result = StepResult([])
+        for row, verdict in zip(rows, verdicts, strict=True):
+            if not verdict.ok:
+                reason = "unparseable_score" if verdict.outcome.completion is not None else verdict.reason
+                result.failures.append(
+                    Failure(row["id"], reason, verdict.outcome.attempts, verdict.error, row, raw=verdict.raw)
+                )
+                continue
+            score, justification, per_aspect = verdict.value
+            if self.min_score is not None and score < self.min_score:
+                result.dropped["below_min_score"] += 1
+                continue
+            scored = {**row, "score": score, "justification": justification}
+            if self.aspects:
+                scored["aspect_scores"] = json.dumps(per_aspect, sort_keys=True)
+            result.rows.append(scored)
+        return result
+
+    async def _pairwise(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None
+        first, second = self.pair_columns
+        requests = []
+        for row in rows:  # each pair twice: as given, then swapped
+            instruction = row[self.instruction_column]
+            requests.append(
+                self._request(
+                    "pairwise_prompt", instruction=instruction, first=row[first], second=row[second]
+                )
+            )
+            requests.append(
+                self._request(
+                    "pairwise_prompt", instruction=instruction, first=row[second], second=row[first]
+                )
+            )
+        ctx.progress.set_total(len(requests))
+        verdicts = await ask_parsed(
+            ctx.dispatcher, requests, parse_winner, self._templates["reask_prompt"], progress=ctx.progress
+        )
+        result = StepResult([])
+        for index, row in enumerate(rows):
+            as_given, swapped = verdicts[2 * index], verdicts[2 * index + 1]
+            if not (as_given.ok and swapped.ok):
+                bad = as_given if not as_given.ok else swapped
+                result.failures.append(
+                    Failure(
+                        row["id"], "unparseable_verdict", bad.outcome.attempts, bad.error, row, raw=bad.raw
+                    )
+                )
+                continue
+            winner = agreed_winner(as_given.value, swapped.value, (first, second))
+            result.rows.append({**row, "winner": winner, "verdicts": f"{as_given.value},{swapped.value}"})
+        return result
+
+
+def score_parser(scale: tuple[int, int], aspects: list[str] | None):
+    """A parser of the judge's JSON that checks every score is a number within the scale."""
+    low, high = scale
+
+    def check(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParseError(f"{what} must be a number from {low} to {high}")
+        if not low <= value <= high:
+            raise ParseError(f"{what} {value} is outside the scale {low}-{high}")
+        return float(value)
+
+    def parse(text: str) -> tuple[float, str, dict[str, float]]:
+        try:
+            data = json.loads(strip_code_fence(text))
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"not a JSON object ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise ParseError("expected a JSON object")
+        if not aspects:
+            return check(data.get("score"), "score"), str(data.get("justification") or ""), {}
+        per_aspect, reasons = {}, []
+        for aspect in aspects:
+            entry = data.get(aspect)
+            if not isinstance(entry, dict):
+                raise ParseError(f'missing "{aspect}": {{"score": ..., "justification": ...}}')
+            per_aspect[aspect] = check(entry.get("score"), f"{aspect} score")
+            reasons.append(f"{aspect}: {entry.get('justification') or ''}")
+        return sum(per_aspect.values()) / len(per_aspect), " ".join(reasons), per_aspect
+
+    return parse
+
+
+def parse_winner(text: str) -> str:
+    try:
+        data = json.loads(strip_code_fence(text))
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"not a JSON object ({exc.msg})") from None
+    winner = str(data.get("winner", "")).strip().upper() if isinstance(data, dict) else ""
+    if winner not in ("A", "B", "TIE"):
+        raise ParseError('"winner" must be "A", "B" or "tie"')
+    return winner.lower() if winner == "TIE" else winner
+
+
+def agreed_winner(as_given: str, swapped: str, columns: tuple[str, str]) -> str:
+    """The winning column when both orders agree (A first = B when swapped), else 'tie'."""
+    first, second = columns
+    if as_given == "A" and swapped == "B":
+        return first
+    if as_given == "B" and swapped == "A":
+        return second
+    return "tie"
