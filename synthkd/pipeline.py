@@ -103,8 +103,10 @@ class StepReport:
         self.retries = dict(Counter(self.retries) + stats.retries)
         self.prompt_tokens += stats.prompt_tokens
         self.completion_tokens += stats.completion_tokens
-        self.cost_usd = stats.cost_usd
-        self.cost_usd_with_cache = stats.cost_usd_with_cache
+        # An unknown price anywhere makes the step's cost unknown.
+        for name in ("cost_usd", "cost_usd_with_cache"):
+            mine, theirs = getattr(self, name), getattr(stats, name)
+            setattr(self, name, None if mine is None or theirs is None else mine + theirs)
 
 
 @dataclass
@@ -143,23 +145,29 @@ async def execute(
         for index, step in enumerate(recipe.steps):
             report = StepReport(index, step.step, rows_in=len(rows))
             clock = time.perf_counter()
-            dispatcher = None
-            config = step.step_teacher()
-            if config is not None:
+            used: list[Dispatcher] = []
+
+            def dispatcher_for(config: TeacherConfig, used: list[Dispatcher] = used) -> Dispatcher:
+                """A dispatcher for another teacher a step needs (a judge), sharing loaded models."""
                 teacher = teachers.get(_teacher_id(config))
                 if teacher is None:
                     teacher = teachers[_teacher_id(config)] = build_teacher(config, seed=recipe.seed)
-                dispatcher = Dispatcher(teacher, config, cache, price_of(config.backend, config.model))
+                used.append(Dispatcher(teacher, config, cache, price_of(config.backend, config.model)))
+                return used[-1]
+
+            config = step.step_teacher()
+            dispatcher = dispatcher_for(config) if config is not None else None
             bar = progress.step(f"{index}:{step.step}", dispatcher.stats if dispatcher else None)
-            result = await step.run(rows, StepContext(loaded.base_dir, recipe.seed, dispatcher, bar))
+            context = StepContext(loaded.base_dir, recipe.seed, dispatcher, bar, dispatcher_for)
+            result = await step.run(rows, context)
             rows = _stamp_provenance(step, rows, result.rows) if config is not None else result.rows
             failures += [(f"{index}:{step.step}", failure) for failure in result.failures]
             report.rows_out = len(rows)
             report.rows_failed = len(result.failures)
             report.rows_dropped = dict(result.dropped)
             report.details = result.details
-            if dispatcher is not None:
-                report.absorb(dispatcher.stats)
+            for used_dispatcher in used:
+                report.absorb(used_dispatcher.stats)
             report.seconds = round(time.perf_counter() - clock, 3)
             reports.append(report)
     finally:

@@ -122,11 +122,12 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                 where=f"{_where(path, lines, overridden, ('steps', index, 'step'))}: steps.{index}.step",
             )
         if STEP_TYPES[name].uses_teacher and isinstance(teacher, dict):
-            own = step.get("teacher") or {}
-            if isinstance(own, dict):
-                # A step's teacher overrides the recipe's key by key; params merge one level deeper.
-                params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
-                step["teacher"] = {**teacher, **own, "params": params}
+            # A step's teacher (and judge) override the recipe's key by key; params one level deeper.
+            for key in ("teacher", *(("judge_teacher",) if step.get("judge_teacher") else ())):
+                own = step.get(key) or {}
+                if isinstance(own, dict):
+                    params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
+                    step[key] = {**teacher, **own, "params": params}
     return data
 
 

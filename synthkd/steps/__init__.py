@@ -17,6 +17,7 @@ from synthkd.steps.judge import JudgeStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
 from synthkd.steps.magpie import MagpieStep
+from synthkd.steps.preference import PreferenceStep
 from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.self_instruct import SelfInstructStep
@@ -37,6 +38,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "decontaminate": DecontaminateStep,
     "quality": QualityStep,
     "judge": JudgeStep,
+    "preference": PreferenceStep,
 }
 
 AnyStep = Annotated[
@@ -53,7 +55,8 @@ AnyStep = Annotated[
     | DedupStep
     | DecontaminateStep
     | QualityStep
-    | JudgeStep,
+    | JudgeStep
+    | PreferenceStep,
     Field(discriminator="step"),
 ]
 

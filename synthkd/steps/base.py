@@ -45,6 +45,8 @@ class StepContext:
     seed: int
     dispatcher: Dispatcher | None
     progress: Progress = field(default_factory=Progress)
+    # A dispatcher for another teacher (e.g. a judge); the pipeline shares loaded models between them.
+    dispatcher_for: Callable[[TeacherConfig], Dispatcher] | None = None
 
 
 @dataclass

@@ -1,0 +1,170 @@
+"""`preference`: prompt/chosen/rejected rows for DPO, from sampled answers scored by a judge.
+
+For each prompt the teacher writes `n` answers (or the judge compares the teacher's against
+existing `candidate_columns`, e.g. a student's). A judge, which may be another teacher, scores
+each pointwise; the best becomes `chosen` and the worst `rejected` when their scores differ by at
+least `min_margin`. Prompts whose candidates tie, or that have fewer than two scored candidates,
+are dropped and counted. Rows follow TRL's conversational preference format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.judge import score_parser
+from synthkd.steps.parsing import ask_parsed
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+
+class PreferenceStep(Step):
+    """Sample, judge, and pair the best answer with the worst one."""
+
+    step: Literal["preference"]
+    n: int = Field(4, ge=1, description="answers sampled per prompt from the teacher")
+    candidate_columns: list[str] = Field(
+        default_factory=list, description="existing answers that also compete"
+    )
+    min_margin: float = Field(1.0, ge=0, description="chosen must beat rejected by at least this score")
+    system: str | None = Field(None, description="system prompt for the sampled answers")
+    scale: tuple[int, int] = Field((1, 10), description="the judge's lowest and highest score")
+    prompt: str = Field("prompts/label.jinja", description="template of the user message")
+    judge_prompt: str = "prompts/judge/pointwise.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="writes the candidates")
+    judge_teacher: TeacherConfig | None = Field(None, description="scores them (default: the same teacher)")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        for key in ("prompt", "judge_prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        needed = (set(self._templates["prompt"].variables) - {"input"}) | {
+            "instruction",
+            *self.candidate_columns,
+        }
+        require_columns(needed, columns, ctx, "prompt", "preference")
+        added = {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
+        return None if columns is None else columns | added
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None and self.teacher is not None
+        judge = ctx.dispatcher
+        if self.judge_teacher is not None and ctx.dispatcher_for is not None:
+            judge = ctx.dispatcher_for(self.judge_teacher)
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        prompts = [self._templates["prompt"].render({"input": "", **row}) for row in rows]
+        conversations = [[*system, {"role": "user", "content": prompt}] for prompt in prompts]
+        samples = await ctx.dispatcher.run(
+            [
+                ChatRequest(tuple(conversation), dict(self.teacher.params), sample=k)
+                for conversation in conversations
+                for k in range(self.n)
+            ]
+        )
+        candidates: list[list[str]] = []
+        for index, row in enumerate(rows):
+            own = [o.completion.text for o in samples[index * self.n : (index + 1) * self.n] if o.completion]
+            given = [str(row[column]) for column in self.candidate_columns if row.get(column)]
+            candidates.append(list(dict.fromkeys(own + given)))  # identical answers compete once
+        low, high = self.scale
+        judge_params = dict((self.judge_teacher or self.teacher).params)
+        questions, owners = [], []
+        for index, answers in enumerate(candidates):
+            for answer in answers:
+                content = self._templates["judge_prompt"].render(
+                    {
+                        "instruction": prompts[index],
+                        "response": answer,
+                        "low": low,
+                        "high": high,
+                        "aspects": None,
+                    }
+                )
+                questions.append(ChatRequest(({"role": "user", "content": content},), judge_params))
+                owners.append((index, answer))
+        ctx.progress.set_total(len(questions))
+        verdicts = await ask_parsed(
+            judge,
+            questions,
+            score_parser(self.scale, None),
+            self._templates["reask_prompt"],
+            progress=ctx.progress,
+        )
+        scored: list[list[tuple[float, str]]] = [[] for _ in rows]
+        result = StepResult([])
+        for (index, answer), verdict in zip(owners, verdicts, strict=True):
+            if verdict.ok:
+                scored[index].append((verdict.value[0], answer))
+            else:
+                result.failures.append(
+                    Failure(
+                        f"{rows[index]['id']}-candidate",
+                        "unparseable_score",
+                        verdict.outcome.attempts,
+                        verdict.error,
+                        raw=verdict.raw,
+                    )
+                )
+        for row, conversation, ranked in zip(rows, conversations, scored, strict=True):
+            pair = choose_pair(ranked, self.min_margin)
+            if isinstance(pair, str):
+                result.dropped[pair] += 1
+                continue
+            (chosen_score, chosen), (rejected_score, rejected) = pair
+            result.rows.append(
+                preference_row(row, conversation, chosen, rejected, chosen_score, rejected_score)
+            )
+        return result
+
+
+def choose_pair(
+    scored: list[tuple[float, str]], min_margin: float
+) -> tuple[tuple[float, str], tuple[float, str]] | str:
+    """(best, worst) by score, or why there is no pair: 'too_few_candidates' or 'tie'.
+
+    Equal scores keep the order the answers were written in, so the choice is reproducible.
+    """
+    if len(scored) < 2:
+        return "too_few_candidates"
+    ranked = sorted(enumerate(scored), key=lambda item: (-item[1][0], item[0]))
+    best, worst = ranked[0][1], ranked[-1][1]
+    if best[0] - worst[0] < min_margin or best[0] == worst[0]:
+        return "tie"
+    return best, worst
+
+
+def preference_row(
+    row: Row,
+    conversation: list[dict[str, str]],
+    chosen: str,
+    rejected: str,
+    chosen_score: float,
+    rejected_score: float,
+) -> dict[str, Any]:
+    """TRL's conversational preference format, plus the flat columns."""
+    return {
+        **{key: value for key, value in row.items() if key not in ("messages", "response")},
+        "prompt": conversation,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "chosen_score": chosen_score,
+        "rejected_score": rejected_score,
+    }

@@ -1,0 +1,75 @@
+"""Preference pairs: best against worst with a margin; ties and lone candidates dropped and counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import read_jsonl, write_jsonl, write_recipe
+
+from synthkd.pipeline import run_recipe
+from synthkd.recipe import load_recipe
+from synthkd.steps.preference import choose_pair
+from synthkd.testing.fake_openai import FakeOpenAIServer
+
+JUDGE = "(?s)impartial judge.*Response:\n"
+SCRIPT = [
+    {"match": JUDGE + "Answer:", "reply": '{"score": 8, "justification": "teacher"}'},
+    {"match": JUDGE + "Weak student", "reply": '{"score": 3, "justification": "vague"}'},
+    {"match": JUDGE + "Tied student", "reply": '{"score": 7.5, "justification": "close"}'},
+    {"match": JUDGE + "Strong student", "reply": '{"score": 10, "justification": "best"}'},
+]
+
+
+def test_choose_pair():
+    assert choose_pair([(8, "a"), (3, "b"), (5, "c")], 1.0) == ((8, "a"), (3, "b"))
+    assert choose_pair([(8, "a"), (7.5, "b")], 1.0) == "tie"
+    assert choose_pair([(6, "a"), (6, "b")], 0.0) == "tie"
+    assert choose_pair([(9, "a")], 1.0) == "too_few_candidates"
+
+
+def test_teacher_against_student_with_a_separate_judge(tmp_path: Path):
+    write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"id": "weak", "instruction": "Explain tides.", "student": "Weak student"},
+            {"id": "tied", "instruction": "Explain rain.", "student": "Tied student"},
+            {"id": "strong", "instruction": "Explain wind.", "student": "Strong student"},
+            {"id": "alone", "instruction": "Explain snow.", "student": ""},
+        ],
+    )
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        path = write_recipe(
+            tmp_path / "r.yaml",
+            {
+                "name": "pref",
+                "teacher": {
+                    "backend": "openai",
+                    "model": "teacher-m",
+                    "base_url": server.base_url,
+                    "api_key_env": None,
+                },
+                "steps": [
+                    {"step": "load", "path": "rows.jsonl"},
+                    {
+                        "step": "preference",
+                        "n": 1,
+                        "candidate_columns": ["student"],
+                        "min_margin": 1,
+                        "judge_teacher": {"model": "judge-m"},
+                    },
+                ],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )
+        result = run_recipe(load_recipe(path))
+        assert server.stats()["requests"] == 4 + 3 + 4  # 4 answers, 3 student answers and 4 own judged
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "out" / "data.jsonl")}
+    assert set(rows) == {"weak", "strong"}
+    assert result.reports[1].rows_dropped == {"tie": 1, "too_few_candidates": 1}
+    weak = rows["weak"]
+    assert weak["prompt"] == [{"role": "user", "content": "Explain tides."}]
+    assert weak["chosen"] == [{"role": "assistant", "content": "Answer: Explain tides."}]
+    assert weak["rejected"] == [{"role": "assistant", "content": "Weak student"}]
+    assert (weak["chosen_score"], weak["rejected_score"]) == (8.0, 3.0)
+    assert rows["strong"]["chosen"][0]["content"] == "Strong student"
+    assert "messages" not in weak  # preference rows are not turned into SFT conversations
