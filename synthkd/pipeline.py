@@ -211,8 +211,9 @@ def build_manifest(
             templates[name] = hashlib.sha256(source.encode("utf-8")).hexdigest()
     teachers = []
     for step in recipe.steps:
-        config = step.step_teacher()
-        if config is not None:
+        for config in (step.step_teacher(), getattr(step, "judge_teacher", None)):
+            if config is None:
+                continue
             described = {
                 "backend": config.backend,
                 "model": config.model,

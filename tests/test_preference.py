@@ -73,3 +73,5 @@ def test_teacher_against_student_with_a_separate_judge(tmp_path: Path):
     assert (weak["chosen_score"], weak["rejected_score"]) == (8.0, 3.0)
     assert rows["strong"]["chosen"][0]["content"] == "Strong student"
     assert "messages" not in weak  # preference rows are not turned into SFT conversations
+    models = [teacher["model"] for teacher in result.manifest["teachers"]]
+    assert models == ["teacher-m", "judge-m"]
