@@ -72,3 +72,35 @@ def test_step_drops_planted_rows_and_reports_them(tmp_path: Path):
         ("copied", "riddles"),
         ("short", "riddles"),
     ]
+
+
+def test_embedding_check_catches_a_paraphrase(tmp_path: Path):
+    write_jsonl(
+        tmp_path / "bench.jsonl",
+        [{"question": "What is the boiling point of water at sea level in Celsius?"}],
+    )
+    write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {
+                "id": "paraphrase",
+                "instruction": "At sea level, what temperature in Celsius does water boil at?",
+            },
+            {"id": "other", "instruction": "How do spiders spin webs?"},
+        ],
+    )
+    steps = [
+        {"step": "load", "path": "rows.jsonl"},
+        {
+            "step": "decontaminate",
+            "columns": ["instruction"],
+            "embedding_threshold": 0.8,
+            "eval_sets": [{"path": "bench.jsonl", "columns": ["question"]}],
+        },
+    ]
+    path = write_recipe(
+        tmp_path / "r.yaml", {"name": "dc", "steps": steps, "output": {"dir": str(tmp_path / "out")}}
+    )
+    result = run_recipe(load_recipe(path))
+    assert [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["other"]
+    assert result.reports[1].details["removed"][0]["id"] == "paraphrase"  # no 13-gram in common: embeddings

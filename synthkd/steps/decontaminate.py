@@ -31,8 +31,13 @@ class DecontaminateStep(Step):
     )
     ngram: int = Field(13, ge=3, description="n-gram length (GPT-3 used 13)")
     min_words: int = Field(8, ge=1, description="shorter evaluation texts are matched whole, if this long")
+    embedding_threshold: float | None = Field(
+        None, gt=0, le=1, description="also drop rows this cosine-similar to an evaluation text (paraphrases)"
+    )
+    model: str = Field("embedded", description="sentence-transformers model for the embedding check")
 
     _index: NgramIndex | None = PrivateAttr(None)
+    _eval_texts: list[tuple[str, str]] = PrivateAttr(default_factory=list)
     _hub_sets: list[EvalSet] = PrivateAttr(default_factory=list)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
@@ -59,7 +64,9 @@ class DecontaminateStep(Step):
             raise RecipeError(
                 f"evaluation set {name} has no column(s) {missing}; it has {sorted(rows[0])}", where=where
             )
-        self._index.add_all((str(row.get(c) or ""), name) for row in rows for c in eval_set.columns)
+        texts = [(str(row.get(c) or ""), name) for row in rows for c in eval_set.columns]
+        self._index.add_all(texts)
+        self._eval_texts += [(text, source) for text, source in texts if text.strip()]
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert self._index is not None
@@ -73,8 +80,10 @@ class DecontaminateStep(Step):
         ctx.progress.set_total(len(rows))
         result = StepResult([])
         removed = []
-        for row in rows:
-            hit = self._index.match("\n".join(str(row.get(c) or "") for c in self.columns))
+        texts = ["\n".join(str(row.get(c) or "") for c in self.columns) for row in rows]
+        similar = self._embedding_matches(texts) if self.embedding_threshold else {}
+        for index, row in enumerate(rows):
+            hit = self._index.match(texts[index]) or similar.get(index)
             if hit is None:
                 result.rows.append(row)
             else:
@@ -82,5 +91,32 @@ class DecontaminateStep(Step):
                 removed.append({"id": row["id"], "eval_set": hit[0], "overlap": hit[1]})
         ctx.progress.advance(len(rows))
         result.details["checked"] = [eval_set.name or eval_set.path for eval_set in self.eval_sets]
+        result.details["method"] = f"{self.ngram}-gram" + (
+            f" + embedding cosine >= {self.embedding_threshold}" if self.embedding_threshold else ""
+        )
         result.details["removed"] = removed
         return result
+
+    def _embedding_matches(self, texts: list[str]) -> dict[int, tuple[str, str]]:
+        """{row index: (evaluation set, the evaluation text)} for rows close to an evaluation text."""
+        import faiss
+
+        from synthkd.curate.embeddings import EmbeddingCache, embed
+
+        if not texts or not self._eval_texts:
+            return {}
+        cache = EmbeddingCache()
+        try:
+            eval_vectors, _ = embed([text for text, _ in self._eval_texts], self.model, cache=cache)
+            row_vectors, _ = embed(texts, self.model, cache=cache)
+        finally:
+            cache.close()
+        index = faiss.IndexFlatIP(eval_vectors.shape[1])
+        index.add(eval_vectors)
+        scores, labels = index.search(row_vectors, 1)
+        assert self.embedding_threshold is not None
+        return {
+            row: (self._eval_texts[int(labels[row, 0])][1], self._eval_texts[int(labels[row, 0])][0])
+            for row in range(len(texts))
+            if scores[row, 0] >= self.embedding_threshold
+        }

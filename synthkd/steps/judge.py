@@ -85,7 +85,14 @@ class JudgeStep(Step):
     def _request(self, template: str, **values: Any) -> ChatRequest:
         assert self.teacher is not None
         content = self._templates[template].render(values)
-        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+        # Structured output where the API supports it; the prompt asks for the same JSON, and the
+        # parser checks it either way (local models and some servers ignore response_format).
+        response_format = {"type": "json_object"}
+        return ChatRequest(
+            ({"role": "user", "content": content},),
+            dict(self.teacher.params),
+            response_format=response_format,
+        )
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         if self.mode == "pairwise":
