@@ -48,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the request cache")
     run.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
+    run.add_argument("--no-train", action="store_true", help="skip the recipe's train: section")
     run.set_defaults(handler=_run)
+
+    train = commands.add_parser("train", help="train the recipe's student on its finished run's dataset")
+    _recipe_arguments(train)
+    train.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
+    train.set_defaults(handler=_train)
 
     validate = commands.add_parser(
         "validate", help="check a recipe's keys, files and templates; send nothing"
@@ -119,7 +125,36 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
     _print_summary(result)
+    if loaded.recipe.train is not None and not args.no_train:
+        _train_and_report(loaded, result.out_dir)
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from synthkd.errors import RecipeError
+    from synthkd.recipe import load_recipe
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    if loaded.recipe.train is None:
+        raise RecipeError("the recipe has no train: section", where=str(loaded.path))
+    _train_and_report(loaded, Path(args.output) if args.output else loaded.recipe.output_dir())
+    return 0
+
+
+def _train_and_report(loaded, run_dir: Path) -> None:
+    from synthkd.progress import quiet_library_progress_bars
+    from synthkd.training.run import train_student
+
+    quiet_library_progress_bars()
+    config = loaded.recipe.train
+    console.print(f"training {config.method} of {config.student} on {run_dir / 'dataset'}", highlight=False)
+    result = train_student(config, run_dir / "dataset", run_dir, loaded.recipe.seed, loaded.recipe.name)
+    table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
+    for column in ("", "loss", "perplexity", "agreement with teacher"):
+        table.add_column(column, justify="right" if column else "left")
+    for label, metrics in (("before", result.before), ("after", result.after)):
+        table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))
+    console.print(table)
 
 
 def _print_plan(plans: list, loaded) -> None:

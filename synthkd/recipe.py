@@ -18,6 +18,7 @@ from synthkd.overrides import apply_overrides
 from synthkd.shipped import resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep
 from synthkd.teachers.config import TeacherConfig, default_teacher
+from synthkd.training.config import TrainConfig
 from synthkd.yaml_source import KeyPath, format_path, line_of, load_yaml_with_lines
 
 MAX_ERRORS_SHOWN = 5
@@ -40,6 +41,7 @@ class Recipe(StrictModel):
     )
     steps: list[AnyStep] = Field(min_length=1, description="run in order")
     output: OutputConfig = Field(default_factory=OutputConfig)
+    train: TrainConfig | None = Field(None, description="train a student on the run's dataset (TRL)")
 
     def output_dir(self) -> Path:
         return Path(self.output.dir or f"runs/{self.name}")
@@ -166,6 +168,8 @@ def _valid_keys(loc: KeyPath, data: dict) -> list[str]:
         model = TeacherConfig
     elif loc == ("output",):
         model = OutputConfig
+    elif loc == ("train",):
+        model = TrainConfig
     elif len(loc) == 2 and loc[0] == "steps" and isinstance(loc[1], int):
         model = STEP_TYPES.get(data["steps"][loc[1]].get("step"))
     if model is None:

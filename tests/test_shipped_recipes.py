@@ -31,10 +31,10 @@ def test_quickstart_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFix
         monkeypatch.delenv(variable, raising=False)
     # Run by the path a user types, from a folder that is not the repository: the shipped copy is found.
     assert main(["run", "recipes/quickstart.yaml", "--output", str(tmp_path / "qs")]) == 0
-    out = capsys.readouterr().err
-    assert "24 rows" in out or "rows ->" in out
+    out = " ".join(capsys.readouterr().err.split())
     rows = read_jsonl(tmp_path / "qs" / "data.jsonl")
     assert 20 <= len(rows) <= 24  # the filter may drop an empty or refusing answer of the tiny model
+    assert f"{len(rows)} rows -> {tmp_path / 'qs'}/dataset" in out
     assert all(row["response"].strip() and row["messages"][0]["role"] == "system" for row in rows)
     assert (tmp_path / "qs" / "failures.jsonl").exists()
     import json
@@ -48,3 +48,8 @@ def test_quickstart_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFix
 
     dataset = load_from_disk(str(tmp_path / "qs" / "dataset"))
     assert dataset.num_rows == len(rows) and "messages" in dataset.column_names
+    # The recipe ends by training a student and evaluating it before and after.
+    assert "agreement with teacher" in out and "before" in out and "after" in out
+    evaluation = json.loads((tmp_path / "qs" / "student" / "eval.json").read_text())
+    assert evaluation["method"] == "sft" and evaluation["held_out_rows"] >= 4
+    assert evaluation["train_losses"] and evaluation["after"]["loss"] > 0

@@ -1,0 +1,37 @@
+"""The `train:` section of a recipe."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from synthkd.config_base import StrictModel
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="modules adapted (peft's names)")
+
+
+class TrainConfig(StrictModel):
+    """Which student, which method, and TRL's own arguments passed through as they are."""
+
+    method: Literal["sft", "dpo"] = Field(
+        "sft", description="sft on `messages`; dpo on prompt/chosen/rejected"
+    )
+    student: str = Field(description="a Hub id, a local folder, or `embedded` (SmolLM2-135M-Instruct)")
+    lora: LoraSettings | None = Field(
+        None, description="train LoRA adapters through peft instead of all weights"
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields of TRL's SFTConfig/DPOConfig, e.g. num_train_epochs, learning_rate",
+    )
+    eval_split: float = Field(0.05, ge=0, lt=1, description="share of rows held out for evaluation")
+    eval_max_rows: int = Field(32, ge=1, description="held-out rows used for the before/after evaluation")
+    eval_max_new_tokens: int = Field(64, ge=1, description="tokens the student may generate when evaluated")
+    output_dir: str | None = Field(None, description="where the student is saved; default <run dir>/student")
+    push_to_hub: str | None = Field(None, description="a Hub repo id to push the student to")

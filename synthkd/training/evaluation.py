@@ -1,0 +1,77 @@
+"""Before/after evaluation of a student on held-out teacher answers: loss, perplexity, agreement."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from synthkd.curate.rouge import f1_from_lcs, lcs_length, rouge_tokens
+
+SHORT_ANSWER_WORDS = 5  # answers this short are compared exactly, longer ones by ROUGE-L
+
+
+def _prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    return messages[:-1], messages[-1]["content"]
+
+
+def response_loss(model: Any, tokenizer: Any, messages: list[dict[str, str]]) -> tuple[float, int]:
+    """Mean cross-entropy of the final (assistant) message given the conversation before it."""
+    import torch
+
+    prompt, _ = _prompt_and_answer(messages)
+    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    labels = full_ids.clone()
+    labels[:, : prefix_ids.shape[1]] = -100  # only the answer's tokens count
+    answer_tokens = int((labels != -100).sum())
+    if answer_tokens == 0:
+        return 0.0, 0
+    with torch.inference_mode():
+        loss = model(input_ids=full_ids, labels=labels).loss
+    return float(loss), answer_tokens
+
+
+def agreement(student_answer: str, teacher_answer: str) -> float:
+    """1/0 exact match for short answers (case and spacing aside), else ROUGE-L F1."""
+    if len(teacher_answer.split()) <= SHORT_ANSWER_WORDS:
+        return float(" ".join(student_answer.lower().split()) == " ".join(teacher_answer.lower().split()))
+    vocabulary: dict[str, int] = {}
+    a = [vocabulary.setdefault(t, len(vocabulary)) for t in rouge_tokens(student_answer)]
+    b = [vocabulary.setdefault(t, len(vocabulary)) for t in rouge_tokens(teacher_answer)]
+    return f1_from_lcs(lcs_length(a, b), len(a), len(b))
+
+
+def evaluate(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
+) -> dict:
+    """Loss and perplexity on the teacher's answers, and agreement of greedy answers with them."""
+    import torch
+
+    total_loss, total_tokens, agreements = 0.0, 0, []
+    model.eval()
+    for messages in conversations:
+        loss, tokens = response_loss(model, tokenizer, messages)
+        total_loss += loss * tokens
+        total_tokens += tokens
+        prompt, answer = _prompt_and_answer(messages)
+        encoded = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        generated = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        agreements.append(agreement(generated.strip(), answer))
+    mean_loss = total_loss / total_tokens if total_tokens else float("nan")
+    return {
+        "rows": len(conversations),
+        "loss": round(mean_loss, 4),
+        "perplexity": round(math.exp(mean_loss), 3) if total_tokens else None,
+        "agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,
+    }

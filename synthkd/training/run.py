@@ -1,0 +1,182 @@
+"""Thin TRL glue: load the run's dataset and the student, train, evaluate before and after, save.
+
+The recipe's `train.args` go to TRL's own config class as they are, so a renamed or unknown TRL
+field surfaces as a clear error rather than being silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from synthkd.errors import RecipeError
+from synthkd.training.config import TrainConfig
+from synthkd.training.evaluation import evaluate
+
+REQUIRED_COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"]}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    before: dict[str, Any]
+    after: dict[str, Any]
+    train_losses: list[float]
+
+
+def _device_settings() -> dict[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"use_cpu": True, "bf16": False}
+
+
+def _trl_config(config_class: type, values: dict[str, Any]) -> Any:
+    known = {field.name for field in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(
+            f"{', '.join(unknown)}: not a field of TRL's {config_class.__name__}", where="train.args"
+        )
+    return config_class(**values)
+
+
+def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str, str]]]:
+    """Held-out conversations ending in the answer the student should give."""
+    rows = dataset.select(range(min(limit, len(dataset))))
+    if method == "sft":
+        return [list(row["messages"]) for row in rows]
+    return [list(row["prompt"]) + list(row["chosen"]) for row in rows]
+
+
+def train_student(
+    config: TrainConfig, dataset_dir: Path, run_dir: Path, seed: int, run_name: str
+) -> TrainResult:
+    """Train, evaluate and save the student; returns where it is and the before/after metrics."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synthkd.teachers.transformers_backend import resolve_model_source
+
+    if not dataset_dir.is_dir():
+        raise RecipeError(f"no dataset at {dataset_dir}: run the recipe first", where="train")
+    dataset = load_from_disk(str(dataset_dir))
+    missing = [c for c in REQUIRED_COLUMNS[config.method] if c not in dataset.column_names]
+    if missing:
+        raise RecipeError(
+            f"method {config.method} needs column(s) {missing}; the dataset has {dataset.column_names}",
+            where="train.method",
+        )
+    if len(dataset) == 0:
+        raise RecipeError("the run's dataset has no rows to train on", where="train")
+    dataset = dataset.select_columns(REQUIRED_COLUMNS[config.method])
+    if config.eval_split > 0 and len(dataset) >= 4:
+        parts = dataset.train_test_split(test_size=config.eval_split, seed=seed)
+        train_rows, held_out = parts["train"], parts["test"]
+    else:
+        train_rows, held_out = dataset, dataset.select(range(min(len(dataset), config.eval_max_rows)))
+
+    source = resolve_model_source(config.student)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = _device_settings()
+    import torch
+
+    dtype = torch.bfloat16 if device["bf16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if not device["use_cpu"]:
+        model = model.to("cuda")
+    evaluation_rows = _conversations(held_out, config.method, config.eval_max_rows)
+    before = evaluate(model, tokenizer, evaluation_rows, config.eval_max_new_tokens)
+
+    output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
+    values = {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        **device,
+        **config.args,
+    }
+    peft_config = None
+    if config.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    if config.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        # Train only on the teacher's answers when the chat template marks them.
+        values.setdefault("assistant_only_loss", "{% generation %}" in (tokenizer.chat_template or ""))
+        trainer = SFTTrainer(
+            model=model,
+            args=_trl_config(SFTConfig, values),
+            train_dataset=train_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        trainer = DPOTrainer(
+            model=model,
+            args=_trl_config(DPOConfig, values),
+            train_dataset=train_rows,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    student = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+    after = evaluate(student, tokenizer, evaluation_rows, config.eval_max_new_tokens)
+    student.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    metrics = {
+        "method": config.method,
+        "student": config.student,
+        "train_rows": len(train_rows),
+        "held_out_rows": len(evaluation_rows),
+        "before": before,
+        "after": after,
+        "train_losses": losses,
+    }
+    (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_card(output_dir, config, run_name, metrics)
+    if config.push_to_hub:
+        student.push_to_hub(config.push_to_hub)
+        tokenizer.push_to_hub(config.push_to_hub)
+    return TrainResult(output_dir, before, after, losses)
+
+
+def _write_card(output_dir: Path, config: TrainConfig, run_name: str, metrics: dict[str, Any]) -> None:
+    before, after = metrics["before"], metrics["after"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [synthkd, knowledge-distillation, trl]",
+        "---",
+        "",
+        f"# {run_name} student",
+        "",
+        f"Distilled with synthkd: `{config.method}` of `{config.student}` on the dataset of the "
+        f"`{run_name}` run ({metrics['train_rows']} training rows).",
+        "",
+        "| held-out metric | before | after |",
+        "|---|---:|---:|",
+        f"| loss on the teacher's answers | {before['loss']} | {after['loss']} |",
+        f"| perplexity | {before['perplexity']} | {after['perplexity']} |",
+        f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
+        "",
+    ]
+    (output_dir / "README.md").write_text("\n".join(lines))

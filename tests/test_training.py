@@ -1,0 +1,109 @@
+"""SFT and DPO of a tiny random student on CPU: the loss goes down, the student reloads and generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_model import build_tiny_model
+
+from synthkd.errors import RecipeError
+from synthkd.training.config import TrainConfig
+from synthkd.training.evaluation import agreement
+from synthkd.training.run import train_student
+
+QUESTIONS = [f"What is {a} plus {b}?" for a in range(4) for b in range(4)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def save_dataset(path: Path, rows: list[dict]) -> Path:
+    from datasets import Dataset
+
+    Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def reloads_and_generates(folder: Path) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = model.generate(**encoded, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert output.shape[1] > encoded["input_ids"].shape[1]
+    return tokenizer.decode(output[0])
+
+
+def test_sft_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Path):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": "The answer is four."},
+            ]
+        }
+        for q in QUESTIONS
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    config = TrainConfig(
+        method="sft",
+        student=str(tiny_model),
+        eval_split=0.25,
+        eval_max_new_tokens=8,
+        args={"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4},
+    )
+    result = train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+    assert result.train_losses[-1] < result.train_losses[0]
+    assert result.after["loss"] < result.before["loss"]  # on held-out rows
+    metrics = json.loads((result.output_dir / "eval.json").read_text())
+    assert metrics["held_out_rows"] == 4 and metrics["train_rows"] == 12
+    assert "| perplexity |" in (result.output_dir / "README.md").read_text()
+    reloads_and_generates(result.output_dir)
+
+
+def test_dpo_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Path):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": "Four."}],
+            "rejected": [{"role": "assistant", "content": "I do not know, sorry."}],
+        }
+        for q in QUESTIONS
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    config = TrainConfig(
+        method="dpo",
+        student=str(tiny_model),
+        eval_split=0.25,
+        eval_max_new_tokens=4,
+        args={"max_steps": 8, "learning_rate": 1e-3, "per_device_train_batch_size": 4},
+    )
+    result = train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+    assert result.train_losses[-1] < result.train_losses[0]
+    reloads_and_generates(result.output_dir)
+
+
+def test_wrong_columns_and_unknown_trl_fields_are_recipe_errors(tmp_path: Path, tiny_model: Path):
+    dataset = save_dataset(tmp_path / "dataset", [{"instruction": "x", "response": "y"}] * 4)
+    with pytest.raises(RecipeError, match="method sft needs column"):
+        train_student(TrainConfig(student=str(tiny_model)), dataset, tmp_path, 0, "t")
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 4
+    dataset = save_dataset(tmp_path / "dataset2", rows)
+    with pytest.raises(RecipeError, match="max_seq_length: not a field of TRL's SFTConfig"):
+        train_student(
+            TrainConfig(student=str(tiny_model), args={"max_seq_length": 64}), dataset, tmp_path, 0, "t"
+        )
+
+
+def test_agreement_measure():
+    assert agreement("Four.", "four.") == 1.0 and agreement("Five", "Four") == 0.0
+    long_answer = "The moon pulls the oceans toward it and makes the tides rise and fall."
+    assert agreement(long_answer, long_answer) == 1.0
+    assert 0 < agreement("The moon pulls the oceans.", long_answer) < 1
