@@ -90,6 +90,44 @@ def test_dpo_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Pat
     reloads_and_generates(result.output_dir)
 
 
+def test_on_policy_distillation_from_a_live_teacher(tmp_path: Path, tiny_model: Path):
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Four."}]}
+        for q in QUESTIONS
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    config = TrainConfig(
+        method="distill",
+        student=str(tiny_model),
+        teacher=str(tiny_model),
+        divergence="jsd",
+        eval_split=0.25,
+        eval_max_new_tokens=4,
+        args={
+            "max_steps": 6,
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 4,
+            "max_completion_length": 8,
+        },
+    )
+    result = train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+    assert len(result.train_losses) == 6 and all(loss >= 0 for loss in result.train_losses)
+    reloads_and_generates(result.output_dir)
+
+
+def test_distill_refuses_a_teacher_with_another_vocabulary(tmp_path: Path, tiny_model: Path):
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 4
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    with pytest.raises(RecipeError, match="different vocabularies"):
+        train_student(
+            TrainConfig(method="distill", student=str(tiny_model), teacher="embedded"),
+            dataset,
+            tmp_path,
+            0,
+            "t",
+        )
+
+
 def test_wrong_columns_and_unknown_trl_fields_are_recipe_errors(tmp_path: Path, tiny_model: Path):
     dataset = save_dataset(tmp_path / "dataset", [{"instruction": "x", "response": "y"}] * 4)
     with pytest.raises(RecipeError, match="method sft needs column"):

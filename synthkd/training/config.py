@@ -19,10 +19,15 @@ class LoraSettings(StrictModel):
 class TrainConfig(StrictModel):
     """Which student, which method, and TRL's own arguments passed through as they are."""
 
-    method: Literal["sft", "dpo"] = Field(
-        "sft", description="sft on `messages`; dpo on prompt/chosen/rejected"
+    method: Literal["sft", "dpo", "distill"] = Field(
+        "sft",
+        description="sft on `messages`; dpo on prompt/chosen/rejected; distill: on-policy, live teacher",
     )
     student: str = Field(description="a Hub id, a local folder, or `embedded` (SmolLM2-135M-Instruct)")
+    teacher: str | None = Field(None, description="distill: a local model sharing the student's tokenizer")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "jsd", description="distill: the generalised JSD's beta 0, 1 or 0.5 (args.beta overrides)"
+    )
     lora: LoraSettings | None = Field(
         None, description="train LoRA adapters through peft instead of all weights"
     )

@@ -15,7 +15,8 @@ from synthkd.errors import RecipeError
 from synthkd.training.config import TrainConfig
 from synthkd.training.evaluation import evaluate
 
-REQUIRED_COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"]}
+REQUIRED_COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "distill": ["messages"]}
+DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": 0.5}
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _trl_config(config_class: type, values: dict[str, Any]) -> Any:
 def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str, str]]]:
     """Held-out conversations ending in the answer the student should give."""
     rows = dataset.select(range(min(limit, len(dataset))))
-    if method == "sft":
+    if method in ("sft", "distill"):
         return [list(row["messages"]) for row in rows]
     return [list(row["prompt"]) + list(row["chosen"]) for row in rows]
 
@@ -114,7 +115,9 @@ def train_student(
             target_modules=config.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-    if config.method == "sft":
+    if config.method == "distill":
+        trainer = _distillation_trainer(config, model, tokenizer, train_rows, values, peft_config)
+    elif config.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         # Train only on the teacher's answers when the chat template marks them.
@@ -157,6 +160,40 @@ def train_student(
         student.push_to_hub(config.push_to_hub)
         tokenizer.push_to_hub(config.push_to_hub)
     return TrainResult(output_dir, before, after, losses)
+
+
+def _distillation_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any
+):
+    """On-policy distillation (TRL's DistillationTrainer): the student generates, the teacher scores."""
+    from trl import DistillationConfig, DistillationTrainer
+
+    from synthkd.teachers.transformers_backend import resolve_model_source
+
+    if not config.teacher:
+        raise RecipeError("method distill needs a local teacher model (train.teacher)", where="train.teacher")
+    teacher_source = resolve_model_source(config.teacher)
+    from transformers import AutoTokenizer
+
+    teacher_vocabulary = AutoTokenizer.from_pretrained(teacher_source).get_vocab()
+    if teacher_vocabulary != tokenizer.get_vocab():
+        raise RecipeError(
+            f"the student {config.student!r} and the teacher {config.teacher!r} have different vocabularies; "
+            "distill compares their token distributions, so they must share a tokenizer",
+            where="train.teacher",
+        )
+    tokenizer.padding_side = "left"  # the student generates from left-padded prompts
+    # The student answers each prompt itself (on-policy); the teacher's answer is not used.
+    prompts = rows.map(lambda row: {"prompt": list(row["messages"])[:-1]}, remove_columns=rows.column_names)
+    values.setdefault("beta", DIVERGENCE_BETA[config.divergence])
+    return DistillationTrainer(
+        model=model,
+        teacher_model=teacher_source,
+        args=_trl_config(DistillationConfig, values),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
 
 
 def _write_card(output_dir: Path, config: TrainConfig, run_name: str, metrics: dict[str, Any]) -> None:
