@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from synthkd.config_base import StrictModel
 from synthkd.errors import RecipeError
 from synthkd.overrides import apply_overrides
+from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.shipped import resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep
 from synthkd.teachers.config import TeacherConfig, default_teacher
@@ -31,6 +32,13 @@ class OutputConfig(StrictModel):
     format: Literal["messages", "flat"] = Field(
         "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
     )
+    # Dataset card metadata (synthkd.publish.card); the license is never guessed.
+    license: HubLicense | None = Field(
+        None, description="the dataset's license, a Hub license id (apache-2.0, ...)"
+    )
+    language: list[str] | None = Field(None, description="ISO 639-1 codes of the rows' language, e.g. [en]")
+    task_categories: list[HubTask] | None = Field(None, description="Hub task categories; default inferred")
+    hub: HubConfig | None = Field(None, description="push the finished run to this Hub dataset repository")
 
 
 class Recipe(StrictModel):
@@ -168,6 +176,8 @@ def _valid_keys(loc: KeyPath, data: dict) -> list[str]:
         model = TeacherConfig
     elif loc == ("output",):
         model = OutputConfig
+    elif loc == ("output", "hub"):
+        model = HubConfig
     elif loc == ("train",):
         model = TrainConfig
     elif len(loc) == 2 and loc[0] == "steps" and isinstance(loc[1], int):
