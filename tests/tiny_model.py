@@ -15,7 +15,8 @@ CORPUS = [
 ] * 50
 
 
-def build_tiny_model(folder: Path) -> Path:
+def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 1000) -> Path:
+    """Same tokenizer for the same vocab_size (BPE training is deterministic); weights from `seed`."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -26,7 +27,9 @@ def build_tiny_model(folder: Path) -> Path:
     tokenizer.train_from_iterator(
         CORPUS,
         trainers.BpeTrainer(
-            vocab_size=1000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
     from tokenizers import decoders
@@ -36,7 +39,7 @@ def build_tiny_model(folder: Path) -> Path:
         tokenizer_object=tokenizer, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>"
     )
     fast.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=64,

@@ -16,6 +16,7 @@ from synthkd.steps.filter import FilterStep
 from synthkd.steps.judge import JudgeStep
 from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
+from synthkd.steps.logits import LogitsStep
 from synthkd.steps.magpie import MagpieStep
 from synthkd.steps.preference import PreferenceStep
 from synthkd.steps.quality import QualityStep
@@ -39,6 +40,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "quality": QualityStep,
     "judge": JudgeStep,
     "preference": PreferenceStep,
+    "logits": LogitsStep,
 }
 
 AnyStep = Annotated[
@@ -56,7 +58,8 @@ AnyStep = Annotated[
     | DecontaminateStep
     | QualityStep
     | JudgeStep
-    | PreferenceStep,
+    | PreferenceStep
+    | LogitsStep,
     Field(discriminator="step"),
 ]
 

@@ -182,6 +182,15 @@ class TransformersTeacher:
             ids.add(self._tokenizer.eos_token_id)
         return ids
 
+    @property
+    def hf_model(self) -> Any:
+        """The loaded model, for steps that score text rather than generate it (`logits`)."""
+        return self._model
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        return self._tokenizer
+
     async def aclose(self) -> None:
         if self._batcher is not None:
             self._batcher.cancel()

@@ -19,15 +19,18 @@ class LoraSettings(StrictModel):
 class TrainConfig(StrictModel):
     """Which student, which method, and TRL's own arguments passed through as they are."""
 
-    method: Literal["sft", "dpo", "distill"] = Field(
+    method: Literal["sft", "dpo", "distill", "kd"] = Field(
         "sft",
-        description="sft on `messages`; dpo on prompt/chosen/rejected; distill: on-policy, live teacher",
+        description="sft on `messages`; dpo on prompt/chosen/rejected; distill: on-policy, live teacher; "
+        "kd: offline, from the top-k log-probabilities a `logits` step stored",
     )
     student: str = Field(description="a Hub id, a local folder, or `embedded` (SmolLM2-135M-Instruct)")
     teacher: str | None = Field(None, description="distill: a local model sharing the student's tokenizer")
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
         "jsd", description="distill: the generalised JSD's beta 0, 1 or 0.5 (args.beta overrides)"
     )
+    kd_weight: float = Field(0.5, ge=0, description="kd: weight of the KL term added to the cross-entropy")
+    kd_temperature: float = Field(1.0, gt=0, description="kd: softens both distributions; KL scaled by T^2")
     lora: LoraSettings | None = Field(
         None, description="train LoRA adapters through peft instead of all weights"
     )

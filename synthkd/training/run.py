@@ -14,8 +14,23 @@ from typing import Any
 from synthkd.errors import RecipeError
 from synthkd.training.config import TrainConfig
 from synthkd.training.evaluation import evaluate
+from synthkd.training.memory import DEFAULT_MAX_LENGTH
 
-REQUIRED_COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"], "distill": ["messages"]}
+KD_COLUMNS = [
+    "kd_input_ids",
+    "kd_prompt_length",
+    "kd_top_ids",
+    "kd_top_logprobs",
+    "kd_teacher",
+    "kd_vocab_sha256",
+    "kd_template_sha256",
+]
+REQUIRED_COLUMNS = {
+    "sft": ["messages"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "distill": ["messages"],
+    "kd": ["messages", *KD_COLUMNS],
+}
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": 0.5}
 
 
@@ -48,7 +63,7 @@ def _trl_config(config_class: type, values: dict[str, Any]) -> Any:
 def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str, str]]]:
     """Held-out conversations ending in the answer the student should give."""
     rows = dataset.select(range(min(limit, len(dataset))))
-    if method in ("sft", "distill"):
+    if method in ("sft", "distill", "kd"):
         return [list(row["messages"]) for row in rows]
     return [list(row["prompt"]) + list(row["chosen"]) for row in rows]
 
@@ -67,8 +82,11 @@ def train_student(
     dataset = load_from_disk(str(dataset_dir))
     missing = [c for c in REQUIRED_COLUMNS[config.method] if c not in dataset.column_names]
     if missing:
+        hint = (
+            " (add a `logits` step to store the teacher's log-probabilities)" if config.method == "kd" else ""
+        )
         raise RecipeError(
-            f"method {config.method} needs column(s) {missing}; the dataset has {dataset.column_names}",
+            f"method {config.method} needs column(s) {missing}{hint}; the dataset has {dataset.column_names}",
             where="train.method",
         )
     if len(dataset) == 0:
@@ -88,6 +106,9 @@ def train_student(
     import torch
 
     dtype = torch.bfloat16 if device["bf16"] else torch.float32
+    memory = _check_memory(
+        config, source, bytes_per_value=2 if device["bf16"] else 4, on_gpu=not device["use_cpu"]
+    )
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     if not device["use_cpu"]:
         model = model.to("cuda")
@@ -117,6 +138,8 @@ def train_student(
         )
     if config.method == "distill":
         trainer = _distillation_trainer(config, model, tokenizer, train_rows, values, peft_config)
+    elif config.method == "kd":
+        trainer = _kd_trainer(config, model, tokenizer, train_rows, values, peft_config)
     elif config.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -149,6 +172,7 @@ def train_student(
         "method": config.method,
         "student": config.student,
         "train_rows": len(train_rows),
+        "memory_estimate_gib": round(memory.total / 2**30, 3),
         "held_out_rows": len(evaluation_rows),
         "before": before,
         "after": after,
@@ -193,6 +217,64 @@ def _distillation_trainer(
         train_dataset=prompts,
         processing_class=tokenizer,
         peft_config=peft,
+    )
+
+
+def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_gpu: bool):
+    """Estimate what training needs before loading anything; refuse what cannot fit."""
+    from synthkd.teachers.transformers_backend import resolve_model_source
+    from synthkd.training.memory import estimate_training_memory, free_memory
+
+    estimate = estimate_training_memory(
+        source,
+        bytes_per_value=bytes_per_value,
+        lora=config.lora is not None,
+        batch_size=int(config.args.get("per_device_train_batch_size", 8)),
+        max_length=config.args.get("max_length", DEFAULT_MAX_LENGTH),
+        teacher_source=resolve_model_source(config.teacher)
+        if config.method == "distill" and config.teacher
+        else None,
+    )
+    free, device_name = free_memory(on_gpu)
+    if estimate.total > free:
+        raise RecipeError(
+            f"training {config.student!r} needs {estimate.describe()} but only "
+            f"{free / 2**30:.2f} GiB is free on {device_name}; lower per_device_train_batch_size or "
+            "max_length in train.args, turn on "
+            "gradient_checkpointing, or train LoRA adapters (train.lora)",
+            where="train",
+        )
+    return estimate
+
+
+def _kd_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any):
+    """Offline logit distillation: TRL's SFTTrainer with the loss from `synthkd.training.kd`."""
+    from trl import SFTConfig
+
+    from synthkd.training.kd import KDCollator, KDTrainer, check_student_vocabulary, kd_example
+
+    for warning in check_student_vocabulary(rows, tokenizer, config.student):
+        print(f"warning: {warning}")
+    args = _trl_config(SFTConfig, values)
+    # The rows are tokenized here (the teacher's token ids are stored), so TRL's own preparation,
+    # which would drop the teacher's columns, is skipped.
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    args.remove_unused_columns = False
+    top_k = max((len(ids[0]) for ids in rows["kd_top_ids"] if ids), default=1)
+    examples = rows.map(
+        kd_example,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": args.max_length},
+        remove_columns=rows.column_names,
+    )
+    return KDTrainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        processing_class=tokenizer,
+        data_collator=KDCollator(tokenizer.pad_token_id, top_k),
+        peft_config=peft,
+        kd_weight=config.kd_weight,
+        kd_temperature=config.kd_temperature,
     )
 
 

@@ -1,0 +1,1 @@
+"""Offline knowledge distillation from stored teacher log-probabilities."""
