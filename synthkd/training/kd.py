@@ -91,17 +91,25 @@ class KDCollator:
             input_ids[row, :length] = torch.tensor(example["input_ids"])
             attention_mask[row, :length] = 1
             labels[row, :length] = torch.tensor(example["labels"])
-            for j, (ids, logprobs) in enumerate(
-                zip(example["kd_top_ids"], example["kd_top_logprobs"], strict=True)
-            ):
-                position = example["kd_start"] + j - 1
-                if not ids or position >= width - 1:
-                    continue  # no teacher distribution stored for this token
-                teacher_ids[row, position, : len(ids)] = torch.tensor(ids[: self.top_k])
-                teacher_logprobs[row, position, : len(ids)] = torch.tensor(logprobs[: self.top_k])
-                if len(ids) < self.top_k:  # fewer stored: the missing slots get no mass
+            stored = [
+                (example["kd_start"] + j - 1, ids[: self.top_k], logprobs[: self.top_k])
+                for j, (ids, logprobs) in enumerate(
+                    zip(example["kd_top_ids"], example["kd_top_logprobs"], strict=True)
+                )
+                if ids and example["kd_start"] + j - 1 < width - 1  # tokens with a stored distribution
+            ]
+            if not stored:
+                continue
+            positions = torch.tensor([position for position, _, _ in stored])
+            if all(len(ids) == self.top_k for _, ids, _ in stored):  # the usual case: one tensor copy
+                teacher_ids[row, positions] = torch.tensor([ids for _, ids, _ in stored])
+                teacher_logprobs[row, positions] = torch.tensor([logprobs for _, _, logprobs in stored])
+            else:  # fewer stored at some positions: the missing slots get no mass
+                for position, ids, logprobs in stored:
+                    teacher_ids[row, position, : len(ids)] = torch.tensor(ids)
+                    teacher_logprobs[row, position, : len(ids)] = torch.tensor(logprobs)
                     teacher_logprobs[row, position, len(ids) :] = float("-inf")
-                kd_mask[row, position] = True
+            kd_mask[row, positions] = True
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -180,6 +188,9 @@ class KDTrainer(SFTTrainer):
             self.kd_temperature,
         )
         mode = "train" if model.training else "eval"
+        if mode == "train":  # TRL's own compute_loss counts these; this one replaces it
+            self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         self._metrics[mode]["ce_loss"].append(ce.item())
         self._metrics[mode]["kd_loss"].append(kl.item())
         return (loss, outputs) if return_outputs else loss

@@ -7,6 +7,7 @@ field surfaces as a clear error rather than being silently dropped.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,12 @@ def train_student(
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+    clock = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - clock
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their own.
+    train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
     student = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     after = evaluate(student, tokenizer, evaluation_rows, config.eval_max_new_tokens)
     student.save_pretrained(output_dir)
@@ -177,6 +182,9 @@ def train_student(
         "before": before,
         "after": after,
         "train_losses": losses,
+        "train_seconds": round(train_seconds, 3),
+        "train_tokens": train_tokens,
+        "train_tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds else None,
     }
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_card(output_dir, config, run_name, metrics)
