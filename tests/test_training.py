@@ -1,4 +1,5 @@
-"""SFT, DPO and on-policy distillation of a tiny random student on CPU: the loss goes down, the student reloads and generates."""
+"""SFT, DPO and on-policy distillation of a tiny random student on CPU: the loss goes down, the
+student reloads and generates; the memory check and the judge win rate."""
 
 from __future__ import annotations
 
@@ -172,3 +173,52 @@ def test_an_impossible_configuration_fails_before_loading(tmp_path: Path, tiny_m
     lora = estimate_training_memory(str(tiny_model), bytes_per_value=4, lora=True, batch_size=1, max_length=8)
     assert full.weights == 4 * real and full.optimizer == 2 * full.gradients
     assert lora.gradients < full.gradients / 10
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        # The judge prefers the teacher's answer in either position: the student loses every pair.
+        (
+            [
+                {"match": "(?s)Response A:\nThe answer is four", "reply": '{"winner": "A"}'},
+                {"match": "(?s)Response B:\nThe answer is four", "reply": '{"winner": "B"}'},
+            ],
+            {"student_wins": 0, "teacher_wins": 4, "ties": 0, "win_rate": 0.0},
+        ),
+        # A judge that always picks the first response is caught by the swap: all ties, 0.5.
+        ([{"match": ".", "reply": '{"winner": "A"}'}], {"student_wins": 0, "teacher_wins": 0, "ties": 4}),
+    ],
+)
+def test_judge_win_rate_of_the_student(tmp_path: Path, tiny_model: Path, script: list, expected: dict):
+    from synthkd.teachers.config import TeacherConfig
+    from synthkd.testing.fake_openai import FakeOpenAIServer
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": "The answer is four."},
+            ]
+        }
+        for q in QUESTIONS
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    with FakeOpenAIServer(script=script) as server:
+        judge = TeacherConfig(backend="openai", model="judge", base_url=server.base_url, api_key_env=None)
+        config = TrainConfig(
+            student=str(tiny_model),
+            eval_split=0.25,
+            eval_max_new_tokens=4,
+            judge=judge,
+            args={"max_steps": 1, "per_device_train_batch_size": 4},
+        )
+        result = train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+        assert server.stats()["requests"] == 8  # four held-out pairs, each judged in both orders
+    judged = result.after["judge"]
+    assert {key: judged[key] for key in expected} == expected and judged["pairs"] == 4
+    if "win_rate" not in expected:
+        assert judged["win_rate"] == 0.5
+    saved = json.loads((result.output_dir / "eval.json").read_text())
+    assert saved["after"]["judge"] == judged
+    assert f"win rate {judged['win_rate']}" in (result.output_dir / "README.md").read_text()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from synthkd.config_base import StrictModel
+from synthkd.teachers.config import TeacherConfig
 
 
 class LoraSettings(StrictModel):
@@ -41,5 +42,8 @@ class TrainConfig(StrictModel):
     eval_split: float = Field(0.05, ge=0, lt=1, description="share of rows held out for evaluation")
     eval_max_rows: int = Field(32, ge=1, description="held-out rows used for the before/after evaluation")
     eval_max_new_tokens: int = Field(64, ge=1, description="tokens the student may generate when evaluated")
+    judge: TeacherConfig | None = Field(
+        None, description="a teacher that judges the student's held-out answers against the teacher's"
+    )
     output_dir: str | None = Field(None, description="where the student is saved; default <run dir>/student")
     push_to_hub: str | None = Field(None, description="a Hub repo id to push the student to")

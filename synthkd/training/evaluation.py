@@ -44,9 +44,14 @@ def agreement(student_answer: str, teacher_answer: str) -> float:
 
 
 def evaluate(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    answers: list[str] | None = None,
 ) -> dict:
-    """Loss and perplexity on the teacher's answers, and agreement of greedy answers with them."""
+    """Loss and perplexity on the teacher's answers, and agreement of greedy answers with them.
+    The greedy answers are appended to `answers` when given (for a judge to compare)."""
     import torch
 
     total_loss, total_tokens, agreements = 0.0, 0, []
@@ -68,6 +73,8 @@ def evaluate(
             )
         generated = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         agreements.append(agreement(generated.strip(), answer))
+        if answers is not None:
+            answers.append(generated.strip())
     mean_loss = total_loss / total_tokens if total_tokens else float("nan")
     return {
         "rows": len(conversations),

@@ -70,9 +70,15 @@ def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str,
 
 
 def train_student(
-    config: TrainConfig, dataset_dir: Path, run_dir: Path, seed: int, run_name: str
+    config: TrainConfig,
+    dataset_dir: Path,
+    run_dir: Path,
+    seed: int,
+    run_name: str,
+    recipe_dir: Path | None = None,
 ) -> TrainResult:
-    """Train, evaluate and save the student; returns where it is and the before/after metrics."""
+    """Train, evaluate and save the student; returns where it is and the before/after metrics.
+    `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones)."""
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,7 +176,14 @@ def train_student(
     # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their own.
     train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
     student = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    after = evaluate(student, tokenizer, evaluation_rows, config.eval_max_new_tokens)
+    student_answers: list[str] = []
+    after = evaluate(student, tokenizer, evaluation_rows, config.eval_max_new_tokens, student_answers)
+    if config.judge is not None:
+        from synthkd.training.win_rate import judge_win_rate
+
+        after["judge"] = judge_win_rate(
+            config.judge, evaluation_rows, student_answers, recipe_dir or Path.cwd(), seed
+        )
     student.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     metrics = {
@@ -306,4 +319,12 @@ def _write_card(output_dir: Path, config: TrainConfig, run_name: str, metrics: d
         f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
         "",
     ]
+    if "judge" in after:
+        judged = after["judge"]
+        lines += [
+            f"Judged by `{judged['judge']}` on {judged['pairs']} held-out prompts (both orders): the student "
+            f"won {judged['student_wins']}, the teacher {judged['teacher_wins']}, {judged['ties']} ties; "
+            f"win rate {judged['win_rate']}.",
+            "",
+        ]
     (output_dir / "README.md").write_text("\n".join(lines))
