@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.code_check import CodeCheckStep
 from synthkd.steps.decontaminate import DecontaminateStep
 from synthkd.steps.dedup import DedupStep
 from synthkd.steps.dialogue import DialogueStep
@@ -40,6 +41,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "quality": QualityStep,
     "judge": JudgeStep,
     "preference": PreferenceStep,
+    "code_check": CodeCheckStep,
     "logits": LogitsStep,
 }
 
@@ -59,6 +61,7 @@ AnyStep = Annotated[
     | QualityStep
     | JudgeStep
     | PreferenceStep
+    | CodeCheckStep
     | LogitsStep,
     Field(discriminator="step"),
 ]

@@ -1,0 +1,219 @@
+"""`code_check`: keep only answers whose code passes tests, run in a sandboxed subprocess.
+
+For every row the Python code blocks of the answer are joined into a module `solution`; tests come
+from a column or are written by the teacher from the task and the code (plain asserts, `test_*`
+functions or unittest cases; re-asked once when they are not valid Python). Code and tests run in
+`synthkd.sandbox` (python -I in a fresh temporary folder, CPU/memory/file-size/process limits, a
+wall-clock kill, an audit hook refusing writes outside the folder, processes and the network).
+Rows whose code fails are dropped and counted by reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.sandbox import Limits, SandboxResult, check_solution
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+PYTHON_TAGS = {"python", "py", "python3", "py3"}
+UNTESTABLE = "UNTESTABLE"
+EXAMPLES_KEPT = 20  # dropped rows described in the manifest's details
+# sandbox status -> the reason a row is dropped
+DROP_REASONS = {
+    "failed": "tests_failed",
+    "timeout": "timeout",
+    "memory": "memory",
+    "sandbox_violation": "sandbox_violation",
+    "output_limit": "output_limit",
+    "crashed": "crashed",
+}
+
+
+class CodeCheckStep(Step):
+    """Execute each answer's code against tests; drop the answers that fail."""
+
+    step: Literal["code_check"]
+    response_column: str = Field("response", description="the answer holding ```python code blocks")
+    task_column: str = Field("instruction", description="the task, shown to the teacher writing tests")
+    tests_column: str | None = Field(None, description="column with the tests; then no teacher is asked")
+    prompt: str = Field("prompts/code_check/tests.jinja", description="asks the teacher for tests")
+    reask_prompt: str = "prompts/reask.jinja"
+    cpu_seconds: float = Field(10.0, gt=0, description="CPU time per check")
+    wall_seconds: float | None = Field(None, gt=0, description="wall-clock limit (default 2 x CPU + 5 s)")
+    memory_mb: int = Field(512, ge=64, description="address space per check")
+    file_size_mb: int = Field(16, ge=1, description="largest file (and output) a check may write")
+    max_processes: int = Field(8, ge=0, description="extra tasks (threads) allowed to a non-root user")
+    workers: int = Field(4, ge=1, description="checks run at the same time")
+    teacher: TeacherConfig | None = Field(None, description="writes the tests (unless tests_column)")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def step_teacher(self) -> TeacherConfig | None:
+        return None if self.tests_column else self.teacher
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            self.cpu_seconds, self.wall_seconds, self.memory_mb, self.file_size_mb, self.max_processes
+        )
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        require_columns({self.response_column}, columns, ctx, "response_column", "code_check")
+        if self.tests_column:
+            require_columns({self.tests_column}, columns, ctx, "tests_column", "code_check")
+            return columns
+        for key in ("prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        needed = set(self._templates["prompt"].variables) - {"task", "code"}
+        require_columns(needed | {self.task_column}, columns, ctx, "prompt", f"template {self.prompt}")
+        return None if columns is None else columns | {"tests"}
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        result = StepResult([])
+        codes = [extract_code(str(row.get(self.response_column) or "")) for row in rows]
+        with_code = [index for index, code in enumerate(codes) if code]
+        result.dropped["no_code"] += len(rows) - len(with_code)
+        tests: dict[int, str | None] = {}
+        if self.tests_column:
+            for index in with_code:
+                tests[index] = _as_text(rows[index].get(self.tests_column))
+        else:
+            tests = await self._ask_for_tests(rows, codes, with_code, ctx, result)
+        untestable = [index for index, text in tests.items() if not text]
+        result.dropped["untestable"] += len(untestable)
+        runnable = [index for index in with_code if tests.get(index)]
+        ctx.progress.set_total(len(runnable))
+        outcomes = await self._execute([(codes[i], tests[i]) for i in runnable], ctx)  # type: ignore[misc]
+        verdicts = dict(zip(runnable, outcomes, strict=True))
+        examples = []
+        for index, row in enumerate(rows):
+            verdict = verdicts.get(index)
+            if verdict is None:
+                continue
+            if verdict.ok:
+                result.rows.append(row if self.tests_column else {**row, "tests": tests[index]})
+                continue
+            reason = DROP_REASONS.get(verdict.status, "tests_failed")
+            result.dropped[reason] += 1
+            if len(examples) < EXAMPLES_KEPT:
+                examples.append({"id": row["id"], "reason": reason, "detail": verdict.detail})
+        result.dropped = +result.dropped  # no zero counts
+        result.details = {
+            "checked": len(runnable),
+            "passed": len(result.rows),
+            "limits": {
+                "cpu_seconds": self.cpu_seconds,
+                "wall_seconds": self.limits.wall,
+                "memory_mb": self.memory_mb,
+                "file_size_mb": self.file_size_mb,
+            },
+            "dropped_examples": examples,
+        }
+        return result
+
+    async def _ask_for_tests(
+        self,
+        rows: list[Row],
+        codes: list[str | None],
+        indices: list[int],
+        ctx: StepContext,
+        result: StepResult,
+    ) -> dict[int, str | None]:
+        assert ctx.dispatcher is not None and self.teacher is not None
+        requests = []
+        for index in indices:
+            row = rows[index]
+            values = {**row, "task": str(row.get(self.task_column) or ""), "code": codes[index]}
+            content = self._templates["prompt"].render(values)
+            requests.append(ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params)))
+        ctx.progress.set_total(len(requests))
+        answers = await ask_parsed(
+            ctx.dispatcher, requests, parse_tests, self._templates["reask_prompt"], progress=ctx.progress
+        )
+        tests: dict[int, str | None] = {}
+        for index, answer in zip(indices, answers, strict=True):
+            if answer.ok:
+                tests[index] = answer.value
+            else:
+                reason = "unparseable_tests" if answer.outcome.completion is not None else answer.reason
+                result.failures.append(
+                    Failure(
+                        rows[index]["id"],
+                        reason,
+                        answer.outcome.attempts,
+                        answer.error,
+                        rows[index],
+                        answer.raw,
+                    )
+                )
+        return tests
+
+    async def _execute(self, pairs: list[tuple[str, str]], ctx: StepContext) -> list[SandboxResult]:
+        """Run the checks on `workers` threads (each waits on one subprocess), in order."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+
+        async def one(code: str, tests: str, pool: ThreadPoolExecutor) -> SandboxResult:
+            outcome = await loop.run_in_executor(pool, check_solution, code, tests, limits)
+            ctx.progress.advance()
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="synthkd-sandbox") as pool:
+            return list(await asyncio.gather(*(one(code, tests, pool) for code, tests in pairs)))
+
+
+def extract_code(text: str) -> str | None:
+    """The Python in an answer's fenced code blocks, joined in order; None when there is none.
+
+    Blocks tagged python/py are used when there are any; else untagged blocks. Blocks in other
+    languages (shell, output) are skipped. A later block defining a name again wins, as in a module.
+    """
+    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
+    chosen = [body for tag, body in blocks if tag in PYTHON_TAGS] or [body for tag, body in blocks if not tag]
+    code = "\n\n".join(body.rstrip() for body in chosen if body.strip())
+    return code + "\n" if code else None
+
+
+def parse_tests(text: str) -> str | None:
+    """The tests in the teacher's answer; None when it says the code is UNTESTABLE."""
+    code = extract_code(text)
+    if code is None:
+        if UNTESTABLE in text.upper():
+            return None
+        raise ParseError(f"no ```python code block with tests found (or reply {UNTESTABLE})")
+    if not re.search(r"\bassert\b|\bdef test|TestCase", code):
+        raise ParseError("the tests contain no assert statement and no test_ function")
+    try:
+        compile(code, "tests.py", "exec")
+    except SyntaxError as exc:
+        raise ParseError(f"the tests are not valid Python: {exc.msg} (line {exc.lineno})") from None
+    return code
+
+
+def _as_text(value: object) -> str | None:
+    if isinstance(value, list):
+        return "\n".join(str(item) for item in value) or None
+    return str(value) if value not in (None, "") else None
