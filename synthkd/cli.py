@@ -1,4 +1,4 @@
-"""The `synthkd` command: run, validate, cache clear."""
+"""The `synthkd` command: run, validate, train, push, report, show, cache."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _recipe_arguments(validate)
     validate.set_defaults(handler=_validate)
+
+    _publish_parsers(commands)
 
     cache = commands.add_parser("cache", help="manage the request cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -125,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
     _print_summary(result)
+    _publish_run(loaded, result.out_dir)
     if loaded.recipe.train is not None and not args.no_train:
         _train_and_report(loaded, result.out_dir)
     return 0
@@ -148,13 +151,23 @@ def _train_and_report(loaded, run_dir: Path) -> None:
     quiet_library_progress_bars()
     config = loaded.recipe.train
     console.print(f"training {config.method} of {config.student} on {run_dir / 'dataset'}", highlight=False)
-    result = train_student(config, run_dir / "dataset", run_dir, loaded.recipe.seed, loaded.recipe.name)
+    result = train_student(
+        config, run_dir / "dataset", run_dir, loaded.recipe.seed, loaded.recipe.name, loaded.base_dir
+    )
     table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
     for column in ("", "loss", "perplexity", "agreement with teacher"):
         table.add_column(column, justify="right" if column else "left")
     for label, metrics in (("before", result.before), ("after", result.after)):
         table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))
     console.print(table)
+    if "judge" in result.after:
+        judged = result.after["judge"]
+        console.print(
+            f"judge {judged['judge']}: student won {judged['student_wins']}, teacher "
+            f"{judged['teacher_wins']}, ties {judged['ties']} of {judged['pairs']} "
+            f"(win rate {judged['win_rate']})",
+            highlight=False,
+        )
 
 
 def _print_plan(plans: list, loaded) -> None:
@@ -244,6 +257,100 @@ def _print_summary(result) -> None:
         f"{len(result.failures)} failures -> failures.jsonl; manifest.json",
         highlight=False,
     )
+
+
+def _publish_parsers(commands) -> None:
+    push = commands.add_parser(
+        "push", help="upload a run's parquet data, dataset card and recipe to the Hub in one commit"
+    )
+    push.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (output.dir)")
+    push.add_argument("repo_id", metavar="REPO_ID", help="dataset repository, namespace/name")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--token-env", metavar="VAR", help="variable holding the Hub token (default HF_TOKEN)")
+    push.add_argument(
+        "--dry-run", metavar="DIR", help="write the exact folder that would be uploaded; send nothing"
+    )
+    push.set_defaults(handler=_push)
+
+    report = commands.add_parser("report", help="write a run's self-contained HTML report with plots")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (output.dir)")
+    report.add_argument("--output", metavar="FILE", help="where to write it (default RUN_DIR/report.html)")
+    report.set_defaults(handler=_report)
+
+    show = commands.add_parser("show", help="print a run's rows as a table, filtered")
+    show.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (output.dir)")
+    show.add_argument(
+        "--columns", metavar="A,B", help="columns to show (default id, instruction, response, score)"
+    )
+    show.add_argument(
+        "--where", action="append", default=[], metavar="COL=VAL", help="keep rows whose column equals VAL"
+    )
+    show.add_argument("--min-score", type=float, metavar="X", help="keep rows scoring at least X")
+    show.add_argument(
+        "--score-column", default="score", metavar="COL", help="the score column (default score)"
+    )
+    show.add_argument("--step", metavar="NAME", help="keep rows that step NAME made (their provenance)")
+    show.add_argument("--limit", type=int, default=20, metavar="N", help="rows shown (default 20)")
+    show.set_defaults(handler=_show)
+
+
+def _publish_run(loaded, run_dir: Path) -> None:
+    from synthkd.publish.finish import finish_run
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    written, pushed = finish_run(loaded, run_dir, warn)
+    if written:
+        console.print(f"{', '.join(path.name for path in written)} -> {run_dir}", highlight=False)
+    if pushed is not None:
+        console.print(
+            f"pushed {len(pushed.files)} files to {pushed.repo_id}: {pushed.commit_url}", highlight=False
+        )
+
+
+def _push(args: argparse.Namespace) -> int:
+    import datasets
+
+    from synthkd.publish.push import push
+
+    datasets.disable_progress_bars()  # writing parquet draws a bar per split
+    result = push(
+        args.run_dir, args.repo_id, private=args.private, token_env=args.token_env, dry_run=args.dry_run
+    )
+    if args.dry_run:
+        console.print(
+            f"dry run: {args.dry_run} holds what would be uploaded to {result.repo_id}:", highlight=False
+        )
+    else:
+        console.print(f"pushed to {result.repo_id} in one commit: {result.commit_url}", highlight=False)
+    for name in result.files:
+        console.print(f"  {name}", highlight=False)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from synthkd.progress import quiet_library_progress_bars
+    from synthkd.publish.report import write_report
+
+    quiet_library_progress_bars()
+    path = write_report(args.run_dir, args.output)
+    console.print(f"report -> {path}", highlight=False)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from synthkd.publish.rundir import open_run
+    from synthkd.publish.show import RowFilter, parse_where, show_table
+
+    run = open_run(args.run_dir)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    row_filter = RowFilter(parse_where(args.where), args.min_score, args.score_column, args.step)
+    # Rows go to stdout (pipe-able); messages stay on stderr like every other command's.
+    Console(width=None if sys.stdout.isatty() else 160).print(
+        show_table(run, columns, row_filter, args.limit)
+    )
+    return 0
 
 
 def _cache_clear(args: argparse.Namespace) -> int:
