@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from synthkd.steps.base import Step
+from synthkd.steps.classify import ClassifyStep
 from synthkd.steps.code_check import CodeCheckStep
 from synthkd.steps.decontaminate import DecontaminateStep
 from synthkd.steps.dedup import DedupStep
@@ -42,6 +43,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "judge": JudgeStep,
     "preference": PreferenceStep,
     "code_check": CodeCheckStep,
+    "classify": ClassifyStep,
     "logits": LogitsStep,
 }
 
@@ -62,6 +64,7 @@ AnyStep = Annotated[
     | JudgeStep
     | PreferenceStep
     | CodeCheckStep
+    | ClassifyStep
     | LogitsStep,
     Field(discriminator="step"),
 ]
