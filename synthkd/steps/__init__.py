@@ -9,6 +9,7 @@ from pydantic import Field
 from synthkd.steps.base import Step
 from synthkd.steps.classify import ClassifyStep
 from synthkd.steps.code_check import CodeCheckStep
+from synthkd.steps.critique_revise import CritiqueReviseStep
 from synthkd.steps.decontaminate import DecontaminateStep
 from synthkd.steps.dedup import DedupStep
 from synthkd.steps.dialogue import DialogueStep
@@ -44,6 +45,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "preference": PreferenceStep,
     "code_check": CodeCheckStep,
     "classify": ClassifyStep,
+    "critique_revise": CritiqueReviseStep,
     "logits": LogitsStep,
 }
 
@@ -65,6 +67,7 @@ AnyStep = Annotated[
     | PreferenceStep
     | CodeCheckStep
     | ClassifyStep
+    | CritiqueReviseStep
     | LogitsStep,
     Field(discriminator="step"),
 ]

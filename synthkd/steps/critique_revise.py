@@ -1,0 +1,202 @@
+"""`critique_revise`: constitution-style critique and revision, giving DPO pairs (chosen = revised).
+
+After Constitutional AI (Bai et al., 2022): the teacher critiques each row's response against the
+recipe's `principles`, ending with `Needs revision: yes|no`, and where it says yes rewrites the
+response to fix what the critique names. `rounds` > 1 critiques the latest revision again until
+the teacher finds nothing left to fix. Rows come out in the conversational preference format of
+the `preference` step (TRL's DPOTrainer): `prompt` (system and user messages), `chosen` (the
+revision), `rejected` (the original), plus `critique`, `revision` and `revised`.
+
+Rows whose first critique finds no problem are dropped (`no_problem_found`; `revision_unchanged`
+when a problem was named but the rewrite changed nothing) or, with `keep_unchanged: true`, kept
+with chosen = rejected = the original and `revised: false`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr
+
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+_VERDICT = re.compile(r"needs\s+revision\W*?[:：]\W*(yes|no)\b", re.IGNORECASE)
+_PREAMBLE = re.compile(r"^\W*(?:revised|improved|rewritten)\s+response\W*?[:：]\**\s*", re.IGNORECASE)
+FILLED = ("prompt", "response", "critique", "principles")
+
+
+def parse_critique(text: str) -> tuple[str, bool]:
+    """(critique, needs revision) from a critique ending in 'Needs revision: yes|no'."""
+    matches = list(_VERDICT.finditer(text))
+    if not matches:
+        raise ParseError("no final line 'Needs revision: yes' or 'Needs revision: no'")
+    needs = matches[-1].group(1).lower() == "yes"
+    critique = text[: matches[-1].start()].strip()
+    if needs and not critique:
+        raise ParseError("say what is wrong, principle by principle, before 'Needs revision: yes'")
+    return critique, needs
+
+
+def parse_revision(text: str) -> str:
+    """The revised response, without a 'Revised response:' preamble."""
+    revision = _PREAMBLE.sub("", text.strip(), count=1).strip()
+    if not revision:
+        raise ParseError("the revised response is empty")
+    return revision
+
+
+def same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+class CritiqueReviseStep(Step):
+    """Critique each response against principles, revise it, and pair revision with original."""
+
+    step: Literal["critique_revise"]
+    principles: list[str] = Field(min_length=1, description="what a good response does (the constitution)")
+    prompt_column: str = Field("prompt", description="the user's request (as the `label` step writes it)")
+    response_column: str = Field("response", description="the response to critique")
+    rounds: int = Field(1, ge=1, description="critique-revision rounds at most")
+    keep_unchanged: bool = Field(False, description="keep rows the critique found nothing wrong with")
+    critique_prompt: str = "prompts/critique_revise/critique.jinja"
+    revise_prompt: str = "prompts/critique_revise/revise.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        for key in ("critique_prompt", "revise_prompt", "reask_prompt"):
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        needed = {self.prompt_column, self.response_column}
+        require_columns(needed, columns, ctx, "prompt_column", "critique_revise")
+        for key in ("critique_prompt", "revise_prompt"):
+            extra = set(self._templates[key].variables) - set(FILLED)
+            require_columns(extra, columns, ctx, key, f"template {getattr(self, key)}")
+        added = {"prompt", "chosen", "rejected", "critique", "revision", "revised"}
+        return None if columns is None else (columns - {"messages", "response"}) | added
+
+    def template_sources(self) -> dict[str, str]:
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def _ask(self, key: str, row: Row, **values: str) -> ChatRequest:
+        assert self.teacher is not None
+        content = self._templates[key].render(
+            {**row, "prompt": _text(row.get(self.prompt_column)), "principles": self.principles, **values}
+        )
+        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None
+        result = StepResult([])
+        reask = self._templates["reask_prompt"]
+        current = {index: _text(row.get(self.response_column)) for index, row in enumerate(rows)}
+        critiques: dict[int, list[str]] = {index: [] for index in current}
+        revisions = dict.fromkeys(current, 0)
+        active = list(current)
+        failed: set[int] = set()
+        unrevised: set[int] = set()
+        ctx.progress.set_total(len(rows) * 2)
+        for _ in range(self.rounds):
+            requests = [self._ask("critique_prompt", rows[i], response=current[i]) for i in active]
+            verdicts = await ask_parsed(
+                ctx.dispatcher, requests, parse_critique, reask, progress=ctx.progress
+            )
+            to_revise = []
+            for index, verdict in zip(active, verdicts, strict=True):
+                if not verdict.ok:
+                    if not revisions[index]:  # a later round's failure keeps the revision so far
+                        self._fail(result, rows[index], verdict, "unparseable_critique")
+                        failed.add(index)
+                    continue
+                critique, needs = verdict.value
+                if needs:
+                    critiques[index].append(critique)
+                    to_revise.append(index)
+                elif not critiques[index]:
+                    critiques[index].append(critique)  # the first critique found nothing to fix
+            requests = [
+                self._ask("revise_prompt", rows[i], response=current[i], critique=critiques[i][-1])
+                for i in to_revise
+            ]
+            answers = await ask_parsed(ctx.dispatcher, requests, parse_revision, reask)
+            active = []
+            for index, answer in zip(to_revise, answers, strict=True):
+                ctx.progress.advance()
+                if not answer.ok:
+                    if not revisions[index]:
+                        self._fail(result, rows[index], answer, "unparseable_revision")
+                        failed.add(index)
+                    continue
+                if same_text(answer.value, current[index]):
+                    if not revisions[index]:
+                        unrevised.add(index)  # a problem named, but the rewrite changed nothing
+                    continue
+                current[index] = answer.value
+                revisions[index] += 1
+                active.append(index)
+            if not active:
+                break
+        unchanged_kept = 0
+        for index, row in enumerate(rows):
+            if index in failed:
+                continue
+            original = _text(row.get(self.response_column))
+            if revisions[index] == 0:
+                if not self.keep_unchanged:
+                    result.dropped["revision_unchanged" if index in unrevised else "no_problem_found"] += 1
+                    continue
+                unchanged_kept += 1
+            result.rows.append(self._pair(row, original, current[index], critiques[index], revisions[index]))
+        result.details = {
+            "revised": sum(1 for index in revisions if revisions[index] and index not in failed),
+            "unchanged_kept": unchanged_kept,
+            "revisions_per_round": [
+                sum(1 for count in revisions.values() if count > round_) for round_ in range(self.rounds)
+            ],
+        }
+        return result
+
+    def _fail(self, result: StepResult, row: Row, parsed: Any, reason: str) -> None:
+        if parsed.outcome.completion is None:
+            reason = parsed.reason
+        result.failures.append(
+            Failure(row["id"], reason, parsed.outcome.attempts, parsed.error, row, raw=parsed.raw)
+        )
+
+    def _pair(self, row: Row, original: str, final: str, critiques: list[str], revisions: int) -> Row:
+        """The `preference` step's conversational format (see preference.preference_row), plus the
+        critique and revision."""
+        system = _text(row.get("system"))
+        prompt = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": _text(row.get(self.prompt_column))}
+        ]
+        dropped = {"messages", "response", self.response_column}
+        return {
+            **{key: value for key, value in row.items() if key not in dropped},
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": final}],
+            "rejected": [{"role": "assistant", "content": original}],
+            "critique": "\n\n".join(critiques),
+            "revision": final if revisions else None,
+            "revised": revisions > 0,
+        }
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
