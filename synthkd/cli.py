@@ -347,9 +347,10 @@ def _show(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     row_filter = RowFilter(parse_where(args.where), args.min_score, args.score_column, args.step)
     # Rows go to stdout (pipe-able); messages stay on stderr like every other command's.
-    Console(width=None if sys.stdout.isatty() else 160).print(
-        show_table(run, columns, row_filter, args.limit)
-    )
+    summary, table = show_table(run, columns, row_filter, args.limit)
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    out.print(summary, highlight=False, soft_wrap=True)
+    out.print(table)
     return 0
 
 

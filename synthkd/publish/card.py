@@ -29,6 +29,7 @@ TAXONOMY: dict[str, str] = {
     "label": "labeling",  # the teacher answers given inputs
     "rationale": "labeling",  # chain-of-thought labels (distilling step-by-step, Orca)
     "dialogue": "labeling",  # the teacher continues given openings, playing both sides
+    "classify": "labeling",  # the teacher labels given texts with a fixed label set
     "self_instruct": "expansion",  # new instructions grown from seed demonstrations
     "evol_instruct": "expansion",  # instructions rewritten into harder ones
     "topics": "curation",  # data synthesised from meta-information (a topic tree)
@@ -38,9 +39,11 @@ TAXONOMY: dict[str, str] = {
     "quality": "curation",
     "dedup": "curation",
     "decontaminate": "curation",
+    "code_check": "curation",  # answers selected by running their code against tests
     "judge": "feedback",  # the teacher grades the data
     "preference": "feedback",  # the teacher ranks candidates into preference pairs
     "logits": "feature",  # the teacher's output distributions
+    "critique_revise": "self-knowledge",  # the model critiques and revises its own answers
 }
 TAXONOMY_MEANING = {
     "labeling": "the teacher labels given inputs (answers, rationales)",

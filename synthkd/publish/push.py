@@ -51,10 +51,8 @@ def check_repo_id(repo_id: str) -> str:
 
 def stage(run: RunDir, folder: Path) -> list[str]:
     """Write into `folder` exactly what is uploaded; return the repository paths, sorted."""
-    folder.mkdir(parents=True, exist_ok=True)
     data = folder / DATA_DIR
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir()
+    data.mkdir(parents=True)
     for split, dataset in run.splits().items():
         shards = max(1, math.ceil(dataset.data.nbytes / MAX_SHARD_BYTES))
         for index in range(shards):
@@ -107,17 +105,21 @@ def push(
     run = open_run(run_dir)
     token = _token(token_env)
     secrets = secret_values(run.recipe, [token, *(extra_secrets or [])])
-    if dry_run is not None:
-        folder = Path(dry_run)
-        _prepare_dry_run_folder(folder)
-        files = stage(run, folder)
-        assert_no_secret((folder / f for f in files), secrets)
-        return PushResult(repo_id, files)
-    _check_online()
+    if dry_run is None:
+        _check_online()
+    else:
+        _prepare_dry_run_folder(Path(dry_run))
+    # Staged in a temporary folder and searched for secrets first: a file with a secret is never
+    # uploaded, nor left in the dry-run folder.
     with tempfile.TemporaryDirectory(prefix="synthkd-push-") as tmp:
         folder = Path(tmp)
         files = stage(run, folder)
         assert_no_secret((folder / f for f in files), secrets)
+        if dry_run is not None:
+            target = Path(dry_run)
+            shutil.rmtree(target / DATA_DIR, ignore_errors=True)
+            shutil.copytree(folder, target, dirs_exist_ok=True)
+            return PushResult(repo_id, files)
         commit_url = _commit(run, folder, files, repo_id, private, token, commit_message)
     return PushResult(repo_id, files, commit_url)
 

@@ -57,7 +57,14 @@ class RunDir:
         folder = self.path / "dataset"
         if not folder.exists():
             raise PublishInputError(f"{self.path}: no dataset/ folder; was the run finished?")
-        return load_from_disk(str(folder))
+        try:
+            return load_from_disk(str(folder))
+        except IndexError:
+            # datasets saves a run with no rows without any arrow file, then cannot load it back.
+            from datasets import Dataset, DatasetInfo
+
+            info = DatasetInfo.from_directory(str(folder))
+            return Dataset.from_dict({name: [] for name in info.features or {}}, features=info.features)
 
     def splits(self) -> dict[str, Any]:
         """split name -> Dataset; a single Dataset is the `train` split, as push_to_hub names it."""

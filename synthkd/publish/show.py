@@ -109,8 +109,9 @@ def show_table(
     columns: list[str] | None = None,
     row_filter: RowFilter | None = None,
     limit: int | None = 20,
-) -> Table:
-    """A rich Table of the rows that pass `row_filter`. Unknown columns are errors naming the known."""
+) -> tuple[str, Table]:
+    """A summary line and a rich Table of the rows that pass `row_filter`. Unknown columns are errors
+    naming the known ones."""
     row_filter = row_filter or RowFilter()
     if limit is not None and limit < 1:
         raise PublishInputError(f"--limit {limit}: give a positive number of rows")
@@ -133,10 +134,11 @@ def show_table(
                 f"--step {row_filter.step}: no row has it in its provenance; steps there: "
                 f"{', '.join(sorted(steps)) or '(none: rows carry no provenance)'}"
             )
-    title = f"{run.name}: {len(rows)} of {matched} matching rows ({run.path / 'data.jsonl'})"
-    table = Table(title=title, title_justify="left", show_lines=True)
+    # The summary is a line of its own: as a table title it would wrap to a narrow table's width.
+    summary = f"{run.name}: {len(rows)} of {matched} matching rows ({run.path / 'data.jsonl'})"
+    table = Table(show_lines=True)
     for column in wanted:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row, column) for column in wanted))
-    return table
+    return summary, table

@@ -1,0 +1,105 @@
+"""The dataset card of a run: Hub metadata that validates, prose from the manifest, recipe.yaml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import DatasetCard
+from publish_run import CANARY_KEY, CANARY_PASSWORD, make_run, plant_url_credentials
+
+from synthkd.cli import main
+from synthkd.publish.card import TAXONOMY, validate_metadata, write_card
+from synthkd.recipe import load_recipe
+from synthkd.steps import STEP_TYPES
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("card"))
+
+
+def test_card_metadata_parses_and_validates(run_dir: Path):
+    card = DatasetCard.load(run_dir / "README.md")  # written by `synthkd run`
+    metadata = card.data.to_dict()
+    assert validate_metadata(metadata) == []
+    assert metadata["license"] == "apache-2.0"
+    assert {"synthetic", "synthkd"} <= set(metadata["tags"])
+    assert {"kd-labeling", "kd-curation", "kd-feedback"} <= set(metadata["tags"])
+    assert metadata["size_categories"] == ["n<1K"]
+    assert metadata["task_categories"] == ["text-generation"]
+    assert metadata["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]
+    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 8
+    features = {feature["name"] for feature in metadata["dataset_info"]["features"]}
+    assert {"id", "instruction", "response", "messages", "score", "provenance"} <= features
+    assert "language" not in metadata  # not set, and no quality step checked it: not guessed
+
+
+def test_card_prose_comes_from_the_manifest(run_dir: Path):
+    text = DatasetCard.load(run_dir / "README.md").text
+    assert "| `gpt-4o-mini` | openai | OpenAI-compatible server at 127.0.0.1 |" in text
+    assert "| 2:dedup | 11 | 10 | 0 | duplicate_exact: 1 |" in text  # the funnel
+    assert "| 4:judge | 9 | 8 | 0 | below_min_score: 1 |" in text
+    assert "`toy-eval`" in text and "| `leaked` | toy-eval |" in text  # decontamination
+    assert "| 1:label | labeling |" in text and "| 4:judge | feedback |" in text  # taxonomy
+    # The templates' texts, folded away.
+    assert "<details><summary><code>prompts/label.jinja</code>" in text
+    assert "{{ instruction }}" in text or "instruction" in text.split("prompts/label.jinja", 1)[1][:2000]
+    assert "terms of use" in text
+    assert "recipe.yaml" in text and "synthkd run recipe.yaml" in text
+    assert "| **total** |" in text  # tokens and cost
+    assert "## License" in text and "apache-2.0" in text
+
+
+def test_recipe_yaml_reproduces_the_recipe(run_dir: Path):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    reloaded = load_recipe(run_dir / "recipe.yaml")
+    assert reloaded.sha256() == manifest["recipe_sha256"]
+    assert CANARY_KEY not in (run_dir / "recipe.yaml").read_text()
+
+
+def test_no_license_is_never_assumed(run_dir: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["recipe"]["output"]["license"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    card = DatasetCard.load(write_card(copy))
+    assert "license" not in card.data.to_dict()
+    assert "No license was chosen" in card.text
+    assert validate_metadata(card.data.to_dict()) == []
+
+
+def test_credentials_in_urls_are_removed(run_dir: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    plant_url_credentials(copy)
+    write_card(copy)
+    for name in ("README.md", "recipe.yaml"):
+        assert CANARY_PASSWORD not in (copy / name).read_text()
+    assert "127.0.0.1" in (copy / "recipe.yaml").read_text()  # the host stays
+
+
+def test_every_step_type_has_a_taxonomy_category():
+    assert set(STEP_TYPES) - {"load"} <= set(TAXONOMY)
+
+
+def test_validate_metadata_finds_what_the_hub_rejects():
+    problems = validate_metadata(
+        {
+            "license": "apache2",
+            "task_categories": ["text-gen"],
+            "size_categories": ["tiny"],
+            "language": ["EN"],
+        }
+    )
+    assert len(problems) == 5  # license, task, size, language, configs
+
+
+def test_a_license_the_hub_does_not_know_is_a_recipe_error(capsys: pytest.CaptureFixture):
+    assert main(["validate", "recipes/quickstart.yaml", "--set", "output.license=apache2"]) == 2
+    assert "did you mean 'apache-2.0'" in capsys.readouterr().err
