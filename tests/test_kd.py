@@ -180,7 +180,7 @@ def test_kd_without_a_logits_step_says_what_to_add(tmp_path: Path, student: Path
         train_student(TrainConfig(method="kd", student=str(student)), tmp_path / "dataset", tmp_path, 0, "t")
 
 
-def test_logits_step_refuses_an_api_teacher(tmp_path: Path):
+def test_logits_with_an_api_teacher_needs_its_tokenizer(tmp_path: Path):
     write_jsonl(tmp_path / "seeds.jsonl", [{"prompt": "q", "response": "a"}])
     recipe = write_recipe(
         tmp_path / "r.yaml",
@@ -192,5 +192,78 @@ def test_logits_step_refuses_an_api_teacher(tmp_path: Path):
     )
     from synthkd.pipeline import check
 
-    with pytest.raises(RecipeError, match="backend: transformers"):
+    with pytest.raises(RecipeError, match="needs `tokenizer:`") as error:
         check(load_recipe(recipe))
+    assert "steps.1.tokenizer" in str(error.value)
+
+
+@pytest.mark.parametrize("backend", ["openai", "litellm"])
+def test_logits_from_an_api_teacher_map_to_token_ids_and_train(
+    tmp_path: Path, teacher: Path, student: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+):
+    """An OpenAI-compatible server's logprobs, mapped through the teacher's tokenizer; an answer
+    with a token the vocabulary lacks is kept without distributions and counted."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from synthkd.testing.fake_openai import FakeOpenAIServer
+
+    script = [
+        {"match": "odd", "reply": "Zyxqvw jumps."},  # " Zyxqvw" is no token of the tiny vocabulary
+        {"match": "short", "reply": "The fox."},  # 3 distinct tokens: fewer alternatives than top_k
+        {"match": ".", "reply": "The quick brown fox jumps over the lazy dog."},
+    ]
+    prompts = [f"Question {i}: tell me about the fox." for i in range(9)]
+    prompts += ["A short question.", "Another short one.", "An odd question."]
+    write_jsonl(tmp_path / "seeds.jsonl", [{"prompt": p, "response": "old answer"} for p in prompts])
+    monkeypatch.setenv("SYNTHKD_TEST_KEY", "sk-test")
+    with FakeOpenAIServer(script=script) as server:
+        recipe = write_recipe(
+            tmp_path / "r.yaml",
+            {
+                "name": "kd-api",
+                "teacher": {
+                    "backend": backend,
+                    "model": "m" if backend == "openai" else "openai/m",
+                    "base_url": server.base_url,
+                    "api_key_env": "SYNTHKD_TEST_KEY",
+                },
+                "steps": [
+                    {"step": "load", "path": "seeds.jsonl"},
+                    {"step": "logits", "top_k": 4, "tokenizer": str(teacher)},
+                ],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )
+        result = run_recipe(load_recipe(recipe))
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    mapped = [row for row in result.rows if row["kd_input_ids"]]
+    assert len(result.rows) == 12 and len(mapped) == 11
+    short = [row for row in mapped if row["response"] == "The fox."]
+    assert len(short) == 2 and all(len(top) == 3 for top in short[0]["kd_top_ids"] if top)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["steps"][1]["details"]["unmappable_rows"] == 1
+    for row in mapped:
+        # The API's answer replaced the old one, and the stored ids spell the whole conversation.
+        if row in short:
+            continue
+        assert row["response"] == "The quick brown fox jumps over the lazy dog."
+        ids, start = row["kd_input_ids"], row["kd_prompt_length"]
+        assert tokenizer.decode(ids) == tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        answer_tokens = [top for top in row["kd_top_ids"] if top]
+        assert len(answer_tokens) == 10  # "The", " quick", ..., " dog", "."
+        for j, top in enumerate(answer_tokens):
+            assert top[0] == ids[start + j]  # the server ranks the sampled token first
+            assert len(top) == 4 and row["kd_top_logprobs"][j][0] == pytest.approx(-0.05 * (1 + j % 3))
+    config = TrainConfig(
+        method="kd",
+        student=str(student),
+        kd_weight=1.0,
+        eval_split=0.25,
+        eval_max_new_tokens=4,
+        args={"max_steps": 8, "learning_rate": 3e-3, "per_device_train_batch_size": 4},
+    )
+    trained = train_student(config, tmp_path / "out" / "dataset", tmp_path, seed=0, run_name="kd")
+    assert all(math.isfinite(loss) for loss in trained.train_losses)
+    assert trained.train_losses[-1] < trained.train_losses[0]

@@ -1,7 +1,10 @@
 """`logits`: store the teacher's top-k token log-probabilities over each row's answer, for `kd`.
 
-A local (transformers) teacher scores the row's existing answer in one forward pass. Columns
-added to every row (all `kd_*`):
+A local (transformers) teacher scores the row's existing answer in one forward pass. A chat API
+cannot score a given text, so an API teacher (openai, litellm) answers the row's prompt again with
+`logprobs` on, and that answer replaces the row's; its tokens are mapped to ids through the
+teacher's tokenizer (`tokenizer:`), and rows whose tokens cannot be mapped keep their answer
+without distributions (counted; they train by cross-entropy only). Columns added to every row:
 
 - `kd_input_ids`: the conversation's token ids in the teacher's tokenizer (its chat template),
 - `kd_prompt_length`: how many of those are the prompt,
@@ -18,10 +21,14 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.errors import RecipeError
-from synthkd.kd.topk import teacher_top_k, template_sha256, vocabulary_sha256
+from synthkd.kd.api_tokens import api_top_k
+from synthkd.kd.topk import TopK, teacher_top_k, template_sha256, vocabulary_sha256
 from synthkd.output import with_messages
-from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult
+from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
+from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
+
+API_MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
 KD_COLUMNS = {
     "kd_input_ids",
@@ -40,6 +47,10 @@ class LogitsStep(Step):
     step: Literal["logits"]
     top_k: int = Field(20, ge=1, le=100, description="tokens kept per position (the rest is one tail bucket)")
     batch_size: int = Field(4, ge=1, description="conversations scored together")
+    tokenizer: str | None = Field(
+        None,
+        description="API teachers: the teacher's tokenizer (a Hub id or folder) to map tokens to ids",
+    )
     teacher: TeacherConfig | None = Field(
         None, description="the teacher whose distributions are stored; default: the recipe's"
     )
@@ -49,11 +60,17 @@ class LogitsStep(Step):
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         assert self.teacher is not None
         if self.teacher.backend != "transformers":
-            raise RecipeError(
-                f"logits needs a local teacher (backend: transformers) to score the answers; "
-                f"got backend {self.teacher.backend!r}",
-                where=ctx.teacher_at("backend"),
-            )
+            if not self.tokenizer:
+                raise RecipeError(
+                    f"with an API teacher ({self.teacher.backend}), logits needs `tokenizer:` naming the "
+                    "teacher's tokenizer (a Hub id or a local folder) to turn its tokens into ids",
+                    where=ctx.at("tokenizer"),
+                )
+            if self.top_k > API_MAX_TOP_LOGPROBS:
+                raise RecipeError(
+                    f"APIs return at most {API_MAX_TOP_LOGPROBS} top_logprobs; got top_k {self.top_k}",
+                    where=ctx.at("top_k"),
+                )
         if columns is not None and "messages" not in columns and "response" not in columns:
             raise RecipeError(
                 "logits scores each row's answer: it needs a `messages` or a `response` column, but the "
@@ -64,38 +81,78 @@ class LogitsStep(Step):
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None and self.teacher is not None
-        teacher = ctx.dispatcher.teacher
-        model, tokenizer = teacher.hf_model, teacher.hf_tokenizer  # a TransformersTeacher (see check)
         rows = with_messages(rows)
         ctx.progress.set_total(len(rows))
+        usable = [row for row in rows if _conversation(row)]
+        if self.teacher.backend == "transformers":
+            teacher = ctx.dispatcher.teacher
+            tokenizer = teacher.hf_tokenizer
+            result = await self._score_locally(usable, teacher.hf_model, tokenizer, ctx)
+        else:
+            from transformers import AutoTokenizer
+
+            from synthkd.teachers.transformers_backend import resolve_model_source
+
+            assert self.tokenizer is not None
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
+            result = await self._ask_api(usable, tokenizer, ctx)
         fingerprint = {
             "kd_teacher": self.teacher.model,
             "kd_vocab_sha256": vocabulary_sha256(tokenizer),
             "kd_template_sha256": template_sha256(tokenizer),
         }
-        result = StepResult([], details={**fingerprint, "top_k": self.top_k})
+        result.rows = [{**row, **fingerprint} for row in result.rows]
+        result.details.update(fingerprint, top_k=self.top_k)
+        if len(usable) < len(rows):
+            result.dropped["no_answer"] += len(rows) - len(usable)
+            ctx.progress.advance(len(rows) - len(usable))
+        return result
+
+    async def _score_locally(self, rows: list[Row], model, tokenizer, ctx: StepContext) -> StepResult:  # noqa: ANN001
+        result = StepResult([])
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            usable = [row for row in batch if _conversation(row)]
-            result.dropped["no_answer"] += len(batch) - len(usable)
             scored = await asyncio.to_thread(
-                teacher_top_k, model, tokenizer, [_conversation(row) for row in usable], self.top_k
+                teacher_top_k, model, tokenizer, [_conversation(row) for row in batch], self.top_k
             )
-            for row, top in zip(usable, scored, strict=True):
-                result.rows.append(
-                    {
-                        **row,
-                        "kd_input_ids": top.input_ids,
-                        "kd_prompt_length": top.prompt_length,
-                        "kd_top_ids": top.top_ids,
-                        "kd_top_logprobs": top.top_logprobs,
-                        **fingerprint,
-                    }
-                )
+            result.rows += [_with_top_k(row, top) for row, top in zip(batch, scored, strict=True)]
             ctx.progress.advance(len(batch))
-        if not result.dropped["no_answer"]:
-            del result.dropped["no_answer"]
         return result
+
+    async def _ask_api(self, rows: list[Row], tokenizer, ctx: StepContext) -> StepResult:  # noqa: ANN001
+        assert ctx.dispatcher is not None and self.teacher is not None
+        params = {**self.teacher.params, "logprobs": True, "top_logprobs": self.top_k}
+        prompts = [_conversation(row)[:-1] for row in rows]
+        requests = [ChatRequest(tuple(prompt), params) for prompt in prompts]
+        outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
+        result = StepResult([], details={"unmappable_rows": 0})
+        for row, prompt, outcome in zip(rows, prompts, outcomes, strict=True):
+            if outcome.completion is None:
+                result.failures.append(Failure.from_outcome(row, outcome))
+                continue
+            answer = outcome.completion.text
+            answered = {
+                **row,
+                "response": answer,
+                "finish_reason": outcome.completion.finish_reason,
+                "messages": [*prompt, {"role": "assistant", "content": answer}],
+            }
+            top = api_top_k(tokenizer, prompt, answer, outcome.completion.logprobs, self.top_k)
+            if top is None:
+                result.details["unmappable_rows"] += 1
+                top = TopK(input_ids=[], prompt_length=0, top_ids=[], top_logprobs=[])
+            result.rows.append(_with_top_k(answered, top))
+        return result
+
+
+def _with_top_k(row: Row, top: TopK) -> Row:
+    return {
+        **row,
+        "kd_input_ids": top.input_ids,
+        "kd_prompt_length": top.prompt_length,
+        "kd_top_ids": top.top_ids,
+        "kd_top_logprobs": top.top_logprobs,
+    }
 
 
 def _conversation(row: Row) -> list[dict] | None:

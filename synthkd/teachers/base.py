@@ -25,6 +25,9 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Per answer token, when the request asked for them (`logprobs: true`): OpenAI's entries as
+    # sent, {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass

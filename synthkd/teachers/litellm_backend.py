@@ -71,6 +71,7 @@ class LiteLLMTeacher:
             finish_reason=choice.finish_reason,
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            logprobs=_logprobs_content(getattr(choice, "logprobs", None)),
         )
         return completion, _litellm_rate_hint(headers)
 
@@ -84,3 +85,11 @@ def _litellm_rate_hint(headers: dict[str, Any] | None) -> RateLimitHint | None:
     # litellm prefixes the provider's headers with "llm_provider-".
     plain = {key.removeprefix("llm_provider-"): str(value) for key, value in headers.items()}
     return rate_limit_hint(plain)
+
+
+def _logprobs_content(logprobs: Any) -> list[dict[str, Any]] | None:
+    """litellm's logprobs object (or dict) as OpenAI's plain `content` list."""
+    if logprobs is None:
+        return None
+    data = logprobs if isinstance(logprobs, dict) else logprobs.model_dump()
+    return data.get("content")

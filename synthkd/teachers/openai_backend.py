@@ -71,6 +71,7 @@ class OpenAITeacher:
                 finish_reason=choice.get("finish_reason"),
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
+                logprobs=(choice.get("logprobs") or {}).get("content"),
             )
         except openai.APIStatusError as exc:
             raise classify_status_error(exc, exc.status_code, exc.response.headers) from exc

@@ -149,6 +149,7 @@ class ChatCall:
     n: int
     max_tokens: int | None
     canonical: str  # json.dumps(body, sort_keys=True): identifies duplicates, seeds `{word}`s
+    top_logprobs: int | None = None  # None: logprobs not asked for
 
 
 def parse_chat(raw: bytes) -> ChatCall:
@@ -161,13 +162,14 @@ def parse_chat(raw: bytes) -> ChatCall:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         max_tokens = None if limit is None else int(limit)
         canonical = json.dumps(body, sort_keys=True)
+        top_logprobs = int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
     except BadRequest:
         raise
     except (ValueError, KeyError, TypeError) as error:
         raise BadRequest(f"the body must be JSON with `messages` ({error})") from None
     if n < 1:
         raise BadRequest("n must be >= 1")
-    return ChatCall(str(body.get("model", "fake-model")), messages, n, max_tokens, canonical)
+    return ChatCall(str(body.get("model", "fake-model")), messages, n, max_tokens, canonical, top_logprobs)
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -221,17 +223,47 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+# Stand-in tokens: words, numbers and punctuation runs, each with the space before it (as BPE
+# tokenizers split text), so a real byte-level tokenizer's vocabulary can map most of them.
+_TOKEN = re.compile(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+")
+
+
+def token_logprobs(reply: str, top: int) -> list[dict[str, Any]]:
+    """OpenAI-shaped logprobs for a reply: each token is its own likeliest alternative; the other
+    alternatives are the reply's other distinct tokens, less likely in turn."""
+    tokens = _TOKEN.findall(reply)
+    distinct = list(dict.fromkeys(tokens))
+    entries = []
+    for index, token in enumerate(tokens):
+        chosen = -0.05 * (1 + index % 3)
+        others = [other for other in distinct if other != token][: max(0, top - 1)]
+        alternatives = [(token, chosen)] + [(other, -2.0 - rank) for rank, other in enumerate(others)]
+        entries.append(
+            {
+                "token": token,
+                "logprob": chosen,
+                "bytes": list(token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+                    for text, value in alternatives[:top]
+                ],
+            }
+        )
+    return entries
+
+
 def completion(call: ChatCall, reply: str, finish_reason: str, response_id: str) -> dict[str, Any]:
     prompt_tokens = sum(len(message_text(m).split()) for m in call.messages)
     completion_tokens = len(reply.split()) * call.n
     choice = {"role": "assistant", "content": reply}
+    logprobs = None if call.top_logprobs is None else {"content": token_logprobs(reply, call.top_logprobs)}
     return {
         "id": response_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": call.model,
         "choices": [
-            {"index": i, "message": choice, "finish_reason": finish_reason, "logprobs": None}
+            {"index": i, "message": choice, "finish_reason": finish_reason, "logprobs": logprobs}
             for i in range(call.n)
         ],
         "usage": {

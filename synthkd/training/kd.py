@@ -120,9 +120,10 @@ class KDCollator:
         }
 
 
-def bucket_log_probs(log_probs: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
-    """Fold full-vocabulary log-probabilities onto [top-k ..., tail]: shape (..., k + 1)."""
-    top = log_probs.gather(-1, top_ids)
+def bucket_log_probs(log_probs: torch.Tensor, top_ids: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Fold full-vocabulary log-probabilities onto [top-k ..., tail]: shape (..., k + 1). Slots
+    where nothing was stored (`stored` False) get no mass, which stays in the tail."""
+    top = log_probs.gather(-1, top_ids).masked_fill(~stored, float("-inf"))
     tail_mass = (1 - top.exp().sum(-1, keepdim=True)).clamp(min=TAIL_FLOOR)
     return torch.cat([top, tail_mass.log()], dim=-1)
 
@@ -154,8 +155,11 @@ def distillation_loss(
     if not kd_mask.any():
         zero = logits.sum() * 0
         return ce, ce, zero
-    student = bucket_log_probs((logits[kd_mask] / temperature).log_softmax(-1), teacher_ids[kd_mask])
-    teacher = teacher_buckets(teacher_logprobs[kd_mask])
+    stored_logprobs = teacher_logprobs[kd_mask]
+    student = bucket_log_probs(
+        (logits[kd_mask] / temperature).log_softmax(-1), teacher_ids[kd_mask], stored_logprobs.isfinite()
+    )
+    teacher = teacher_buckets(stored_logprobs)
     if temperature != 1.0:
         teacher = (teacher / temperature).log_softmax(-1)
     # Slots with no stored token (-inf) carry no mass; 0 * (-inf) must not become NaN.
