@@ -1,0 +1,168 @@
+"""`synthkd push` and `output.hub`: one commit to a local stand-in for the Hub, no secret uploaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_hub import FakeHub
+from huggingface_hub import DatasetCard
+from publish_run import (
+    CANARY_HF_TOKEN,
+    CANARY_KEY,
+    CANARY_PASSWORD,
+    KEY_VARIABLE,
+    make_run,
+    plant_url_credentials,
+)
+
+from synthkd.cli import main
+from synthkd.publish.card import validate_metadata
+
+CANARIES = (CANARY_KEY, CANARY_PASSWORD, CANARY_HF_TOKEN)
+DATA_FILE = "data/train-00000-of-00001.parquet"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("push"))
+
+
+@pytest.fixture
+def planted(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose manifest holds credentials in its teacher URLs."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    plant_url_credentials(copy)
+    (copy / "README.md").unlink()  # the card is rebuilt from the planted manifest
+    return copy
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """The fake Hub, HF_ENDPOINT pointing at it, online for it, and the canaries in the environment."""
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setenv(KEY_VARIABLE, CANARY_KEY)
+        monkeypatch.setenv("SYNTHKD_TEST_HF_TOKEN", CANARY_HF_TOKEN)
+        yield fake
+
+
+def assert_no_canary(files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        for canary in CANARIES:
+            assert canary.encode() not in data, f"a canary secret is in {name}"
+
+
+def test_push_creates_the_repo_and_commits_once(planted: Path, hub: FakeHub, capsys):
+    args = ["push", str(planted), "me/kd-data", "--private", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]
+    assert main(args) == 0
+    repo = hub.repos["datasets/me/kd-data"]
+    assert repo["private"] is True
+    assert len(hub.commits) == 1
+    (commit,) = hub.commits
+    assert sorted(commit["added"]) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert sorted(repo["files"]) == [".gitattributes", "README.md", DATA_FILE, "recipe.yaml"]
+    # The token went to the Hub, in the header only.
+    assert all(auth == f"Bearer {CANARY_HF_TOKEN}" for _, _, auth in hub.requests)
+    assert_no_canary(commit["added"])
+    assert hub.validated and hub.validated[0] == commit["added"]["README.md"].decode()
+    card = DatasetCard(commit["added"]["README.md"].decode())
+    assert validate_metadata(card.data.to_dict()) == []
+    assert card.data.license == "apache-2.0"
+    recipe = yaml.safe_load(commit["added"]["recipe.yaml"])
+    assert recipe["teacher"]["api_key_env"] == KEY_VARIABLE  # the name stays, the value never came
+    assert recipe["teacher"]["base_url"].startswith("http://127.0.0.1:")
+    assert "kd-data" in capsys.readouterr().err
+
+
+def test_a_second_push_replaces_stale_data_in_one_commit(planted: Path, hub: FakeHub):
+    hub.repos["datasets/me/kd-data"] = {
+        "private": False,
+        "files": {"data/train-00000-of-00002.parquet": b"old", "data/train-00001-of-00002.parquet": b"old"},
+    }
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 0
+    (commit,) = hub.commits
+    assert sorted(commit["deleted"]) == [
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+    ]
+    assert sorted(hub.repos["datasets/me/kd-data"]["files"]) == ["README.md", DATA_FILE, "recipe.yaml"]
+
+
+def test_dry_run_folder_loads_with_datasets(planted: Path, tmp_path: Path, monkeypatch):
+    from datasets import load_dataset, load_from_disk
+
+    monkeypatch.setenv(KEY_VARIABLE, CANARY_KEY)
+    folder = tmp_path / "upload"
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 0
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert sorted(files) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert_no_canary(files)
+    loaded = load_dataset(str(folder))
+    original = load_from_disk(str(planted / "dataset"))
+    assert list(loaded) == ["train"]
+    assert loaded["train"].num_rows == original.num_rows == 8
+    assert loaded["train"].features == original.features
+    assert loaded["train"]["id"] == original["id"]
+    # Again into the same folder: a previous dry run is replaced, not an error.
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 0
+
+
+def test_run_with_output_hub_pushes_at_the_end(tmp_path: Path, hub: FakeHub):
+    hub_config = {"repo_id": "me/auto", "token_env": "SYNTHKD_TEST_HF_TOKEN"}
+    run = make_run(tmp_path / "base", output={"hub": hub_config}, env={"HF_ENDPOINT": hub.url})
+    assert (run / "report.html").exists() and (run / "README.md").exists()
+    (commit,) = hub.commits
+    assert commit["repo"] == "datasets/me/auto"
+    assert sorted(commit["added"]) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert_no_canary(commit["added"])
+
+
+def test_a_secret_in_what_would_be_uploaded_stops_the_push(
+    planted: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """Defence in depth: a key's value in a field the redaction does not know is found by the scan."""
+    manifest = json.loads((planted / "manifest.json").read_text())
+    manifest["recipe"]["steps"][1]["teacher"]["params"]["extra_body"] = {"note": CANARY_KEY}
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv(KEY_VARIABLE, CANARY_KEY)
+    folder = tmp_path / "upload"
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to upload" in err and CANARY_KEY not in err
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["RUN", "not a repo"], "is not a Hub repository id"),
+        (["RUN", "a/b/c"], "is not a Hub repository id"),
+        (["RUN", "me/x--y"], "is not a Hub repository id"),
+        (["MISSING", "me/data"], "no such run folder"),
+        (["RUN", "me/data", "--token-env", "SYNTHKD_TEST_UNSET_TOKEN"], "SYNTHKD_TEST_UNSET_TOKEN"),
+        (["RUN", "me/data"], "HF_HUB_OFFLINE is set"),  # the tests run offline; no --dry-run
+    ],
+)
+def test_bad_input_is_one_clear_error(run_dir: Path, tmp_path: Path, capsys, args: list[str], message: str):
+    paths = {"RUN": str(run_dir), "MISSING": str(tmp_path / "missing")}
+    assert main(["push", *(paths.get(a, a) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_unreachable_hub_is_an_error_not_a_traceback(run_dir: Path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert main(["push", str(run_dir), "me/data"]) == 1
+    assert "push to http://127.0.0.1" in capsys.readouterr().err
