@@ -222,3 +222,39 @@ def test_judge_win_rate_of_the_student(tmp_path: Path, tiny_model: Path, script:
     saved = json.loads((result.output_dir / "eval.json").read_text())
     assert saved["after"]["judge"] == judged
     assert f"win rate {judged['win_rate']}" in (result.output_dir / "README.md").read_text()
+
+
+def test_push_to_hub_uploads_the_student_in_one_commit(tmp_path: Path, tiny_model: Path, monkeypatch):
+    from fake_hub import FakeHub
+
+    canary = "hf_canary_token_0123456789"
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Four."}]}
+        for q in QUESTIONS
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", canary)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # pushing is the point
+        config = TrainConfig(
+            student=str(tiny_model),
+            push_to_hub="me/tiny-student",
+            eval_max_new_tokens=2,
+            args={"max_steps": 1},
+        )
+        train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+    assert [commit["repo"] for commit in hub.commits] == ["models/me/tiny-student"]
+    uploaded = hub.repos["models/me/tiny-student"]["files"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "eval.json"} <= set(uploaded)
+    assert all(auth == f"Bearer {canary}" for method, _, auth in hub.requests if method == "POST")
+    assert not any(canary.encode() in data for data in uploaded.values())
+
+
+def test_push_to_hub_while_offline_fails_before_training(tmp_path: Path, tiny_model: Path):
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 4
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    config = TrainConfig(student=str(tiny_model), push_to_hub="me/tiny-student", args={"max_steps": 1})
+    with pytest.raises(RecipeError, match="HF_HUB_OFFLINE is set"):
+        train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
+    assert not (tmp_path / "student").exists()

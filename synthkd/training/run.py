@@ -86,6 +86,14 @@ def train_student(
 
     if not dataset_dir.is_dir():
         raise RecipeError(f"no dataset at {dataset_dir}: run the recipe first", where="train")
+    if config.push_to_hub:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise RecipeError(
+                "HF_HUB_OFFLINE is set: unset it to push the student, or drop push_to_hub",
+                where="train.push_to_hub",
+            )
     dataset = load_from_disk(str(dataset_dir))
     missing = [c for c in REQUIRED_COLUMNS[config.method] if c not in dataset.column_names]
     if missing:
@@ -202,8 +210,7 @@ def train_student(
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_card(output_dir, config, run_name, metrics)
     if config.push_to_hub:
-        student.push_to_hub(config.push_to_hub)
-        tokenizer.push_to_hub(config.push_to_hub)
+        _push_student(output_dir, config.push_to_hub, run_name)
     return TrainResult(output_dir, before, after, losses)
 
 
@@ -239,6 +246,24 @@ def _distillation_trainer(
         processing_class=tokenizer,
         peft_config=peft,
     )
+
+
+def _push_student(output_dir: Path, repo_id: str, run_name: str) -> str:
+    """Upload the saved student (weights, tokenizer, card, eval.json) as one commit of a model repo."""
+    import os
+
+    from huggingface_hub import HfApi
+
+    # HF_ENDPOINT is read here, not when huggingface_hub was imported, so a late setting counts.
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(output_dir),
+        commit_message=f"synthkd: student of the {run_name} run",
+    )
+    return str(commit)
 
 
 def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_gpu: bool):
