@@ -162,13 +162,23 @@ def scores_figure(rows: list[dict[str, Any]]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for column in SCORE_COLUMNS:
-        values = [row[column] for row in rows if isinstance(row.get(column), int | float)]
-        if values:
-            # One bin group: the three columns share bins and overlay comparably.
-            fig.add_trace(go.Histogram(x=values, name=column, opacity=0.7, bingroup="scores"))
-    if not fig.data:
+    found = {
+        column: [row[column] for row in rows if isinstance(row.get(column), int | float)]
+        for column in SCORE_COLUMNS
+    }
+    found = {column: values for column, values in found.items() if values}
+    if not found:
         return None
+    every = [value for values in found.values() for value in values]
+    # Judges mostly give whole scores: one bar per score then, not plotly's automatic bins.
+    bins = (
+        {"start": min(every) - 0.5, "end": max(every) + 0.5, "size": 1}
+        if all(float(v).is_integer() for v in every)
+        else None
+    )
+    for column, values in found.items():
+        # One bin group: the columns share bins and overlay comparably.
+        fig.add_trace(go.Histogram(x=values, name=column, opacity=0.7, bingroup="scores", xbins=bins))
     return _layout(fig, "Judge scores", barmode="overlay", xaxis_title="score", yaxis_title="rows")
 
 
@@ -184,6 +194,7 @@ def map_figure(found: InstructionMap):
                 x=[found.xy[i][0] for i in points],
                 y=[found.xy[i][1] for i in points],
                 mode="markers",
+                marker={"size": 8 if len(found.texts) > 300 else 11},
                 name=f"{cluster}: {words}",
                 text=[html.escape(found.texts[i][:160]) for i in points],
                 hovertemplate="%{text}<extra>cluster " + str(cluster) + "</extra>",
@@ -220,7 +231,7 @@ def pairs_figure(pairs: list[dict[str, Any]]):
             text=[p["step"] for p in shown],
         )
     )
-    height = max(PLOT_HEIGHT, 28 * len(shown) + 120)
+    height = min(PLOT_HEIGHT * 2, 40 * len(shown) + 160)
     return _layout(fig, "Most similar dropped pairs (dedup)", xaxis_title="similarity", height=height)
 
 
