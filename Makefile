@@ -9,7 +9,16 @@ TORCH ?= torch==2.13.0
 # Offline: no model or dataset is downloaded at run time; litellm uses its bundled price map.
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench clean chromium
+
+# The report test renders report.html in Debian's Chromium. Installed once; sudo when not root.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@command -v chromium >/dev/null
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +37,10 @@ setup: $(VENV)/.installed
 quickstart: setup
 	$(OFFLINE) $(BIN)/synthkd run recipes/quickstart.yaml
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(OFFLINE) $(BIN)/python -m pytest
+	$(OFFLINE) SYNTHKD_TEST_ARTIFACTS=$(CURDIR)/runs/ci-artifacts $(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python bench/throughput.py
