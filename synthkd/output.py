@@ -42,6 +42,45 @@ def uniform(rows: list[Row]) -> list[Row]:
     return [{column: row.get(column) for column in columns} for row in rows]
 
 
+def to_dataset(rows: list[Row]) -> Any:
+    """The rows (uniform columns) as a `datasets.Dataset`.
+
+    A column whose nested dicts differ in keys at the same place (tool-call arguments, tool schemas,
+    messages with and without `tool_calls`) is stored as `datasets.Json`: Arrow would otherwise give
+    every dict every key seen anywhere, filled with None, or fail when a key's type differs.
+    """
+    from datasets import Dataset, Features
+
+    if not rows:
+        return Dataset.from_dict({"id": []})
+    try:
+        from datasets import Json
+    except ImportError:  # datasets < 4.5 has no Json feature
+        return Dataset.from_list(rows)
+    varied = [column for column in rows[0] if _keys_vary(row[column] for row in rows)]
+    if not varied:
+        return Dataset.from_list(rows)
+    plain = Dataset.from_list([{k: v for k, v in row.items() if k not in varied} for row in rows])
+    features = Features({c: Json() if c in varied else plain.features[c] for c in rows[0]})
+    return Dataset.from_list(rows, features=features)
+
+
+def _keys_vary(values: Any) -> bool:
+    shapes: dict[str, frozenset] = {}
+
+    def walk(value: Any, where: str) -> bool:
+        if isinstance(value, dict):
+            keys = frozenset(value)
+            if shapes.setdefault(where, keys) != keys:
+                return True
+            return any(walk(item, f"{where}.{key}") for key, item in value.items())
+        if isinstance(value, list):
+            return any(walk(item, where + "[]") for item in value)
+        return False
+
+    return any(walk(value, "") for value in values)
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
@@ -50,15 +89,13 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]], manifest: dict) -> None:
     """Write all outputs to a staging folder, then move them into `out_dir` in one swap."""
-    from datasets import Dataset
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         rows = uniform(rows)
-        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({"id": []})
+        dataset = to_dataset(rows)
         dataset.save_to_disk(str(staging / "dataset"))
         write_jsonl(staging / "data.jsonl", rows)
         write_jsonl(staging / "failures.jsonl", [{"step": step, **asdict(f)} for step, f in failures])

@@ -25,6 +25,7 @@ from synthkd.steps.preference import PreferenceStep
 from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.self_instruct import SelfInstructStep
+from synthkd.steps.tool_use import ToolCallsStep
 from synthkd.steps.topics import TopicsStep
 
 STEP_TYPES: dict[str, type[Step]] = {
@@ -46,6 +47,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "code_check": CodeCheckStep,
     "classify": ClassifyStep,
     "critique_revise": CritiqueReviseStep,
+    "tool_calls": ToolCallsStep,
     "logits": LogitsStep,
 }
 
@@ -68,6 +70,7 @@ AnyStep = Annotated[
     | CodeCheckStep
     | ClassifyStep
     | CritiqueReviseStep
+    | ToolCallsStep
     | LogitsStep,
     Field(discriminator="step"),
 ]

@@ -40,7 +40,7 @@ class Parsed:
 async def ask_parsed(
     dispatcher: Dispatcher,
     requests: Sequence[ChatRequest],
-    parse: Callable[[str], Any],
+    parse: Callable[[str], Any] | Sequence[Callable[[str], Any]],
     reask_template: PromptTemplate,
     *,
     reask: int = 1,
@@ -51,11 +51,12 @@ async def ask_parsed(
 
     A re-ask continues the conversation: the teacher's answer, then `reask_template` rendered with
     `error` (the ParseError message) and `extra`. Answers are cached like any other request, so a
-    resumed run takes the same path.
+    resumed run takes the same path. `parse` may be a sequence, one parser per request.
     """
+    parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(requests)
     on_result = (lambda _, copies: progress.advance(copies)) if progress is not None else None
     outcomes = await dispatcher.run(requests, on_result)
-    results = [_parse(outcome, parse) for outcome in outcomes]
+    results = [_parse(outcome, parser) for outcome, parser in zip(outcomes, parsers, strict=True)]
     conversations = [list(request.messages) for request in requests]
     for _ in range(reask):
         retry = [index for index, result in enumerate(results) if result.outcome.completion and not result.ok]
@@ -78,7 +79,7 @@ async def ask_parsed(
             )
         for index, outcome in zip(retry, await dispatcher.run(follow_ups), strict=True):
             outcome.attempts += results[index].outcome.attempts
-            results[index] = _parse(outcome, parse)
+            results[index] = _parse(outcome, parsers[index])
     return results
 
 

@@ -1,0 +1,374 @@
+"""`tool_calls`: function-calling conversations from a user's tool schemas, calls validated.
+
+From a tools file (a JSON list of OpenAI-style function schemas) the teacher writes, for every
+conversation: the user's request (or it comes from `request_column`), the assistant's tool calls
+as JSON, results the tools could plausibly return, and the final answer. Every call is validated
+against its tool's schema (known function, JSON-schema-valid arguments, no parameter the schema
+does not list); an invalid set of calls is re-asked with the validation error, then recorded as a
+failure (`invalid_tool_call`). One round of calls (several calls may go together) per conversation.
+
+Rows get `messages` in the format TRL's SFTTrainer and transformers' chat templates take:
+
+    {"role": "user", "content": ...}
+    {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": ..., "arguments": {...}}}]}
+    {"role": "tool", "name": ..., "content": "<the result as JSON>"}
+    {"role": "assistant", "content": <the final answer>}
+
+and `tools`: the schemas as a JSON string (the form TRL prefers; SFTTrainer passes them to the chat
+template), plus `request`, `response` (the final answer) and `tools_called`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import jsonschema
+from pydantic import Field, PrivateAttr
+
+from synthkd.errors import RecipeError
+from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    Step,
+    StepContext,
+    StepResult,
+    require_columns,
+)
+from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
+from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+ADDED_COLUMNS = {"request", "messages", "tools", "response", "tools_called"}
+
+
+def load_tools(path: Path) -> list[dict[str, Any]]:
+    """The tools of a JSON file, each as {"type": "function", "function": {name, description, parameters}}.
+
+    Accepts OpenAI's form or bare {name, description, parameters} objects, as a list or under a
+    "tools" key. Raises ValueError saying what is wrong.
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "tools" in data:
+        data = data["tools"]
+    if not isinstance(data, list) or not data:
+        raise ValueError("expected a non-empty JSON list of function schemas")
+    tools, names = [], set()
+    for index, item in enumerate(data):
+        where = f"tool {index + 1}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected an object")
+        function = item.get("function") if item.get("type") == "function" else item
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f'{where}: expected {{"type": "function", "function": {{"name": ...}}}}')
+        name = function["name"]
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: the name {name!r} must be 1-64 letters, digits, _ . or -")
+        if name in names:
+            raise ValueError(f"{where}: a second tool named {name!r}")
+        names.add(name)
+        parameters = function.get("parameters") or EMPTY_PARAMETERS
+        try:
+            jsonschema.Draft202012Validator.check_schema(parameters)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(
+                f"{where} ({name}): parameters are not a valid JSON schema: {exc.message}"
+            ) from None
+        if parameters.get("type", "object") != "object":
+            raise ValueError(f"{where} ({name}): parameters must be a JSON schema of type object")
+        normalised = {"name": name, "description": function.get("description", ""), "parameters": parameters}
+        tools.append({"type": "function", "function": normalised})
+    return tools
+
+
+def calls_parser(tools: list[dict[str, Any]]) -> Any:
+    """A parser of the teacher's JSON calls: [{"name", "arguments"}], each valid for its tool."""
+    functions = {tool["function"]["name"]: tool["function"] for tool in tools}
+    validators = {
+        name: jsonschema.Draft202012Validator(function["parameters"]) for name, function in functions.items()
+    }
+    listed = ", ".join(functions)
+
+    def parse(text: str) -> list[dict[str, Any]]:
+        try:
+            value = json.loads(strip_code_fence(text))
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"not JSON ({exc.msg}); reply with only a JSON array of calls") from None
+        if isinstance(value, dict):
+            value = value["tool_calls"] if isinstance(value.get("tool_calls"), list) else [value]
+        if not isinstance(value, list):
+            raise ParseError("expected a JSON array of calls")
+        calls = []
+        for number, call in enumerate(value, 1):
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                call = call["function"]  # OpenAI's {"type": "function", "function": {...}}
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ParseError(f'call {number} is not an object with a "name"')
+            name, arguments = call["name"], call.get("arguments", {})
+            if name not in functions:
+                raise ParseError(f"call {number}: unknown function {name!r}; the tools are: {listed}")
+            if isinstance(arguments, str):  # the wire format sends arguments as a JSON string
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    raise ParseError(f"call {number} ({name}): arguments are not a JSON object") from None
+            if not isinstance(arguments, dict):
+                raise ParseError(f"call {number} ({name}): arguments must be a JSON object")
+            problem = _argument_problem(functions[name]["parameters"], validators[name], arguments)
+            if problem:
+                raise ParseError(f"call {number} ({name}): {problem}")
+            calls.append({"name": name, "arguments": arguments})
+        return calls
+
+    return parse
+
+
+def _argument_problem(schema: dict[str, Any], validator: Any, arguments: dict[str, Any]) -> str | None:
+    """Why `arguments` do not fit `schema`, or None. Parameters the schema does not list are
+    refused unless it allows additionalProperties (models invent parameters)."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path)
+        return f"{error.message}" + (f" (argument {where})" if where else "")
+    known = schema.get("properties") or {}
+    if schema.get("additionalProperties") is not True and "patternProperties" not in schema:
+        unknown = sorted(set(arguments) - set(known))
+        if unknown:
+            return (
+                f"unknown parameter(s) {', '.join(unknown)}; the parameters are: {', '.join(known) or 'none'}"
+            )
+    return None
+
+
+def results_parser(count: int) -> Any:
+    """A parser of `count` simulated results: a JSON array, one entry per call."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            value = json.loads(strip_code_fence(text))
+        except json.JSONDecodeError as exc:
+            raise ParseError(f"not JSON ({exc.msg}); reply with only a JSON array of results") from None
+        if count == 1 and not isinstance(value, list):
+            value = [value]
+        if not isinstance(value, list) or len(value) != count:
+            raise ParseError(f"expected a JSON array of exactly {count} result(s), one per call")
+        return value
+
+    return parse
+
+
+def parse_text(text: str) -> str:
+    stripped = text.strip()
+    if not stripped:
+        raise ParseError("the answer is empty")
+    return stripped
+
+
+def result_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class ToolCallsStep(Step):
+    """Conversations with validated tool calls, simulated results and a final answer."""
+
+    step: Literal["tool_calls"]
+    tools: str = Field(description="JSON file of OpenAI-style function schemas (relative to the recipe)")
+    request_column: str | None = Field(None, description="user requests from this column (one per row)")
+    num_requests: int = Field(10, ge=1, description="requests the teacher writes when request_column is null")
+    system: str | None = Field(None, description="system message starting each conversation")
+    reask: int = Field(1, ge=0, description="times invalid calls (or unparseable JSON) are asked again")
+    request_prompt: str = "prompts/tool_calls/request.jinja"
+    calls_prompt: str = "prompts/tool_calls/calls.jinja"
+    results_prompt: str = "prompts/tool_calls/results.jinja"
+    answer_prompt: str = "prompts/tool_calls/answer.jinja"
+    reask_prompt: str = "prompts/reask.jinja"
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
+    _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        source = resolve_path(self.tools, ctx.recipe_dir)
+        if source is None or not source.is_file():
+            tried = ", ".join(str(p) for p in candidate_paths(self.tools, ctx.recipe_dir))
+            raise RecipeError(f"tools file not found: {self.tools} (tried {tried})", where=ctx.at("tools"))
+        try:
+            self._tools = load_tools(source)
+        except (OSError, ValueError) as exc:
+            raise RecipeError(f"{source}: {exc}", where=ctx.at("tools")) from None
+        keys = ["calls_prompt", "results_prompt", "answer_prompt", "reask_prompt"]
+        if not self.request_column:
+            keys.insert(0, "request_prompt")
+        for key in keys:
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        if self.request_column:
+            require_columns({self.request_column}, columns, ctx, "request_column", "tool_calls")
+        return None if columns is None else columns | ADDED_COLUMNS
+
+    def template_sources(self) -> dict[str, str]:
+        sources = {getattr(self, key): template.source for key, template in self._templates.items()}
+        return sources | {self.tools: json.dumps(self._tools, sort_keys=True)}
+
+    def _ask(self, key: str, sample: int = 0, **values: Any) -> ChatRequest:
+        assert self.teacher is not None
+        content = self._templates[key].render({"tools_json": json.dumps(self._tools, indent=1), **values})
+        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params), sample=sample)
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        assert ctx.dispatcher is not None
+        reask = self._templates["reask_prompt"]
+        result = StepResult(list(rows) if not self.request_column else [])
+        if self.request_column:
+            sources = [(row, str(row.get(self.request_column) or "").strip()) for row in rows]
+            if any(not request for _, request in sources):
+                result.dropped["empty_request"] += sum(1 for _, request in sources if not request)
+            sources = [(row, request) for row, request in sources if request]
+        else:
+            sources = await self._write_requests(ctx, result)
+        ctx.progress.set_total(len(sources) * 3)
+
+        calls = await ask_parsed(
+            ctx.dispatcher,
+            [self._ask("calls_prompt", request=request) for _, request in sources],
+            calls_parser(self._tools),
+            reask,
+            reask=self.reask,
+            progress=ctx.progress,
+        )
+        called = []
+        for (row, request), answer in zip(sources, calls, strict=True):
+            if not answer.ok:
+                reason = "invalid_tool_call" if answer.outcome.completion is not None else answer.reason
+                self._fail(result, row, answer, reason)
+            elif not answer.value:
+                result.dropped["no_tool_call"] += 1
+            else:
+                called.append((row, request, answer.value))
+
+        results = await ask_parsed(
+            ctx.dispatcher,
+            [
+                self._ask("results_prompt", request=request, calls_json=json.dumps(made, ensure_ascii=False))
+                for _, request, made in called
+            ],
+            [results_parser(len(made)) for _, _, made in called],
+            reask,
+            reask=self.reask,
+            progress=ctx.progress,
+        )
+        simulated = []
+        for (row, request, made), answer in zip(called, results, strict=True):
+            if answer.ok:
+                simulated.append((row, request, made, [result_text(value) for value in answer.value]))
+            else:
+                self._fail(result, row, answer, "unparseable_results")
+
+        finals = await ask_parsed(
+            ctx.dispatcher,
+            [
+                self._ask(
+                    "answer_prompt",
+                    request=request,
+                    calls=[
+                        {
+                            "name": call["name"],
+                            "arguments_json": json.dumps(call["arguments"], ensure_ascii=False),
+                            "result": output,
+                        }
+                        for call, output in zip(made, outputs, strict=True)
+                    ],
+                )
+                for _, request, made, outputs in simulated
+            ],
+            parse_text,
+            reask,
+            reask=self.reask,
+            progress=ctx.progress,
+        )
+        usage: Counter[str] = Counter()
+        for (row, request, made, outputs), answer in zip(simulated, finals, strict=True):
+            if not answer.ok:
+                self._fail(result, row, answer, "unparseable_answer")
+                continue
+            usage.update(call["name"] for call in made)
+            result.rows.append(self._row(row, request, made, outputs, answer.value))
+        result.details = {
+            "conversations": len(result.rows) - (len(rows) if not self.request_column else 0),
+            "calls_by_tool": {
+                tool["function"]["name"]: usage[tool["function"]["name"]] for tool in self._tools
+            },
+        }
+        return result
+
+    async def _write_requests(self, ctx: StepContext, result: StepResult) -> list[tuple[Row, str]]:
+        """`num_requests` user requests, each centred on a tool in turn; exact repeats dropped."""
+        assert ctx.dispatcher is not None
+        requests = [
+            self._ask(
+                "request_prompt",
+                sample=number,
+                tool=self._tools[number % len(self._tools)]["function"],
+                number=number + 1,
+            )
+            for number in range(self.num_requests)
+        ]
+        answers = await ask_parsed(
+            ctx.dispatcher, requests, parse_text, self._templates["reask_prompt"], reask=self.reask
+        )
+        sources, seen = [], set()
+        for number, answer in enumerate(answers):
+            row = {"id": f"tool-{number:04d}"}
+            if not answer.ok:
+                self._fail(result, row, answer, answer.reason)
+                continue
+            request = answer.value.strip().strip('"').strip()
+            key = " ".join(request.lower().split())
+            if key in seen:
+                result.dropped["duplicate_request"] += 1
+                continue
+            seen.add(key)
+            sources.append((row, request))
+        return sources
+
+    def _row(self, row: Row, request: str, made: list[dict], outputs: list[str], final: str) -> Row:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
+        messages += [
+            {"role": "user", "content": request},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+                    for call in made
+                ],
+            },
+            *(
+                {"role": "tool", "name": call["name"], "content": output}
+                for call, output in zip(made, outputs, strict=True)
+            ),
+            {"role": "assistant", "content": final},
+        ]
+        return {
+            **row,
+            "request": request,
+            "messages": messages,
+            "tools": json.dumps(self._tools, ensure_ascii=False),
+            "response": final,
+            "tools_called": [call["name"] for call in made],
+        }
+
+    def _fail(self, result: StepResult, row: Row, parsed: Any, reason: str) -> None:
+        if parsed.outcome.completion is None:
+            reason = parsed.reason
+        result.failures.append(
+            Failure(row["id"], reason, parsed.outcome.attempts, parsed.error, row, raw=parsed.raw)
+        )

@@ -1,0 +1,319 @@
+"""tool_calls: calls validated against the tools' schemas; the output trains in TRL's SFTTrainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import read_jsonl, write_jsonl, write_recipe
+from tiny_model import build_tiny_model
+
+from synthkd.errors import RecipeError
+from synthkd.pipeline import check, run_recipe
+from synthkd.recipe import load_recipe
+from synthkd.steps.parsing import ParseError
+from synthkd.steps.tool_use import calls_parser, load_tools
+from synthkd.testing.fake_openai import FakeOpenAIServer
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "City name"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {  # the bare form is accepted too
+        "name": "search_flights",
+        "description": "Flights between two airports on a date.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "origin": {"type": "string"},
+                "destination": {"type": "string"},
+                "date": {"type": "string", "description": "YYYY-MM-DD"},
+                "passengers": {"type": "integer", "minimum": 1},
+            },
+            "required": ["origin", "destination", "date"],
+        },
+    },
+]
+CALLS = "(?s)Decide which tool calls.*User request:\n"  # matched against the calls prompt
+CALLS_REPLY = "(?s)^User request:\n"
+SCRIPT = [
+    # Calls, results and answers shaped like a chat model's replies (fenced JSON, prose answers).
+    {
+        "match": "(?s)User request:\nWhat's the weather in Oslo and in Rome.*Decide which tool calls",
+        "reply": '```json\n[{"name": "get_weather", "arguments": {"city": "Oslo"}},\n'
+        ' {"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}}]\n```',
+    },
+    {
+        "match": "(?s)User request:\nFind me flights.*Decide which tool calls",
+        "reply": '[{"name": "search_flights", "arguments": {"origin": "CDG", "destination": "FCO", '
+        '"date": "2025-05-01", "passengers": "two"}}]',  # wrong type: re-asked
+    },
+    {
+        "match": "'two' is not of type 'integer'",
+        "reply": '[{"name": "search_flights", "arguments": {"origin": "CDG", "destination": "FCO", '
+        '"date": "2025-05-01", "passengers": 2}}]',
+    },
+    {
+        "match": "(?s)User request:\nBook me a room.*Decide which tool calls",
+        "reply": '[{"name": "book_hotel", "arguments": {"city": "Rome"}}]',  # no such tool
+    },
+    {
+        "match": "unknown function 'book_hotel'",
+        "reply": '[{"name": "book_hotel", "arguments": {"city": "Rome"}}]',
+    },
+    {"match": "(?s)User request:\nTell me a joke.*Decide which tool calls", "reply": "[]"},
+    {
+        "match": "(?s)weather in Oslo.*The assistant made these calls",
+        "reply": '[{"temperature": 4, "conditions": "snow"}, {"temperature": 19, "conditions": "sunny"}]',
+    },
+    {
+        "match": "(?s)Find me flights.*The assistant made these calls",
+        "reply": '{"flights": [{"number": "AF1404", "departs": "07:10", "price_eur": 129}]}',
+    },
+    {
+        "match": "(?s)weather in Oslo.*To answer, you called tools",
+        "reply": "Oslo: 4 °C and snow. Rome: 19 °C.",
+    },
+    {
+        "match": "(?s)Find me flights.*To answer, you called tools",
+        "reply": "AF1404 leaves at 07:10 for €129.",
+    },
+]
+REQUESTS = [
+    {"id": "weather", "request": "What's the weather in Oslo and in Rome?"},
+    {"id": "flights", "request": "Find me flights from Paris CDG to Rome FCO on 1 May 2025 for two of us."},
+    {"id": "hotel", "request": "Book me a room in Rome."},
+    {"id": "joke", "request": "Tell me a joke."},
+]
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools:\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    "<|im_end|>\n{% endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{%- if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
+    "<tool_call>{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}"
+    "</tool_call>{% endfor %}"
+    "{%- elif message['role'] == 'tool' %}<tool_response name=\"{{ message['name'] }}\">"
+    "{{ message['content'] }}</tool_response>"
+    "{%- else %}{{ message['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_calls_are_validated_against_the_schemas():
+    parse = calls_parser(load_tools_from(TOOLS))
+    assert parse('[{"name": "get_weather", "arguments": {"city": "Oslo"}}]') == [
+        {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    ]
+    wire = (
+        '[{"type": "function", "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}]'
+    )
+    assert parse(wire) == [{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert parse('{"name": "get_weather", "arguments": {"city": "Oslo"}}')[0]["name"] == "get_weather"
+    assert parse("[]") == []
+    for text, error in [
+        ('[{"name": "book_hotel", "arguments": {}}]', "unknown function 'book_hotel'; the tools are: get_"),
+        ('[{"name": "get_weather", "arguments": {"city": 7}}]', "7 is not of type 'string' (argument city)"),
+        ('[{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "K"}}]', "'K' is not one of"),
+        ('[{"name": "get_weather", "arguments": {}}]', "'city' is a required property"),
+        ('[{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}]', "unknown parameter(s) days"),
+        ('[{"name": "search_flights", "arguments": {"origin": "A", "destination": "B", "date": "d", '
+         '"passengers": 0}}]', "0 is less than the minimum of 1"),
+        ("call get_weather(Oslo)", "not JSON"),
+    ]:  # fmt: skip
+        with pytest.raises(ParseError) as caught:
+            parse(text)
+        assert error in str(caught.value)
+
+
+def load_tools_from(tools: list, tmp: Path | None = None) -> list:
+    path = (tmp or Path.cwd()) / "tools.json"
+    path.write_text(json.dumps(tools))
+    return load_tools(path)
+
+
+def test_tools_file_errors(tmp_path: Path):
+    for tools, error in [
+        ([], "non-empty JSON list"),
+        ([TOOLS[0], TOOLS[0]], "a second tool named 'get_weather'"),
+        (
+            [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}],
+            "valid JSON",
+        ),
+        ([{"description": "no name"}], "expected"),
+    ]:
+        with pytest.raises(ValueError, match=error):
+            load_tools_from(tools, tmp_path)
+
+
+def _recipe(tmp_path: Path, base_url: str, step: dict) -> Path:
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    write_jsonl(tmp_path / "requests.jsonl", REQUESTS)
+    return write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "tools",
+            "teacher": {"backend": "openai", "model": "m", "base_url": base_url, "api_key_env": None},
+            "steps": [
+                {"step": "load", "path": "requests.jsonl"},
+                {"step": "tool_calls", "tools": "tools.json", **step},
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
+
+
+def test_conversations_with_valid_calls_train_in_trl(tmp_path: Path):
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        path = _recipe(
+            tmp_path, server.base_url, {"request_column": "request", "system": "You help travellers."}
+        )
+        result = run_recipe(load_recipe(path))
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "out" / "data.jsonl")}
+    assert set(rows) == {"weather", "flights"}
+    assert result.reports[1].rows_dropped == {"no_tool_call": 1}
+    [(_, failure)] = result.failures
+    assert (failure.id, failure.reason, failure.attempts) == ("hotel", "invalid_tool_call", 2)
+    assert "unknown function 'book_hotel'" in failure.error
+    flights = rows["flights"]["messages"]
+    assert flights[0] == {"role": "system", "content": "You help travellers."}
+    assert flights[2] == {  # re-asked once with the type error, then valid
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "search_flights",
+                    "arguments": {
+                        "origin": "CDG",
+                        "destination": "FCO",
+                        "date": "2025-05-01",
+                        "passengers": 2,
+                    },
+                },
+            }
+        ],
+    }
+    assert flights[3] == {
+        "role": "tool",
+        "name": "search_flights",
+        "content": '{"flights": [{"number": "AF1404", "departs": "07:10", "price_eur": 129}]}',
+    }
+    assert flights[4] == {"role": "assistant", "content": "AF1404 leaves at 07:10 for €129."}
+    weather = rows["weather"]
+    assert [m["role"] for m in weather["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+    ]
+    assert weather["tools_called"] == ["get_weather", "get_weather"]
+    assert json.loads(weather["tools"])[1]["function"]["name"] == "search_flights"
+    assert result.manifest["steps"][1]["details"]["calls_by_tool"] == {"get_weather": 2, "search_flights": 1}
+
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
+    stored = {row["id"]: row for row in dataset}
+    # Arguments come back exactly as written: no keys of other tools' calls filled with None.
+    assert stored["weather"]["messages"][2]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    text = tokenizer.apply_chat_template(
+        stored["weather"]["messages"], tools=json.loads(stored["weather"]["tools"]), tokenize=False
+    )
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in text
+    assert '"name": "search_flights"' in text  # the schemas reach the template
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "student"),
+            max_steps=1,
+            per_device_train_batch_size=2,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_requests_written_by_the_teacher(tmp_path: Path):
+    script = [
+        {
+            "match": "(?s)Write one realistic message.*tool `get_weather`",
+            "reply": '"Is it raining in {word}?"',
+        },
+        {
+            "match": "(?s)Write one realistic message.*tool `search_flights`",
+            "reply": "A flight to Rome, please.",
+        },
+        {
+            "match": "(?s)Is it raining.*Decide",
+            "reply": '[{"name": "get_weather", "arguments": {"city": "Bergen"}}]',
+        },
+        {"match": "(?s)flight to Rome.*Decide", "reply": "[]"},
+        {"match": "The assistant made these calls", "reply": '{"rain": true}'},
+        {"match": "To answer, you called tools", "reply": "Yes, bring an umbrella."},
+    ]
+    with FakeOpenAIServer(script=script) as server:
+        result = run_recipe(load_recipe(_recipe(tmp_path, server.base_url, {"num_requests": 4})))
+    rows = read_jsonl(tmp_path / "out" / "data.jsonl")
+    made = [row for row in rows if row["id"].startswith("tool-")]
+    assert [row["id"] for row in rows[: len(REQUESTS)]] == [r["id"] for r in REQUESTS]  # passed through
+    assert [row["id"] for row in made] == ["tool-0000", "tool-0002"]
+    assert made[0]["request"].startswith("Is it raining in ") and made[0]["request"] != made[1]["request"]
+    assert made[0]["messages"][-1] == {"role": "assistant", "content": "Yes, bring an umbrella."}
+    # Requests 1 and 3 (search_flights) are the same text: one is dropped; the other needs no call.
+    assert result.reports[1].rows_dropped == {"duplicate_request": 1, "no_tool_call": 1}
+
+
+def test_recipe_errors(tmp_path: Path):
+    path = _recipe(tmp_path, "http://127.0.0.1:9/v1", {"tools": "missing.json"})
+    with pytest.raises(RecipeError, match="tools file not found: missing.json"):
+        check(load_recipe(path))
+    path = _recipe(tmp_path, "http://127.0.0.1:9/v1", {"request_column": "question"})
+    with pytest.raises(RecipeError, match="needs column"):
+        check(load_recipe(path))
+
+
+def test_only_columns_whose_dicts_vary_are_stored_as_json():
+    from datasets import Json
+
+    from synthkd.output import to_dataset
+
+    plain = [{"id": "a", "messages": [{"role": "user", "content": "x"}], "n": 1}] * 2
+    assert not any(isinstance(feature, Json) for feature in to_dataset(plain).features.values())
+    varied = [
+        {"id": "a", "args": {"city": "Oslo"}, "messages": plain[0]["messages"]},
+        {
+            "id": "b",
+            "args": {"city": 7, "days": [1]},
+            "messages": plain[0]["messages"],
+        },  # would not even load
+    ]
+    dataset = to_dataset(varied)
+    assert [column for column, feature in dataset.features.items() if isinstance(feature, Json)] == ["args"]
+    assert list(dataset.column_names) == ["id", "args", "messages"]
+    assert dataset[0]["args"] == {"city": "Oslo"} and dataset[1]["args"] == {"city": 7, "days": [1]}
