@@ -9,7 +9,7 @@ from helpers import read_jsonl, write_jsonl, write_recipe
 
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
-from synthkd.steps.critique_revise import parse_critique, parse_revision
+from synthkd.steps.critique_revise import parse_critique, parse_revision, revision_parser
 from synthkd.steps.parsing import ParseError
 from synthkd.steps.preference import preference_row
 from synthkd.testing.fake_openai import FakeOpenAIServer
@@ -46,11 +46,12 @@ SCRIPT = [
     {"match": CRITIQUE + "Dosing depends", "reply": "1. Follows it.\n2. Follows it.\nNeeds revision: no"},
     {"match": CRITIQUE + "Rayleigh", "reply": "1. Not applicable.\n2. Accurate.\n\nNeeds revision: no"},
     {"match": CRITIQUE + "Coffee is always", "reply": "It overstates the evidence."},  # no verdict: re-asked
-    {"match": "Your answer could not be used", "reply": "It overstates the evidence.\nNeeds revision: yes"},
+    {"match": "no final line .Needs revision", "reply": "It overstates the evidence.\nNeeds revision: yes"},
     {"match": REVISE + "Coffee is always", "reply": "For most adults, moderate coffee is fine."},
     {"match": CRITIQUE + "For most adults", "reply": "Needs revision: no"},
     {"match": CRITIQUE + "Nine is prime", "reply": "2. Nine is not prime.\nNeeds revision: yes"},
-    {"match": REVISE + "Nine is prime", "reply": "Nine is prime."},  # changes nothing
+    {"match": REVISE + "Nine is prime", "reply": "Nine is prime."},  # changes nothing, even when re-asked
+    {"match": "the revision is the same as the response", "reply": "Revised response: Nine is prime."},
 ]
 
 
@@ -67,6 +68,8 @@ def test_parse_critique_and_revision():
     assert parse_revision("**Revised response:** Ask a pharmacist.") == "Ask a pharmacist."
     with pytest.raises(ParseError, match="empty"):
         parse_revision("Revised response:")
+    with pytest.raises(ParseError, match="the same as the response"):
+        revision_parser("Nine  is prime.")("Nine is\nprime.")
 
 
 def _run(tmp_path: Path, **step: object):

@@ -15,6 +15,7 @@ with chosen = rejected = the original and `revised: false`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
@@ -51,6 +52,9 @@ def parse_critique(text: str) -> tuple[str, bool]:
     return critique, needs
 
 
+UNCHANGED = "the revision is the same as the response"
+
+
 def parse_revision(text: str) -> str:
     """The revised response, without a 'Revised response:' preamble."""
     revision = _PREAMBLE.sub("", text.strip(), count=1).strip()
@@ -59,8 +63,16 @@ def parse_revision(text: str) -> str:
     return revision
 
 
-def same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()) == " ".join(b.split())
+def revision_parser(current: str) -> Callable[[str], str]:
+    """parse_revision, refusing a revision that leaves `current` as it was (re-asked once)."""
+
+    def parse(text: str) -> str:
+        revision = parse_revision(text)
+        if " ".join(revision.split()) == " ".join(current.split()):
+            raise ParseError(f"{UNCHANGED}; change what the critique names")
+        return revision
+
+    return parse
 
 
 class CritiqueReviseStep(Step):
@@ -134,18 +146,19 @@ class CritiqueReviseStep(Step):
                 self._ask("revise_prompt", rows[i], response=current[i], critique=critiques[i][-1])
                 for i in to_revise
             ]
-            answers = await ask_parsed(ctx.dispatcher, requests, parse_revision, reask)
+            parsers = [revision_parser(current[i]) for i in to_revise]
+            answers = await ask_parsed(ctx.dispatcher, requests, parsers, reask)
             active = []
             for index, answer in zip(to_revise, answers, strict=True):
                 ctx.progress.advance()
                 if not answer.ok:
-                    if not revisions[index]:
+                    if revisions[index]:
+                        continue  # a later round's failure keeps the revision so far
+                    if UNCHANGED in (answer.error or ""):
+                        unrevised.add(index)  # a problem named, but the rewrite changed nothing
+                    else:
                         self._fail(result, rows[index], answer, "unparseable_revision")
                         failed.add(index)
-                    continue
-                if same_text(answer.value, current[index]):
-                    if not revisions[index]:
-                        unrevised.add(index)  # a problem named, but the rewrite changed nothing
                     continue
                 current[index] = answer.value
                 revisions[index] += 1
