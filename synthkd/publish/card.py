@@ -40,6 +40,7 @@ TAXONOMY: dict[str, str] = {
     "dedup": "curation",
     "decontaminate": "curation",
     "code_check": "curation",  # answers selected by running their code against tests
+    "tool_calls": "curation",  # function-calling conversations synthesised from tool schemas
     "judge": "feedback",  # the teacher grades the data
     "preference": "feedback",  # the teacher ranks candidates into preference pairs
     "logits": "feature",  # the teacher's output distributions
