@@ -73,8 +73,19 @@ def recipe(base_url: str, output: dict | None = None) -> dict:
     }
 
 
+_shared: Path | None = None
+
+
 def make_run(base: Path, output: dict | None = None, env: dict[str, str] | None = None) -> Path:
-    """Run the recipe through `synthkd run` (so the card and report are written as after any run)."""
+    """Run the recipe through `synthkd run` (so the card and report are written as after any run).
+
+    The default run is made once per test session and shared: tests that change it work on a copy.
+    """
+    global _shared
+    if output is None and env is None:
+        if _shared is None or not (_shared / "manifest.json").exists():
+            _shared = make_run(base, output={}, env={})
+        return _shared
     base.mkdir(parents=True, exist_ok=True)
     write_jsonl(base / "seeds.jsonl", SEEDS)
     write_jsonl(base / "eval.jsonl", EVAL)
