@@ -14,11 +14,13 @@ VIOLATION_EXIT, the action named on stderr), so the code cannot catch and ignore
   another process's `/proc/<pid>`, which would show its environment;
 - starting processes (subprocess, os.system, fork, exec, spawn, kill);
 - network sockets (anything but AF_UNIX socket pairs), DNS look-ups;
-- ctypes foreign calls and libraries, and the gc walks that would reach the hook's own state.
+- ctypes foreign calls and libraries, sqlite extensions, and the gc walks that would reach the
+  hook's own state.
 
-This guards against a teacher's mistakes and naive harmful code. It is not a security boundary
-against code written to escape an in-process hook (CPython internals offer ways round it); as
-root, RLIMIT_NPROC does not bind. For adversarial code run synthkd inside a container or VM.
+Linux only (rlimits, /proc, wait4). This guards against a teacher's mistakes and naive harmful
+code. It is not a security boundary against code written to escape an in-process hook (CPython
+internals offer ways round it); as root, RLIMIT_NPROC does not bind. For adversarial code run
+synthkd inside a container or VM.
 """
 
 from __future__ import annotations
@@ -196,6 +198,17 @@ def _install(config):
         elif event == "socket.__new__":
             if args[1] not in (-1, 1):  # AF_UNIX (socket pairs, e.g. asyncio's self-pipe) only
                 stop("socket(family=%r): network access is not allowed" % (args[1],))
+        elif event == "sqlite3.connect":  # sqlite opens its files in C, with no "open" event
+            database = os.fsdecode(os.fspath(args[0]))
+            if database.startswith("file:"):
+                if "mode=memory" in database:
+                    return
+                database = database[5:].split("?", 1)[0]
+                database = database[2:] if database.startswith("//") else database
+            if database not in ("", ":memory:") and not may_write(database):
+                stop("sqlite3.connect(%r) outside the sandbox folder" % (args[0],))
+        elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
+            stop("%s: loading native code is not allowed" % event)
         elif event == "ctypes.dlopen":
             if args[0] is not None:
                 stop("ctypes.dlopen(%r): loading native libraries is not allowed" % (args[0],))
@@ -274,10 +287,9 @@ os.write(_out, ("\n" + NONCE + "\n").encode())
 
 
 def _home_dirs() -> list[str]:
-    homes = {str(Path.home())}
-    if os.environ.get("HOME"):
-        homes.add(os.environ["HOME"])
-    return sorted(homes)
+    """The user's home folders (where keys and .env files live); "/" as home would deny everything."""
+    homes = {str(Path.home()), os.environ.get("HOME", "")}
+    return sorted(home for home in homes if home and os.path.realpath(home) != "/")
 
 
 _NPROC_CACHE: tuple[float, int] | None = None
@@ -393,7 +405,7 @@ def run_files(
         config = {
             "work": str(work),
             "entry": str(root / "entry.py"),
-            "allow_read": [],
+            "allow_read": [str(root)],  # its own scripts, even if the temporary folder is under home
             "deny_read": _home_dirs(),
             "marker": VIOLATION_MARKER,
             "exit_code": VIOLATION_EXIT,

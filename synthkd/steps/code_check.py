@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
+from synthkd.errors import RecipeError
 from synthkd.sandbox import Limits, SandboxResult, check_solution
 from synthkd.steps.base import (
     CheckContext,
@@ -68,8 +70,12 @@ class CodeCheckStep(Step):
     uses_teacher: ClassVar[bool] = True
     _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
-    def step_teacher(self) -> TeacherConfig | None:
-        return None if self.tests_column else self.teacher
+    @model_validator(mode="after")
+    def _no_teacher_with_given_tests(self) -> CodeCheckStep:
+        """With a tests column nothing is asked: hold no teacher, so none is checked or listed."""
+        if self.tests_column:
+            self.teacher = None
+        return self
 
     @property
     def limits(self) -> Limits:
@@ -78,6 +84,8 @@ class CodeCheckStep(Step):
         )
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        if not sys.platform.startswith("linux"):
+            raise RecipeError("code_check's sandbox needs Linux (rlimits, /proc)", where=ctx.at("step"))
         require_columns({self.response_column}, columns, ctx, "response_column", "code_check")
         if self.tests_column:
             require_columns({self.tests_column}, columns, ctx, "tests_column", "code_check")
