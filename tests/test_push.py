@@ -74,6 +74,7 @@ def test_push_creates_the_repo_and_commits_once(planted: Path, hub: FakeHub, cap
     card = DatasetCard(commit["added"]["README.md"].decode())
     assert validate_metadata(card.data.to_dict()) == []
     assert card.data.license == "apache-2.0"
+    assert 'load_dataset("me/kd-data")' in card.text  # the usage example names the repository
     recipe = yaml.safe_load(commit["added"]["recipe.yaml"])
     assert recipe["teacher"]["api_key_env"] == KEY_VARIABLE  # the name stays, the value never came
     assert recipe["teacher"]["base_url"].startswith("http://127.0.0.1:")

@@ -21,6 +21,7 @@ from synthkd.publish.secrets import clean_recipe
 
 CARD_FILE = "README.md"
 RECIPE_FILE = "recipe.yaml"
+REPO_PLACEHOLDER = "<this repository>"  # replaced by the repo id when the card is pushed
 
 # What each step elicits from the teacher, in the taxonomy of Xu et al. (2024), "A Survey on
 # Knowledge Distillation of Large Language Models", section 3.1. Filtering steps select among
@@ -214,7 +215,7 @@ def _prose(run: RunDir, splits: dict[str, Any], templates: dict[str, str]) -> st
         f"{manifest.get('synthkd_version', '')} from the recipe `{run.name}`: {rows} rows ({split_text}), "
         f"generated {manifest.get('started', '?')} to {manifest.get('finished', '?')}. Every row was "
         "written or selected by the teacher models below; read this card before training on it.",
-        '```python\nfrom datasets import load_dataset\n\ndataset = load_dataset("<this repository>")\n```',
+        f'```python\nfrom datasets import load_dataset\n\ndataset = load_dataset("{REPO_PLACEHOLDER}")\n```',
         _teachers_section(run),
         _taxonomy_section(run),
         _steps_section(run),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthkd.errors import SynthkdError
-from synthkd.publish.card import CARD_FILE, RECIPE_FILE, build_card, write_recipe
+from synthkd.publish.card import CARD_FILE, RECIPE_FILE, REPO_PLACEHOLDER, build_card, write_recipe
 from synthkd.publish.rundir import PublishInputError, RunDir, open_run
 from synthkd.publish.secrets import assert_no_secret, secret_values
 
@@ -49,7 +49,7 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def stage(run: RunDir, folder: Path) -> list[str]:
+def stage(run: RunDir, folder: Path, repo_id: str | None = None) -> list[str]:
     """Write into `folder` exactly what is uploaded; return the repository paths, sorted."""
     data = folder / DATA_DIR
     data.mkdir(parents=True)
@@ -60,10 +60,10 @@ def stage(run: RunDir, folder: Path) -> list[str]:
             shard.to_parquet(str(data / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
     card = run.path / CARD_FILE
     # The card written at the end of the run has the templates' texts; rebuild only if it is gone.
-    if card.exists():
-        shutil.copyfile(card, folder / CARD_FILE)
-    else:
-        build_card(run).save(folder / CARD_FILE)
+    text = card.read_text(encoding="utf-8") if card.exists() else str(build_card(run))
+    if repo_id is not None:  # the card's usage example names the repository once it is known
+        text = text.replace(f'load_dataset("{REPO_PLACEHOLDER}")', f'load_dataset("{repo_id}")')
+    (folder / CARD_FILE).write_text(text, encoding="utf-8")
     write_recipe(run, folder / RECIPE_FILE)
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
@@ -113,7 +113,7 @@ def push(
     # uploaded, nor left in the dry-run folder.
     with tempfile.TemporaryDirectory(prefix="synthkd-push-") as tmp:
         folder = Path(tmp)
-        files = stage(run, folder)
+        files = stage(run, folder, repo_id)
         assert_no_secret((folder / f for f in files), secrets)
         if dry_run is not None:
             target = Path(dry_run)
