@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -39,6 +40,9 @@ class LabelStep(Step):
     step: Literal["label"]
     prompt: str = Field("prompts/label.jinja", description="Jinja template of the user message")
     system: str | None = Field(None, description="system prompt sent with every request")
+    systems: list[str] | None = Field(
+        None, min_length=1, description="Orca-style: one of these system prompts per row, picked by its id"
+    )
     n: int = Field(1, ge=1, description="samples per prompt")
     output_schema: dict[str, Any] | str | None = Field(
         None, alias="schema", description="JSON schema (inline or a .json file) the response must match"
@@ -60,10 +64,14 @@ class LabelStep(Step):
             "prompt",
             f"template {self.prompt}",
         )
+        if self.system and self.systems:
+            raise RecipeError("set either system or systems, not both", where=ctx.at("systems"))
         if self.output_schema is not None:
             self._schema = _load_schema(self.output_schema, ctx)
             self._reask_template = load_template("prompts/json_reask.jinja", ctx.recipe_dir, ctx.at("schema"))
-        added = {"prompt", "response", "finish_reason"} | ({"system"} if self.system else set())
+        added = {"prompt", "response", "finish_reason"} | (
+            {"system"} if self.system or self.systems else set()
+        )
         return None if columns is None else columns | added | ({"sample"} if self.n > 1 else set())
 
     def template_sources(self) -> dict[str, str]:
@@ -83,7 +91,8 @@ class LabelStep(Step):
         slots, requests = [], []
         for row in rows:
             prompt = self._template.render({**OPTIONAL_COLUMNS, **row})
-            messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            system = self.system_for(row)
+            messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
             ]
             for sample in range(self.n):
@@ -134,14 +143,21 @@ class LabelStep(Step):
                 )
                 continue
             labelled = {**row, "id": out_id, "prompt": prompt}
-            if self.system:
-                labelled["system"] = self.system
+            if system := self.system_for(row):
+                labelled["system"] = system
             if self.n > 1:
                 labelled["sample"] = sample
             labelled["response"] = completion.text
             labelled["finish_reason"] = completion.finish_reason
             result.rows.append(labelled)
         return result
+
+    def system_for(self, row: Row) -> str | None:
+        """`system`, or one of `systems` chosen by a hash of the row's id (the same on every run)."""
+        if not self.systems:
+            return self.system
+        digest = hashlib.sha256(str(row.get("id")).encode("utf-8")).digest()
+        return self.systems[int.from_bytes(digest[:8], "big") % len(self.systems)]
 
     def _check_schema(self, text: str) -> str:
         """The answer itself if it is JSON matching the schema; else a ParseError saying why."""
