@@ -24,6 +24,7 @@ from synthkd.steps.magpie import MagpieStep
 from synthkd.steps.preference import PreferenceStep
 from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
+from synthkd.steps.recompute import RecomputeStep
 from synthkd.steps.self_instruct import SelfInstructStep
 from synthkd.steps.tool_use import ToolCallsStep
 from synthkd.steps.topics import TopicsStep
@@ -49,6 +50,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     "critique_revise": CritiqueReviseStep,
     "tool_calls": ToolCallsStep,
     "logits": LogitsStep,
+    "recompute": RecomputeStep,
 }
 
 AnyStep = Annotated[
@@ -71,7 +73,8 @@ AnyStep = Annotated[
     | ClassifyStep
     | CritiqueReviseStep
     | ToolCallsStep
-    | LogitsStep,
+    | LogitsStep
+    | RecomputeStep,
     Field(discriminator="step"),
 ]
 
