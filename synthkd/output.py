@@ -11,9 +11,10 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from synthkd.steps.base import Failure, Row
+if TYPE_CHECKING:  # steps import this module (with_messages); a runtime import would be circular
+    from synthkd.steps.base import Failure, Row
 
 OUTPUT_FILES = ("dataset", "data.jsonl", "failures.jsonl", "manifest.json")
 
