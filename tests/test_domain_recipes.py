@@ -325,3 +325,19 @@ def test_domain_recipe_end_to_end(recipe: str, tmp_path: Path, monkeypatch: pyte
     assert all(row["messages"][-1]["role"] == "assistant" and row["messages"][-1]["content"] for row in rows)
     if case.check is not None:
         case.check(rows, manifest)
+
+
+def test_label_systems_are_stable_per_row_and_exclusive_with_system(tmp_path: Path, capsys):
+    """science's `systems:`: the same row always gets the same system prompt; `system` too is an error."""
+    from synthkd.steps.label import LabelStep
+
+    step = LabelStep(step="label", systems=["a", "b", "c"])
+    picks = [step.system_for({"id": f"row-{i}"}) for i in range(30)]
+    assert picks == [step.system_for({"id": f"row-{i}"}) for i in range(30)] and set(picks) == {"a", "b", "c"}
+    (tmp_path / "q.jsonl").write_text('{"instruction": "Why?"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\nsteps:\n  - {step: load, path: q.jsonl}\n  - {step: label, system: x, systems: [a, b]}\n"
+    )
+    assert main(["validate", str(recipe)]) == 2
+    assert "r.yaml:4: steps.1.systems: set either system or systems, not both" in capsys.readouterr().err
