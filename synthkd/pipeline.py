@@ -23,7 +23,7 @@ from synthkd.pricing import price_of
 from synthkd.recipe import LoadedRecipe
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import Teacher, TeacherConfig, build_teacher
-from synthkd.teachers.transformers_backend import check_local_params
+from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
 
 
 def check(loaded: LoadedRecipe) -> list[Columns]:
@@ -37,11 +37,23 @@ def check(loaded: LoadedRecipe) -> list[Columns]:
             lambda *key, i=index: _teacher_where(loaded, i, *key),
         )
         columns = step.check(columns, ctx)
-        teacher = step.step_teacher()
-        if teacher is not None:
-            _check_params(teacher, lambda *key, i=index: _teacher_where(loaded, i, "params", *key))
+        for name, teacher in step_teachers(step):
+            _check_params(
+                teacher, lambda *key, i=index, f=name: _teacher_where(loaded, i, "params", *key, field=f)
+            )
         flow.append(columns)
     return flow
+
+
+def step_teachers(step: Step) -> list[tuple[str, TeacherConfig]]:
+    """Every teacher a step may send requests to, with the recipe key that configures it:
+    its own (`teacher`) first, then any other (a `judge_teacher`)."""
+    fields = step.teacher_fields()
+    own = step.step_teacher()
+    found = [(name, config) for name, config in fields.items() if config is own]
+    if own is not None and not found:
+        found = [("teacher", own)]
+    return found + [(name, config) for name, config in fields.items() if config is not own]
 
 
 # Params synthkd itself decides: samples are separate cached requests, answers are read whole.
@@ -53,28 +65,42 @@ def _check_params(teacher: TeacherConfig, where: Callable[..., str]) -> None:
         if name in teacher.params:
             raise RecipeError(f"cannot be a teacher param: {hint}", where=where(name))
     if teacher.backend == "transformers":
-        check_local_params(teacher.params, where())
+        unknown = sorted(set(teacher.params) - set(LOCAL_PARAMS))
+        # Point at the first unsupported param itself: it may come from the recipe's teacher
+        # while the step's own teacher sets other params.
+        check_local_params(teacher.params, where(unknown[0]) if unknown else where())
 
 
 def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:
     """Before a run: keys present and (with `network`) endpoints reachable for every teacher used."""
     seen = set()
     for index, step in enumerate(loaded.recipe.steps):
-        teacher = step.step_teacher()
-        if teacher is not None and _teacher_id(teacher) not in seen:
+        for name, teacher in step_teachers(step):
+            if _teacher_id(teacher) in seen:
+                continue
             seen.add(_teacher_id(teacher))
             check_teacher_environment(
-                teacher, lambda key, i=index: _teacher_where(loaded, i, key), network=network
+                teacher, lambda key, i=index, f=name: _teacher_where(loaded, i, key, field=f), network=network
             )
 
 
-def _teacher_where(loaded: LoadedRecipe, index: int, *key: str) -> str:
-    """The step's own `teacher:` if it has one, else the recipe's, where errors should point."""
+def _teacher_where(loaded: LoadedRecipe, index: int, *key: str, field: str = "teacher") -> str:
+    """Where errors about a step's teacher key should point: the step's own `teacher:` (or
+    `judge_teacher:`, per `field`) if it sets that key, else the recipe's `teacher:`."""
     step = loaded.data["steps"][index]
-    own = isinstance(step, dict) and any(
-        k in (step.get("teacher") or {}) for k in key or ("backend", "model")
-    )
-    return loaded.at("steps", index, "teacher", *key) if own else loaded.at("teacher", *key)
+    own = step.get(field) if isinstance(step, dict) else None
+    if isinstance(own, dict):
+        if key:
+            node: Any = own
+            for part in key:  # the whole path must be the step's own: params.top_p, not just params
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return loaded.at("steps", index, field, *key)
+        elif any(k in own for k in ("backend", "model")):
+            return loaded.at("steps", index, field)
+    return loaded.at("teacher", *key)
 
 
 @dataclass
@@ -211,9 +237,7 @@ def build_manifest(
             templates[name] = hashlib.sha256(source.encode("utf-8")).hexdigest()
     teachers = []
     for step in recipe.steps:
-        for config in (step.step_teacher(), getattr(step, "judge_teacher", None)):
-            if config is None:
-                continue
+        for _, config in step_teachers(step):
             described = {
                 "backend": config.backend,
                 "model": config.model,
@@ -241,8 +265,13 @@ def build_manifest(
 
 
 def _redacted_recipe(loaded: LoadedRecipe) -> dict[str, Any]:
+    """The recipe as run, with the user:password part of every teacher's base_url removed: the
+    recipe's, each step's and any other teacher section of a step (a `judge_teacher`)."""
     data = loaded.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
-    teachers = [data.get("teacher")] + [step.get("teacher") for step in data.get("steps", [])]
+    teachers = [data.get("teacher")]
+    for step, dumped in zip(loaded.recipe.steps, data.get("steps", []), strict=True):
+        for name in step.teacher_fields():
+            teachers.append(dumped.get(type(step).model_fields[name].alias or name))
     for teacher in teachers:
         if isinstance(teacher, dict) and teacher.get("base_url"):
             teacher["base_url"] = redact_url(teacher["base_url"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from helpers import read_jsonl, write_jsonl, write_recipe
@@ -75,3 +76,56 @@ def test_teacher_against_student_with_a_separate_judge(tmp_path: Path):
     assert "messages" not in weak  # preference rows are not turned into SFT conversations
     models = [teacher["model"] for teacher in result.manifest["teachers"]]
     assert models == ["teacher-m", "judge-m"]
+
+
+CANARY = "canary-secret-5f3a9c"
+
+
+def test_judge_teacher_secrets_stay_out_of_provenance_and_manifest(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SYNTHKD_JUDGE_KEY", f"sk-{CANARY}")
+    write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": "weak", "instruction": "Explain tides.", "student": "Weak student"}]
+    )
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        base_url = server.base_url
+        judge_url = base_url.replace("http://", f"http://judge:{CANARY}@")
+        path = write_recipe(
+            tmp_path / "r.yaml",
+            {
+                "name": "pref",
+                "teacher": {
+                    "backend": "openai",
+                    "model": "teacher-m",
+                    "base_url": server.base_url,
+                    "api_key_env": None,
+                },
+                "steps": [
+                    {"step": "load", "path": "rows.jsonl"},
+                    {
+                        "step": "preference",
+                        "n": 1,
+                        "candidate_columns": ["student"],
+                        "judge_teacher": {
+                            "model": "judge-m",
+                            "api_key_env": "SYNTHKD_JUDGE_KEY",
+                            "base_url": judge_url,
+                            "max_attempts": 1,
+                        },
+                    },
+                ],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )
+        loaded = load_recipe(path)
+        run_recipe(loaded)
+    # What every row this step writes is stamped with (the HTTP clients refuse credentials in a
+    # URL, so the judge's requests fail here and the step writes no row to look at).
+    provenance = json.dumps(loaded.recipe.steps[1].provenance())
+    assert CANARY not in provenance and "judge-m" not in provenance
+    written = [file for file in (tmp_path / "out").rglob("*") if file.is_file()]
+    assert {"manifest.json", "failures.jsonl"} <= {file.name for file in written}
+    for file in written:
+        assert CANARY.encode() not in file.read_bytes(), file
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    judge = manifest["recipe"]["steps"][1]["judge_teacher"]
+    assert judge["model"] == "judge-m" and judge["base_url"] == base_url

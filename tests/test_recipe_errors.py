@@ -210,7 +210,10 @@ def test_unsupported_local_param(recipe_dir, capsys):
     )
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
-    assert "recipe.yaml:5: teacher.params: frequency_penalty not supported by the transformers backend" in out
+    assert (
+        "recipe.yaml:5: teacher.params.frequency_penalty: frequency_penalty not supported by the transformers"
+        in out
+    )
 
 
 def test_n_in_teacher_params_points_to_the_step_key(recipe_dir, capsys, listening_port):
@@ -218,3 +221,74 @@ def test_n_in_teacher_params_points_to_the_step_key(recipe_dir, capsys, listenin
     code, out = run_cli(["validate", str(path), "--set", "teacher.params.n=3"], capsys)
     assert code == 2
     assert "--set teacher.params.n: teacher.params.n: cannot be a teacher param: use the step's `n:`" in out
+
+
+ONE_STEP = """\
+name: t
+teacher:
+  backend: openai
+  model: gpt-4o-mini
+  api_key_env: SYNTHKD_TEST_KEY
+  base_url: http://127.0.0.1:{port}/v1
+  params: {params}
+  timeout: 1
+  max_attempts: 1
+steps:
+  - step: load
+    path: seeds.jsonl
+  - {step}
+output:
+  dir: out
+"""
+
+
+def one_step(recipe_dir: Path, port: int, step: str, params: str = "{}") -> Path:
+    return write(recipe_dir, ONE_STEP.format(port=port, step=step, params=params))
+
+
+def test_a_param_from_the_recipe_teacher_points_at_the_recipe_key(recipe_dir, capsys, listening_port):
+    # The step's own teacher sets params too, but not the offending one.
+    step = "step: label\n    teacher: {params: {temperature: 0}}"
+    path = one_step(recipe_dir, listening_port, step, params="{n: 3}")
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "recipe.yaml:7: teacher.params.n: cannot be a teacher param" in out
+
+
+def test_judge_teacher_params_are_checked(recipe_dir, capsys, listening_port):
+    step = "step: preference\n    judge_teacher: {model: judge, params: {stream: true}}"
+    code, out = run_cli(["validate", str(one_step(recipe_dir, listening_port, step))], capsys)
+    assert code == 2
+    assert "recipe.yaml:14: steps.1.judge_teacher.params.stream: cannot be a teacher param" in out
+
+
+def test_judge_teacher_environment_is_preflighted(recipe_dir, capsys, listening_port):
+    step = "step: preference\n    judge_teacher: {model: judge, api_key_env: SYNTHKD_NO_SUCH_KEY}"
+    code, out = run_cli(["run", str(one_step(recipe_dir, listening_port, step))], capsys)
+    assert code == 2
+    expected = "steps.1.judge_teacher.api_key_env: environment variable SYNTHKD_NO_SUCH_KEY is not set"
+    assert f"recipe.yaml:14: {expected}" in out
+    assert not (recipe_dir / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "key", "column"),
+    [
+        ("step: judge\n    instruction_column: question", "instruction_column", "question"),
+        (
+            "step: judge\n    mode: pairwise\n    instruction_column: question",
+            "instruction_column",
+            "question",
+        ),
+        ("step: preference\n    candidate_columns: [student]", "candidate_columns", "student"),
+        ("step: dialogue\n    persona_column: persona", "persona_column", "persona"),
+    ],
+)
+def test_missing_column_errors_name_the_key_to_change(recipe_dir, capsys, listening_port, step, key, column):
+    if "judge" in step:
+        (recipe_dir / "seeds.jsonl").write_text(
+            '{"instruction": "Say hi.", "response": "Hi.", "response_a": "a", "response_b": "b"}\n'
+        )
+    code, out = run_cli(["validate", str(one_step(recipe_dir, listening_port, step))], capsys)
+    assert code == 2
+    assert f"steps.1.{key}: " in out and f"needs column(s) {column}" in out

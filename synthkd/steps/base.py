@@ -94,6 +94,24 @@ class Step(StrictModel):
         """The teacher this step talks to (its own override or the recipe's), if it needs one."""
         return getattr(self, "teacher", None)
 
+    def teacher_fields(self) -> dict[str, TeacherConfig]:
+        """Every teacher this step holds (`teacher`, `judge_teacher`, ...), by field name.
+
+        Teacher sections may carry secrets (a base_url with user:password), so provenance and the
+        manifest treat all of them alike, whatever the field is called.
+        """
+        return {
+            name: value
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name, None), TeacherConfig)
+        }
+
+    def used_teachers(self) -> list[TeacherConfig]:
+        """Every teacher this step may send requests to: its own first, then any other (a judge)."""
+        own = self.step_teacher()
+        others = [config for config in self.teacher_fields().values() if config is not own]
+        return ([own] if own is not None else []) + others
+
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         """Validate files, templates and needed columns; return the columns after this step."""
         return columns
@@ -112,7 +130,8 @@ class Step(StrictModel):
             "generation_params": json.dumps(teacher.params if teacher else {}, sort_keys=True),
             "template_sha256": hashlib.sha256(sources.encode("utf-8")).hexdigest(),
             "step_params": json.dumps(
-                self.model_dump(mode="json", by_alias=True, exclude={"teacher"}), sort_keys=True
+                self.model_dump(mode="json", by_alias=True, exclude=set(self.teacher_fields())),
+                sort_keys=True,
             ),
         }
 

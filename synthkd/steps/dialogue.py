@@ -47,8 +47,9 @@ class DialogueStep(Step):
     _user_template: PromptTemplate | None = PrivateAttr(None)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        needed = {self.opening_column} | ({self.persona_column} if self.persona_column else set())
-        require_columns(needed, columns, ctx, "opening_column", "dialogue")
+        require_columns({self.opening_column}, columns, ctx, "opening_column", "dialogue")
+        if self.persona_column:
+            require_columns({self.persona_column}, columns, ctx, "persona_column", "dialogue")
         self._user_template = load_template(self.user_prompt, ctx.recipe_dir, ctx.at("user_prompt"))
         return None if columns is None else columns | {"messages", "turns", "response"}
 

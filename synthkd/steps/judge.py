@@ -63,17 +63,14 @@ class JudgeStep(Step):
             raise RecipeError(
                 f"scale must be [low, high] with low < high, got {list(self.scale)}", where=ctx.at("scale")
             )
+        require_columns({self.instruction_column}, columns, ctx, "instruction_column", "judge")
         if self.mode == "pointwise":
-            require_columns(
-                {self.instruction_column, self.response_column}, columns, ctx, "response_column", "judge"
-            )
+            require_columns({self.response_column}, columns, ctx, "response_column", "judge")
             added = {"score", "justification"} | ({"aspect_scores"} if self.aspects else set())
         else:
             if len(self.pair_columns) != 2:
                 raise RecipeError("pair_columns names exactly two columns", where=ctx.at("pair_columns"))
-            require_columns(
-                {self.instruction_column, *self.pair_columns}, columns, ctx, "pair_columns", "judge"
-            )
+            require_columns(set(self.pair_columns), columns, ctx, "pair_columns", "judge")
             added = {"winner", "verdicts"}
         for key in ("pointwise_prompt", "pairwise_prompt", "reask_prompt"):
             self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))

@@ -53,11 +53,9 @@ class PreferenceStep(Step):
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         for key in ("prompt", "judge_prompt", "reask_prompt"):
             self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
-        needed = (set(self._templates["prompt"].variables) - {"input"}) | {
-            "instruction",
-            *self.candidate_columns,
-        }
-        require_columns(needed, columns, ctx, "prompt", "preference")
+        needed = set(self._templates["prompt"].variables) - {"input"}
+        require_columns(needed, columns, ctx, "prompt", f"preference template {self.prompt}")
+        require_columns(set(self.candidate_columns), columns, ctx, "candidate_columns", "preference")
         added = {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
         return None if columns is None else columns | added
 

@@ -23,6 +23,7 @@ _PARAM_NAMES = {
     "repetition_penalty": "repetition_penalty",
     "seed": "seed",
 }
+LOCAL_PARAMS = frozenset(_PARAM_NAMES)
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
