@@ -28,7 +28,15 @@ def server():
 def fresh_server(server, monkeypatch):
     server.reset()
     server.configure(
-        fail_500=0, fail_429=0, quota=0, hang=0, malformed=0, content_filter=0, latency_ms=0, require_key=None
+        fail_500=0,
+        fail_429=0,
+        quota=0,
+        hang=0,
+        malformed=0,
+        content_filter=0,
+        latency_ms=0,
+        require_key=None,
+        script=[],
     )
     monkeypatch.setenv("SYNTHKD_TEST_KEY", KEY)
     yield
@@ -112,6 +120,33 @@ def test_insufficient_quota_is_not_retried(tmp_path, server, backend, capsys):
     assert main(["run", str(path)]) == 1
     assert "insufficient_quota" in capsys.readouterr().err
     assert chat_requests(server) <= 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_request_rejected_for_its_content_fails_its_row_only(tmp_path, server, backend):
+    too_long = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."
+    server.configure(
+        script=[{"match": r"item 3 ", "status": 400, "code": "context_length_exceeded", "message": too_long}]
+    )
+    path = recipe(tmp_path, server, backend, rows=20)
+    result = run_recipe(load_recipe(path))
+    assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 19
+    (failure,) = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "context_length_exceeded" and failure["attempts"] == 1
+    assert failure["row"]["instruction"] == "Explain item 3 in a sentence." and "8192" in failure["error"]
+    assert chat_requests(server) == 20  # not retried
+    assert result.reports[1].rows_failed == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_request_rejected_stops_the_run(tmp_path, server, backend, capsys):
+    server.configure(script=[{"match": ".", "status": 400, "message": "Unrecognized request argument"}])
+    path = recipe(tmp_path, server, backend, rows=100, concurrency=4)
+    assert main(["run", str(path)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "rejected the first 10 requests and accepted none" in err and "teacher.params" in err
+    assert chat_requests(server) <= 10 + 4
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

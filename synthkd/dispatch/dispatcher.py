@@ -24,6 +24,8 @@ from synthkd.teachers.config import TeacherConfig
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 RAMP_UP_SECONDS = 0.1
+# Refused requests (HTTP 400 ...) fail their rows; this many refusals before any answer stop the run.
+REJECTIONS_BEFORE_STOP = 10
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Dispatcher:
         self._rpm = requests_bucket(config.rpm)
         self._tpm = tokens_bucket(config.tpm)
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
+        self._accepted = 0  # answers the teacher gave, now or in a cached earlier run
+        self._rejections = 0  # requests it refused with a bare HTTP 400, 413 or 422
         # A local model has no network timeout of its own to trust; an API call is bounded here
         # as well as in the SDK, so a hung connection can never stall a worker forever.
         self._deadline = None if teacher.backend == "transformers" else config.timeout + 5.0
@@ -101,6 +105,7 @@ class Dispatcher:
             if on_result is not None:
                 on_result(outcome, copies[key])
 
+        self._accepted += len(hits)
         for key, completion in hits.items():
             self.stats.cache_hits += 1
             finish(key, Outcome(completion, cached=True))
@@ -145,10 +150,12 @@ class Dispatcher:
             try:
                 completion, hint = await self._complete(request)
             except TeacherError as exc:
-                if not exc.retryable:
+                if exc.fatal:
                     raise TeacherFatalError(
                         f"{self.teacher.backend} teacher {self.teacher.model!r}: {exc}"
                     ) from exc
+                if not exc.retryable:  # this request cannot succeed (too long, refused): its row fails
+                    return self._rejected(exc, attempt)
                 error = exc
                 if exc.retry_after is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
@@ -163,10 +170,26 @@ class Dispatcher:
                 self._paused_until = max(self._paused_until, time.monotonic() + hint.reset_seconds)
             if self.cache is not None:
                 self.cache.put(key, completion)
+            self._accepted += 1
             return Outcome(completion, attempts=attempt)
         self.stats.failed += 1
         assert error is not None
         return Outcome(None, attempts=self.config.max_attempts, error=str(error), reason=error.reason)
+
+    def _rejected(self, exc: TeacherError, attempt: int) -> Outcome:
+        """A request the teacher refused for what it contains. When every request so far was
+        refused for no named reason (not context_length_exceeded, not a content policy), the cause
+        is rather the recipe (a param the model rejects): stop the run."""
+        if exc.reason.startswith("http_"):
+            self._rejections += 1
+        if self._accepted == 0 and self._rejections >= REJECTIONS_BEFORE_STOP:
+            raise TeacherFatalError(
+                f"{self.teacher.backend} teacher {self.teacher.model!r} rejected the first "
+                f"{self._rejections} requests and accepted none; check teacher.params and the model "
+                f"name ({exc})"
+            ) from exc
+        self.stats.failed += 1
+        return Outcome(None, attempts=attempt, error=str(exc), reason=exc.reason)
 
     async def _complete(self, request: ChatRequest) -> tuple[Completion, object]:
         if self._deadline is None:

@@ -40,7 +40,13 @@ class RateLimitHint:
 
 
 class TeacherError(Exception):
-    """A failed request, classified so the dispatcher knows whether to try again."""
+    """A failed request, classified so the dispatcher knows what to do:
+
+    - `retryable`: try the same request again (429, 5xx, timeouts, malformed bodies);
+    - `fatal`: no request can succeed (bad key, no quota, unknown model): stop the run;
+    - neither: this request cannot succeed (400 context length exceeded, content policy): its row
+      fails, with `reason`, and the run goes on.
+    """
 
     def __init__(
         self,
@@ -50,12 +56,15 @@ class TeacherError(Exception):
         reason: str,
         status: int | None = None,
         retry_after: float | None = None,
+        fatal: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        # Unless told otherwise, an error that retrying cannot fix stops the run.
+        self.fatal = (not retryable) if fatal is None else fatal
 
 
 class Teacher(Protocol):

@@ -12,6 +12,18 @@ from synthkd.teachers.base import RateLimitHint, TeacherError
 
 # Statuses that a later attempt may get past; everything else 4xx is the caller's fault.
 RETRYABLE_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+# Statuses that reject one request for what it contains (too long, refused by a content policy):
+# that row fails and the run goes on. 401, 403, 404 and any other 4xx stop the run.
+REQUEST_REJECTED_STATUSES = {400, 413, 422}
+# Error codes worth naming as a failure's reason (OpenAI's, and litellm's exception names).
+_REJECTION_REASONS = {
+    "context_length_exceeded": "context_length_exceeded",
+    "contextwindowexceedederror": "context_length_exceeded",
+    "string_above_max_length": "context_length_exceeded",
+    "content_policy_violation": "content_policy_violation",
+    "contentpolicyviolationerror": "content_policy_violation",
+    "content_filter": "content_policy_violation",
+}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -110,11 +122,25 @@ def classify_status_error(exc: Exception, status: int, headers: Mapping[str, str
             status=status,
             retry_after=retry_after_seconds(headers),
         )
+    if status in REQUEST_REJECTED_STATUSES:
+        markers = {code.lower() for code in _error_codes(exc)} | {exc.__class__.__name__.lower()}
+        lowered = message.lower()
+        reason = next(
+            (name for marker, name in _REJECTION_REASONS.items() if marker in markers or marker in lowered),
+            f"http_{status}",
+        )
+        return TeacherError(
+            f"HTTP {status}: the request was rejected ({message})",
+            retryable=False,
+            fatal=False,
+            reason=reason,
+            status=status,
+        )
     hint = {
         401: "the API key was refused; check the variable named by teacher.api_key_env",
         403: "the key is not allowed to use this model or endpoint",
         404: "the model or endpoint does not exist; check teacher.model and teacher.base_url",
-    }.get(status, "the request was rejected; check teacher.params and the model name")
+    }.get(status, "the request was refused; check teacher.params and the model name")
     return TeacherError(
         f"HTTP {status}: {hint} ({message})", retryable=False, reason=f"http_{status}", status=status
     )

@@ -5,10 +5,12 @@
 It answers `POST /v1/chat/completions` deterministically: "Answer: <last user message>", or the
 reply of the first `--script` rule whose regex matches the last user message (a `{word}` in a
 scripted reply becomes a word derived from the request body, so one rule can give different but
-reproducible answers). At the given rates it injects faults: 500, 429 with Retry-After, 429
-insufficient_quota, a hang, a truncated body, a content-filtered answer. `GET /stats` counts what it
-saw; `POST /reset` and `POST /config` let a test steer it at runtime. It binds 127.0.0.1 only and
-prints `LISTENING http://127.0.0.1:PORT/v1` once it accepts connections.
+reproducible answers). A rule with a `status` answers with that HTTP error instead (`code`, `type`,
+`message`), e.g. 400 context_length_exceeded for the prompts it matches. At the given rates it
+injects faults: 500, 429 with Retry-After, 429 insufficient_quota, a hang, a truncated body, a
+content-filtered answer. `GET /stats` counts what it saw; `POST /reset` and `POST /config` let a
+test steer it at runtime. It binds 127.0.0.1 only and prints `LISTENING http://127.0.0.1:PORT/v1`
+once it accepts connections.
 
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
 """
@@ -130,10 +132,29 @@ class Rule:
     pattern: re.Pattern[str]
     reply: str
     finish_reason: str = "stop"
+    # An error answer instead of a reply: HTTP status, OpenAI error `code`, `type` and message
+    # (e.g. 400 context_length_exceeded for one over-long prompt).
+    status: int | None = None
+    code: str | None = None
+    kind: str = "invalid_request_error"
+    message: str = "The request was rejected (scripted)"
 
 
-def compile_rules(script: list[dict[str, str]]) -> list[Rule]:
-    return [Rule(re.compile(r["match"]), r["reply"], r.get("finish_reason", "stop")) for r in script]
+def compile_rules(script: list[dict[str, Any]]) -> list[Rule]:
+    """Rules from `{match, reply, finish_reason}` or, for an error answer,
+    `{match, status, code, type, message}` dicts."""
+    return [
+        Rule(
+            re.compile(r["match"]),
+            r.get("reply", ""),
+            r.get("finish_reason", "stop"),
+            None if r.get("status") is None else int(r["status"]),
+            r.get("code"),
+            r.get("type", Rule.kind),
+            r.get("message", Rule.message),
+        )
+        for r in script
+    ]
 
 
 class BadRequest(Exception):
@@ -199,13 +220,22 @@ def fill_words(reply: str, canonical: str) -> str:
     return "".join(out)
 
 
+def last_user_text(call: ChatCall) -> str:
+    return next((message_text(m) for m in reversed(call.messages) if m.get("role") == "user"), "")
+
+
+def rule_for(rules: list[Rule], call: ChatCall) -> Rule | None:
+    """The first rule whose regex matches the last user message."""
+    last_user = last_user_text(call)
+    return next((rule for rule in rules if rule.pattern.search(last_user)), None)
+
+
 def reply_for(rules: list[Rule], call: ChatCall) -> tuple[str, str]:
     """(content, finish_reason) before any fault or max_tokens cut."""
-    last_user = next((message_text(m) for m in reversed(call.messages) if m.get("role") == "user"), "")
-    for rule in rules:
-        if rule.pattern.search(last_user):
-            return fill_words(rule.reply, call.canonical), rule.finish_reason
-    return f"Answer: {last_user}", "stop"
+    rule = rule_for(rules, call)
+    if rule is not None:
+        return fill_words(rule.reply, call.canonical), rule.finish_reason
+    return f"Answer: {last_user_text(call)}", "stop"
 
 
 def truncate(reply: str, finish_reason: str, max_tokens: int | None) -> tuple[str, str]:
@@ -336,6 +366,9 @@ class FakeOpenAI:
         latency = self.latency_s(config)
         if latency > 0:
             await asyncio.sleep(latency)
+        rule = rule_for(self.rules, call)
+        if rule is not None and rule.status is not None:  # a scripted error beats any drawn fault
+            return error_response(rule.status, rule.message, rule.kind, rule.code)
         if fault is not None:
             stats.by_fault[fault] += 1
         if fault == "fail_500":
@@ -480,7 +513,7 @@ class FakeOpenAIServer:
             s.stats()["requests"]
 
     Keyword settings are those of `ServerConfig` (see `POST /config`); `script` is a list of
-    `{"match", "reply", "finish_reason"}` rules.
+    `{"match", "reply", "finish_reason"}` rules (or `{"match", "status", "code", ...}` for an error).
     """
 
     def __init__(
