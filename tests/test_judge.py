@@ -127,3 +127,21 @@ def test_multi_aspect_scores(tmp_path: Path):
         run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, **step)))
     (row,) = read_jsonl(tmp_path / "out" / "data.jsonl")
     assert row["score"] == 4.0 and json.loads(row["aspect_scores"])["honesty"] == 5.0
+
+
+def test_pairwise_failures_give_their_real_reason(tmp_path: Path):
+    too_long = {"status": 400, "code": "context_length_exceeded", "message": "maximum context length"}
+    script = [
+        {"match": "(?s)Response A:\nHuge", **too_long},
+        {"match": "(?s)Response A:\nGarbled", "reply": "A, I think"},
+        {"match": "(?s)not a JSON object", "reply": "A, really"},
+        {"match": "(?s)Response A:", "reply": '{"winner": "A"}'},
+    ]
+    rows = [
+        {"id": "long", "instruction": "Define pi.", "response_a": "Huge", "response_b": "Small"},
+        {"id": "garbled", "instruction": "Define e.", "response_a": "Garbled", "response_b": "Fine"},
+    ]
+    with FakeOpenAIServer(script=script) as server:
+        run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, mode="pairwise")))
+    reasons = {f["id"]: f["reason"] for f in read_jsonl(tmp_path / "out" / "failures.jsonl")}
+    assert reasons == {"long": "context_length_exceeded", "garbled": "unparseable_verdict"}

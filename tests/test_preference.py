@@ -129,3 +129,45 @@ def test_judge_teacher_secrets_stay_out_of_provenance_and_manifest(tmp_path: Pat
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     judge = manifest["recipe"]["steps"][1]["judge_teacher"]
     assert judge["model"] == "judge-m" and judge["base_url"] == base_url
+
+
+def test_failed_samples_and_judgements_are_recorded_with_their_reason(tmp_path: Path):
+    too_long = {"status": 400, "code": "context_length_exceeded", "message": "maximum context length"}
+    script = [
+        {"match": r"^Explain tides\.$", **too_long},  # the teacher's answer to this prompt
+        {"match": JUDGE + "Weak student", **too_long},  # the judge's score of this candidate
+        *SCRIPT,
+    ]
+    write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"id": "tides", "instruction": "Explain tides.", "student": "Strong student"},
+            {"id": "rain", "instruction": "Explain rain.", "student": "Weak student"},
+        ],
+    )
+    with FakeOpenAIServer(script=script) as server:
+        path = write_recipe(
+            tmp_path / "r.yaml",
+            {
+                "name": "pref",
+                "teacher": {
+                    "backend": "openai",
+                    "model": "m",
+                    "base_url": server.base_url,
+                    "api_key_env": None,
+                },
+                "steps": [
+                    {"step": "load", "path": "rows.jsonl"},
+                    {"step": "preference", "n": 2, "candidate_columns": ["student"]},
+                ],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )
+        result = run_recipe(load_recipe(path))
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert sorted((f["id"], f["reason"]) for f in failures) == [
+        ("rain-candidate", "context_length_exceeded"),
+        ("tides-sample0", "context_length_exceeded"),
+        ("tides-sample1", "context_length_exceeded"),
+    ]
+    assert result.reports[1].rows_dropped == {"too_few_candidates": 2}

@@ -155,10 +155,10 @@ class JudgeStep(Step):
             as_given, swapped = verdicts[2 * index], verdicts[2 * index + 1]
             if not (as_given.ok and swapped.ok):
                 bad = as_given if not as_given.ok else swapped
+                # A judge that answered something unreadable, or a request that got no answer.
+                reason = "unparseable_verdict" if bad.outcome.completion is not None else bad.reason
                 result.failures.append(
-                    Failure(
-                        row["id"], "unparseable_verdict", bad.outcome.attempts, bad.error, row, raw=bad.raw
-                    )
+                    Failure(row["id"], reason, bad.outcome.attempts, bad.error, row, raw=bad.raw)
                 )
                 continue
             winner = agreed_winner(as_given.value, swapped.value, (first, second))

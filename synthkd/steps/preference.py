@@ -77,9 +77,16 @@ class PreferenceStep(Step):
                 for k in range(self.n)
             ]
         )
+        result = StepResult([])
         candidates: list[list[str]] = []
         for index, row in enumerate(rows):
-            own = [o.completion.text for o in samples[index * self.n : (index + 1) * self.n] if o.completion]
+            outcomes = samples[index * self.n : (index + 1) * self.n]
+            for k, outcome in enumerate(outcomes):
+                if outcome.completion is None:  # the row may still pair its other answers
+                    failure = Failure.from_outcome(row, outcome)
+                    failure.id = f"{row['id']}-sample{k}"
+                    result.failures.append(failure)
+            own = [o.completion.text for o in outcomes if o.completion]
             given = [str(row[column]) for column in self.candidate_columns if row.get(column)]
             candidates.append(list(dict.fromkeys(own + given)))  # identical answers compete once
         low, high = self.scale
@@ -107,7 +114,6 @@ class PreferenceStep(Step):
             progress=ctx.progress,
         )
         scored: list[list[tuple[float, str]]] = [[] for _ in rows]
-        result = StepResult([])
         for (index, answer), verdict in zip(owners, verdicts, strict=True):
             if verdict.ok:
                 scored[index].append((verdict.value[0], answer))
@@ -115,7 +121,7 @@ class PreferenceStep(Step):
                 result.failures.append(
                     Failure(
                         f"{rows[index]['id']}-candidate",
-                        "unparseable_score",
+                        "unparseable_score" if verdict.outcome.completion is not None else verdict.reason,
                         verdict.outcome.attempts,
                         verdict.error,
                         raw=verdict.raw,
