@@ -52,6 +52,15 @@ def test_ids_are_stable_and_unique_for_duplicate_rows(tmp_path: Path):
     assert len({r["id"] for r in first}) == 3
 
 
+def test_given_ids_that_collide_with_suffixes_stay_unique(tmp_path: Path):
+    ids = ["a", "a", "a-1", "b", "b-1", "b", "b"]
+    write_jsonl(
+        tmp_path / "d.jsonl", [{"id": row_id, "instruction": f"task {i}"} for i, row_id in enumerate(ids)]
+    )
+    rows = load("d.jsonl", tmp_path)
+    assert [row["id"] for row in rows] == ["a", "a-2", "a-1", "b", "b-1", "b-2", "b-3"]
+
+
 def test_self_instruct_seed_tasks_are_flattened():
     rows = load(str(SELF_INSTRUCT_SEEDS), Path("."))
     source = [json.loads(line) for line in SELF_INSTRUCT_SEEDS.read_text().splitlines()]

@@ -154,17 +154,29 @@ def flatten_self_instruct(rows: list[Row]) -> list[Row]:
 
 
 def assign_ids(rows: list[Row]) -> list[Row]:
-    """Give every row a stable string `id`: its own if it has one, else a hash of its content."""
-    seen: dict[str, int] = {}
-    result = []
+    """Give every row a stable, unique string `id`: its own if it has one, else a hash of its
+    content. A repeated id gets the first free `-N` suffix that no other row's own id takes, so
+    rows a, a, a-1 become a, a-2, a-1."""
+    bases = []
     for row in rows:
         if row.get("id") not in (None, ""):
-            base = str(row["id"])
+            bases.append(str(row["id"]))
         else:
             canonical = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
-            base = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-        count = seen.get(base, 0)
-        seen[base] = count + 1
+            bases.append(hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12])
+    own = set(bases)
+    assigned: set[str] = set()
+    next_suffix: dict[str, int] = {}
+    result = []
+    for row, base in zip(rows, bases, strict=True):
+        row_id = base
+        if row_id in assigned:
+            count = next_suffix.get(base, 1)
+            while f"{base}-{count}" in assigned or f"{base}-{count}" in own:
+                count += 1
+            next_suffix[base] = count + 1
+            row_id = f"{base}-{count}"
+        assigned.add(row_id)
         rest = {key: value for key, value in row.items() if key != "id"}
-        result.append({"id": base if count == 0 else f"{base}-{count}", **rest})
+        result.append({"id": row_id, **rest})
     return result
