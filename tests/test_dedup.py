@@ -89,6 +89,28 @@ def test_dedup_step_records_what_each_row_duplicated(tmp_path: Path, method, opt
     assert {d["id"]: d["duplicate_of"] for d in duplicates} == dropped
 
 
+def test_embedding_dedup_of_no_rows(tmp_path: Path):
+    vectors, encoded = embed([], cache=EmbeddingCache(tmp_path / "e.sqlite"))
+    assert vectors.shape[0] == 0 and encoded == 0
+    write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    path = write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "dd",
+            "teacher": {"backend": "transformers", "model": "embedded"},
+            "steps": [
+                {"step": "load", "path": "rows.jsonl"},
+                {"step": "filter", "column": "instruction", "min_chars": 1000},  # drops every row
+                {"step": "dedup", "method": "embedding"},
+            ],
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
+    result = run_recipe(load_recipe(path))
+    assert [r.rows_out for r in result.reports] == [7, 0, 0]
+    assert read_jsonl(tmp_path / "out" / "data.jsonl") == []
+
+
 def test_chained_dedup_cheapest_first(tmp_path: Path):
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
     path = write_recipe(

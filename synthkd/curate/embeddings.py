@@ -80,7 +80,12 @@ def embed(
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Unit-length float32 vectors for `texts` (one row each), and how many had to be encoded."""
+    """Unit-length float32 vectors for `texts` (one row each), and how many had to be encoded.
+
+    No texts give a (0, 0) array without loading the model.
+    """
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32), 0
     hashes = [hashlib.sha1(text.encode("utf-8")).hexdigest() for text in texts]
     known = cache.get_many(model, sorted(set(hashes))) if cache is not None else {}
     missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())

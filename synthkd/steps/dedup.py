@@ -49,6 +49,8 @@ class DedupStep(Step):
         return "\n".join(str(row.get(column) or "") for column in self.columns)
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        if not rows:  # every row dropped before this step: nothing to compare, no model to load
+            return StepResult([], details={"duplicates": []})
         texts = [self.text(row) for row in rows]
         ctx.progress.set_total(len(rows))
         if self.method == "exact":
