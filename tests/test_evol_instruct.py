@@ -169,3 +169,31 @@ def test_kill_9_then_rerun_gives_the_same_dataset(tmp_path: Path):
     reference = read_jsonl(tmp_path / "reference" / "data.jsonl")
     assert len(reference) == 120  # 40 instructions x 3 rounds, none eliminated
     assert read_jsonl(tmp_path / "resumed" / "data.jsonl") == reference
+
+
+def test_evolved_rows_do_not_inherit_the_parents_answer_or_conversation(tmp_path: Path):
+    stale = {
+        "input": "for kids",
+        "output": "old output",
+        "prompt": "Explain gravity.\n\nfor kids",
+        "system": "Be terse.",
+        "response": "old answer",
+        "messages": [
+            {"role": "user", "content": "Explain gravity."},
+            {"role": "assistant", "content": "old"},
+        ],
+    }
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        path = make_recipe(tmp_path, server.base_url, rounds=1)
+        write_jsonl(tmp_path / "seeds.jsonl", [{**SEEDS[2], **stale, "topic": "physics"}])
+        run_recipe(load_recipe(path))
+    (row,) = read_jsonl(tmp_path / "out" / "data.jsonl")
+    instruction = "Explain gravity to a ten-year-old with one everyday example."
+    assert row["instruction"] == instruction and row["response"] == LONG_ANSWER
+    assert row["messages"] == [
+        {"role": "user", "content": instruction},
+        {"role": "assistant", "content": LONG_ANSWER},
+    ]
+    assert not {"input", "output", "prompt", "system"} & set(row)
+    assert (row["parent_id"], row["topic"]) == ("gravity", "physics")  # lineage and other columns stay
+    assert row["provenance"][0]["step"] == "evol_instruct"

@@ -51,6 +51,9 @@ _HEADING = re.compile(
     re.IGNORECASE,
 )
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
+# A parent's columns that belong to its own instruction (its input, prompt, answer, conversation):
+# an evolved row does not inherit them, or it would pair the new instruction with a stale answer.
+PARENT_ONLY_COLUMNS = ("prompt", "input", "output", "messages", "system", "response", "finish_reason")
 
 
 class EvolInstructStep(Step):
@@ -91,7 +94,10 @@ class EvolInstructStep(Step):
         for key in ("depth_prompt", "breadth_prompt", "equal_prompt", "reask_prompt"):
             self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
         added = {"id", "instruction", "response", "finish_reason", "parent_id", "operation", "round"}
-        return None if columns is None else columns | added
+        if columns is None:
+            return None
+        kept = columns if self.keep_original else columns - set(PARENT_ONLY_COLUMNS)
+        return kept | added
 
     def template_sources(self) -> dict[str, str]:
         return {getattr(self, key): template.source for key, template in self._templates.items()}
@@ -149,7 +155,7 @@ class EvolInstructStep(Step):
                 result.dropped["copied_prompt_words"] += 1
                 continue
             row = {
-                **parent,
+                **{key: value for key, value in parent.items() if key not in PARENT_ONLY_COLUMNS},
                 "id": child_id,
                 "instruction": child.value,
                 "parent_id": parent["id"],
