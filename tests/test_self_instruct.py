@@ -181,3 +181,27 @@ def test_shipped_recipe_runs_on_the_embedded_teacher(tmp_path: Path, capsys):
     assert kept_or_failed >= 1  # the tiny teacher's tasks either got instances or are accounted as failures
     rows = read_jsonl(tmp_path / "si" / "data.jsonl")
     assert all(row["id"].startswith("self-instruct-") and row["response"] for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, {"id", "instruction", "round", "input", "output", "is_classification"}),
+        ({"instances": False}, {"id", "instruction", "round"}),
+        (
+            {"instances": False, "keep_seeds": True},
+            {"id", "instruction", "round", "is_classification", "topic"},
+        ),
+    ],
+)
+def test_check_returns_the_columns_run_produces(tmp_path: Path, options, expected):
+    from synthkd.pipeline import check
+
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        path = make_recipe(tmp_path, server.base_url, num_instructions=2, **options)
+        write_jsonl(tmp_path / "seeds.jsonl", [{**seed, "topic": "t"} for seed in SEEDS])
+        loaded = load_recipe(path)
+        assert check(loaded)[1] == expected
+        result = run_recipe(loaded)
+    produced = {column for row in result.rows for column in row} - {"provenance"}
+    assert produced == expected

@@ -109,7 +109,12 @@ class SelfInstructStep(Step):
             self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
         words = [re.escape(word) for word in self.blocked_keywords]
         self._blocked = re.compile(rf"\b(?:{'|'.join(words)})\b", re.IGNORECASE) if words else None
-        return {"id", "instruction", "input", "output", "is_classification", "round"}
+        produced = {"id", "instruction", "round"}
+        if self.instances:
+            produced |= {"input", "output", "is_classification"}
+        if not self.keep_seeds:
+            return produced
+        return None if columns is None else columns | produced  # the seed rows come out as they are
 
     def template_sources(self) -> dict[str, str]:
         return {getattr(self, key): template.source for key, template in self._templates.items()}
