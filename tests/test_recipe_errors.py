@@ -292,3 +292,17 @@ def test_missing_column_errors_name_the_key_to_change(recipe_dir, capsys, listen
     code, out = run_cli(["validate", str(one_step(recipe_dir, listening_port, step))], capsys)
     assert code == 2
     assert f"steps.1.{key}: " in out and f"needs column(s) {column}" in out
+
+
+def test_label_schema_path_resolves_like_every_recipe_path(recipe_dir, capsys, listening_port, monkeypatch):
+    home = recipe_dir / "home"
+    (home / "schemas").mkdir(parents=True)
+    (home / "schemas" / "answer.json").write_text('{"type": "object"}')
+    monkeypatch.setenv("HOME", str(home))
+    path = one_step(recipe_dir, listening_port, "step: label\n    schema: ~/schemas/answer.json")
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 0, out
+    path = one_step(recipe_dir, listening_port, "step: label\n    schema: missing.json")
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert f"steps.1.schema: JSON schema file not found (tried {recipe_dir / 'missing.json'}" in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import jsonschema
@@ -12,6 +11,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
+from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -191,7 +191,11 @@ class LabelStep(Step):
 
 def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, Any]:
     if isinstance(value, str):
-        path = Path(value) if Path(value).is_absolute() else ctx.recipe_dir / value
+        # Like every recipe path: relative to the recipe's folder (then the shipped files), ~ expanded.
+        path = resolve_path(value, ctx.recipe_dir)
+        if path is None:
+            tried = ", ".join(str(p) for p in candidate_paths(value, ctx.recipe_dir))
+            raise RecipeError(f"JSON schema file not found (tried {tried})", where=ctx.at("schema"))
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
