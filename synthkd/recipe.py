@@ -138,6 +138,10 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                 if isinstance(own, dict):
                     params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
                     step[key] = {**teacher, **own, "params": params}
+                    if step[key].get("backend") == "transformers" and "seed" not in params:
+                        # A local model samples from the recipe's seed; as a param it is in every
+                        # cache key, so a run with another seed does not replay this one's answers.
+                        params["seed"] = data.get("seed", Recipe.model_fields["seed"].default)
     return data
 
 

@@ -85,3 +85,47 @@ def test_requests_in_flight_are_generated_in_full_batches(tiny_model: Path):
     outcomes = asyncio.run(Dispatcher(teacher, config, cache=None, price=None).run(requests))
     assert all(outcome.completion is not None for outcome in outcomes)
     assert teacher.batch_sizes == [4, 4, 2]
+
+
+def test_a_sampled_answer_does_not_depend_on_its_batch(tiny_model: Path):
+    import asyncio
+
+    from synthkd.dispatch.dispatcher import Dispatcher
+    from synthkd.teachers import ChatRequest, TeacherConfig, build_teacher
+
+    config = TeacherConfig(
+        backend="transformers",
+        model=str(tiny_model),
+        batch_size=4,
+        params={"max_tokens": 16, "temperature": 1.0},
+    )
+    teacher = build_teacher(config, seed=7)
+    dispatcher = Dispatcher(teacher, config, cache=None, price=None)
+
+    def ask(content: str, sample: int = 0) -> ChatRequest:
+        return ChatRequest(({"role": "user", "content": content},), config.params, sample=sample)
+
+    def texts(requests: list[ChatRequest]) -> list[str]:
+        return [outcome.completion.text for outcome in asyncio.run(dispatcher.run(requests))]
+
+    alone = texts([ask("Explain tides.")])[0]
+    # In a full batch, with prompts of other lengths (other padding), in another position.
+    others = [ask("Hi."), ask("A much longer question about the quick brown fox and the lazy dog?")]
+    batched = texts([others[0], ask("Explain tides."), others[1], ask("Explain tides.", sample=1)])
+    assert teacher.batch_sizes == [1, 4]
+    assert batched[1] == alone
+    assert len({alone, batched[3], *texts([ask("Explain tides.", sample=s) for s in (2, 3, 4)])}) > 1
+    other_seed = build_teacher(config, seed=8)
+    again = asyncio.run(Dispatcher(other_seed, config, cache=None, price=None).run([ask("Explain tides.")]))
+    assert texts([ask("Explain tides.")])[0] == alone  # and the same on a second call
+    assert again[0].completion.text != alone
+
+
+def test_the_recipe_seed_is_part_of_the_local_cache_key(tmp_path: Path, tiny_model: Path):
+    recipe = make_recipe(tmp_path, tiny_model)
+    first = run_recipe(load_recipe(recipe, ["seed=1"]))
+    assert first.reports[1].requests_sent == 22
+    other = run_recipe(load_recipe(recipe, ["seed=2"]))
+    assert other.reports[1].cache_hits == 0 and other.reports[1].requests_sent == 22
+    again = run_recipe(load_recipe(recipe, ["seed=1"]))
+    assert again.reports[1].cache_hits == 22 and again.reports[1].requests_sent == 0

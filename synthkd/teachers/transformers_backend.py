@@ -24,6 +24,7 @@ _PARAM_NAMES = {
     "seed": "seed",
 }
 LOCAL_PARAMS = frozenset(_PARAM_NAMES)
+SAMPLING_PARAMS = ("temperature", "top_k", "top_p", "min_p")  # applied by synthkd's own sampler
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -36,6 +37,39 @@ def check_local_params(params: dict[str, Any], where: str) -> None:
             f"valid: {', '.join(sorted(_PARAM_NAMES))}",
             where=where,
         )
+
+
+def request_seed(seed: int, request: ChatRequest) -> int:
+    """The seed of one request's sampling: (recipe seed, messages, sample index, continue_final)."""
+    material = [seed, list(request.messages), request.sample, request.continue_final]
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class PerRequestSampler:
+    """A logits processor that samples each row's next token with that row's own generator.
+
+    Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), so greedy decoding
+    over the returned scores samples; filtered tokens (-inf) stay impossible. Each row draws one
+    noise vector per step from its own generator, so its tokens do not depend on the other rows.
+    """
+
+    def __init__(self, seeds: list[int], device: str) -> None:
+        import torch
+
+        self._generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        noise = torch.stack(
+            [
+                torch.rand(scores.shape[-1], generator=generator, device=scores.device)
+                for generator in self._generators
+            ]
+        )
+        gumbel = -torch.log(-torch.log(noise.clamp_min(torch.finfo(noise.dtype).tiny)))
+        return scores.float() + gumbel
 
 
 def resolve_model_source(model: str) -> str:
@@ -131,18 +165,26 @@ class TransformersTeacher:
         params = {_PARAM_NAMES[name]: value for name, value in requests[0].params.items()}
         seed = params.pop("seed", self._seed)
         params.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-        temperature = params.get("temperature", 1.0)
-        params["do_sample"] = temperature > 0
-        if not params["do_sample"]:
-            params.pop("temperature", None)
+        sampling = params.get("temperature", 1.0) > 0
         texts = [self.render_prompt(request) for request in requests]
         encoded = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = encoded.to(self._device)
-        # Seed from the batch's content so that a rerun of the same batch samples the same text.
-        digest = hashlib.sha256(json.dumps([seed, texts, [r.sample for r in requests]]).encode()).digest()
-        torch.manual_seed(int.from_bytes(digest[:8], "little"))
+        # Decoding is greedy as far as generate() knows; when sampling, the last logits processor
+        # draws each row's token from that row's own generator (Gumbel-max), seeded by the request
+        # alone. An answer so does not depend on the batch it landed in, and a resumed run that
+        # batches differently samples the same text.
+        seeds = [request_seed(seed, request) for request in requests]
+        processors = self._sampling_processors(params, seeds) if sampling else None
+        for name in SAMPLING_PARAMS:
+            params.pop(name, None)
         with torch.inference_mode():
-            output = self._model.generate(**encoded, **params, pad_token_id=self._tokenizer.pad_token_id)
+            output = self._model.generate(
+                **encoded,
+                **params,
+                do_sample=False,
+                logits_processor=processors,
+                pad_token_id=self._tokenizer.pad_token_id,
+            )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         eos_ids = self._eos_ids()
         completions = []
@@ -158,6 +200,40 @@ class TransformersTeacher:
                 )
             )
         return completions
+
+    def _sampling_processors(self, params: dict[str, Any], seeds: list[int]) -> Any:
+        """Temperature, top-k, top-p and min-p as generate() would apply them when sampling (the
+        request's value, else the model's generation config, else transformers' default), then
+        the per-request sampler."""
+        from transformers import (
+            LogitsProcessorList,
+            MinPLogitsWarper,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        config = self._model.generation_config
+
+        def setting(name: str, default: Any) -> Any:
+            if params.get(name) is not None:
+                return params[name]
+            value = getattr(config, name, None)
+            return default if value is None else value
+
+        temperature, top_k = setting("temperature", 1.0), setting("top_k", 50)
+        top_p, min_p = setting("top_p", 1.0), setting("min_p", None)
+        processors = LogitsProcessorList()
+        if temperature > 0 and temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k=top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=top_p))
+        if min_p:
+            processors.append(MinPLogitsWarper(min_p=min_p))
+        processors.append(PerRequestSampler(seeds, self._device))
+        return processors
 
     def render_prompt(self, request: ChatRequest) -> str:
         """The text the model continues: the chat up to the assistant's turn, or, with
