@@ -1,13 +1,20 @@
 """Write a run's results: the dataset, data.jsonl, failures.jsonl and manifest.json.
 
-Everything is written into a staging folder beside the run folder and then swapped into place,
-so a run that fails never leaves a half-written dataset where a good one was.
+Everything is written into a fresh staging folder beside the run folder, which then becomes the run
+folder: the old one is renamed out of the way, the staging folder renamed into place, the old one
+deleted. Whatever else the old run folder held (a trained student, a report) is hard-linked into the
+staging folder first, so it is carried over without copying and without ever being moved out of
+the old folder. A run that fails or is killed at any point leaves the previous outputs whole: all
+old or all new, never a mix. Folders a killed run left behind are cleaned up (or, if it was killed
+between the two renames, the old run folder is put back) by the next write to the same place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -89,10 +96,13 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]], manifest: dict) -> None:
-    """Write all outputs to a staging folder, then move them into `out_dir` in one swap."""
+    """Write all outputs to a fresh staging folder, then make it the run folder (see the module)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # replace the folder it points to, not the link
+        out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    recover(out_dir)
+    staging = _side_folder(out_dir, "staging")
     staging.mkdir()
     try:
         rows = uniform(rows)
@@ -106,14 +116,102 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _side_folder(out_dir: Path, kind: str) -> Path:
+    """`.<run>.<kind>-<pid>-<random>` beside the run folder (same file system: renames are atomic)."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def side_folders(out_dir: Path, kind: str) -> list[Path]:
+    """The staging or retired folders of `out_dir` whose writer is no longer running."""
+    prefix = f".{out_dir.name}.{kind}-"
+    if not out_dir.parent.is_dir():
+        return []
+    found = []
+    for path in out_dir.parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if not (pid.isdigit() and _running(int(pid))):
+            found.append(path)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # another user's process exists; a bogus pid does not
+    return True
+
+
+def recover(out_dir: Path) -> None:
+    """Clean up after a writer that was killed: delete its staging folders; put its retired run
+    folder back if it died before the new one was renamed into place, else delete it."""
+    for staging in side_folders(out_dir, "staging"):
+        shutil.rmtree(staging, ignore_errors=True)
+    retired = sorted(side_folders(out_dir, "retired"), key=lambda path: path.stat().st_mtime)
+    if retired and not out_dir.exists():
+        os.rename(retired.pop(), out_dir)
+    for path in retired:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace the outputs in `out_dir` by the staged ones; other files there are left alone."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    retired = out_dir.parent / f".{out_dir.name}.retired-{os.getpid()}"
+    """Make `staging` the run folder, carrying over what else the old one held."""
+    if out_dir.exists() and _contains_cwd(out_dir):
+        # Renaming the working directory away would leave this process in a deleted folder.
+        _swap_files(staging, out_dir)
+        return
+    if out_dir.exists():
+        for entry in out_dir.iterdir():
+            if entry.name not in OUTPUT_FILES:
+                _link_tree(entry, staging / entry.name)
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    retired = _side_folder(out_dir, "retired")
+    os.rename(out_dir, retired)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(retired, out_dir)  # the old outputs stay where they were
+        raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _contains_cwd(folder: Path) -> bool:
+    with contextlib.suppress(OSError):
+        cwd, folder = Path.cwd().resolve(), folder.resolve()
+        return cwd == folder or folder in cwd.parents
+    return False
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link a file or folder tree (copy where links are impossible); symlinks stay symlinks."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)
+    elif source.is_dir():
+        shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, target)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+def _swap_files(staging: Path, out_dir: Path) -> None:
+    """The fallback: replace the output files one by one; other files there are left alone."""
+    retired = _side_folder(out_dir, "retired")
     retired.mkdir()
     for name in OUTPUT_FILES:
         if (out_dir / name).exists():
             os.replace(out_dir / name, retired / name)
+    for name in OUTPUT_FILES:
         os.replace(staging / name, out_dir / name)
     shutil.rmtree(retired, ignore_errors=True)
