@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import synthkd
@@ -185,37 +186,49 @@ def _print_plan(plans: list, loaded) -> None:
     ):
         table.add_column(column, justify="right" if column != "step" else "left")
     for index, (step, step_plan) in enumerate(plans):
+        if step_plan.count == "unknown":  # a teacher step that cannot count its requests in advance
+            table.add_row(f"{index}:{step.step}", "not estimated", "-", "-", "-", "-", "-")
+            continue
         teacher = step.step_teacher()
         price = price_of(teacher.backend, teacher.model) if teacher is not None else None
         to_send = step_plan.requests - step_plan.cached
         share = to_send / step_plan.requests if step_plan.requests else 0
+        about = "~" if step_plan.count == "estimate" else ""
         cost = (
             "-"
             if teacher is None
             else "unknown"
             if price is None
-            else f"{share * price.cost(step_plan.prompt_tokens, step_plan.max_completion_tokens):.4f}"
+            else f"{about}{share * price.cost(step_plan.prompt_tokens, step_plan.max_completion_tokens):.4f}"
         )
+        requests = f"{about}{step_plan.requests}"
+        if step_plan.requests_max is not None:
+            requests += f" (max {step_plan.requests_max})"
         table.add_row(
             f"{index}:{step.step}",
-            str(step_plan.requests),
+            requests,
             str(step_plan.cached),
-            str(to_send),
-            str(step_plan.prompt_tokens),
-            str(step_plan.max_completion_tokens),
+            f"{about}{to_send}",
+            f"{about}{step_plan.prompt_tokens}",
+            f"{about}{step_plan.max_completion_tokens}",
             cost,
         )
     for index, (step, step_plan) in enumerate(plans):
         for number, messages in enumerate(step_plan.sample_prompts, start=1):
-            console.rule(f"step {index}:{step.step}, prompt {number}", align="left")
+            kind = "example prompt" if step_plan.count == "estimate" else "prompt"
+            console.rule(f"step {index}:{step.step}, {kind} {number}", align="left")
             for message in messages:
-                console.print(
-                    f"[bold]{message['role']}:[/] {message['content']}", highlight=False, markup=True
+                console.print(  # the content is text, not markup: "[1, 2]" must print as it is
+                    f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False, markup=True
                 )
     console.print(table)
     console.print(
         "Token counts are estimates (4 characters a token); completion tokens assume every answer "
-        "uses max_tokens. Later steps' counts assume no row is dropped before them."
+        "uses max_tokens. Later steps' counts assume no row is dropped before them. ~: a "
+        "data-dependent step's estimate (every answer parses, nothing is eliminated; max: with "
+        "re-asks and every round); its cached count covers only the requests known in advance. "
+        "not estimated: a teacher step that cannot count its requests before running; later steps "
+        "count its input rows as its output."
     )
 
 

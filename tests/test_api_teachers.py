@@ -306,6 +306,60 @@ def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, caps
     assert "user: Explain item 0 in a sentence." in out
 
 
+def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_path, server, capsys):
+    first = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}, {"step": "judge"}]
+    run_recipe(load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=first)))
+    server.reset()
+    steps = [
+        *first,
+        {"step": "evol_instruct", "rounds": 2},
+        {"step": "topics", "domain": "cooking"},
+        {"step": "label"},
+    ]
+    assert main(["run", str(recipe(tmp_path, server, "openai", rows=8, steps=steps)), "--dry-run"]) == 0
+    out = capsys.readouterr().err
+    assert chat_requests(server) == 0
+
+    def cells(step: str) -> list[str]:
+        row = next(line for line in out.splitlines() if step in line and "│" in line)
+        return [cell.strip() for cell in row.split("│") if cell.strip()]
+
+    assert cells("1:label")[:4] == ["1:label", "8", "8", "0"]
+    # The judge's questions are known from the cached answers: all cached; each may be re-asked.
+    assert cells("2:judge")[:4] == ["2:judge", "~8 (max 16)", "8", "~0"]
+    # Two rounds of a rewrite and an answer per row (the rewrite may be re-asked).
+    assert cells("3:evol_instruct")[:4] == ["3:evol_instruct", "~32 (max 48)", "0", "~32"]
+    assert cells("4:topics")[1] == "not estimated"
+    assert cells("5:label")[:4] == ["5:label", "16", "0", "16"]  # evol's 2 x 8 rows, passed on by topics
+    assert "user: [instruction evolved from" in out  # what the dry run cannot know is marked
+    assert "step 3:evol_instruct, example prompt 1" in out and "not estimated:" in " ".join(out.split())
+
+
+def test_plans_of_the_other_generating_steps(tmp_path, server):
+    from synthkd.pipeline import check, plan
+
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "preference", "n": 2},
+        {"step": "dialogue", "turns": 3},
+        {"step": "self_instruct", "num_instructions": 10, "requests_per_round": 2, "new_per_request": 4},
+    ]
+    loaded = load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=steps))
+    check(loaded)
+    plans = {step.step: step_plan for step, step_plan in plan(loaded)}
+    counts = {name: (p.count, p.requests, p.requests_max) for name, p in plans.items()}
+    assert counts == {
+        "load": ("exact", 0, None),
+        "preference": ("estimate", 16 + 16, 16 + 32),  # 8 x 2 samples, then each judged (re-asked once)
+        "dialogue": ("estimate", 8 * 5, None),  # 3 answers and 2 simulated user turns: at most
+        "self_instruct": ("estimate", 2 * 2 + 2 * 10, 2 * (50 * 2 + 2 * 10)),  # 2 rounds at least
+    }
+    assert plans["preference"].sample_prompts[0] == [
+        {"role": "user", "content": "Explain item 0 in a sentence."}
+    ]
+    assert chat_requests(server) == 0
+
+
 def test_rows_record_their_provenance(tmp_path, server):
     (tmp_path / "improve.jinja").write_text("Improve this answer: {{ response }}")
     steps = [

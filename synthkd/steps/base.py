@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from synthkd.cache import ResponseCache
+from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
+from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 
 Row = dict[str, Any]
@@ -75,13 +76,51 @@ class StepResult:
 
 @dataclass
 class StepPlan:
-    """A dry run's account of a step: what it would send, and what that may cost."""
+    """A dry run's account of a step: what it would send, and what that may cost.
+
+    `count` says how far to trust `requests`: "exact" (counted from the rows, as label does),
+    "estimate" (a data-dependent step: the count assumes every answer parses and nothing is
+    eliminated; `requests_max` bounds it where re-asks or more rounds can add requests), or
+    "unknown" (a teacher step that cannot say; the dry run shows "not estimated").
+    """
 
     requests: int = 0
     cached: int = 0
     prompt_tokens: int = 0
     max_completion_tokens: int = 0
     sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    count: str = "exact"
+    requests_max: int | None = None
+
+
+ASSUMED_MAX_TOKENS = 512  # for dry-run estimates when the recipe sets no max_tokens
+SAMPLE_PROMPTS_SHOWN = 3
+
+
+def estimate_plan(
+    teacher: TeacherConfig,
+    requests: int,
+    known: list[ChatRequest],
+    cache: ResponseCache | None,
+    *,
+    requests_max: int | None = None,
+    shown: bool = True,
+) -> StepPlan:
+    """The plan of a data-dependent step: `requests` expected in all, of which `known` can be
+    rendered now (looked up in the cache; their mean length stands for every request's)."""
+    keys = [request_key(teacher, request) for request in known]
+    cached = cache.get_many(set(keys)) if cache is not None and keys else {}
+    lengths = [sum(len(m.get("content") or "") for m in r.messages) // 4 for r in known]
+    budget = teacher.params.get("max_tokens") or teacher.params.get("max_new_tokens") or ASSUMED_MAX_TOKENS
+    return StepPlan(
+        requests=requests,
+        cached=sum(1 for key in keys if key in cached),
+        prompt_tokens=round(sum(lengths) / len(lengths) * requests) if lengths else 0,
+        max_completion_tokens=requests * int(budget),
+        sample_prompts=[list(r.messages) for r in known[:SAMPLE_PROMPTS_SHOWN]] if shown else [],
+        count="estimate",
+        requests_max=requests_max if requests_max != requests else None,
+    )
 
 
 class Step(StrictModel):
@@ -139,8 +178,9 @@ class Step(StrictModel):
         raise NotImplementedError
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
-        """What a dry run reports; by default a step passes rows through and sends nothing."""
-        return rows, StepPlan()
+        """What a dry run reports, and rows standing for what the step would output. By default a
+        step passes rows through; one with a teacher says its requests are not estimated."""
+        return rows, StepPlan(count="unknown" if self.uses_teacher else "exact")
 
 
 def require_columns(needed: set[str], columns: Columns, ctx: CheckContext, key: str, purpose: str) -> None:

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -21,7 +22,9 @@ from synthkd.steps.base import (
     Row,
     Step,
     StepContext,
+    StepPlan,
     StepResult,
+    estimate_plan,
     require_columns,
 )
 from synthkd.teachers.base import ChatRequest
@@ -56,6 +59,21 @@ class DialogueStep(Step):
     def template_sources(self) -> dict[str, str]:
         assert self._user_template is not None
         return {self.user_prompt: self._user_template.source}
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """The openings are known; the count assumes every conversation runs all its turns (an
+        assistant answer each turn, a simulated user message between turns): an upper bound."""
+        assert self.teacher is not None
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        openings = [
+            ChatRequest(
+                (*system, {"role": "user", "content": str(row.get(self.opening_column, ""))}),
+                dict(self.teacher.params),
+            )
+            for row in rows
+        ]
+        plan = estimate_plan(self.teacher, len(rows) * (2 * self.turns - 1), openings, cache)
+        return [{**row, "messages": [], "turns": 0, "response": ""} for row in rows], plan
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None and self.teacher is not None and self._user_template is not None

@@ -20,6 +20,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache
 from synthkd.curate.rouge import RougeLPool
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
@@ -29,7 +30,9 @@ from synthkd.steps.base import (
     Row,
     Step,
     StepContext,
+    StepPlan,
     StepResult,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.filter import REFUSAL_PATTERNS
@@ -101,6 +104,44 @@ class EvolInstructStep(Step):
 
     def template_sources(self) -> dict[str, str]:
         return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Each round rewrites every row, (with teacher elimination) asks whether it gained
+        information, and answers it; a rewrite or a question may be re-asked once. The operation
+        drawn depends on the recipe seed, which a plan does not know, so no request is looked up
+        in the cache and the prompts shown use the first operation."""
+        assert self.teacher is not None
+        asks = 3 if self.elimination == "teacher" else 2
+        reasked = asks - 1  # the rewrite and the equality question are parsed, the answer is not
+        operation = self.operations[0]
+        template = "breadth_prompt" if operation == "breadth" else "depth_prompt"
+        rewrites = [
+            ChatRequest(
+                self._user(template, instruction=str(row.get("instruction", "")), operation=operation),
+                dict(self.teacher.params),
+            )
+            for row in rows
+        ]
+        total = self.rounds * len(rows) * asks
+        plan = estimate_plan(
+            self.teacher, total, rewrites, None, requests_max=total + self.rounds * len(rows) * reasked
+        )
+        placeholder = list(rows) if self.keep_original else []
+        for round_number in range(1, self.rounds + 1):
+            placeholder += [
+                {
+                    **{k: v for k, v in row.items() if k not in PARENT_ONLY_COLUMNS},
+                    "id": f"{row.get('id')}-r{round_number}",
+                    "instruction": f"[instruction evolved from {row.get('id')} in round {round_number}]",
+                    "parent_id": row.get("id"),
+                    "operation": operation,
+                    "round": round_number,
+                    "response": "",
+                    "finish_reason": None,
+                }
+                for row in rows
+            ]
+        return placeholder, plan
 
     def choose_operation(self, seed: int, row_id: str, round_number: int) -> str:
         rng = random.Random(f"{seed}:{row_id}:{round_number}")

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     CheckContext,
@@ -22,7 +23,9 @@ from synthkd.steps.base import (
     Row,
     Step,
     StepContext,
+    StepPlan,
     StepResult,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
@@ -91,22 +94,46 @@ class JudgeStep(Step):
             response_format=response_format,
         )
 
+    def _requests(self, rows: list[Row]) -> list[ChatRequest]:
+        """Pointwise: one request a row. Pairwise: each pair twice, as given, then swapped."""
+        if self.mode == "pointwise":
+            low, high = self.scale
+            return [
+                self._request(
+                    "pointwise_prompt",
+                    instruction=row.get(self.instruction_column),
+                    response=row.get(self.response_column),
+                    low=low,
+                    high=high,
+                    aspects=self.aspects,
+                )
+                for row in rows
+            ]
+        first, second = self.pair_columns
+        requests = []
+        for row in rows:
+            instruction = row.get(self.instruction_column)
+            for a, b in ((first, second), (second, first)):
+                requests.append(
+                    self._request(
+                        "pairwise_prompt", instruction=instruction, first=row.get(a), second=row.get(b)
+                    )
+                )
+        return requests
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Every first request is known; each may be re-asked once."""
+        assert self.teacher is not None
+        requests = self._requests(rows)
+        plan = estimate_plan(self.teacher, len(requests), requests, cache, requests_max=2 * len(requests))
+        added = {"score": None, "justification": ""} if self.mode == "pointwise" else {"winner": None}
+        return [{**row, **added} for row in rows], plan
+
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         if self.mode == "pairwise":
             return await self._pairwise(rows, ctx)
         assert ctx.dispatcher is not None
-        low, high = self.scale
-        requests = [
-            self._request(
-                "pointwise_prompt",
-                instruction=row[self.instruction_column],
-                response=row[self.response_column],
-                low=low,
-                high=high,
-                aspects=self.aspects,
-            )
-            for row in rows
-        ]
+        requests = self._requests(rows)
         ctx.progress.set_total(len(rows))
         parse = score_parser(self.scale, self.aspects)
         verdicts = await ask_parsed(
@@ -133,19 +160,7 @@ class JudgeStep(Step):
     async def _pairwise(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None
         first, second = self.pair_columns
-        requests = []
-        for row in rows:  # each pair twice: as given, then swapped
-            instruction = row[self.instruction_column]
-            requests.append(
-                self._request(
-                    "pairwise_prompt", instruction=instruction, first=row[first], second=row[second]
-                )
-            )
-            requests.append(
-                self._request(
-                    "pairwise_prompt", instruction=instruction, first=row[second], second=row[first]
-                )
-            )
+        requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         verdicts = await ask_parsed(
             ctx.dispatcher, requests, parse_winner, self._templates["reask_prompt"], progress=ctx.progress

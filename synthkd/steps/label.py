@@ -174,18 +174,30 @@ class LabelStep(Step):
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         assert self.teacher is not None
         slots, requests = self._requests(rows)
-        cached = cache.get_many({request_key(self.teacher, r) for r in requests}) if cache else {}
+        keys = [request_key(self.teacher, r) for r in requests]
+        cached = cache.get_many(set(keys)) if cache else {}
         budget = self.teacher.params.get("max_tokens") or self.teacher.params.get("max_new_tokens")
         plan = StepPlan(
             requests=len(requests),
-            cached=sum(1 for r in requests if request_key(self.teacher, r) in cached),
+            cached=sum(1 for key in keys if key in cached),
             prompt_tokens=sum(sum(len(m["content"]) for m in r.messages) // 4 for r in requests),
             max_completion_tokens=len(requests) * int(budget or ASSUMED_MAX_TOKENS),
             sample_prompts=[list(r.messages) for r in requests[:SAMPLE_PROMPTS_SHOWN]],
         )
-        placeholder = [
-            {**row, "prompt": prompt, "response": "", "finish_reason": None} for row, _, prompt in slots
-        ]
+        # Cached answers stand in for themselves, so later steps' requests (a judge of these
+        # answers) can be found in the cache too.
+        placeholder = []
+        for (row, sample, prompt), key in zip(slots, keys, strict=True):
+            answer = cached.get(key)
+            placeholder.append(
+                {
+                    **row,
+                    "id": row.get("id") if self.n == 1 else f"{row.get('id')}-{sample}",
+                    "prompt": prompt,
+                    "response": answer.text if answer is not None else "",
+                    "finish_reason": answer.finish_reason if answer is not None else None,
+                }
+            )
         return placeholder, plan
 
 

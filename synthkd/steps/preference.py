@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -20,7 +21,9 @@ from synthkd.steps.base import (
     Row,
     Step,
     StepContext,
+    StepPlan,
     StepResult,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.judge import score_parser
@@ -61,6 +64,30 @@ class PreferenceStep(Step):
 
     def template_sources(self) -> dict[str, str]:
         return {getattr(self, key): template.source for key, template in self._templates.items()}
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """The samples are known; the judge then scores each distinct answer (at most n plus the
+        candidate columns a row), each may be re-asked once."""
+        assert self.teacher is not None
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        conversations = [
+            [*system, {"role": "user", "content": self._templates["prompt"].render({"input": "", **row})}]
+            for row in rows
+        ]
+        samples = [
+            ChatRequest(tuple(conversation), dict(self.teacher.params), sample=k)
+            for conversation in conversations
+            for k in range(self.n)
+        ]
+        judged = len(rows) * (self.n + len(self.candidate_columns))
+        plan = estimate_plan(
+            self.teacher, len(samples) + judged, samples, cache, requests_max=len(samples) + 2 * judged
+        )
+        placeholder = [
+            preference_row(row, conversation, "", "", 0.0, 0.0)
+            for row, conversation in zip(rows, conversations, strict=True)
+        ]
+        return placeholder, plan
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None and self.teacher is not None

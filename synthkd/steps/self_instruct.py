@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache
 from synthkd.curate.rouge import RougeLPool
 from synthkd.steps.base import (
     CheckContext,
@@ -29,7 +30,9 @@ from synthkd.steps.base import (
     Row,
     Step,
     StepContext,
+    StepPlan,
     StepResult,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, parse_numbered_list
@@ -183,6 +186,40 @@ class SelfInstructStep(Step):
         new_rows = await self._add_instances(tasks, ctx, result) if self.instances else tasks
         result.rows = (list(rows) if self.keep_seeds else []) + new_rows
         return result
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Rounds of `requests_per_round` until `num_instructions` are kept: at least enough rounds
+        if every new task were kept, at most `max_rounds`; then, with instances, a classification
+        question and an instances request per task. Any parsed answer may be re-asked once. The
+        examples each request shows depend on the recipe seed, so none is looked up in the cache;
+        the prompt shown is an example."""
+        assert self.teacher is not None
+        seeds = list(dict.fromkeys(str(row["instruction"]).strip() for row in rows if row.get("instruction")))
+        per_round = self.requests_per_round * self.new_per_request
+        rounds = min(self.max_rounds, -(-self.num_instructions // per_round))
+        follow_ups = 2 * self.num_instructions if self.instances else 0
+        example = self._templates["prompt"].render(
+            {
+                "examples": seeds[: self.seed_examples + self.generated_examples],
+                "num_new": self.new_per_request,
+            }
+        )
+        known = [ChatRequest(({"role": "user", "content": example},), dict(self.teacher.params))]
+        plan = estimate_plan(
+            self.teacher,
+            rounds * self.requests_per_round + follow_ups,
+            known,
+            None,
+            requests_max=2 * (self.max_rounds * self.requests_per_round + follow_ups),
+        )
+        new_rows = []
+        for number in range(self.num_instructions):
+            row_id = f"self-instruct-{number:05d}"
+            new_row = {"id": row_id, "instruction": f"[task {row_id} written by self_instruct]", "round": 0}
+            if self.instances:
+                new_row |= {"input": "", "output": f"[output of {row_id}]", "is_classification": False}
+            new_rows.append(new_row)
+        return (list(rows) if self.keep_seeds else []) + new_rows, plan
 
     def _generation_request(self, seeds: list[str], kept: list, seed: int, round_number: int, index: int):
         assert self.teacher is not None
