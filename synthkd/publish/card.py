@@ -42,6 +42,7 @@ TAXONOMY: dict[str, str] = {
     "decontaminate": "curation",
     "code_check": "curation",  # answers selected by running their code against tests
     "tool_calls": "curation",  # function-calling conversations synthesised from tool schemas
+    "recompute": "curation",  # numeric answers selected by recomputing them from an expression
     "judge": "feedback",  # the teacher grades the data
     "preference": "feedback",  # the teacher ranks candidates into preference pairs
     "logits": "feature",  # the teacher's output distributions
