@@ -258,3 +258,56 @@ def test_push_to_hub_while_offline_fails_before_training(tmp_path: Path, tiny_mo
     with pytest.raises(RecipeError, match="HF_HUB_OFFLINE is set"):
         train_student(config, dataset, tmp_path, seed=0, run_name="tiny")
     assert not (tmp_path / "student").exists()
+
+
+def test_sft_keeps_the_tool_schemas_for_the_chat_template(tmp_path: Path, tiny_model: Path):
+    """Rows of a tool_calls step carry a `tools` column; training and evaluation must pass it to the
+    chat template (this one refuses to render without it)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    student = tmp_path / "tool-student"
+    shutil.copytree(tiny_model, student)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    tokenizer.chat_template = (
+        "{% if not tools %}{{ raise_exception('this template needs the tools') }}{% endif %}"
+        "<|im_start|>system\n{% for tool in tools %}{{ tool['function']['name'] }} {% endfor %}<|im_end|>\n"
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
+        "{{ call['function']['name'] }}({{ call['function']['arguments'] | tojson }}){% endfor %}"
+        "{% else %}{{ message['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer.save_pretrained(student)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Weather in city {i}?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": {"city": f"c{i}"}},
+                        }
+                    ],
+                },
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny."},
+            ],
+            "tools": json.dumps(tools),
+        }
+        for i in range(8)
+    ]
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    config = TrainConfig(
+        student=str(student),
+        eval_split=0.25,
+        eval_max_new_tokens=2,
+        args={"max_steps": 2, "per_device_train_batch_size": 2},
+    )
+    result = train_student(config, dataset, tmp_path, seed=0, run_name="tools")
+    assert len(result.train_losses) == 2 and result.before["rows"] == 2 and result.after["loss"] > 0

@@ -14,13 +14,16 @@ def _prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, s
     return messages[:-1], messages[-1]["content"]
 
 
-def response_loss(model: Any, tokenizer: Any, messages: list[dict[str, str]]) -> tuple[float, int]:
-    """Mean cross-entropy of the final (assistant) message given the conversation before it."""
+def response_loss(
+    model: Any, tokenizer: Any, messages: list[dict[str, str]], tools: list[dict] | None = None
+) -> tuple[float, int]:
+    """Mean cross-entropy of the final (assistant) message given the conversation before it
+    (and the tool schemas the conversation may call, rendered by the chat template)."""
     import torch
 
     prompt, _ = _prompt_and_answer(messages)
-    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prefix = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
     full_ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
     labels = full_ids.clone()
@@ -49,20 +52,23 @@ def evaluate(
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int,
     answers: list[str] | None = None,
+    tools: list[list[dict] | None] | None = None,
 ) -> dict:
     """Loss and perplexity on the teacher's answers, and agreement of greedy answers with them.
-    The greedy answers are appended to `answers` when given (for a judge to compare)."""
+    The greedy answers are appended to `answers` when given (for a judge to compare). `tools`:
+    per conversation, the tool schemas it was written with (or None)."""
     import torch
 
     total_loss, total_tokens, agreements = 0.0, 0, []
     model.eval()
-    for messages in conversations:
-        loss, tokens = response_loss(model, tokenizer, messages)
+    for index, messages in enumerate(conversations):
+        row_tools = tools[index] if tools else None
+        loss, tokens = response_loss(model, tokenizer, messages, row_tools)
         total_loss += loss * tokens
         total_tokens += tokens
         prompt, answer = _prompt_and_answer(messages)
         encoded = tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            prompt, tools=row_tools, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(model.device)
         with torch.inference_mode():
             output = model.generate(

@@ -61,6 +61,14 @@ def _trl_config(config_class: type, values: dict[str, Any]) -> Any:
     return config_class(**values)
 
 
+def _tools(dataset: Any, limit: int) -> list[list[dict] | None] | None:
+    """Each held-out row's tool schemas (TRL's `tools` column, a list or its JSON), if any."""
+    if "tools" not in dataset.column_names:
+        return None
+    values = dataset.select(range(min(limit, len(dataset))))["tools"]
+    return [json.loads(value) if isinstance(value, str) else value for value in values]
+
+
 def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str, str]]]:
     """Held-out conversations ending in the answer the student should give."""
     rows = dataset.select(range(min(limit, len(dataset))))
@@ -106,7 +114,9 @@ def train_student(
         )
     if len(dataset) == 0:
         raise RecipeError("the run's dataset has no rows to train on", where="train")
-    dataset = dataset.select_columns(REQUIRED_COLUMNS[config.method])
+    # TRL's SFTTrainer renders a `tools` column (function schemas) into the chat template.
+    kept = [*REQUIRED_COLUMNS[config.method], *(["tools"] if config.method == "sft" else [])]
+    dataset = dataset.select_columns([column for column in kept if column in dataset.column_names])
     if config.eval_split > 0 and len(dataset) >= 4:
         parts = dataset.train_test_split(test_size=config.eval_split, seed=seed)
         train_rows, held_out = parts["train"], parts["test"]
@@ -128,7 +138,8 @@ def train_student(
     if not device["use_cpu"]:
         model = model.to("cuda")
     evaluation_rows = _conversations(held_out, config.method, config.eval_max_rows)
-    before = evaluate(model, tokenizer, evaluation_rows, config.eval_max_new_tokens)
+    evaluation_tools = _tools(held_out, config.eval_max_rows)
+    before = evaluate(model, tokenizer, evaluation_rows, config.eval_max_new_tokens, tools=evaluation_tools)
 
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
     values = {
@@ -185,7 +196,9 @@ def train_student(
     train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
     student = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     student_answers: list[str] = []
-    after = evaluate(student, tokenizer, evaluation_rows, config.eval_max_new_tokens, student_answers)
+    after = evaluate(
+        student, tokenizer, evaluation_rows, config.eval_max_new_tokens, student_answers, evaluation_tools
+    )
     if config.judge is not None:
         from synthkd.training.win_rate import judge_win_rate
 
