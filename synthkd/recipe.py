@@ -155,9 +155,17 @@ def _describe(exc: ValidationError, data: dict, path: Path, lines: dict, overrid
             text = f"unknown key {key!r}{_did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
         elif error["type"] == "missing":
             text = "required key is missing"
+        elif error["type"] == "value_error":
+            # Our own validators' messages say what is wrong without echoing the value, which
+            # may hold a secret (a password in a URL).
+            text = error["msg"].removeprefix("Value error, ")
         else:
             text = f"{error['msg']} (got {error.get('input')!r})"
-        messages.append(f"{_where(path, lines, overridden, loc)}: {format_path(loc)}: {text}")
+        message = f"{_where(path, lines, overridden, loc)}: {format_path(loc)}: {text}"
+        # A step's teacher is merged from the recipe's: a bad recipe key shows up in both; once is enough.
+        if loc and "teacher" in loc and any(m.endswith(f"teacher.{key}: {text}") for m in messages):
+            continue
+        messages.append(message)
     more = len(exc.errors()) - MAX_ERRORS_SHOWN
     if more > 0:
         messages.append(f"... and {more} more")

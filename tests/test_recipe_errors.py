@@ -149,6 +149,15 @@ def test_unreachable_base_url(recipe_dir, capsys):
     assert not (recipe_dir / "out").exists()
 
 
+def test_credentials_in_a_base_url_are_refused(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja")
+    path = write(recipe_dir, text.replace("http://127.0.0.1", "http://user:hunter2@127.0.0.1"))
+    code, out = run_cli(["run", str(path)], capsys)
+    assert code == 2
+    assert "recipe.yaml:6: teacher.base_url: " in out and "must not contain user:password@" in out
+    assert "hunter2" not in out and not (recipe_dir / "out").exists()
+
+
 def test_set_override_errors_name_the_flag(recipe_dir, capsys, listening_port):
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
     code, out = run_cli(["validate", str(path), "--set", "teacher.modle=x"], capsys)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthkd.config_base import StrictModel
 
@@ -31,6 +32,18 @@ class TeacherConfig(StrictModel):
     # Local (transformers) teachers only.
     device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        # The SDKs send the key as a bearer token; aiohttp then refuses a URL's user:password, and
+        # a secret in the recipe would also travel into logs and manifests.
+        if url and urlsplit(url).password is not None:
+            raise ValueError(
+                "base_url must not contain user:password@; put the secret in an environment variable "
+                "and name it in api_key_env"
+            )
+        return url
 
     @model_validator(mode="after")
     def _default_key_variable(self) -> TeacherConfig:
