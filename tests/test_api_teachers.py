@@ -113,6 +113,17 @@ def test_wrong_key_stops_the_run_at_once(tmp_path, server, backend, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_litellm_without_a_key_stops_at_once_with_a_hint(tmp_path, server, capsys, monkeypatch):
+    """litellm's openai provider refuses to send without a key and calls it an HTTP 500: that must
+    not be retried row after row."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = recipe(tmp_path, server, "litellm", rows=20, concurrency=4, api_key_env=None)
+    assert main(["run", str(path)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the provider needs an API key" in err and "api_key_env" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_insufficient_quota_is_not_retried(tmp_path, server, backend, capsys):
     server.configure(quota=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
@@ -16,6 +17,9 @@ def _import_litellm() -> Any:
     litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in our logs
     litellm.drop_params = True  # a param one provider lacks is dropped, not an error mid-run
     return litellm
+
+
+_MISSING_KEY = re.compile(r"missing credentials|api_key client option must be set|no api key", re.IGNORECASE)
 
 
 class LiteLLMTeacher:
@@ -53,6 +57,16 @@ class LiteLLMTeacher:
             # litellm raises this both for refused connections and for bodies it cannot parse.
             raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
         except Exception as exc:
+            if _MISSING_KEY.search(str(exc)):
+                # litellm reports a provider SDK's missing-key error as its own HTTP 500; retrying
+                # cannot help, and every other request would fail the same way.
+                raise TeacherError(
+                    f"the provider needs an API key: name the variable holding it in api_key_env "
+                    f"(for a server that checks none, any non-empty value works). {exc}",
+                    retryable=False,
+                    reason="auth",
+                    status=401,
+                ) from exc
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
                 raise classify_status_error(exc, status, response_headers(exc)) from exc
