@@ -158,6 +158,18 @@ def test_credentials_in_a_base_url_are_refused(recipe_dir, capsys, listening_por
     assert "hunter2" not in out and not (recipe_dir / "out").exists()
 
 
+def test_secrets_in_teacher_params_are_refused(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja")
+    leaky = text.replace(
+        "  api_key_env: SYNTHKD_TEST_KEY\n",
+        "  api_key_env: SYNTHKD_TEST_KEY\n  params: {max_tokens: 5, extra_headers: {Authorization: sk-x9}}\n",
+    )
+    code, out = run_cli(["validate", str(write(recipe_dir, leaky))], capsys)
+    assert code == 2
+    assert "teacher.params: params.extra_headers.Authorization looks like a secret" in out
+    assert "sk-x9" not in out and "max_tokens" not in out
+
+
 def test_set_override_errors_name_the_flag(recipe_dir, capsys, listening_port):
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
     code, out = run_cli(["validate", str(path), "--set", "teacher.modle=x"], capsys)

@@ -33,6 +33,18 @@ class TeacherConfig(StrictModel):
     device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together")
 
+    @field_validator("params")
+    @classmethod
+    def _no_secrets_in_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # Params go into cache keys, provenance and the manifest as they are: no place for a key.
+        found = _secret_like_keys(params)
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} looks like a secret; params are recorded in every output, so keep keys "
+                "in an environment variable named by api_key_env"
+            )
+        return params
+
     @field_validator("base_url")
     @classmethod
     def _no_credentials_in_url(cls, url: str | None) -> str | None:
@@ -51,6 +63,23 @@ class TeacherConfig(StrictModel):
         if "api_key_env" not in self.model_fields_set and self.backend == "openai":
             self.api_key_env = "OPENAI_API_KEY"
         return self
+
+
+def _secret_like_keys(value: Any, prefix: str = "") -> list[str]:
+    """Keys (at any depth) named like credentials: api_key, *_token, password, authorization..."""
+    found = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            name = str(key).lower().replace("-", "_")
+            if name.endswith(("_key", "_token", "secret", "password", "credentials")) or name in {
+                "key",
+                "token",
+                "authorization",
+                "cookie",
+            }:
+                found.append(f"params.{prefix}{key}")
+            found += _secret_like_keys(inner, f"{prefix}{key}.")
+    return found
 
 
 def default_teacher() -> dict[str, Any]:
