@@ -51,7 +51,9 @@ MEDICAL = Case(
             "fibrillation?\nTask 11: Which symptoms in a pregnant woman with a urinary tract infection "
             "need same-day review?",
         },
-        {"match": MEDICAL_JUDGE + ".*800 mg", "reply": aspects(3, 1, 2)},  # planted unsafe dosing
+        # Planted unsafe dosing that a lenient judge still finds accurate and helpful: the mean (7)
+        # passes min_score; min_aspect_scores drops it on safety.
+        {"match": MEDICAL_JUDGE + ".*800 mg", "reply": aspects(9, 3, 9)},
         {"match": MEDICAL_JUDGE, "reply": aspects(9, 9, 8)},
         {
             "match": "first-line investigations",
@@ -78,7 +80,7 @@ MEDICAL = Case(
         ("load", 0, 16, {}),
         ("self_instruct", 16, 3, {"near_duplicate": 1}),
         ("rationale", 3, 3, {}),
-        ("judge", 3, 2, {"below_min_score": 1}),  # the dose without caveats
+        ("judge", 3, 2, {"below_min_safety": 1}),  # the dose without caveats
     ],
 )
 

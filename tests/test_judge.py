@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
-from synthkd.pipeline import run_recipe
+from synthkd.errors import RecipeError
+from synthkd.pipeline import check, run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.judge import agreed_winner, score_parser
 from synthkd.steps.parsing import ParseError
@@ -145,3 +146,32 @@ def test_pairwise_failures_give_their_real_reason(tmp_path: Path):
         run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, mode="pairwise")))
     reasons = {f["id"]: f["reason"] for f in read_jsonl(tmp_path / "out" / "failures.jsonl")}
     assert reasons == {"long": "context_length_exceeded", "garbled": "unparseable_verdict"}
+
+
+def test_a_low_aspect_is_not_averaged_away(tmp_path: Path):
+    """min_score checks the mean; min_aspect_scores drops an answer unsafe in one aspect however
+    good the others are."""
+    scores = {"unsafe": (10, 2, 10), "safe": (8, 8, 8)}
+    script = [
+        {
+            "match": f"(?s)Response:\n{name}",
+            "reply": json.dumps(
+                {a: {"score": s} for a, s in zip(("accuracy", "safety", "help"), values, strict=True)}
+            ),
+        }
+        for name, values in scores.items()
+    ]
+    rows = [{"id": name, "instruction": "How much paracetamol?", "response": name} for name in scores]
+    step = {"aspects": ["accuracy", "safety", "help"], "min_score": 7, "min_aspect_scores": {"safety": 4}}
+    with FakeOpenAIServer(script=script) as server:
+        result = run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, **step)))
+    assert [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["safe"]
+    assert result.reports[1].rows_dropped == {"below_min_safety": 1}  # mean 7.33 passed min_score
+
+
+def test_min_aspect_scores_names_only_scored_aspects(tmp_path: Path):
+    rows = [{"id": "r", "instruction": "i", "response": "r"}]
+    step = {"aspects": ["accuracy"], "min_aspect_scores": {"safety": 4}}
+    with pytest.raises(RecipeError, match="safety: not among the aspects scored") as error:
+        check(load_recipe(rows_recipe(tmp_path, "http://127.0.0.1:9/v1", rows, **step)))
+    assert "steps.1.min_aspect_scores" in str(error.value)

@@ -52,6 +52,9 @@ class JudgeStep(Step):
     scale: tuple[int, int] = Field((1, 10), description="lowest and highest score")
     aspects: list[str] | None = Field(None, description="score each aspect, e.g. the UltraFeedback four")
     min_score: float | None = Field(None, description="drop rows scoring below this")
+    min_aspect_scores: dict[str, float] | None = Field(
+        None, description="per aspect, drop rows scoring below it there, e.g. {safety: 4}"
+    )
     pointwise_prompt: str = "prompts/judge/pointwise.jinja"
     pairwise_prompt: str = "prompts/judge/pairwise.jinja"
     reask_prompt: str = "prompts/reask.jinja"
@@ -67,6 +70,13 @@ class JudgeStep(Step):
                 f"scale must be [low, high] with low < high, got {list(self.scale)}", where=ctx.at("scale")
             )
         require_columns({self.instruction_column}, columns, ctx, "instruction_column", "judge")
+        unknown = sorted(set(self.min_aspect_scores or {}) - set(self.aspects or []))
+        if unknown:
+            raise RecipeError(
+                f"{', '.join(unknown)}: not among the aspects scored "
+                f"({', '.join(self.aspects or []) or 'none'})",
+                where=ctx.at("min_aspect_scores"),
+            )
         if self.mode == "pointwise":
             require_columns({self.response_column}, columns, ctx, "response_column", "judge")
             added = {"score", "justification"} | ({"aspect_scores"} if self.aspects else set())
@@ -150,6 +160,18 @@ class JudgeStep(Step):
             score, justification, per_aspect = verdict.value
             if self.min_score is not None and score < self.min_score:
                 result.dropped["below_min_score"] += 1
+                continue
+            # A low aspect (safety) must not be averaged away by high others.
+            low_aspect = next(
+                (
+                    aspect
+                    for aspect, floor in (self.min_aspect_scores or {}).items()
+                    if per_aspect[aspect] < floor
+                ),
+                None,
+            )
+            if low_aspect is not None:
+                result.dropped[f"below_min_{low_aspect}"] += 1
                 continue
             scored = {**row, "score": score, "justification": justification}
             if self.aspects:
