@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import PrivateAttr
+
 from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
+from synthkd.templates import PromptTemplate, load_template
 
 Row = dict[str, Any]
 Columns = set[str] | None  # None: not known before running (e.g. a Hub dataset at validate time)
@@ -128,6 +131,7 @@ class Step(StrictModel):
 
     step: str
     uses_teacher: ClassVar[bool] = False
+    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)  # by the key naming each
 
     def step_teacher(self) -> TeacherConfig | None:
         """The teacher this step talks to (its own override or the recipe's), if it needs one."""
@@ -155,9 +159,14 @@ class Step(StrictModel):
         """Validate files, templates and needed columns; return the columns after this step."""
         return columns
 
+    def load_templates(self, ctx: CheckContext, *keys: str) -> None:
+        """Load the templates the step's keys name (recipe folder first, then the shipped ones)."""
+        for key in keys:
+            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+
     def template_sources(self) -> dict[str, str]:
         """Prompt templates used, name -> source text (hashed into the manifest)."""
-        return {}
+        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def provenance(self) -> dict[str, str]:
         """What made a row: appended to the `provenance` list of every row this step produces."""

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
@@ -35,7 +35,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 _LABEL_LINE = re.compile(
     r"^[\W_]*(?:final\s+)?label[\W_]*?\s*[:：]\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE
@@ -94,7 +93,6 @@ class ClassifyStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     @field_validator("labels")
     @classmethod
@@ -122,8 +120,7 @@ class ClassifyStep(Step):
         return [(name, "") for name in self.labels]
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        for key in ("prompt", "student_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "prompt", "student_prompt", "reask_prompt")
         require_columns({self.text_column}, columns, ctx, "text_column", "classify")
         for key in ("prompt", "student_prompt"):
             needed = set(self._templates[key].variables) - set(FILLED)
@@ -139,9 +136,6 @@ class ClassifyStep(Step):
             {"rationale"} if self.rationale else set()
         )
         return None if columns is None else columns | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def _values(self, row: Row) -> dict[str, object]:
         return {

@@ -16,7 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from synthkd.errors import RecipeError
 from synthkd.sandbox import Limits, SandboxResult, check_solution
@@ -33,7 +33,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 PYTHON_TAGS = {"python", "py", "python3", "py3"}
@@ -68,7 +67,6 @@ class CodeCheckStep(Step):
     teacher: TeacherConfig | None = Field(None, description="writes the tests (unless tests_column)")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _no_teacher_with_given_tests(self) -> CodeCheckStep:
@@ -90,14 +88,10 @@ class CodeCheckStep(Step):
         if self.tests_column:
             require_columns({self.tests_column}, columns, ctx, "tests_column", "code_check")
             return columns
-        for key in ("prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "prompt", "reask_prompt")
         needed = set(self._templates["prompt"].variables) - {"task", "code"}
         require_columns(needed | {self.task_column}, columns, ctx, "prompt", f"template {self.prompt}")
         return None if columns is None else columns | {"tests"}
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         result = StepResult([])

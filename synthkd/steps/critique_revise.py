@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.steps.base import (
     CheckContext,
@@ -33,7 +33,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 _VERDICT = re.compile(r"needs\s+revision\W*?[:：]\W*(yes|no)\b", re.IGNORECASE)
 _PREAMBLE = re.compile(r"^\W*(?:revised|improved|rewritten)\s+response\W*?[:：]\**\s*", re.IGNORECASE)
@@ -90,11 +89,9 @@ class CritiqueReviseStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        for key in ("critique_prompt", "revise_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "critique_prompt", "revise_prompt", "reask_prompt")
         needed = {self.prompt_column, self.response_column}
         require_columns(needed, columns, ctx, "prompt_column", "critique_revise")
         for key in ("critique_prompt", "revise_prompt"):
@@ -102,9 +99,6 @@ class CritiqueReviseStep(Step):
             require_columns(extra, columns, ctx, key, f"template {getattr(self, key)}")
         added = {"prompt", "chosen", "rejected", "critique", "revision", "revised"}
         return None if columns is None else (columns - {"messages", "response"}) | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def _ask(self, key: str, row: Row, **values: str) -> ChatRequest:
         assert self.teacher is not None

@@ -24,7 +24,6 @@ from synthkd.steps.load import read_rows
 from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -84,7 +83,6 @@ class DocQAStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
     _documents: list[Row] = PrivateAttr(default_factory=list)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
@@ -95,8 +93,7 @@ class DocQAStep(Step):
                 f"documents not found: {self.documents} (tried {tried})", where=ctx.at("documents")
             )
         self._documents = self._read(source, ctx)
-        for key in ("prompt", "question_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "prompt", "question_prompt", "reask_prompt")
         added = {
             "id",
             "doc_id",
@@ -111,9 +108,6 @@ class DocQAStep(Step):
             "evidence_end",
         }
         return None if columns is None else columns | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def _read(self, source: Path, ctx: CheckContext) -> list[Row]:
         if source.is_dir():

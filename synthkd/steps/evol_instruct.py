@@ -18,7 +18,7 @@ import random
 import re
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.cache import ResponseCache
 from synthkd.curate.rouge import RougeLPool
@@ -40,7 +40,6 @@ from synthkd.steps.parsing import ParseError, ask_parsed
 from synthkd.steps.self_instruct import parse_yes_no
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 DEPTH_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input"]
 OPERATIONS = [*DEPTH_OPERATIONS, "breadth"]
@@ -85,7 +84,6 @@ class EvolInstructStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({"instruction"}, columns, ctx, "step", "evol_instruct")
@@ -94,16 +92,12 @@ class EvolInstructStep(Step):
             raise RecipeError(
                 f"unknown operation(s) {unknown}; valid: {', '.join(OPERATIONS)}", where=ctx.at("operations")
             )
-        for key in ("depth_prompt", "breadth_prompt", "equal_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "depth_prompt", "breadth_prompt", "equal_prompt", "reask_prompt")
         added = {"id", "instruction", "response", "finish_reason", "parent_id", "operation", "round"}
         if columns is None:
             return None
         kept = columns if self.keep_original else columns - set(PARENT_ONLY_COLUMNS)
         return kept | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """Each round rewrites every row, (with teacher elimination) asks whether it gained

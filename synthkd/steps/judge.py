@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
@@ -31,7 +31,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 ULTRAFEEDBACK_ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 
@@ -61,7 +60,6 @@ class JudgeStep(Step):
     teacher: TeacherConfig | None = Field(None, description="the judge; defaults to the recipe's teacher")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         low, high = self.scale
@@ -85,12 +83,8 @@ class JudgeStep(Step):
                 raise RecipeError("pair_columns names exactly two columns", where=ctx.at("pair_columns"))
             require_columns(set(self.pair_columns), columns, ctx, "pair_columns", "judge")
             added = {"winner", "verdicts"}
-        for key in ("pointwise_prompt", "pairwise_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "pointwise_prompt", "pairwise_prompt", "reask_prompt")
         return None if columns is None else columns | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def _request(self, template: str, **values: Any) -> ChatRequest:
         assert self.teacher is not None

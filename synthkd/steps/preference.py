@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
@@ -30,7 +30,6 @@ from synthkd.steps.judge import score_parser
 from synthkd.steps.parsing import ask_parsed
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 
 class PreferenceStep(Step):
@@ -51,19 +50,14 @@ class PreferenceStep(Step):
     judge_teacher: TeacherConfig | None = Field(None, description="scores them (default: the same teacher)")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        for key in ("prompt", "judge_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "prompt", "judge_prompt", "reask_prompt")
         needed = set(self._templates["prompt"].variables) - {"input"}
         require_columns(needed, columns, ctx, "prompt", f"preference template {self.prompt}")
         require_columns(set(self.candidate_columns), columns, ctx, "candidate_columns", "preference")
         added = {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
         return None if columns is None else columns | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """The samples are known; the judge then scores each distinct answer (at most n plus the

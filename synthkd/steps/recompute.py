@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.steps.base import (
     CheckContext,
@@ -34,7 +34,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 1000  # 1.05 ** 30 is compounding; 10 ** 10 ** 10 is not
@@ -247,18 +246,13 @@ class RecomputeStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        for key in ("prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "prompt", "reask_prompt")
         needed = set(self._templates["prompt"].variables) - {"input"}
         require_columns(needed, columns, ctx, "prompt", f"template {self.prompt}")
         require_columns({self.answer_column}, columns, ctx, "answer_column", "recompute")
         return None if columns is None else columns | {"expression", "recomputed"}
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None and self.teacher is not None

@@ -38,7 +38,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 # Words that ask for something a text-only model cannot see or produce (the paper's list, extended).
 DEFAULT_BLOCKED_KEYWORDS = [
@@ -97,19 +96,18 @@ class SelfInstructStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
     _blocked: re.Pattern | None = PrivateAttr(None)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({"instruction"}, columns, ctx, "step", "self_instruct (the seed tasks)")
-        for key in (
+        self.load_templates(
+            ctx,
             "prompt",
             "classify_prompt",
             "instances_prompt",
             "classification_instances_prompt",
             "reask_prompt",
-        ):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        )
         words = [re.escape(word) for word in self.blocked_keywords]
         self._blocked = re.compile(rf"\b(?:{'|'.join(words)})\b", re.IGNORECASE) if words else None
         produced = {"id", "instruction", "round"}
@@ -118,9 +116,6 @@ class SelfInstructStep(Step):
         if not self.keep_seeds:
             return produced
         return None if columns is None else columns | produced  # the seed rows come out as they are
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def drop_reason(self, instruction: str, pool: RougeLPool) -> str | None:
         """Why a new task is not kept (the paper's filters, cheapest first), or None to keep it."""

@@ -44,7 +44,6 @@ from synthkd.steps.base import (
 from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -194,7 +193,6 @@ class ToolCallsStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
@@ -209,15 +207,13 @@ class ToolCallsStep(Step):
         keys = ["calls_prompt", "results_prompt", "answer_prompt", "reask_prompt"]
         if not self.request_column:
             keys.insert(0, "request_prompt")
-        for key in keys:
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, *keys)
         if self.request_column:
             require_columns({self.request_column}, columns, ctx, "request_column", "tool_calls")
         return None if columns is None else columns | ADDED_COLUMNS
 
     def template_sources(self) -> dict[str, str]:
-        sources = {getattr(self, key): template.source for key, template in self._templates.items()}
-        return sources | {self.tools: json.dumps(self._tools, sort_keys=True)}
+        return super().template_sources() | {self.tools: json.dumps(self._tools, sort_keys=True)}
 
     def _ask(self, key: str, sample: int = 0, **values: Any) -> ChatRequest:
         assert self.teacher is not None

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.curate.rouge import RougeLPool
 from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
 from synthkd.steps.parsing import ask_parsed, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 
 class TopicsStep(Step):
@@ -37,16 +36,11 @@ class TopicsStep(Step):
     teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
     uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        for key in ("subtopics_prompt", "instructions_prompt", "reask_prompt"):
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+        self.load_templates(ctx, "subtopics_prompt", "instructions_prompt", "reask_prompt")
         added = {"id", "instruction", "topic", "topic_path"}
         return None if columns is None else columns | added
-
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
 
     def _ask(self, template: str, **values: object) -> ChatRequest:
         assert self.teacher is not None

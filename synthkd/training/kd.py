@@ -120,18 +120,16 @@ class KDCollator:
         }
 
 
-def bucket_log_probs(log_probs: torch.Tensor, top_ids: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """Fold full-vocabulary log-probabilities onto [top-k ..., tail]: shape (..., k + 1). Slots
-    where nothing was stored (`stored` False) get no mass, which stays in the tail."""
-    top = log_probs.gather(-1, top_ids).masked_fill(~stored, float("-inf"))
-    tail_mass = (1 - top.exp().sum(-1, keepdim=True)).clamp(min=TAIL_FLOOR)
-    return torch.cat([top, tail_mass.log()], dim=-1)
-
-
-def teacher_buckets(top_logprobs: torch.Tensor) -> torch.Tensor:
-    """The stored top-k log-probabilities plus the tail bucket holding the rest of the mass."""
+def with_tail(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """Top-k log-probabilities plus the tail bucket holding the rest of the mass: (..., k + 1)."""
     tail_mass = (1 - top_logprobs.exp().sum(-1, keepdim=True)).clamp(min=TAIL_FLOOR)
     return torch.cat([top_logprobs, tail_mass.log()], dim=-1)
+
+
+def bucket_log_probs(log_probs: torch.Tensor, top_ids: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Fold full-vocabulary log-probabilities onto [top-k ..., tail]. Slots where nothing was
+    stored (`stored` False) get no mass, which stays in the tail."""
+    return with_tail(log_probs.gather(-1, top_ids).masked_fill(~stored, float("-inf")))
 
 
 def distillation_loss(
@@ -159,7 +157,7 @@ def distillation_loss(
     student = bucket_log_probs(
         (logits[kd_mask] / temperature).log_softmax(-1), teacher_ids[kd_mask], stored_logprobs.isfinite()
     )
-    teacher = teacher_buckets(stored_logprobs)
+    teacher = with_tail(stored_logprobs)
     if temperature != 1.0:
         teacher = (teacher / temperature).log_softmax(-1)
     # Slots with no stored token (-inf) carry no mass; 0 * (-inf) must not become NaN.
