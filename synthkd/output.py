@@ -107,7 +107,9 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
     try:
         rows = uniform(rows)
         dataset = to_dataset(rows)
-        dataset.save_to_disk(str(staging / "dataset"))
+        # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
+        # and then cannot load it back (IndexError in load_from_disk).
+        dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
         write_jsonl(staging / "data.jsonl", rows)
         write_jsonl(staging / "failures.jsonl", [{"step": step, **asdict(f)} for step, f in failures])
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -814,3 +814,42 @@ def test_label_systems_are_stable_per_row_and_exclusive_with_system(tmp_path: Pa
     )
     assert main(["validate", str(recipe)]) == 2
     assert "r.yaml:4: steps.1.systems: set either system or systems, not both" in capsys.readouterr().err
+
+
+def test_a_run_that_keeps_no_row_says_there_is_nothing_to_train(tmp_path: Path, capsys):
+    """Every label off the set: the run still writes its (empty) dataset, failures and report, then
+    training stops with one clear message and exit code 2 instead of a crash inside `datasets`."""
+    out = tmp_path / "run"
+    student = build_tiny_model(tmp_path / "student-model")
+    with FakeOpenAIServer(script=[{"match": ".", "reply": "Label: praise"}]) as server:
+        args = ["run", "recipes/classification/intents.yaml", "--output", str(out)]
+        for override in [
+            f"teacher.base_url={server.base_url}",
+            "teacher.api_key_env=null",
+            "steps.0.limit=2",
+            f"train.student={student}",
+        ]:
+            args += ["--set", override]
+        assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "has no rows to train on" in error and "Traceback" not in error
+    from datasets import load_from_disk
+
+    assert load_from_disk(str(out / "dataset")).num_rows == 0
+    assert [f["reason"] for f in read_jsonl(out / "failures.jsonl")] == ["invalid_label"] * 2
+    assert (out / "report.html").is_file() and not (out / "student").exists()
+    # `synthkd train` on the same run folder says the same.
+    assert (
+        main(
+            [
+                "train",
+                "recipes/classification/intents.yaml",
+                "--output",
+                str(out),
+                "--set",
+                f"train.student={student}",
+            ]
+        )
+        == 2
+    )
+    assert "has no rows to train on" in capsys.readouterr().err

@@ -60,7 +60,7 @@ class RunDir:
         try:
             return load_from_disk(str(folder))
         except IndexError:
-            # datasets saves a run with no rows without any arrow file, then cannot load it back.
+            # Runs written before output.write_run saved one shard for no rows have no arrow file.
             from datasets import Dataset, DatasetInfo
 
             info = DatasetInfo.from_directory(str(folder))

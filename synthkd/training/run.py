@@ -103,6 +103,12 @@ def train_student(
                 where="train.push_to_hub",
             )
     dataset = load_from_disk(str(dataset_dir))
+    if len(dataset) == 0:
+        raise RecipeError(
+            f"the run's dataset ({dataset_dir}) has no rows to train on: see failures.jsonl and the funnel "
+            "for why every row was dropped, or run with --no-train",
+            where="train",
+        )
     missing = [c for c in REQUIRED_COLUMNS[config.method] if c not in dataset.column_names]
     if missing:
         hint = (
@@ -112,8 +118,6 @@ def train_student(
             f"method {config.method} needs column(s) {missing}{hint}; the dataset has {dataset.column_names}",
             where="train.method",
         )
-    if len(dataset) == 0:
-        raise RecipeError("the run's dataset has no rows to train on", where="train")
     # TRL's SFTTrainer renders a `tools` column (function schemas) into the chat template.
     kept = [*REQUIRED_COLUMNS[config.method], *(["tools"] if config.method == "sft" else [])]
     dataset = dataset.select_columns([column for column in kept if column in dataset.column_names])
