@@ -156,7 +156,8 @@ def _train_and_report(loaded, run_dir: Path) -> None:
         config, run_dir / "dataset", run_dir, loaded.recipe.seed, loaded.recipe.name, loaded.base_dir
     )
     table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
-    for column in ("", "loss", "perplexity", "agreement with teacher"):
+    agreement = "accuracy against teacher" if "accuracy" in result.after else "agreement with teacher"
+    for column in ("", "loss", "perplexity", agreement):
         table.add_column(column, justify="right" if column else "left")
     for label, metrics in (("before", result.before), ("after", result.after)):
         table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))

@@ -505,7 +505,8 @@ def check_classification_run(out: Path) -> None:
     assert evaluation["method"] == "sft" and len(evaluation["train_losses"]) == 2
     assert evaluation["held_out_rows"] == 1  # 20% of the 5 labelled rows, rounded up
     for stage in ("before", "after"):  # accuracy against the teacher's labels on the held-out row
-        assert evaluation[stage]["agreement"] in (0.0, 1.0)
+        assert evaluation[stage]["accuracy"] == evaluation[stage]["agreement"] in (0.0, 1.0)
+    assert "| accuracy against the teacher" in (out / "student" / "README.md").read_text()
 
 
 CLASSIFICATION.check = check_classification

@@ -153,6 +153,24 @@ def test_agreement_measure():
     assert 0 < agreement("The moon pulls the oceans.", long_answer) < 1
 
 
+def test_accuracy_is_reported_only_when_every_answer_is_compared_exactly(tiny_model: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synthkd.training.evaluation import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def asked(answer: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": "Label this."}, {"role": "assistant", "content": answer}]
+
+    labels = evaluate(model, tokenizer, [asked("billing"), asked("shipping")], max_new_tokens=3)
+    assert labels["accuracy"] == labels["agreement"] and labels["rows"] == 2
+    long_answer = "The moon pulls the oceans toward it and makes the tides rise and fall."
+    mixed = evaluate(model, tokenizer, [asked("billing"), asked(long_answer)], max_new_tokens=3)
+    assert "accuracy" not in mixed and mixed["agreement"] is not None
+
+
 def test_an_impossible_configuration_fails_before_loading(tmp_path: Path, tiny_model: Path):
     from synthkd.training.memory import count_parameters, estimate_training_memory
 

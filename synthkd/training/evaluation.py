@@ -36,9 +36,14 @@ def response_loss(
     return float(loss), answer_tokens
 
 
+def is_short_answer(teacher_answer: str) -> bool:
+    """Whether `agreement` compares against this answer exactly (else by ROUGE-L)."""
+    return len(teacher_answer.split()) <= SHORT_ANSWER_WORDS
+
+
 def agreement(student_answer: str, teacher_answer: str) -> float:
     """1/0 exact match for short answers (case and spacing aside), else ROUGE-L F1."""
-    if len(teacher_answer.split()) <= SHORT_ANSWER_WORDS:
+    if is_short_answer(teacher_answer):
         return float(" ".join(student_answer.lower().split()) == " ".join(teacher_answer.lower().split()))
     vocabulary: dict[str, int] = {}
     a = [vocabulary.setdefault(t, len(vocabulary)) for t in rouge_tokens(student_answer)]
@@ -59,7 +64,7 @@ def evaluate(
     per conversation, the tool schemas it was written with (or None)."""
     import torch
 
-    total_loss, total_tokens, agreements = 0.0, 0, []
+    total_loss, total_tokens, agreements, short_answers = 0.0, 0, [], 0
     model.eval()
     for index, messages in enumerate(conversations):
         row_tools = tools[index] if tools else None
@@ -79,12 +84,19 @@ def evaluate(
             )
         generated = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         agreements.append(agreement(generated.strip(), answer))
+        short_answers += is_short_answer(answer)
         if answers is not None:
             answers.append(generated.strip())
     mean_loss = total_loss / total_tokens if total_tokens else float("nan")
-    return {
+    mean_agreement = round(sum(agreements) / len(agreements), 4) if agreements else None
+    metrics = {
         "rows": len(conversations),
         "loss": round(mean_loss, 4),
         "perplexity": round(math.exp(mean_loss), 3) if total_tokens else None,
-        "agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,
+        "agreement": mean_agreement,
     }
+    # Every answer compared exactly (labels, numbers, short facts): agreement is then plain accuracy
+    # against the teacher, the figure a classification user looks for.
+    if agreements and short_answers == len(agreements):
+        metrics["accuracy"] = mean_agreement
+    return metrics

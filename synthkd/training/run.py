@@ -359,6 +359,14 @@ def _write_card(output_dir: Path, config: TrainConfig, run_name: str, metrics: d
         f"| loss on the teacher's answers | {before['loss']} | {after['loss']} |",
         f"| perplexity | {before['perplexity']} | {after['perplexity']} |",
         f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
+        *(
+            [
+                f"| accuracy against the teacher (every answer compared exactly) | {before['accuracy']} | "
+                f"{after['accuracy']} |"
+            ]
+            if "accuracy" in after
+            else []
+        ),
         "",
     ]
     if "judge" in after:
