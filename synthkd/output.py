@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthkd.kd.topk import storage_features
+
 if TYPE_CHECKING:  # steps import this module (with_messages); a runtime import would be circular
     from synthkd.steps.base import Failure, Row
 
@@ -51,7 +53,18 @@ def uniform(rows: list[Row]) -> list[Row]:
 
 
 def to_dataset(rows: list[Row]) -> Any:
-    """The rows (uniform columns) as a `datasets.Dataset`.
+    """The rows (uniform columns) as a `datasets.Dataset`, with compact types for kd columns."""
+    dataset = _inferred_dataset(rows)
+    compact = {c: f for c, f in storage_features().items() if c in dataset.column_names}
+    if not compact:
+        return dataset
+    from datasets import Features
+
+    return dataset.cast(Features({**dataset.features, **compact}))
+
+
+def _inferred_dataset(rows: list[Row]) -> Any:
+    """The rows as a `datasets.Dataset` with the types `datasets` infers.
 
     A column whose nested dicts differ in keys at the same place (tool-call arguments, tool schemas,
     messages with and without `tool_calls`) is stored as `datasets.Json`: Arrow would otherwise give

@@ -79,6 +79,14 @@ def test_stored_top_k_matches_a_direct_forward_pass_of_the_teacher(tmp_path: Pat
 
     dataset = load_from_disk(str(result.out_dir / "dataset"))
     assert dataset[0]["kd_top_ids"] == result.rows[0]["kd_top_ids"]
+    assert dataset[0]["kd_top_logprobs"] == [
+        pytest.approx(top, abs=1e-6) for top in result.rows[0]["kd_top_logprobs"]
+    ]
+    # Stored compactly: int32 ids, float32 log-probabilities (inference would give 64-bit types).
+    table = dataset.data.table
+    assert str(table.schema.field("kd_input_ids").type) == "list<item: int32>"
+    assert str(table.schema.field("kd_top_ids").type) == "list<item: list<item: int32>>"
+    assert str(table.schema.field("kd_top_logprobs").type) == "list<item: list<item: float>>"
 
 
 def reference_kd_loss(logits, example: dict, weight: float, temperature: float) -> tuple[float, float]:

@@ -27,6 +27,21 @@ class TopK:
     top_logprobs: list[list[float]]
 
 
+def storage_features() -> dict[str, Any]:
+    """Arrow types for the stored kd columns. Token ids fit in int32 and log-probabilities need no
+    more than float32; left to inference, `datasets` stores int64/float64, twice the bytes, and
+    these columns are most of a KD dataset's size."""
+    from datasets import Sequence, Value
+
+    ids, logprobs = Value("int32"), Value("float32")
+    return {
+        "kd_input_ids": Sequence(ids),
+        "kd_prompt_length": ids,
+        "kd_top_ids": Sequence(Sequence(ids)),
+        "kd_top_logprobs": Sequence(Sequence(logprobs)),
+    }
+
+
 def vocabulary_sha256(tokenizer: Any) -> str:
     """Fingerprint of a tokenizer's token -> id map: equal hashes mean token ids mean the same."""
     vocabulary = sorted(tokenizer.get_vocab().items())
