@@ -87,6 +87,9 @@ def test_dedup_step_records_what_each_row_duplicated(tmp_path: Path, method, opt
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     duplicates = manifest["steps"][1]["details"]["duplicates"]
     assert {d["id"]: d["duplicate_of"] for d in duplicates} == dropped
+    # The dropped row's own text is kept beside the pair, for the report and a reader to judge by.
+    texts = {row["id"]: row["instruction"] for row in ROWS}
+    assert {d["id"]: d["text"] for d in duplicates} == {d: texts[d] for d in dropped}
 
 
 def test_embedding_dedup_of_no_rows(tmp_path: Path):

@@ -101,6 +101,8 @@ def test_report_is_written_after_the_run_and_self_contained(run_dir: Path):
     # Nothing to fetch when it is opened: no external script, style sheet or image.
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", page)
     assert "Plotly.newPlot" in page and len(page) > 3_000_000  # plotly.js is inlined
+    # The dedup table shows the dropped row's own text beside the kept one's.
+    assert "<th>its text</th>" in page and "<td>explain why the sea has two high tides a day</td>" in page
 
 
 def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):

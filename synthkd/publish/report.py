@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.publish.rundir import RunDir, open_run
+from synthkd.text import clip
 
 REPORT_FILE = "report.html"
 MAP_MAX_ROWS = 2000  # the embedding map samples this many rows at most: t-SNE grows as n log n
@@ -267,7 +268,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _cell(value: Any, limit: int = 400) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)
 
 
 def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list[str]]:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from synthkd.publish.report import instruction_of, response_of
 from synthkd.publish.rundir import PublishInputError, RunDir
+from synthkd.text import clip
 
 DEFAULT_COLUMNS = ("id", "instruction", "response", "score")
 CELL_CHARS = 300  # a long answer is cut in the table; `--columns` and data.jsonl have it whole
@@ -76,7 +77,7 @@ def _cell(row: dict[str, Any], column: str) -> str:
     elif value is None and column == "response":
         value = response_of(row)
     text = _text(value)
-    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+    return clip(text, CELL_CHARS)
 
 
 def select(

@@ -1,7 +1,8 @@
 """`dedup`: drop exact, near (MinHash) or semantic (embedding) duplicates, keeping the first row.
 
 Chain several, cheapest first (exact, then minhash, then embedding). The manifest lists, for every
-dropped row, the id of the kept row it duplicated and their similarity.
+dropped row, the id of the kept row it duplicated and their similarity, and for the most similar
+pairs the dropped text too (clipped), so a reader (and the report) can judge the threshold.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from synthkd.curate.exact import exact_duplicates
 from synthkd.curate.minhash import minhash_duplicates
 from synthkd.curate.semantic import semantic_duplicates
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
+from synthkd.text import clip
 
 DEFAULT_THRESHOLDS = {"minhash": 0.8, "embedding": 0.95}
 DEFAULT_SHINGLE_SIZES = {"word": 3, "char": 5}
+# The dropped text is kept for this many pairs, clipped to this many characters: enough to judge the
+# threshold by, without a manifest that grows with the data.
+PAIRS_WITH_TEXT = 100
+PAIR_TEXT_CHARS = 300
 
 
 class DedupStep(Step):
@@ -76,8 +82,13 @@ class DedupStep(Step):
         result = StepResult([row for index, row in enumerate(rows) if index not in found])
         if found:
             result.dropped[f"duplicate_{self.method}"] = len(found)
-        result.details["duplicates"] = [
+        dropped = sorted(found.items())  # (index, (index of the kept row, similarity)), in row order
+        pairs = [
             {"id": rows[index]["id"], "duplicate_of": rows[first]["id"], "similarity": round(score, 4)}
-            for index, (first, score) in sorted(found.items())
+            for index, (first, score) in dropped
         ]
+        most_similar = sorted(range(len(dropped)), key=lambda i: -dropped[i][1][1])[:PAIRS_WITH_TEXT]
+        for i in most_similar:
+            pairs[i]["text"] = clip(texts[dropped[i][0]], PAIR_TEXT_CHARS)
+        result.details["duplicates"] = pairs
         return result
