@@ -373,7 +373,19 @@ TOOL_USE = Case(
             "match": TOOL_RESULTS.format("What's on my calendar"),
             "reply": '```json\n[{"date": "2025-03-14", "events": [{"title": "Dentist", '
             '"start_time": "09:00", "duration_minutes": 30}, {"title": "Team lunch", "start_time": "12:30", '
-            '"duration_minutes": 60}]}]\n```',
+            '"duration_minutes": 60, "location": "Porto"}]}]\n```',
+        },
+        # A second round (max_rounds: 3): the lunch is outdoors in Porto, so the weather there, a call
+        # that needs the first round's result; then nothing more. The other conversations stop at once.
+        {"match": "(?s)What's on my calendar.*already called tools.*get_weather\\(", "reply": "[]"},
+        {
+            "match": '(?s)What\'s on my calendar.*"location": "Porto".*Decide whether more',
+            "reply": '[{"name": "get_weather", "arguments": {"city": "Porto, Portugal"}}]',
+        },
+        {"match": "Decide whether more", "reply": "[]"},
+        {
+            "match": "(?s)What's on my calendar.*Earlier calls and what they returned.*Then the",
+            "reply": '{"city": "Porto", "conditions": "sunny", "temperature": 18}',
         },
         {
             "match": TOOL_RESULTS.format("Set up a 45-minute"),
@@ -420,14 +432,26 @@ TOOL_USE = Case(
 )
 
 
-def check_tool_use(rows: list[dict[str, Any]], _manifest: dict[str, Any]) -> None:
+def check_tool_use(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> None:
     tools = json.loads((shipped_root() / "recipes/tool_use/tools.json").read_text())
     assert all(json.loads(row["tools"]) == tools for row in rows)
     assert [row["tools_called"] for row in rows] == [
         ["get_weather"],
-        ["list_calendar_events"],
+        ["list_calendar_events", "get_weather"],
         ["create_calendar_event"],
     ]
+    calendar = rows[1]["messages"]  # two rounds: the weather call needed the event's location
+    assert [m["role"] for m in calendar] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert calendar[4]["tool_calls"][0]["function"]["arguments"] == {"city": "Porto, Portugal"}
+    assert manifest["steps"][0]["details"]["conversations_by_rounds"] == {"1": 2, "2": 1}
     event = rows[2]["messages"]
     assert [m["role"] for m in event] == ["system", "user", "assistant", "tool", "assistant"]
     assert event[2]["tool_calls"][0]["function"]["arguments"]["attendees"] == [

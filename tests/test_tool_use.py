@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,97 @@ def test_only_columns_whose_dicts_vary_are_stored_as_json():
     assert [column for column, feature in dataset.features.items() if isinstance(feature, Json)] == ["args"]
     assert list(dataset.column_names) == ["id", "args", "messages"]
     assert dataset[0]["args"] == {"city": "Oslo"} and dataset[1]["args"] == {"city": 7, "days": [1]}
+
+
+GET_WEATHER = '[{{"name": "get_weather", "arguments": {{"city": "{}"}}}}]'
+FLIGHT = "Find me a flight from Paris CDG on 2025-05-01 to whichever of Oslo or Rome is warmer."
+ROUNDS_SCRIPT = [
+    # Round 1. With rounds to come, the calls prompt says a dependent call can wait for results.
+    {
+        "match": f"(?s)User request:\n{re.escape(FLIGHT)}.*Decide which tool calls.*can call again",
+        "reply": '[{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
+        '{"name": "get_weather", "arguments": {"city": "Rome"}}]',
+    },
+    {"match": "(?s)User request:\nWeather in Oslo\\?.*Decide which", "reply": GET_WEATHER.format("Oslo")},
+    {"match": "(?s)User request:\nWeather in Rome\\?.*Decide which", "reply": GET_WEATHER.format("Rome")},
+    {"match": "(?s)User request:\nKeep checking Bergen.*Decide", "reply": GET_WEATHER.format("Bergen")},
+    # Later rounds: the flight needs the temperatures; after the search there is nothing left to call.
+    {"match": f"(?s){re.escape(FLIGHT)}.*already called tools.*search_flights\\(", "reply": "[]"},
+    {
+        "match": f'(?s){re.escape(FLIGHT)}.*already called tools.*Rome"}}\\) returned: {{"temperature": 19}}',
+        "reply": '[{"name": "search_flights", "arguments": '
+        '{"origin": "CDG", "destination": "FCO", "date": "2025-05-01"}}]',
+    },
+    {"match": "(?s)Weather in Oslo\\?.*Decide whether more", "reply": "[]"},
+    {
+        "match": "(?s)Weather in Rome\\?.*Decide whether more",
+        "reply": '[{"name": "book_hotel", "arguments": {}}]',
+    },
+    {"match": "unknown function 'book_hotel'", "reply": '[{"name": "book_hotel", "arguments": {}}]'},
+    # Results: a later round's prompt carries the earlier results, so they stay consistent.
+    {
+        "match": '(?s)Earlier calls and what they returned:\n- get_weather\\({"city": "Oslo"}\\) returned: '
+        '{"temperature": 4}.*Then the assistant made these calls:\n\\[{"name": "search_flights"',
+        "reply": '{"flights": [{"number": "AZ317", "price_eur": 99}]}',
+    },
+    {
+        "match": f"(?s){re.escape(FLIGHT)}.*The assistant made these calls",
+        "reply": '[{"temperature": 4}, {"temperature": 19}]',
+    },
+    {"match": "(?s)Bergen.*made these calls", "reply": '{"temperature": 8, "rain": true}'},
+    {"match": "made these calls", "reply": '{"temperature": 12}'},
+    {
+        "match": "(?s)To answer, you called tools.*get_weather.*get_weather.*search_flights.*AZ317",
+        "reply": "Rome is warmer (19 °C against 4 °C): AZ317 flies there on 1 May for €99.",
+    },
+    {"match": "To answer, you called tools", "reply": "Here is what I found."},
+]
+
+
+def test_later_rounds_call_with_earlier_results_until_done_or_out_of_rounds(tmp_path: Path):
+    requests = [
+        {"id": "flight", "request": FLIGHT},  # 2 rounds: the search needs the temperatures
+        {"id": "oslo", "request": "Weather in Oslo?"},  # 1 round, then nothing more to call
+        {"id": "bergen", "request": "Keep checking Bergen until it stops raining."},  # calls every round
+        {"id": "rome", "request": "Weather in Rome?"},  # an invalid call in round 2
+    ]
+    with FakeOpenAIServer(script=ROUNDS_SCRIPT) as server:
+        path = _recipe(tmp_path, server.base_url, {"request_column": "request", "max_rounds": 3})
+        write_jsonl(tmp_path / "requests.jsonl", requests)
+        result = run_recipe(load_recipe(path))
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "out" / "data.jsonl")}
+    assert list(rows) == ["flight", "oslo", "bergen"]
+    flight = rows["flight"]["messages"]
+    assert [m["role"] for m in flight] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert [c["function"]["name"] for c in flight[1]["tool_calls"]] == ["get_weather", "get_weather"]
+    assert flight[4]["tool_calls"][0]["function"]["arguments"]["destination"] == "FCO"
+    assert flight[5] == {
+        "role": "tool",
+        "name": "search_flights",
+        "content": '{"flights": [{"number": "AZ317", "price_eur": 99}]}',
+    }
+    assert flight[6]["content"].startswith("Rome is warmer")  # the answer saw every round's results
+    assert rows["flight"]["tools_called"] == ["get_weather", "get_weather", "search_flights"]
+    assert [m["role"] for m in rows["oslo"]["messages"]] == ["user", "assistant", "tool", "assistant"]
+    # Bergen calls in every round: after the third round's results it must answer.
+    assert rows["bergen"]["tools_called"] == ["get_weather"] * 3
+    [(_, failure)] = result.failures
+    assert (failure.id, failure.reason, failure.attempts) == ("rome", "invalid_tool_call", 2)
+    details = result.manifest["steps"][1]["details"]
+    assert details["conversations_by_rounds"] == {"1": 1, "2": 1, "3": 1}
+    assert details["calls_by_tool"] == {"get_weather": 6, "search_flights": 1}
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    tokenizer.chat_template = TOOL_TEMPLATE
+    text = tokenizer.apply_chat_template(flight, tools=json.loads(rows["flight"]["tools"]), tokenize=False)
+    assert text.count("<tool_call>") == 3 and text.count("<|im_start|>assistant") == 3

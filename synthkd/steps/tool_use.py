@@ -5,7 +5,9 @@ conversation: the user's request (or it comes from `request_column`), the assist
 as JSON, results the tools could plausibly return, and the final answer. Every call is validated
 against its tool's schema (known function, JSON-schema-valid arguments, no parameter the schema
 does not list); an invalid set of calls is re-asked with the validation error, then recorded as a
-failure (`invalid_tool_call`). One round of calls (several calls may go together) per conversation.
+failure (`invalid_tool_call`). With `max_rounds` above 1, after each round's results the teacher
+is asked for further calls (those that need the results, e.g. an identifier one returned) until it
+replies with none or the rounds run out; the simulated results stay consistent with earlier ones.
 
 Rows get `messages` in the format TRL's SFTTrainer and transformers' chat templates take:
 
@@ -14,6 +16,7 @@ Rows get `messages` in the format TRL's SFTTrainer and transformers' chat templa
     {"role": "tool", "name": ..., "content": "<the result as JSON>"}
     {"role": "assistant", "content": <the final answer>}
 
+(an assistant turn with `tool_calls` and its `tool` turns for each round of calls),
 and `tools`: the schemas as a JSON string (the form TRL prefers; SFTTrainer passes them to the chat
 template), plus `request`, `response` (the final answer) and `tools_called`.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -176,6 +180,30 @@ def result_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+@dataclass
+class _Conversation:
+    """One conversation being written: its request, the rounds of calls made so far with their
+    results, and the calls waiting for results."""
+
+    index: int  # its place among the step's requests, so rows keep that order
+    row: Row
+    request: str
+    rounds: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)  # (calls, results)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def history(self) -> list[dict[str, str]]:
+        """Every call so far with its result, as the prompts list them."""
+        return [
+            {
+                "name": call["name"],
+                "arguments_json": json.dumps(call["arguments"], ensure_ascii=False),
+                "result": out,
+            }
+            for calls, outputs in self.rounds
+            for call, out in zip(calls, outputs, strict=True)
+        ]
+
+
 class ToolCallsStep(Step):
     """Conversations with validated tool calls, simulated results and a final answer."""
 
@@ -185,8 +213,16 @@ class ToolCallsStep(Step):
     num_requests: int = Field(10, ge=1, description="requests the teacher writes when request_column is null")
     system: str | None = Field(None, description="system message starting each conversation")
     reask: int = Field(1, ge=0, description="times invalid calls (or unparseable JSON) are asked again")
+    max_rounds: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="rounds of calls: after each round's results the teacher may call again (calls that "
+        "need those results) or stop; 1 = one round (several calls may go together)",
+    )
     request_prompt: str = "prompts/tool_calls/request.jinja"
     calls_prompt: str = "prompts/tool_calls/calls.jinja"
+    next_calls_prompt: str = "prompts/tool_calls/next_calls.jinja"
     results_prompt: str = "prompts/tool_calls/results.jinja"
     answer_prompt: str = "prompts/tool_calls/answer.jinja"
     reask_prompt: str = "prompts/reask.jinja"
@@ -207,6 +243,8 @@ class ToolCallsStep(Step):
         keys = ["calls_prompt", "results_prompt", "answer_prompt", "reask_prompt"]
         if not self.request_column:
             keys.insert(0, "request_prompt")
+        if self.max_rounds > 1:
+            keys.append("next_calls_prompt")
         self.load_templates(ctx, *keys)
         if self.request_column:
             require_columns({self.request_column}, columns, ctx, "request_column", "tool_calls")
@@ -222,7 +260,6 @@ class ToolCallsStep(Step):
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         assert ctx.dispatcher is not None
-        reask = self._templates["reask_prompt"]
         result = StepResult(list(rows) if not self.request_column else [])
         if self.request_column:
             sources = [(row, str(row.get(self.request_column) or "").strip()) for row in rows]
@@ -231,80 +268,116 @@ class ToolCallsStep(Step):
             sources = [(row, request) for row, request in sources if request]
         else:
             sources = await self._write_requests(ctx, result)
-        ctx.progress.set_total(len(sources) * 3)
+        conversations = [_Conversation(index, row, request) for index, (row, request) in enumerate(sources)]
+        expected_requests = len(conversations) * 3  # first calls, their results, the answer
+        ctx.progress.set_total(expected_requests)
 
-        calls = await ask_parsed(
+        calling, finished = await self._next_calls(conversations, 1, ctx, result)
+        for round_number in range(1, self.max_rounds + 1):
+            if round_number > 1:
+                if not calling:
+                    break
+                expected_requests += 2 * len(calling)  # this round's calls and their results
+                ctx.progress.set_total(expected_requests)
+                calling, done = await self._next_calls(calling, round_number, ctx, result)
+                finished += done
+            calling = await self._simulate(calling, ctx, result)
+        finished += calling  # the last round's results are in: no more rounds to call in
+        finished.sort(key=lambda conversation: conversation.index)
+        await self._answer(finished, ctx, result)
+        return result
+
+    async def _next_calls(
+        self, conversations: list[_Conversation], round_number: int, ctx: StepContext, result: StepResult
+    ) -> tuple[list[_Conversation], list[_Conversation]]:
+        """Ask each conversation's next calls: (those that made calls, those that need no more).
+        In the first round a conversation that calls nothing is dropped (`no_tool_call`)."""
+        assert ctx.dispatcher is not None
+        more_rounds = round_number < self.max_rounds
+        key = "calls_prompt" if round_number == 1 else "next_calls_prompt"
+        answers = await ask_parsed(
             ctx.dispatcher,
-            [self._ask("calls_prompt", request=request) for _, request in sources],
+            [
+                self._ask(key, request=c.request, history=c.history(), more_rounds=more_rounds)
+                for c in conversations
+            ],
             calls_parser(self._tools),
-            reask,
+            self._templates["reask_prompt"],
             reask=self.reask,
             progress=ctx.progress,
         )
-        called = []
-        for (row, request), answer in zip(sources, calls, strict=True):
+        calling, done = [], []
+        for conversation, answer in zip(conversations, answers, strict=True):
             if not answer.ok:
                 reason = "invalid_tool_call" if answer.outcome.completion is not None else answer.reason
-                self._fail(result, row, answer, reason)
-            elif not answer.value:
+                self._fail(result, conversation.row, answer, reason)
+            elif answer.value:
+                conversation.pending = answer.value
+                calling.append(conversation)
+            elif round_number == 1:
                 result.dropped["no_tool_call"] += 1
             else:
-                called.append((row, request, answer.value))
+                done.append(conversation)
+        return calling, done
 
-        results = await ask_parsed(
+    async def _simulate(
+        self, conversations: list[_Conversation], ctx: StepContext, result: StepResult
+    ) -> list[_Conversation]:
+        """The results of each conversation's pending calls, consistent with earlier rounds' results."""
+        assert ctx.dispatcher is not None
+        answers = await ask_parsed(
             ctx.dispatcher,
             [
-                self._ask("results_prompt", request=request, calls_json=json.dumps(made, ensure_ascii=False))
-                for _, request, made in called
+                self._ask(
+                    "results_prompt",
+                    request=c.request,
+                    calls_json=json.dumps(c.pending, ensure_ascii=False),
+                    history=c.history(),
+                )
+                for c in conversations
             ],
-            [results_parser(len(made)) for _, _, made in called],
-            reask,
+            [results_parser(len(c.pending)) for c in conversations],
+            self._templates["reask_prompt"],
             reask=self.reask,
             progress=ctx.progress,
         )
         simulated = []
-        for (row, request, made), answer in zip(called, results, strict=True):
+        for conversation, answer in zip(conversations, answers, strict=True):
             if answer.ok:
-                simulated.append((row, request, made, [result_text(value) for value in answer.value]))
+                conversation.rounds.append((conversation.pending, [result_text(v) for v in answer.value]))
+                conversation.pending = []
+                simulated.append(conversation)
             else:
-                self._fail(result, row, answer, "unparseable_results")
+                self._fail(result, conversation.row, answer, "unparseable_results")
+        return simulated
 
-        finals = await ask_parsed(
+    async def _answer(self, conversations: list[_Conversation], ctx: StepContext, result: StepResult) -> None:
+        """The final answer of each conversation from all its results; rows for those answered."""
+        assert ctx.dispatcher is not None
+        answers = await ask_parsed(
             ctx.dispatcher,
-            [
-                self._ask(
-                    "answer_prompt",
-                    request=request,
-                    calls=[
-                        {
-                            "name": call["name"],
-                            "arguments_json": json.dumps(call["arguments"], ensure_ascii=False),
-                            "result": output,
-                        }
-                        for call, output in zip(made, outputs, strict=True)
-                    ],
-                )
-                for _, request, made, outputs in simulated
-            ],
+            [self._ask("answer_prompt", request=c.request, calls=c.history()) for c in conversations],
             parse_text,
-            reask,
+            self._templates["reask_prompt"],
             reask=self.reask,
             progress=ctx.progress,
         )
         usage: Counter[str] = Counter()
-        for (row, request, made, outputs), answer in zip(simulated, finals, strict=True):
+        rounds: Counter[int] = Counter()
+        for conversation, answer in zip(conversations, answers, strict=True):
             if not answer.ok:
-                self._fail(result, row, answer, "unparseable_answer")
+                self._fail(result, conversation.row, answer, "unparseable_answer")
                 continue
-            usage.update(call["name"] for call in made)
-            result.rows.append(self._row(row, request, made, outputs, answer.value))
+            usage.update(call["name"] for calls, _ in conversation.rounds for call in calls)
+            rounds[len(conversation.rounds)] += 1
+            result.rows.append(self._row(conversation, answer.value))
         result.details = {
-            "conversations": len(result.rows) - (len(rows) if not self.request_column else 0),
+            "conversations": sum(rounds.values()),
+            "conversations_by_rounds": {str(count): rounds[count] for count in sorted(rounds)},
             "calls_by_tool": {
                 tool["function"]["name"]: usage[tool["function"]["name"]] for tool in self._tools
             },
         }
-        return result
 
     async def _write_requests(self, ctx: StepContext, result: StepResult) -> list[tuple[Row, str]]:
         """`num_requests` user requests, each centred on a tool in turn; exact repeats dropped."""
@@ -336,30 +409,34 @@ class ToolCallsStep(Step):
             sources.append((row, request))
         return sources
 
-    def _row(self, row: Row, request: str, made: list[dict], outputs: list[str], final: str) -> Row:
+    def _row(self, conversation: _Conversation, final: str) -> Row:
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
-        messages += [
-            {"role": "user", "content": request},
-            {
-                "role": "assistant",
-                "tool_calls": [
-                    {"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
-                    for call in made
-                ],
-            },
-            *(
+        messages.append({"role": "user", "content": conversation.request})
+        for calls, outputs in conversation.rounds:
+            messages.append(
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": call["arguments"]},
+                        }
+                        for call in calls
+                    ],
+                }
+            )
+            messages += [
                 {"role": "tool", "name": call["name"], "content": output}
-                for call, output in zip(made, outputs, strict=True)
-            ),
-            {"role": "assistant", "content": final},
-        ]
+                for call, output in zip(calls, outputs, strict=True)
+            ]
+        messages.append({"role": "assistant", "content": final})
         return {
-            **row,
-            "request": request,
+            **conversation.row,
+            "request": conversation.request,
             "messages": messages,
             "tools": json.dumps(self._tools, ensure_ascii=False),
             "response": final,
-            "tools_called": [call["name"] for call in made],
+            "tools_called": [call["name"] for calls, _ in conversation.rounds for call in calls],
         }
 
     def _fail(self, result: StepResult, row: Row, parsed: Any, reason: str) -> None:
