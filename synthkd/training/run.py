@@ -58,6 +58,15 @@ def _trl_config(config_class: type, values: dict[str, Any]) -> Any:
         raise RecipeError(
             f"{', '.join(unknown)}: not a field of TRL's {config_class.__name__}", where="train.args"
         )
+    defaults = {field.name: field.default for field in fields(config_class)}
+    if "activation_checkpointing" in known and not {
+        "activation_checkpointing",
+        "gradient_checkpointing",
+    } & set(values):
+        # TRL's configs default the old name, `gradient_checkpointing`, which transformers 5 has
+        # renamed: passing TRL's default under the new name gives the same behaviour without a
+        # FutureWarning on every run that the user can do nothing about.
+        values = {**values, "activation_checkpointing": defaults["gradient_checkpointing"]}
     return config_class(**values)
 
 
