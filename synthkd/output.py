@@ -131,6 +131,20 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def load_run_dataset(folder: Path) -> Any:
+    """A run's dataset/ folder as a `datasets` Dataset (or DatasetDict)."""
+    from datasets import load_from_disk
+
+    try:
+        return load_from_disk(str(folder))
+    except IndexError:
+        # Runs written before write_run saved one shard for no rows have no arrow file at all.
+        from datasets import Dataset, DatasetInfo
+
+        info = DatasetInfo.from_directory(str(folder))
+        return Dataset.from_dict({name: [] for name in info.features or {}}, features=info.features)
+
+
 def _side_folder(out_dir: Path, kind: str) -> Path:
     """`.<run>.<kind>-<pid>-<random>` beside the run folder (same file system: renames are atomic)."""
     return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -30,6 +30,19 @@ ROWS = [
 ]
 
 
+def dedup_recipe(tmp_path: Path, steps: list[dict]) -> Path:
+    """A recipe of `steps` over rows.jsonl in tmp_path, writing to tmp_path/out."""
+    return write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "dd",
+            "teacher": {"backend": "transformers", "model": "embedded"},
+            "steps": steps,
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
+
+
 def test_exact_normalises_case_space_and_punctuation():
     assert normalise("  What IS  machine-learning?? ") == "what is machine learning"
     assert exact_duplicates(["x y", "X, y!", "x z", "x  y"]) == {1: 0, 3: 0}
@@ -70,14 +83,8 @@ def test_embeddings_are_cached_by_model_and_text(tmp_path: Path):
 )
 def test_dedup_step_records_what_each_row_duplicated(tmp_path: Path, method, options, dropped):
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
-    path = write_recipe(
-        tmp_path / "r.yaml",
-        {
-            "name": "dd",
-            "teacher": {"backend": "transformers", "model": "embedded"},
-            "steps": [{"step": "load", "path": "rows.jsonl"}, {"step": "dedup", "method": method, **options}],
-            "output": {"dir": str(tmp_path / "out")},
-        },
+    path = dedup_recipe(
+        tmp_path, [{"step": "load", "path": "rows.jsonl"}, {"step": "dedup", "method": method, **options}]
     )
     result = run_recipe(load_recipe(path))
     kept = [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")]
@@ -89,25 +96,22 @@ def test_dedup_step_records_what_each_row_duplicated(tmp_path: Path, method, opt
     assert {d["id"]: d["duplicate_of"] for d in duplicates} == dropped
     # The dropped row's own text is kept beside the pair, for the report and a reader to judge by.
     texts = {row["id"]: row["instruction"] for row in ROWS}
-    assert {d["id"]: d["text"] for d in duplicates} == {d: texts[d] for d in dropped}
+    assert {d["id"]: (d["text"], d["duplicate_text"]) for d in duplicates} == {
+        d: (texts[d], texts[kept]) for d, kept in dropped.items()
+    }
 
 
 def test_embedding_dedup_of_no_rows(tmp_path: Path):
     vectors, encoded = embed([], cache=EmbeddingCache(tmp_path / "e.sqlite"))
     assert vectors.shape[0] == 0 and encoded == 0
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
-    path = write_recipe(
-        tmp_path / "r.yaml",
-        {
-            "name": "dd",
-            "teacher": {"backend": "transformers", "model": "embedded"},
-            "steps": [
-                {"step": "load", "path": "rows.jsonl"},
-                {"step": "filter", "column": "instruction", "min_chars": 1000},  # drops every row
-                {"step": "dedup", "method": "embedding"},
-            ],
-            "output": {"dir": str(tmp_path / "out")},
-        },
+    path = dedup_recipe(
+        tmp_path,
+        [
+            {"step": "load", "path": "rows.jsonl"},
+            {"step": "filter", "column": "instruction", "min_chars": 1000},  # drops every row
+            {"step": "dedup", "method": "embedding"},
+        ],
     )
     result = run_recipe(load_recipe(path))
     assert [r.rows_out for r in result.reports] == [7, 0, 0]
@@ -116,20 +120,43 @@ def test_embedding_dedup_of_no_rows(tmp_path: Path):
 
 def test_chained_dedup_cheapest_first(tmp_path: Path):
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
-    path = write_recipe(
-        tmp_path / "r.yaml",
-        {
-            "name": "dd",
-            "teacher": {"backend": "transformers", "model": "embedded"},
-            "steps": [
-                {"step": "load", "path": "rows.jsonl"},
-                {"step": "dedup", "method": "exact"},
-                {"step": "dedup", "method": "minhash"},
-                {"step": "dedup", "method": "embedding", "threshold": 0.97},
-            ],
-            "output": {"dir": str(tmp_path / "out")},
-        },
+    path = dedup_recipe(
+        tmp_path,
+        [
+            {"step": "load", "path": "rows.jsonl"},
+            {"step": "dedup", "method": "exact"},
+            {"step": "dedup", "method": "minhash"},
+            {"step": "dedup", "method": "embedding", "threshold": 0.97},
+        ],
     )
     result = run_recipe(load_recipe(path))
     assert [r.rows_out for r in result.reports] == [7, 6, 5, 4]
     assert [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["a", "c", "e", "g"]
+
+
+def test_pair_texts_are_kept_for_the_most_similar_pairs_only_and_clipped(tmp_path: Path):
+    """MinHash at a low threshold: exact copies (similarity 1) outrank near copies, and only the
+    PAIRS_WITH_TEXT most similar pairs carry their texts, each clipped to PAIR_TEXT_CHARS."""
+    from synthkd.steps.dedup import PAIR_TEXT_CHARS, PAIRS_WITH_TEXT
+
+    base = " ".join(f"word{i}" for i in range(80))  # 560+ characters: clipped
+    near = [  # Jaccard about 0.8 with base: never estimated as 1
+        {"id": f"near-{i}", "instruction": base + "".join(f" extra{i}x{j}" for j in range(20))}
+        for i in range(60)
+    ]
+    exact = [{"id": f"copy-{i}", "instruction": base} for i in range(PAIRS_WITH_TEXT)]
+    write_jsonl(tmp_path / "rows.jsonl", [{"id": "first", "instruction": base}, *near, *exact])
+    path = dedup_recipe(
+        tmp_path,
+        [
+            {"step": "load", "path": "rows.jsonl"},
+            {"step": "dedup", "method": "minhash", "threshold": 0.5},
+        ],
+    )
+    result = run_recipe(load_recipe(path))
+    pairs = result.manifest["steps"][1]["details"]["duplicates"]
+    assert len(pairs) == 60 + PAIRS_WITH_TEXT
+    with_text = [pair for pair in pairs if "text" in pair]
+    assert {pair["id"] for pair in with_text} == {row["id"] for row in exact}  # the most similar ones
+    assert all(len(p["text"]) == PAIR_TEXT_CHARS and p["text"].endswith("…") for p in with_text)
+    assert all(p["duplicate_text"] == p["text"] for p in with_text)

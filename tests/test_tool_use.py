@@ -11,8 +11,9 @@ from helpers import read_jsonl, write_jsonl, write_recipe
 from tiny_model import build_tiny_model
 
 from synthkd.errors import RecipeError
-from synthkd.pipeline import check, run_recipe
+from synthkd.pipeline import ProgressFactory, check, run_recipe
 from synthkd.recipe import load_recipe
+from synthkd.steps.base import Progress
 from synthkd.steps.parsing import ParseError
 from synthkd.steps.tool_use import calls_parser, load_tools
 from synthkd.testing.fake_openai import FakeOpenAIServer
@@ -331,6 +332,15 @@ ROUNDS_SCRIPT = [
     },
     {"match": "(?s)User request:\nWeather in Oslo\\?.*Decide which", "reply": GET_WEATHER.format("Oslo")},
     {"match": "(?s)User request:\nWeather in Rome\\?.*Decide which", "reply": GET_WEATHER.format("Rome")},
+    # Bergen: a new call every round (another unit), until the rounds run out.
+    {
+        "match": '(?s)Keep checking Bergen.*"unit": "celsius"}\\) returned.*Decide whether more',
+        "reply": '[{"name": "get_weather", "arguments": {"city": "Bergen", "unit": "fahrenheit"}}]',
+    },
+    {
+        "match": "(?s)User request:\nKeep checking Bergen.*Decide whether more",
+        "reply": '[{"name": "get_weather", "arguments": {"city": "Bergen", "unit": "celsius"}}]',
+    },
     {"match": "(?s)User request:\nKeep checking Bergen.*Decide", "reply": GET_WEATHER.format("Bergen")},
     # Later rounds: the flight needs the temperatures; after the search there is nothing left to call.
     {"match": f"(?s){re.escape(FLIGHT)}.*already called tools.*search_flights\\(", "reply": "[]"},
@@ -339,7 +349,8 @@ ROUNDS_SCRIPT = [
         "reply": '[{"name": "search_flights", "arguments": '
         '{"origin": "CDG", "destination": "FCO", "date": "2025-05-01"}}]',
     },
-    {"match": "(?s)Weather in Oslo\\?.*Decide whether more", "reply": "[]"},
+    # Oslo asks again for the call it made: a repeat, dropped, which leaves nothing more to call.
+    {"match": "(?s)Weather in Oslo\\?.*Decide whether more", "reply": GET_WEATHER.format("Oslo")},
     {
         "match": "(?s)Weather in Rome\\?.*Decide whether more",
         "reply": '[{"name": "book_hotel", "arguments": {}}]',
@@ -365,19 +376,45 @@ ROUNDS_SCRIPT = [
 ]
 
 
+class CountingBars(ProgressFactory):
+    """Each step's progress as [advanced, total], to check a bar ends full."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+
+    def step(self, label: str, stats: object) -> Progress:
+        counts = self.counts.setdefault(label, [0, 0])
+
+        class Bar(Progress):
+            def set_total(self, total: int) -> None:
+                counts[1] = total
+
+            def advance(self, rows: int = 1) -> None:
+                counts[0] += rows
+
+        return Bar()
+
+
+def _calls(row: dict) -> list[dict]:
+    return [call["function"] for m in row["messages"] for call in m.get("tool_calls") or []]
+
+
 def test_later_rounds_call_with_earlier_results_until_done_or_out_of_rounds(tmp_path: Path):
     requests = [
         {"id": "flight", "request": FLIGHT},  # 2 rounds: the search needs the temperatures
-        {"id": "oslo", "request": "Weather in Oslo?"},  # 1 round, then nothing more to call
+        {"id": "oslo", "request": "Weather in Oslo?"},  # 1 round, then only a repeat of it
         {"id": "bergen", "request": "Keep checking Bergen until it stops raining."},  # calls every round
         {"id": "rome", "request": "Weather in Rome?"},  # an invalid call in round 2
     ]
     with FakeOpenAIServer(script=ROUNDS_SCRIPT) as server:
         path = _recipe(tmp_path, server.base_url, {"request_column": "request", "max_rounds": 3})
         write_jsonl(tmp_path / "requests.jsonl", requests)
-        result = run_recipe(load_recipe(path))
+        bars = CountingBars()
+        result = run_recipe(load_recipe(path), progress=bars)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "out" / "data.jsonl")}
     assert list(rows) == ["flight", "oslo", "bergen"]
+    # The bar ends full: conversations that stop early advance it by the requests they skip.
+    assert bars.counts["1:tool_calls"] == [24, 24]
     flight = rows["flight"]["messages"]
     assert [m["role"] for m in flight] == [
         "user",
@@ -400,11 +437,17 @@ def test_later_rounds_call_with_earlier_results_until_done_or_out_of_rounds(tmp_
     assert [m["role"] for m in rows["oslo"]["messages"]] == ["user", "assistant", "tool", "assistant"]
     # Bergen calls in every round: after the third round's results it must answer.
     assert rows["bergen"]["tools_called"] == ["get_weather"] * 3
+    assert [call["arguments"].get("unit") for call in _calls(rows["bergen"])] == [
+        None,
+        "celsius",
+        "fahrenheit",
+    ]
     [(_, failure)] = result.failures
     assert (failure.id, failure.reason, failure.attempts) == ("rome", "invalid_tool_call", 2)
     details = result.manifest["steps"][1]["details"]
     assert details["conversations_by_rounds"] == {"1": 1, "2": 1, "3": 1}
     assert details["calls_by_tool"] == {"get_weather": 6, "search_flights": 1}
+    assert details["repeated_calls_dropped"] == 1  # Oslo's second get_weather("Oslo")
 
     from transformers import AutoTokenizer
 

@@ -146,6 +146,37 @@ def test_wrong_columns_and_unknown_trl_fields_are_recipe_errors(tmp_path: Path, 
         )
 
 
+def test_an_empty_dataset_from_an_older_run_is_a_clear_error(tmp_path: Path, tiny_model: Path):
+    """`datasets` saves a 0-row dataset without any arrow file (as runs did before they saved one
+    shard) and cannot load it back; training says there is nothing to train on instead."""
+    from datasets import Dataset
+
+    Dataset.from_dict({"id": []}).save_to_disk(str(tmp_path / "dataset"))
+    config = TrainConfig(method="sft", student=str(tiny_model))
+    with pytest.raises(RecipeError, match="has no rows to train on"):
+        train_student(config, tmp_path / "dataset", tmp_path, seed=0, run_name="empty")
+
+
+def test_trl_configs_get_checkpointing_under_its_current_name():
+    """TRL's default (checkpointing on) reaches transformers as `activation_checkpointing`, so no
+    deprecation warning for a setting the user never wrote; the user's own value is kept."""
+    import warnings
+
+    from trl import DPOConfig, SFTConfig
+
+    from synthkd.training.run import _trl_config
+
+    for config_class in (SFTConfig, DPOConfig):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            made = _trl_config(config_class, {"output_dir": "unused", "use_cpu": True})
+        assert made.activation_checkpointing is True and made.gradient_checkpointing is True
+    made = _trl_config(
+        SFTConfig, {"output_dir": "unused", "use_cpu": True, "activation_checkpointing": False}
+    )
+    assert made.activation_checkpointing is False
+
+
 def test_agreement_measure():
     assert agreement("Four.", "four.") == 1.0 and agreement("Five", "Four") == 0.0
     long_answer = "The moon pulls the oceans toward it and makes the tides rise and fall."

@@ -320,7 +320,7 @@ def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list
                 p["id"],
                 p.get("text", ""),
                 p.get("duplicate_of"),
-                instruction_of(by_id.get(p.get("duplicate_of"), {})) or "",
+                p.get("duplicate_text") or instruction_of(by_id.get(p.get("duplicate_of"), {})) or "",
                 p.get("similarity"),
             ]
             for p in pairs[:TOP_PAIRS]

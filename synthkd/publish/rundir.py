@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import SynthkdError
+from synthkd.output import load_run_dataset
 
 
 class PublishInputError(SynthkdError):
@@ -52,19 +53,10 @@ class RunDir:
 
     def dataset(self):
         """The `datasets` Dataset or DatasetDict of dataset/ (save_to_disk)."""
-        from datasets import load_from_disk
-
         folder = self.path / "dataset"
         if not folder.exists():
             raise PublishInputError(f"{self.path}: no dataset/ folder; was the run finished?")
-        try:
-            return load_from_disk(str(folder))
-        except IndexError:
-            # Runs written before output.write_run saved one shard for no rows have no arrow file.
-            from datasets import Dataset, DatasetInfo
-
-            info = DatasetInfo.from_directory(str(folder))
-            return Dataset.from_dict({name: [] for name in info.features or {}}, features=info.features)
+        return load_run_dataset(folder)
 
     def splits(self) -> dict[str, Any]:
         """split name -> Dataset; a single Dataset is the `train` split, as push_to_hub names it."""

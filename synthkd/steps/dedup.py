@@ -2,7 +2,7 @@
 
 Chain several, cheapest first (exact, then minhash, then embedding). The manifest lists, for every
 dropped row, the id of the kept row it duplicated and their similarity, and for the most similar
-pairs the dropped text too (clipped), so a reader (and the report) can judge the threshold.
+pairs both compared texts too (clipped), so a reader (and the report) can judge the threshold.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class DedupStep(Step):
         ]
         most_similar = sorted(range(len(dropped)), key=lambda i: -dropped[i][1][1])[:PAIRS_WITH_TEXT]
         for i in most_similar:
-            pairs[i]["text"] = clip(texts[dropped[i][0]], PAIR_TEXT_CHARS)
+            index, (first, _) = dropped[i]
+            pairs[i]["text"] = clip(texts[index], PAIR_TEXT_CHARS)
+            pairs[i]["duplicate_text"] = clip(texts[first], PAIR_TEXT_CHARS)
         result.details["duplicates"] = pairs
         return result

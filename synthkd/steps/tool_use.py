@@ -180,6 +180,10 @@ def result_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _call_key(call: dict[str, Any]) -> str:
+    return json.dumps([call["name"], call["arguments"]], sort_keys=True, ensure_ascii=False)
+
+
 @dataclass
 class _Conversation:
     """One conversation being written: its request, the rounds of calls made so far with their
@@ -190,6 +194,17 @@ class _Conversation:
     request: str
     rounds: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)  # (calls, results)
     pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def new_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`calls` less those already made (same function, same arguments) and repeats among them:
+        a conversation where the assistant makes the same call again teaches a student to loop."""
+        made = {_call_key(call) for calls_made, _ in self.rounds for call in calls_made}
+        fresh = []
+        for call in calls:
+            if _call_key(call) not in made:
+                made.add(_call_key(call))
+                fresh.append(call)
+        return fresh
 
     def history(self) -> list[dict[str, str]]:
         """Every call so far with its result, as the prompts list them."""
@@ -269,8 +284,12 @@ class ToolCallsStep(Step):
         else:
             sources = await self._write_requests(ctx, result)
         conversations = [_Conversation(index, row, request) for index, (row, request) in enumerate(sources)]
-        expected_requests = len(conversations) * 3  # first calls, their results, the answer
+        # The bar counts requests: first calls, their results and the answer for every conversation,
+        # two more per conversation that goes on to a later round; a conversation that stops early
+        # advances it by the requests it will not make.
+        expected_requests = len(conversations) * 3
         ctx.progress.set_total(expected_requests)
+        result.details["repeated_calls_dropped"] = 0
 
         calling, finished = await self._next_calls(conversations, 1, ctx, result)
         for round_number in range(1, self.max_rounds + 1):
@@ -308,16 +327,22 @@ class ToolCallsStep(Step):
         )
         calling, done = [], []
         for conversation, answer in zip(conversations, answers, strict=True):
+            new_calls = conversation.new_calls(answer.value) if answer.ok else []
+            if answer.ok:
+                result.details["repeated_calls_dropped"] += len(answer.value) - len(new_calls)
             if not answer.ok:
                 reason = "invalid_tool_call" if answer.outcome.completion is not None else answer.reason
                 self._fail(result, conversation.row, answer, reason)
-            elif answer.value:
-                conversation.pending = answer.value
+                ctx.progress.advance(2)  # no results, no answer
+            elif new_calls:
+                conversation.pending = new_calls
                 calling.append(conversation)
             elif round_number == 1:
                 result.dropped["no_tool_call"] += 1
-            else:
+                ctx.progress.advance(2)
+            else:  # nothing more to call (or only calls already made): on to the answer
                 done.append(conversation)
+                ctx.progress.advance(1)  # no results this round
         return calling, done
 
     async def _simulate(
@@ -349,6 +374,7 @@ class ToolCallsStep(Step):
                 simulated.append(conversation)
             else:
                 self._fail(result, conversation.row, answer, "unparseable_results")
+                ctx.progress.advance(1)  # no answer
         return simulated
 
     async def _answer(self, conversations: list[_Conversation], ctx: StepContext, result: StepResult) -> None:
@@ -371,7 +397,7 @@ class ToolCallsStep(Step):
             usage.update(call["name"] for calls, _ in conversation.rounds for call in calls)
             rounds[len(conversation.rounds)] += 1
             result.rows.append(self._row(conversation, answer.value))
-        result.details = {
+        result.details |= {
             "conversations": sum(rounds.values()),
             "conversations_by_rounds": {str(count): rounds[count] for count in sorted(rounds)},
             "calls_by_tool": {

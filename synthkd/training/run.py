@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import RecipeError
+from synthkd.output import load_run_dataset
 from synthkd.training.config import TrainConfig
 from synthkd.training.evaluation import evaluate
 from synthkd.training.memory import DEFAULT_MAX_LENGTH
@@ -96,7 +97,6 @@ def train_student(
 ) -> TrainResult:
     """Train, evaluate and save the student; returns where it is and the before/after metrics.
     `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones)."""
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from synthkd.teachers.transformers_backend import resolve_model_source
@@ -111,7 +111,7 @@ def train_student(
                 "HF_HUB_OFFLINE is set: unset it to push the student, or drop push_to_hub",
                 where="train.push_to_hub",
             )
-    dataset = load_from_disk(str(dataset_dir))
+    dataset = load_run_dataset(dataset_dir)
     if len(dataset) == 0:
         raise RecipeError(
             f"the run's dataset ({dataset_dir}) has no rows to train on: see failures.jsonl and the funnel "
@@ -312,8 +312,7 @@ def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_
         raise RecipeError(
             f"training {config.student!r} needs {estimate.describe()} but only "
             f"{free / 2**30:.2f} GiB is free on {device_name}; lower per_device_train_batch_size or "
-            "max_length in train.args, turn on "
-            "gradient_checkpointing, or train LoRA adapters (train.lora)",
+            "max_length in train.args, or train LoRA adapters (train.lora)",
             where="train",
         )
     return estimate
