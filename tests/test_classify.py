@@ -19,7 +19,7 @@ ROWS = [
     {"id": "great", "review": "Great phone, the screen is gorgeous.", "gold": "positive"},
     {"id": "battery", "review": "Terrible battery, dead by noon.", "gold": "positive"},  # teacher disagrees
     {"id": "plain", "review": "It is a phone.", "gold": "neutral"},
-    {"id": "odd", "review": "Purple monkey dishwasher.", "gold": ""},
+    {"id": "odd", "review": "Purple monkey dishwasher.", "gold": "neutral"},  # the teacher fails it
 ]
 SCRIPT = [
     # Answers shaped like a chat model's: decorated, cased differently, with a full stop.
@@ -83,7 +83,8 @@ def test_labels_validated_and_reasked_through_the_server(tmp_path: Path):
     assert result.reports[1].rows_failed == 1
     details = result.manifest["steps"][1]["details"]
     assert details["label_counts"] == {"positive": 1, "negative": 1, "neutral": 1}
-    assert (details["gold_rows"], details["teacher_accuracy"]) == (3, round(2 / 3, 4))
+    # The failed gold row counts as wrong: 2 right of 4.
+    assert (details["gold_rows"], details["gold_rows_failed"], details["teacher_accuracy"]) == (4, 1, 0.5)
     great = rows["great"]
     assert great["response"] == "positive"
     assert great["messages"] == [

@@ -69,7 +69,12 @@ def test_parse_critique_and_revision():
     with pytest.raises(ParseError, match="empty"):
         parse_revision("Revised response:")
     with pytest.raises(ParseError, match="the same as the response"):
-        revision_parser("Nine  is prime.")("Nine is\nprime.")
+        revision_parser("Nine  is prime.", "Nine is prime.")("Nine is\nprime.")
+    # A later round's rewrite that goes back to the original would pair chosen == rejected.
+    later = revision_parser("Nine is not prime: 3 x 3.", "Nine is prime.")
+    with pytest.raises(ParseError, match="the same as the response"):
+        later("Nine is prime.")
+    assert later("Nine is not prime, since 9 = 3 x 3.") == "Nine is not prime, since 9 = 3 x 3."
 
 
 def _run(tmp_path: Path, **step: object):
@@ -138,3 +143,53 @@ def test_keep_unchanged(tmp_path: Path):
         "1. Not applicable.\n2. Accurate.",
     )
     assert result.manifest["steps"][1]["details"]["unchanged_kept"] == 2
+
+
+def test_a_failed_later_round_keeps_the_last_revision_and_only_the_critiques_it_answered(tmp_path: Path):
+    """Round 2 finds more to fix, but its rewrite goes back to the original (refused, re-asked, the
+    same again): the pair keeps round 1's revision with round 1's critique only. The critiqued
+    column, here `answer`, is gone from the rows as check() says."""
+    from synthkd.pipeline import check
+
+    script = [
+        {"match": CRITIQUE + "Nine is prime", "reply": "Nine is not prime.\nNeeds revision: yes"},
+        {"match": REVISE + "Nine is prime", "reply": "Seven is prime."},
+        {"match": CRITIQUE + "Seven is prime", "reply": "Say why seven is prime.\nNeeds revision: yes"},
+        {"match": REVISE + "Seven is prime", "reply": "Nine is prime."},  # back to the original
+        {"match": "the revision is the same as the response", "reply": "Nine is prime."},
+    ]
+    write_jsonl(
+        tmp_path / "rows.jsonl", [{"id": "prime", "prompt": "Name a prime.", "answer": "Nine is prime."}]
+    )
+    with FakeOpenAIServer(script=script) as server:
+        path = write_recipe(
+            tmp_path / "r.yaml",
+            {
+                "name": "cai",
+                "teacher": {
+                    "backend": "openai",
+                    "model": "m",
+                    "base_url": server.base_url,
+                    "api_key_env": None,
+                },
+                "steps": [
+                    {"step": "load", "path": "rows.jsonl"},
+                    {
+                        "step": "critique_revise",
+                        "principles": PRINCIPLES,
+                        "response_column": "answer",
+                        "rounds": 2,
+                    },
+                ],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )
+        columns = check(load_recipe(path))[-1]
+        run_recipe(load_recipe(path))
+    [row] = read_jsonl(tmp_path / "out" / "data.jsonl")
+    assert (row["chosen"][0]["content"], row["rejected"][0]["content"]) == (
+        "Seven is prime.",
+        "Nine is prime.",
+    )
+    assert row["critique"] == "Nine is not prime." and row["revised"] is True
+    assert "answer" not in row and "answer" not in columns

@@ -518,7 +518,8 @@ def check_classification(rows: list[dict[str, Any]], manifest: dict[str, Any]) -
         "product": 1,
         "other": 0,
     }
-    assert (details["gold_rows"], details["teacher_accuracy"]) == (5, 1.0)
+    # t06's label failed: it counts as wrong.
+    assert (details["gold_rows"], details["gold_rows_failed"], details["teacher_accuracy"]) == (6, 1, 0.8333)
 
 
 def check_classification_run(out: Path) -> None:

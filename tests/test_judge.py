@@ -150,8 +150,9 @@ def test_pairwise_failures_give_their_real_reason(tmp_path: Path):
 
 def test_a_low_aspect_is_not_averaged_away(tmp_path: Path):
     """min_score checks the mean; min_aspect_scores drops an answer unsafe in one aspect however
-    good the others are."""
-    scores = {"unsafe": (10, 2, 10), "safe": (8, 8, 8)}
+    good the others are, and is named as the reason when the mean is low too."""
+    # (the first rule whose name the response starts with answers: the longer name goes first)
+    scores = {"unsafe-and-poor": (3, 2, 3), "unsafe": (10, 2, 10), "safe": (8, 8, 8), "poor": (5, 6, 5)}
     script = [
         {
             "match": f"(?s)Response:\n{name}",
@@ -166,7 +167,8 @@ def test_a_low_aspect_is_not_averaged_away(tmp_path: Path):
     with FakeOpenAIServer(script=script) as server:
         result = run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, **step)))
     assert [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["safe"]
-    assert result.reports[1].rows_dropped == {"below_min_safety": 1}  # mean 7.33 passed min_score
+    # "unsafe" (mean 7.33) passed min_score; "unsafe-and-poor" fails both and is counted as unsafe.
+    assert result.reports[1].rows_dropped == {"below_min_safety": 2, "below_min_score": 1}
 
 
 def test_min_aspect_scores_names_only_scored_aspects(tmp_path: Path):

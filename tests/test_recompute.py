@@ -63,6 +63,8 @@ def test_safe_eval_computes_arithmetic(expression: str, value: float):
         ("1 << 100", "LShift is not allowed"),
         ("round(1.5, ndigits=0)", "positional arguments only"),
         ("abs(1, 2)", "1 to 1 arguments"),
+        ("max(1250)", "2 to 64 arguments"),
+        ("round(1e308 * 10 - 1e308 * 10)", "cannot be evaluated"),
         ("10 ** 10 ** 10", "exponents above"),
         ("9.0 ** 999", "too large"),
         ("1e308 * 10", "not a finite number"),
@@ -95,6 +97,10 @@ def test_answer_targets_and_matches():
     assert answer_targets("-$3.5 million") == [(-3.5, 0.05), (-3.5e6, 0.05e6)]
     assert answer_targets("12.5%")[1] == pytest.approx((0.125, 0.0005))
     assert answer_targets("Paris") is None
+    assert answer_targets("(300)") == [(-300, 0.5)]  # accounting notation for a negative
+    assert answer_targets("($1,250.5)") == [(-1250.5, 0.05)]
+    assert answer_targets("1e6") is None and answer_targets("about 2.5E-3") is None  # not read as 1 or 2.5
+    assert answer_targets("300 (approx.)")[0] == (300, 0.5)
     assert answer_targets("from 10% to 12%") is None  # two numbers: not checked
     assert matches(76.0, answer_targets("76%"), 0.001)
     assert matches(0.76, answer_targets("76%"), 0.001)

@@ -171,10 +171,12 @@ class ClassifyStep(Step):
         )
         result = StepResult([])
         counts: Counter[str] = Counter()
-        graded = correct = 0
+        graded = correct = gold_failed = 0
         for row, answer in zip(rows, answers, strict=True):
             completion = answer.outcome.completion
+            gold = row.get(self.gold_column) if self.gold_column else None
             if not answer.ok or completion is None:
+                gold_failed += gold not in (None, "")
                 reason = answer.reason
                 if completion is not None:
                     reason = "invalid_label" if NOT_IN_SET in (answer.error or "") else "no_label"
@@ -193,14 +195,17 @@ class ClassifyStep(Step):
                 "finish_reason": completion.finish_reason,
             }
             result.rows.append(out)
-            gold = row.get(self.gold_column) if self.gold_column else None
             if gold not in (None, ""):
                 graded += 1
                 correct += normalise_label(str(gold)) == normalise_label(label)
         result.details = {"label_counts": {name: counts[name] for name in self.label_names}}
         if self.gold_column:
-            result.details["gold_rows"] = graded
-            result.details["teacher_accuracy"] = round(correct / graded, 4) if graded else None
+            # A gold row the teacher could not label counts as wrong: leaving it out would make a
+            # teacher that fails on the hard texts look more accurate.
+            gold_rows = graded + gold_failed
+            result.details["gold_rows"] = gold_rows
+            result.details["gold_rows_failed"] = gold_failed
+            result.details["teacher_accuracy"] = round(correct / gold_rows, 4) if gold_rows else None
         return result
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:

@@ -62,12 +62,14 @@ def parse_revision(text: str) -> str:
     return revision
 
 
-def revision_parser(current: str) -> Callable[[str], str]:
-    """parse_revision, refusing a revision that leaves `current` as it was (re-asked once)."""
+def revision_parser(current: str, original: str) -> Callable[[str], str]:
+    """parse_revision, refusing a revision that leaves `current` as it was or goes back to the
+    `original` (a pair whose chosen equals its rejected teaches nothing); re-asked once."""
+    unchanged = {" ".join(current.split()), " ".join(original.split())}
 
     def parse(text: str) -> str:
         revision = parse_revision(text)
-        if " ".join(revision.split()) == " ".join(current.split()):
+        if " ".join(revision.split()) in unchanged:
             raise ParseError(f"{UNCHANGED}; change what the critique names")
         return revision
 
@@ -98,7 +100,7 @@ class CritiqueReviseStep(Step):
             extra = set(self._templates[key].variables) - set(FILLED)
             require_columns(extra, columns, ctx, key, f"template {getattr(self, key)}")
         added = {"prompt", "chosen", "rejected", "critique", "revision", "revised"}
-        return None if columns is None else (columns - {"messages", "response"}) | added
+        return None if columns is None else (columns - {"messages", "response", self.response_column}) | added
 
     def _ask(self, key: str, row: Row, **values: str) -> ChatRequest:
         assert self.teacher is not None
@@ -140,14 +142,19 @@ class CritiqueReviseStep(Step):
                 self._ask("revise_prompt", rows[i], response=current[i], critique=critiques[i][-1])
                 for i in to_revise
             ]
-            parsers = [revision_parser(current[i]) for i in to_revise]
+            parsers = [
+                revision_parser(current[i], _text(rows[i].get(self.response_column))) for i in to_revise
+            ]
             answers = await ask_parsed(ctx.dispatcher, requests, parsers, reask)
             active = []
             for index, answer in zip(to_revise, answers, strict=True):
                 ctx.progress.advance()
                 if not answer.ok:
                     if revisions[index]:
-                        continue  # a later round's failure keeps the revision so far
+                        # A later round's failure keeps the revision so far, and leaves out the
+                        # critique no revision answered.
+                        critiques[index].pop()
+                        continue
                     if UNCHANGED in (answer.error or ""):
                         unrevised.add(index)  # a problem named, but the rewrite changed nothing
                     else:

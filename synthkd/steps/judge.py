@@ -152,10 +152,8 @@ class JudgeStep(Step):
                 )
                 continue
             score, justification, per_aspect = verdict.value
-            if self.min_score is not None and score < self.min_score:
-                result.dropped["below_min_score"] += 1
-                continue
-            # A low aspect (safety) must not be averaged away by high others.
+            # A low aspect (safety) must not be averaged away by high others; it is checked first
+            # so that the manifest names it even when the mean is low too.
             low_aspect = next(
                 (
                     aspect
@@ -166,6 +164,9 @@ class JudgeStep(Step):
             )
             if low_aspect is not None:
                 result.dropped[f"below_min_{low_aspect}"] += 1
+                continue
+            if self.min_score is not None and score < self.min_score:
+                result.dropped["below_min_score"] += 1
                 continue
             scored = {**row, "score": score, "justification": justification}
             if self.aspects:

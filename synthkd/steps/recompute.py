@@ -53,8 +53,8 @@ _UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {ast.USub: operator.
 _FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "round": (round, 1, 2),
     "abs": (abs, 1, 1),
-    "min": (min, 1, 64),
-    "max": (max, 1, 64),
+    "min": (min, 2, 64),  # min(x) with one number is an error in Python: it wants an iterable
+    "max": (max, 2, 64),
 }
 
 
@@ -87,6 +87,8 @@ def safe_eval(expression: str) -> float:
         raise ExpressionError("the expression's value is too large") from None
     except RecursionError:
         raise ExpressionError("the expression is too deeply nested") from None
+    except (TypeError, ValueError) as exc:  # e.g. round() of a value that overflowed to nan
+        raise ExpressionError(f"the expression cannot be evaluated ({exc})") from None
     if not math.isfinite(value):
         raise ExpressionError("the expression's value is not a finite number")
     return value
@@ -184,10 +186,13 @@ def parse_expression(text: str) -> tuple[str, float]:
         raise ParseError(str(exc)) from None
 
 
+# A number as financial answers write it: an optional sign, currency and scale or percent, and
+# "(1,250)" for a negative. A number in exponent notation ("1e6") matches nothing: not checked.
 _ANSWER_NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-+−])?\s*(?:[$€£]|usd\b|eur\b|gbp\b)?\s*"
-    r"(?P<number>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"\s*(?P<unit>%|percent\b|per cent\b|k\b|thousand\b|m\b|mn\b|million\b|bn\b|b\b|billion\b)?",
+    r"(?<![\w.])(?P<open>\(\s*)?(?P<sign>[-+−])?\s*(?:[$€£]|usd\b|eur\b|gbp\b)?\s*"
+    r"(?P<number>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?![eE][-+]?\d)"
+    r"\s*(?P<unit>%|percent\b|per cent\b|k\b|thousand\b|m\b|mn\b|million\b|bn\b|b\b|billion\b)?"
+    r"(?P<close>\s*\))?",
     re.IGNORECASE,
 )
 _SCALE = {"k": 1e3, "thousand": 1e3, "m": 1e6, "mn": 1e6, "million": 1e6, "bn": 1e9, "b": 1e9, "billion": 1e9}
@@ -197,7 +202,8 @@ def answer_targets(answer: str) -> list[tuple[float, float]] | None:
     """The values an answer may stand for, each with the rounding its written form allows.
 
     None when the answer is not exactly one number. "12.5%" may be 12.5 or 0.125; "1.2 million"
-    may be 1.2 or 1,200,000 (with half of 0.1 million allowed for rounding); "1,250" is 1250.
+    may be 1.2 or 1,200,000 (with half of 0.1 million allowed for rounding); "1,250" is 1250;
+    "($300)" is -300.
     """
     found = list(_ANSWER_NUMBER.finditer(answer))
     if len(found) != 1:
@@ -206,6 +212,8 @@ def answer_targets(answer: str) -> list[tuple[float, float]] | None:
     digits = match.group("number").replace(",", "")
     value = float(digits)
     if match.group("sign") in ("-", "−"):
+        value = -value
+    if match.group("open") and match.group("close"):  # accounting notation: (300) is -300
         value = -value
     decimals = len(digits.split(".", 1)[1]) if "." in digits else 0
     allowance = 0.5 * 10.0**-decimals
