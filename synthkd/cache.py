@@ -14,10 +14,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from synthkd.teachers.base import ChatRequest, Completion
+from synthkd.kd.topk import TopK
+from synthkd.teachers.base import ChatRequest, Completion, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
 
 
@@ -42,6 +44,25 @@ def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
     }
     if request.continue_final:  # added only when set, so earlier keys stay valid
         material["continue_final"] = True
+    return _digest(material)
+
+
+def score_key(teacher: TeacherConfig, request: ScoreRequest) -> str:
+    """The cache key of a scoring request: the teacher, the conversation scored and k. Generation
+    params do not change a forward pass, so they are left out."""
+    return _digest(
+        {
+            "kind": "score",
+            "backend": teacher.backend,
+            "base_url": (teacher.base_url or "").rstrip("/"),
+            "model": teacher.model,
+            "messages": list(request.messages),
+            "top_k": request.top_k,
+        }
+    )
+
+
+def _digest(material: dict[str, Any]) -> str:
     canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -66,16 +87,7 @@ class ResponseCache:
         return cls(cache_root() / "requests.sqlite")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
-        found: dict[str, Completion] = {}
-        keys = list(keys)
-        for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, value in self._db.execute(
-                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
-            ):
-                found[key] = Completion(**json.loads(value))
-        return found
+        return {key: Completion(**value) for key, value in self._get_values(keys).items()}
 
     def put(self, key: str, completion: Completion) -> None:
         value: dict[str, Any] = {
@@ -84,6 +96,29 @@ class ResponseCache:
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
         }
+        if completion.logprobs is not None:  # a resumed `logits` step needs them as much as the text
+            value["logprobs"] = completion.logprobs
+        self._put_value(key, value)
+
+    def get_scores(self, keys: Iterable[str]) -> dict[str, TopK]:
+        return {key: TopK(**value) for key, value in self._get_values(keys).items()}
+
+    def put_score(self, key: str, scored: TopK) -> None:
+        self._put_value(key, asdict(scored))
+
+    def _get_values(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value in self._db.execute(
+                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
+            ):
+                found[key] = json.loads(value)
+        return found
+
+    def _put_value(self, key: str, value: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
             (key, json.dumps(value, ensure_ascii=False), time.time()),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,14 +15,14 @@ from typing import Any
 import synthkd
 from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
+from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError
 from synthkd.output import with_messages, write_run
 from synthkd.preflight import check_teacher_environment, redact_url
-from synthkd.pricing import price_of
 from synthkd.recipe import LoadedRecipe
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
-from synthkd.teachers import Teacher, TeacherConfig, build_teacher
-from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
+from synthkd.teachers import TeacherConfig
+from synthkd.teachers.registry import backend_spec
 
 
 def check(loaded: LoadedRecipe) -> list[Columns]:
@@ -64,11 +63,7 @@ def _check_params(teacher: TeacherConfig, where: Callable[..., str]) -> None:
     for name, hint in RESERVED_PARAMS.items():
         if name in teacher.params:
             raise RecipeError(f"cannot be a teacher param: {hint}", where=where(name))
-    if teacher.backend == "transformers":
-        unknown = sorted(set(teacher.params) - set(LOCAL_PARAMS))
-        # Point at the first unsupported param itself: it may come from the recipe's teacher
-        # while the step's own teacher sets other params.
-        check_local_params(teacher.params, where(unknown[0]) if unknown else where())
+    backend_spec(teacher.backend).check_params(teacher.params, where)
 
 
 def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:
@@ -161,24 +156,19 @@ async def execute(
     """Run every step and write the outputs. The recipe must have passed `check` and `preflight`."""
     recipe = loaded.recipe
     progress = progress or ProgressFactory()
-    cache = ResponseCache.default() if use_cache else None
-    teachers: dict[str, Teacher] = {}
     rows: list[Row] = []
     failures: list[tuple[str, Failure]] = []
     reports: list[StepReport] = []
     started = datetime.now(timezone.utc)
-    try:
+    async with TeacherPool(seed=recipe.seed, use_cache=use_cache) as pool:
         for index, step in enumerate(recipe.steps):
             report = StepReport(index, step.step, rows_in=len(rows))
             clock = time.perf_counter()
-            used: list[Dispatcher] = []
+            used: list[Dispatcher] = []  # every dispatcher the step asked for, for its report
 
             def dispatcher_for(config: TeacherConfig, used: list[Dispatcher] = used) -> Dispatcher:
                 """A dispatcher for another teacher a step needs (a judge), sharing loaded models."""
-                teacher = teachers.get(_teacher_id(config))
-                if teacher is None:
-                    teacher = teachers[_teacher_id(config)] = build_teacher(config, seed=recipe.seed)
-                used.append(Dispatcher(teacher, config, cache, price_of(config.backend, config.model)))
+                used.append(pool.dispatcher(config))
                 return used[-1]
 
             config = step.step_teacher()
@@ -196,11 +186,6 @@ async def execute(
                 report.absorb(used_dispatcher.stats)
             report.seconds = round(time.perf_counter() - clock, 3)
             reports.append(report)
-    finally:
-        for teacher in teachers.values():
-            await teacher.aclose()
-        if cache is not None:
-            cache.close()
     if recipe.output.format == "messages":
         rows = with_messages(rows)
     manifest = build_manifest(loaded, reports, started, len(rows), len(failures))
@@ -293,6 +278,6 @@ def plan(loaded: LoadedRecipe, *, use_cache: bool = True) -> list[tuple[Step, St
     return plans
 
 
-def _teacher_id(config: TeacherConfig) -> str:
-    """Steps whose teachers differ only in params share one client or loaded model."""
-    return json.dumps(config.model_dump(exclude={"params"}), sort_keys=True)
+# Steps whose teachers differ only in params share one client or loaded model (preflight checks
+# each such teacher once); the pool that shares them defines the key.
+_teacher_id = teacher_id

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from synthkd.errors import RecipeError
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.registry import backend_spec
 
-OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
@@ -19,7 +19,8 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
 
     `where(key)` names the recipe line of a teacher key, for the message.
     """
-    if teacher.backend == "transformers":
+    spec = backend_spec(teacher.backend)
+    if spec.capabilities.local:
         return
     if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
         raise RecipeError(
@@ -27,7 +28,7 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
             f"teacher.api_key_env to the variable that holds the key (null for a server that needs none)",
             where=where("api_key_env"),
         )
-    url = teacher.base_url or (OPENAI_DEFAULT_URL if teacher.backend == "openai" else None)
+    url = teacher.base_url or spec.default_base_url
     if network and url:
         check_reachable(url, where("base_url") if teacher.base_url else where("model"))
 

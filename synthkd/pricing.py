@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from synthkd.teachers.registry import backend_spec
+
 
 @dataclass(frozen=True)
 class Price:
@@ -21,7 +23,7 @@ FREE = Price(0.0, 0.0)
 @lru_cache(maxsize=64)
 def price_of(backend: str, model: str) -> Price | None:
     """Price per token of `model`, or None when unknown (a self-hosted or unlisted model)."""
-    if backend == "transformers":
+    if backend_spec(backend).capabilities.local:
         return FREE  # a local model costs electricity, not tokens
     import litellm  # imported here: it is slow, and a local-only run never needs it
 

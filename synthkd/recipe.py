@@ -19,6 +19,7 @@ from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.shipped import resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep
 from synthkd.teachers.config import TeacherConfig, default_teacher
+from synthkd.teachers.registry import BACKENDS
 from synthkd.training.config import TrainConfig
 from synthkd.yaml_source import KeyPath, format_path, line_of, load_yaml_with_lines
 
@@ -138,7 +139,8 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                 if isinstance(own, dict):
                     params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
                     step[key] = {**teacher, **own, "params": params}
-                    if step[key].get("backend") == "transformers" and "seed" not in params:
+                    spec = BACKENDS.get(str(step[key].get("backend", "")))
+                    if spec is not None and spec.seeded_from_recipe and "seed" not in params:
                         # A local model samples from the recipe's seed; as a param it is in every
                         # cache key, so a run with another seed does not replay this one's answers.
                         params["seed"] = data.get("seed", Recipe.model_fields["seed"].default)

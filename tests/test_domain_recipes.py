@@ -414,7 +414,7 @@ TOOL_USE = Case(
         "train.eval_max_new_tokens=4",
     ],
     train=True,
-    # Renders the tool schemas and calls (as tests/test_tool_use.py does), and refuses to render a
+    # Renders the tool schemas and calls (as tests/test_tool_calls.py does), and refuses to render a
     # conversation without its tools: training and evaluation must pass the `tools` column through.
     student_template=(
         "{% if not tools %}{{ raise_exception('this template needs the tools') }}{% endif %}"

@@ -91,7 +91,10 @@ def test_dpo_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Pat
     reloads_and_generates(result.output_dir)
 
 
-def test_on_policy_distillation_from_a_live_teacher(tmp_path: Path, tiny_model: Path):
+# `train.teacher` is a teacher mapping like every other teacher key; a plain model string still
+# means a local model, and both must train the same way.
+@pytest.mark.parametrize("as_mapping", [False, True], ids=["model string", "teacher mapping"])
+def test_on_policy_distillation_from_a_live_teacher(tmp_path: Path, tiny_model: Path, as_mapping: bool):
     rows = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Four."}]}
         for q in QUESTIONS
@@ -102,7 +105,7 @@ def test_on_policy_distillation_from_a_live_teacher(tmp_path: Path, tiny_model: 
     config = TrainConfig(
         method="distill",
         student=str(tiny_model),
-        teacher=str(teacher),
+        teacher={"backend": "transformers", "model": str(teacher)} if as_mapping else str(teacher),
         divergence="jsd",
         eval_split=0.25,
         eval_max_new_tokens=4,
@@ -132,6 +135,39 @@ def test_distill_refuses_a_teacher_with_another_vocabulary(tmp_path: Path, tiny_
             0,
             "t",
         )
+
+
+def test_a_model_string_teacher_is_the_local_teacher_mapping(tiny_model: Path):
+    by_string = TrainConfig(method="distill", student=str(tiny_model), teacher="some/model")
+    by_mapping = TrainConfig(
+        method="distill", student=str(tiny_model), teacher={"backend": "transformers", "model": "some/model"}
+    )
+    assert by_string == by_mapping and by_string.teacher.backend == "transformers"
+
+
+def test_distill_refuses_an_api_teacher_at_train_teacher(tmp_path: Path, tiny_model: Path):
+    """On-policy distillation runs the teacher next to the student; an API teacher cannot be, and is
+    refused before anything is loaded, in a recipe as from Python."""
+    from helpers import write_recipe
+
+    from synthkd.recipe import load_recipe
+
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 4
+    dataset = save_dataset(tmp_path / "dataset", rows)
+    recipe = {
+        "name": "api-distill",
+        "steps": [{"step": "load", "path": "rows.jsonl"}],
+        "train": {
+            "method": "distill",
+            "student": str(tiny_model),
+            "teacher": {"backend": "openai", "model": "gpt-4o-mini"},
+        },
+    }
+    config = load_recipe(write_recipe(tmp_path / "recipe.yaml", recipe)).recipe.train
+    with pytest.raises(RecipeError, match="needs a local model that shares the student's tokenizer") as err:
+        train_student(config, dataset, tmp_path, 0, "t")
+    assert err.value.where == "train.teacher" and "'gpt-4o-mini'" in str(err.value)
+    assert not (tmp_path / "student").exists()
 
 
 def test_wrong_columns_and_unknown_trl_fields_are_recipe_errors(tmp_path: Path, tiny_model: Path):

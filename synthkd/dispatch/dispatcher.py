@@ -14,12 +14,21 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache, request_key, score_key
 from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
 from synthkd.errors import TeacherFatalError
+from synthkd.kd.topk import TopK
 from synthkd.pricing import Price
-from synthkd.teachers.base import ChatRequest, Completion, Teacher, TeacherError
+from synthkd.teachers.base import (
+    ChatRequest,
+    Completion,
+    ScoreRequest,
+    Teacher,
+    TeacherError,
+    max_completion_tokens,
+)
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.registry import capabilities_of, teacher_label
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
@@ -71,9 +80,11 @@ class Dispatcher:
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
         self._accepted = 0  # answers the teacher gave, now or in a cached earlier run
         self._rejections = 0  # requests it refused with a bare HTTP 400, 413 or 422
-        # A local model has no network timeout of its own to trust; an API call is bounded here
-        # as well as in the SDK, so a hung connection can never stall a worker forever.
-        self._deadline = None if teacher.backend == "transformers" else config.timeout + 5.0
+        self.capabilities = capabilities_of(config)
+        # A local model has no network timeout to trust (a long generation is not a hung
+        # connection); an API call is bounded here as well as in the SDK, so a hung connection can
+        # never stall a worker forever.
+        self._deadline = None if self.capabilities.local else config.timeout + 5.0
         if price is None:
             self.stats.cost_usd = self.stats.cost_usd_with_cache = None
 
@@ -122,7 +133,7 @@ class Dispatcher:
         # event loop then works through while the other slots wait; a short staggered start
         # spreads them out, and is gentler on providers' burst limits too. A local model wants
         # the opposite: every request at once, so its first batch is full.
-        ramp = 0.0 if self.teacher.backend == "transformers" else RAMP_UP_SECONDS
+        ramp = RAMP_UP_SECONDS if self.capabilities.ramp_up else 0.0
         workers = [asyncio.create_task(worker(ramp * i / count)) for i in range(count)]
         try:
             await asyncio.gather(*workers)
@@ -130,6 +141,39 @@ class Dispatcher:
             for task in workers:
                 task.cancel()
         return [by_key[key] for key in keys]
+
+    async def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        batch_size: int,
+        on_scored: Callable[[int], None] | None = None,
+    ) -> list[TopK]:
+        """The teacher's top-k log-probs over each request's answer, cache first, `batch_size`
+        conversations per call to the teacher. Only a teacher that `scores_text` can be asked."""
+        if not self.capabilities.scores_text:
+            raise TeacherFatalError(f"{teacher_label(self.config)} cannot score a given text")
+        keys = [score_key(self.config, request) for request in requests]
+        found = self.cache.get_scores(set(keys)) if self.cache is not None else {}
+        self.stats.cache_hits += sum(1 for key in keys if key in found)
+        missing = list(dict.fromkeys(key for key in keys if key not in found))
+        if on_scored is not None and len(keys) > len(missing):
+            on_scored(sum(1 for key in keys if key in found))
+        first = {key: request for key, request in zip(keys, requests, strict=True)}
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
+            self.stats.requests_sent += len(batch)
+            scored = await self.teacher.score([first[key] for key in batch])  # type: ignore[attr-defined]
+            for key, top in zip(batch, scored, strict=True):
+                found[key] = top
+                if self.cache is not None:
+                    self.cache.put_score(key, top)
+            if on_scored is not None:
+                on_scored(sum(1 for key in keys if key in batch))
+        return [found[key] for key in keys]
+
+    def tokenizer_fingerprint(self) -> dict[str, str]:
+        """The scoring teacher's tokenizer hashes (see `Teacher.tokenizer_fingerprint`)."""
+        return self.teacher.tokenizer_fingerprint()  # type: ignore[attr-defined]
 
     def _account(self, outcome: Outcome) -> None:
         completion = outcome.completion
@@ -152,7 +196,7 @@ class Dispatcher:
             except TeacherError as exc:
                 if exc.fatal:
                     raise TeacherFatalError(
-                        f"{self.teacher.backend} teacher {self.teacher.model!r}: {exc}"
+                        f"{self.config.backend} teacher {self.config.model!r}: {exc}"
                     ) from exc
                 if not exc.retryable:  # this request cannot succeed (too long, refused): its row fails
                     return self._rejected(exc, attempt)
@@ -216,8 +260,7 @@ class Dispatcher:
 def estimate_tokens(request: ChatRequest) -> float:
     """A cheap upper-ish estimate: 4 characters a token, plus the completion budget."""
     prompt_chars = sum(len(message.get("content") or "") for message in request.messages)
-    budget = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or 256
-    return prompt_chars / 4 + float(budget)
+    return prompt_chars / 4 + float(max_completion_tokens(request.params))
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

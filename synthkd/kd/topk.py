@@ -15,6 +15,18 @@ from typing import Any
 
 Conversation = list[dict[str, Any]]
 
+# The columns a `logits` step adds to every row and `kd` training requires, in the order training
+# keeps them: the token ids and top-k (typed by `storage_features`), then the tokenizer fingerprint.
+KD_COLUMNS = (
+    "kd_input_ids",
+    "kd_prompt_length",
+    "kd_top_ids",
+    "kd_top_logprobs",
+    "kd_teacher",
+    "kd_vocab_sha256",
+    "kd_template_sha256",
+)
+
 
 @dataclass
 class TopK:
@@ -50,6 +62,11 @@ def vocabulary_sha256(tokenizer: Any) -> str:
 
 def template_sha256(tokenizer: Any) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode("utf-8")).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, str]:
+    """Which tokenizer stored ids belong to: training refuses a student whose vocabulary differs."""
+    return {"vocab_sha256": vocabulary_sha256(tokenizer), "template_sha256": template_sha256(tokenizer)}
 
 
 def tokenize_conversation(tokenizer: Any, messages: Conversation) -> tuple[list[int], int]:

@@ -11,13 +11,14 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
+from synthkd.steps import STEP_TYPES
+from synthkd.teachers.registry import BACKENDS
 
 CARD_FILE = "README.md"
 RECIPE_FILE = "recipe.yaml"
@@ -25,29 +26,9 @@ REPO_PLACEHOLDER = "<this repository>"  # replaced by the repo id when the card 
 
 # What each step elicits from the teacher, in the taxonomy of Xu et al. (2024), "A Survey on
 # Knowledge Distillation of Large Language Models", section 3.1. Filtering steps select among
-# what was elicited, which the survey files under data curation; `load` elicits nothing.
-TAXONOMY: dict[str, str] = {
-    "label": "labeling",  # the teacher answers given inputs
-    "rationale": "labeling",  # chain-of-thought labels (distilling step-by-step, Orca)
-    "dialogue": "labeling",  # the teacher continues given openings, playing both sides
-    "classify": "labeling",  # the teacher labels given texts with a fixed label set
-    "self_instruct": "expansion",  # new instructions grown from seed demonstrations
-    "evol_instruct": "expansion",  # instructions rewritten into harder ones
-    "topics": "curation",  # data synthesised from meta-information (a topic tree)
-    "magpie": "curation",  # instructions drawn from the model itself, no seeds
-    "doc_qa": "curation",  # questions grounded in a document collection
-    "filter": "curation",
-    "quality": "curation",
-    "dedup": "curation",
-    "decontaminate": "curation",
-    "code_check": "curation",  # answers selected by running their code against tests
-    "tool_calls": "curation",  # function-calling conversations synthesised from tool schemas
-    "recompute": "curation",  # numeric answers selected by recomputing them from an expression
-    "judge": "feedback",  # the teacher grades the data
-    "preference": "feedback",  # the teacher ranks candidates into preference pairs
-    "logits": "feature",  # the teacher's output distributions
-    "critique_revise": "self-knowledge",  # the model critiques and revises its own answers
-}
+# what was elicited, which the survey files under data curation; `load` elicits nothing. Each step
+# class carries its category (`Step.taxonomy`).
+TAXONOMY: dict[str, str] = {name: cls.taxonomy for name, cls in STEP_TYPES.items() if cls.taxonomy}
 TAXONOMY_MEANING = {
     "labeling": "the teacher labels given inputs (answers, rationales)",
     "expansion": "the teacher grows new inputs from a few demonstrations",
@@ -254,16 +235,9 @@ def _teachers_section(run: RunDir) -> str:
 
 
 def _provider(teacher: dict[str, Any]) -> str:
-    backend, model, url = teacher.get("backend"), str(teacher.get("model")), teacher.get("base_url")
-    if backend == "transformers":
-        if model == "embedded":
-            return "local: SmolLM2-135M-Instruct (embedded in synthkd's set-up)"
-        return "local model (transformers)"
-    if url:
-        return f"OpenAI-compatible server at {urlsplit(url).hostname or url}"
-    if backend == "litellm" and "/" in model:
-        return f"{model.split('/', 1)[0]} (through litellm)"
-    return "OpenAI API" if backend == "openai" else f"{backend}"
+    backend, model, url = str(teacher.get("backend")), str(teacher.get("model")), teacher.get("base_url")
+    spec = BACKENDS.get(backend)
+    return spec.describe_provider(model, url) if spec is not None else backend
 
 
 def _taxonomy_section(run: RunDir) -> str:

@@ -1,8 +1,8 @@
-"""Every step type a recipe can name, one module each."""
+"""Every step type a recipe can name, one module each, registered once below."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Union
 
 from pydantic import Field
 
@@ -26,56 +26,38 @@ from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
 from synthkd.steps.recompute import RecomputeStep
 from synthkd.steps.self_instruct import SelfInstructStep
-from synthkd.steps.tool_use import ToolCallsStep
+from synthkd.steps.tool_calls import ToolCallsStep
 from synthkd.steps.topics import TopicsStep
 
-STEP_TYPES: dict[str, type[Step]] = {
-    "load": LoadStep,
-    "label": LabelStep,
-    "filter": FilterStep,
-    "self_instruct": SelfInstructStep,
-    "magpie": MagpieStep,
-    "evol_instruct": EvolInstructStep,
-    "rationale": RationaleStep,
-    "doc_qa": DocQAStep,
-    "dialogue": DialogueStep,
-    "topics": TopicsStep,
-    "dedup": DedupStep,
-    "decontaminate": DecontaminateStep,
-    "quality": QualityStep,
-    "judge": JudgeStep,
-    "preference": PreferenceStep,
-    "code_check": CodeCheckStep,
-    "classify": ClassifyStep,
-    "critique_revise": CritiqueReviseStep,
-    "tool_calls": ToolCallsStep,
-    "logits": LogitsStep,
-    "recompute": RecomputeStep,
-}
+# The one list of step classes, in the order error messages and docs show them. A class carries
+# its `step:` name and its taxonomy category, so nothing else needs to list the steps.
+STEP_CLASSES: tuple[type[Step], ...] = (
+    LoadStep,
+    LabelStep,
+    FilterStep,
+    SelfInstructStep,
+    MagpieStep,
+    EvolInstructStep,
+    RationaleStep,
+    DocQAStep,
+    DialogueStep,
+    TopicsStep,
+    DedupStep,
+    DecontaminateStep,
+    QualityStep,
+    JudgeStep,
+    PreferenceStep,
+    CodeCheckStep,
+    ClassifyStep,
+    CritiqueReviseStep,
+    ToolCallsStep,
+    LogitsStep,
+    RecomputeStep,
+)
 
-AnyStep = Annotated[
-    LoadStep
-    | LabelStep
-    | FilterStep
-    | SelfInstructStep
-    | MagpieStep
-    | EvolInstructStep
-    | RationaleStep
-    | DocQAStep
-    | DialogueStep
-    | TopicsStep
-    | DedupStep
-    | DecontaminateStep
-    | QualityStep
-    | JudgeStep
-    | PreferenceStep
-    | CodeCheckStep
-    | ClassifyStep
-    | CritiqueReviseStep
-    | ToolCallsStep
-    | LogitsStep
-    | RecomputeStep,
-    Field(discriminator="step"),
-]
+STEP_TYPES: dict[str, type[Step]] = {cls.type_name(): cls for cls in STEP_CLASSES}
 
-__all__ = ["STEP_TYPES", "AnyStep", "Step"]
+# The recipe's `steps:` items: pydantic picks the class by the `step:` value.
+AnyStep = Annotated[Union[STEP_CLASSES], Field(discriminator="step")]  # noqa: UP007 (a tuple of classes)
+
+__all__ = ["STEP_CLASSES", "STEP_TYPES", "AnyStep", "Step"]

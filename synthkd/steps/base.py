@@ -8,15 +8,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
-from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.registry import teacher_label
 from synthkd.templates import PromptTemplate, load_template
 
 Row = dict[str, Any]
@@ -47,10 +48,23 @@ class StepContext:
 
     recipe_dir: Path
     seed: int
-    dispatcher: Dispatcher | None
+    step_dispatcher: Dispatcher | None  # to the step's own teacher; None for a step without one
     progress: Progress = field(default_factory=Progress)
     # A dispatcher for another teacher (e.g. a judge); the pipeline shares loaded models between them.
     dispatcher_for: Callable[[TeacherConfig], Dispatcher] | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The step's own teacher, behind the cache and the recipe's limits."""
+        if self.step_dispatcher is None:
+            raise RuntimeError("this step was run without a teacher: run teacher steps through the pipeline")
+        return self.step_dispatcher
+
+    def dispatcher_of(self, config: TeacherConfig | None) -> Dispatcher:
+        """The dispatcher of another teacher the step holds (a judge), or its own when None."""
+        if config is None or self.dispatcher_for is None:
+            return self.dispatcher
+        return self.dispatcher_for(config)
 
 
 @dataclass
@@ -65,8 +79,10 @@ class Failure:
     raw: str | None = None  # the teacher's text when it could not be parsed
 
     @classmethod
-    def from_outcome(cls, row: Row, outcome: Outcome) -> Failure:
-        return cls(row["id"], outcome.reason or "request_failed", outcome.attempts, outcome.error, row)
+    def from_outcome(cls, row: Row, outcome: Outcome, *, row_id: str | None = None) -> Failure:
+        """A request that got no answer (after its retries, or refused)."""
+        reason = outcome.reason or "request_failed"
+        return cls(row_id or row["id"], reason, outcome.attempts, outcome.error, row)
 
 
 @dataclass
@@ -96,7 +112,6 @@ class StepPlan:
     requests_max: int | None = None
 
 
-ASSUMED_MAX_TOKENS = 512  # for dry-run estimates when the recipe sets no max_tokens
 SAMPLE_PROMPTS_SHOWN = 3
 
 
@@ -113,17 +128,38 @@ def estimate_plan(
     rendered now (looked up in the cache; their mean length stands for every request's)."""
     keys = [request_key(teacher, request) for request in known]
     cached = cache.get_many(set(keys)) if cache is not None and keys else {}
-    lengths = [sum(len(m.get("content") or "") for m in r.messages) // 4 for r in known]
-    budget = teacher.params.get("max_tokens") or teacher.params.get("max_new_tokens") or ASSUMED_MAX_TOKENS
+    lengths = [prompt_tokens(request) for request in known]
     return StepPlan(
         requests=requests,
         cached=sum(1 for key in keys if key in cached),
         prompt_tokens=round(sum(lengths) / len(lengths) * requests) if lengths else 0,
-        max_completion_tokens=requests * int(budget),
+        max_completion_tokens=requests * max_completion_tokens(teacher.params),
         sample_prompts=[list(r.messages) for r in known[:SAMPLE_PROMPTS_SHOWN]] if shown else [],
         count="estimate",
         requests_max=requests_max if requests_max != requests else None,
     )
+
+
+def exact_plan(
+    teacher: TeacherConfig, requests: list[ChatRequest], cache: ResponseCache | None
+) -> tuple[StepPlan, dict[str, Completion]]:
+    """The plan of a step that knows every request in advance (label, classify), and the cached
+    answers by key, which can stand in for themselves in the rows passed on."""
+    keys = [request_key(teacher, request) for request in requests]
+    cached = cache.get_many(set(keys)) if cache is not None and keys else {}
+    plan = StepPlan(
+        requests=len(requests),
+        cached=sum(1 for key in keys if key in cached),
+        prompt_tokens=sum(prompt_tokens(request) for request in requests),
+        max_completion_tokens=len(requests) * max_completion_tokens(teacher.params),
+        sample_prompts=[list(r.messages) for r in requests[:SAMPLE_PROMPTS_SHOWN]],
+    )
+    return plan, cached
+
+
+def prompt_tokens(request: ChatRequest) -> int:
+    """A dry run's token estimate of a prompt: four characters a token."""
+    return sum(len(message.get("content") or "") for message in request.messages) // 4
 
 
 class Step(StrictModel):
@@ -131,7 +167,17 @@ class Step(StrictModel):
 
     step: str
     uses_teacher: ClassVar[bool] = False
+    # Where the step sits in the survey's elicitation taxonomy (Xu et al., 2024): labeling,
+    # expansion, curation, feature, feedback or self-knowledge; None for plumbing (load).
+    taxonomy: ClassVar[str | None] = None
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The `step:` value that selects this class in a recipe."""
+        return get_args(cls.model_fields["step"].annotation)[0]
+
     _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)  # by the key naming each
+    _template_files: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the file as named
 
     def step_teacher(self) -> TeacherConfig | None:
         """The teacher this step talks to (its own override or the recipe's), if it needs one."""
@@ -162,11 +208,16 @@ class Step(StrictModel):
     def load_templates(self, ctx: CheckContext, *keys: str) -> None:
         """Load the templates the step's keys name (recipe folder first, then the shipped ones)."""
         for key in keys:
-            self._templates[key] = load_template(getattr(self, key), ctx.recipe_dir, ctx.at(key))
+            self.load_template_file(key, getattr(self, key), ctx, ctx.at(key))
+
+    def load_template_file(self, key: str, path: str, ctx: CheckContext, where: str) -> None:
+        """Load a template no key names (a fixed prompt the step adds, like label's JSON re-ask)."""
+        self._templates[key] = load_template(path, ctx.recipe_dir, where)
+        self._template_files[key] = path
 
     def template_sources(self) -> dict[str, str]:
-        """Prompt templates used, name -> source text (hashed into the manifest)."""
-        return {getattr(self, key): template.source for key, template in self._templates.items()}
+        """Prompt templates used, file as named -> source text (hashed into the manifest)."""
+        return {self._template_files[key]: template.source for key, template in self._templates.items()}
 
     def provenance(self) -> dict[str, str]:
         """What made a row: appended to the `provenance` list of every row this step produces."""
@@ -174,7 +225,7 @@ class Step(StrictModel):
         sources = json.dumps(self.template_sources(), sort_keys=True)
         return {
             "step": self.step,
-            "teacher": f"{teacher.backend}:{teacher.model}" if teacher else "",
+            "teacher": teacher_label(teacher) if teacher else "",
             "generation_params": json.dumps(teacher.params if teacher else {}, sort_keys=True),
             "template_sha256": hashlib.sha256(sources.encode("utf-8")).hexdigest(),
             "step_params": json.dumps(
@@ -190,6 +241,69 @@ class Step(StrictModel):
         """What a dry run reports, and rows standing for what the step would output. By default a
         step passes rows through; one with a teacher says its requests are not estimated."""
         return rows, StepPlan(count="unknown" if self.uses_teacher else "exact")
+
+
+def is_template_key(name: str) -> bool:
+    """Step keys that name a prompt template file: `prompt` and every `*_prompt`."""
+    return name == "prompt" or name.endswith("_prompt")
+
+
+class TeacherStep(Step):
+    """Base of every step that sends requests to a teacher.
+
+    It owns what they all share: the `teacher` key (merged over the recipe's by the loader), the
+    loading of every template key (`prompt`, `*_prompt`) before the step's own checks, and the
+    chat requests they send. A subclass writes `check_step` (its columns, files, options), `run`,
+    and, where it can count its requests in advance, `plan`.
+    """
+
+    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
+
+    uses_teacher: ClassVar[bool] = True
+
+    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+        self.load_templates(ctx, *self.template_keys())
+        return self.check_step(columns, ctx)
+
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        """The step's own checks, with its templates loaded; return the columns after it."""
+        return columns
+
+    def template_keys(self) -> list[str]:
+        """The keys whose templates this step renders; by default every template key it has."""
+        return [name for name in type(self).model_fields if is_template_key(name) and getattr(self, name)]
+
+    def template(self, key: str) -> PromptTemplate:
+        """A template the step loaded in `check`, by the key naming it."""
+        try:
+            return self._templates[key]
+        except KeyError:
+            raise RuntimeError(f"{self.step}: template {key!r} not loaded; check() the step first") from None
+
+    @property
+    def teacher_config(self) -> TeacherConfig:
+        """The step's teacher, its own keys merged over the recipe's (set when the recipe loads)."""
+        if self.teacher is None:
+            raise RuntimeError(f"{self.step} has no teacher: load the step through its recipe")
+        return self.teacher
+
+    def chat(
+        self,
+        user: str,
+        *,
+        system: str | None = None,
+        sample: int = 0,
+        response_format: dict[str, Any] | None = None,
+    ) -> ChatRequest:
+        """One request to the step's teacher: an optional system prompt, then the user's message,
+        with the teacher's params."""
+        messages = ({"role": "system", "content": system},) if system else ()
+        return ChatRequest(
+            (*messages, {"role": "user", "content": user}),
+            dict(self.teacher_config.params),
+            sample,
+            response_format,
+        )
 
 
 def require_columns(needed: set[str], columns: Columns, ctx: CheckContext, key: str, purpose: str) -> None:

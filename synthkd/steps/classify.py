@@ -78,6 +78,7 @@ class ClassifyStep(Step):
     """Label each row's text with one of a fixed set of labels."""
 
     step: Literal["classify"]
+    taxonomy: ClassVar[str] = "labeling"  # the teacher labels given texts with a fixed label set
     labels: list[str] | dict[str, str] = Field(
         description="the label set: a list, or a mapping label -> what it means"
     )

@@ -53,6 +53,7 @@ class CodeCheckStep(Step):
     """Execute each answer's code against tests; drop the answers that fail."""
 
     step: Literal["code_check"]
+    taxonomy: ClassVar[str] = "curation"  # answers selected by running their code against tests
     response_column: str = Field("response", description="the answer holding ```python code blocks")
     task_column: str = Field("instruction", description="the task, shown to the teacher writing tests")
     tests_column: str | None = Field(None, description="column with the tests; then no teacher is asked")

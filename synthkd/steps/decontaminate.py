@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -25,6 +25,7 @@ class DecontaminateStep(Step):
     """Drop rows sharing an n-gram (or a whole short question) with any evaluation set."""
 
     step: Literal["decontaminate"]
+    taxonomy: ClassVar[str] = "curation"  # benchmark overlap removed
     eval_sets: list[EvalSet] = Field(min_length=1, description="evaluation sets to protect")
     columns: list[str] = Field(
         default_factory=lambda: ["instruction", "response"], description="row texts checked"

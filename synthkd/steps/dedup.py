@@ -7,7 +7,7 @@ pairs both compared texts too (clipped), so a reader (and the report) can judge 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -30,6 +30,7 @@ class DedupStep(Step):
     """Keep the first of each group of duplicates, by one method."""
 
     step: Literal["dedup"]
+    taxonomy: ClassVar[str] = "curation"  # duplicates removed
     method: Literal["exact", "minhash", "embedding"] = Field(description="exact | minhash | embedding")
     columns: list[str] = Field(default_factory=lambda: ["instruction"], description="texts compared, joined")
     threshold: float | None = Field(

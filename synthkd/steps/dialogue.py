@@ -39,6 +39,7 @@ class DialogueStep(Step):
     """Conversations of up to `turns` exchanges, the teacher playing user and assistant."""
 
     step: Literal["dialogue"]
+    taxonomy: ClassVar[str] = "labeling"  # the teacher continues given openings, playing both sides
     turns: int = Field(3, ge=1, description="user-assistant exchanges per conversation, the opening included")
     opening_column: str = Field("instruction", description="column holding the first user message")
     persona_column: str | None = Field(None, description="column describing the simulated user, if any")

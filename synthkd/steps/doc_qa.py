@@ -63,6 +63,7 @@ class DocQAStep(Step):
     """Chunk documents, ask for grounded QA pairs, keep only the pairs the chunk supports."""
 
     step: Literal["doc_qa"]
+    taxonomy: ClassVar[str] = "curation"  # questions grounded in a document collection
     documents: str = Field(
         description="a .jsonl/.json/.csv/.parquet of documents, a .txt/.md file, or a folder"
     )

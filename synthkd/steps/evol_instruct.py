@@ -62,6 +62,7 @@ class EvolInstructStep(Step):
     """Evolve instructions for `rounds` rounds, eliminating failed evolutions as WizardLM does."""
 
     step: Literal["evol_instruct"]
+    taxonomy: ClassVar[str] = "expansion"  # instructions rewritten into harder ones
     rounds: int = Field(3, ge=1, description="rounds of evolution")
     operations: list[str] = Field(
         default_factory=lambda: list(OPERATIONS), description="operations drawn from"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -27,6 +27,7 @@ class FilterStep(Step):
     """Keep only rows that pass every check given; the funnel records why each row was dropped."""
 
     step: Literal["filter"]
+    taxonomy: ClassVar[str] = "curation"  # rows selected by rules
     column: str = Field("response", description="the text column the checks look at")
     min_chars: int | None = Field(None, ge=0, description="drop shorter texts (after stripping)")
     max_chars: int | None = Field(None, ge=1, description="drop longer texts")

@@ -39,6 +39,7 @@ class JudgeStep(Step):
     """Score rows with a judge teacher (which may differ from the generating teacher)."""
 
     step: Literal["judge"]
+    taxonomy: ClassVar[str] = "feedback"  # the teacher grades the data
     mode: Literal["pointwise", "pairwise"] = Field(
         "pointwise", description="score one response, or compare two"
     )

@@ -1,8 +1,9 @@
 """`logits`: store the teacher's top-k token log-probabilities over each row's answer, for `kd`.
 
-A local (transformers) teacher scores the row's existing answer in one forward pass. A chat API
-cannot score a given text, so an API teacher (openai, litellm) answers the row's prompt again with
-`logprobs` on, and that answer replaces the row's; its tokens are mapped to ids through the
+A teacher that can score a given text (a local model) scores the row's existing answer in one
+forward pass. A chat API cannot, so a teacher that returns the log-probs of its own answers
+answers the row's prompt again with `logprobs` on, and that answer replaces the row's; its
+tokens are mapped to ids through the
 teacher's tokenizer (`tokenizer:`), and rows whose tokens cannot be mapped keep their answer
 without distributions (counted; they train by cross-entropy only). Columns added to every row:
 
@@ -15,36 +16,31 @@ without distributions (counted; they train by cross-entropy only). Columns added
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from synthkd.errors import RecipeError
+from synthkd.kd import topk
 from synthkd.kd.api_tokens import api_top_k
-from synthkd.kd.topk import TopK, teacher_top_k, template_sha256, vocabulary_sha256
+from synthkd.kd.topk import TopK, tokenizer_fingerprint
 from synthkd.output import with_messages
 from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
-from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.base import ChatRequest, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.registry import capabilities_of
 
 API_MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 
-KD_COLUMNS = {
-    "kd_input_ids",
-    "kd_prompt_length",
-    "kd_top_ids",
-    "kd_top_logprobs",
-    "kd_teacher",
-    "kd_vocab_sha256",
-    "kd_template_sha256",
-}
+# Named once, in kd.topk beside their storage types; a set here for `check`'s column arithmetic.
+KD_COLUMNS = frozenset(topk.KD_COLUMNS)
 
 
 class LogitsStep(Step):
     """Keep the teacher's top-k next-token distribution at every token of each row's answer."""
 
     step: Literal["logits"]
+    taxonomy: ClassVar[str] = "feature"  # the teacher's output distributions
     top_k: int = Field(20, ge=1, le=100, description="tokens kept per position (the rest is one tail bucket)")
     batch_size: int = Field(4, ge=1, description="conversations scored together")
     tokenizer: str | None = Field(
@@ -59,7 +55,14 @@ class LogitsStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         assert self.teacher is not None
-        if self.teacher.backend != "transformers":
+        capabilities = capabilities_of(self.teacher)
+        if not capabilities.scores_text and not capabilities.top_logprobs:
+            raise RecipeError(
+                f"the {self.teacher.backend} backend can neither score a given answer nor return the "
+                "log-probabilities of its own: logits needs a teacher that does one of them",
+                where=ctx.teacher_at("backend"),
+            )
+        if not capabilities.scores_text:
             if not self.tokenizer:
                 raise RecipeError(
                     f"with an API teacher ({self.teacher.backend}), logits needs `tokenizer:` naming the "
@@ -84,10 +87,9 @@ class LogitsStep(Step):
         rows = with_messages(rows)
         ctx.progress.set_total(len(rows))
         usable = [row for row in rows if _conversation(row)]
-        if self.teacher.backend == "transformers":
-            teacher = ctx.dispatcher.teacher
-            tokenizer = teacher.hf_tokenizer
-            result = await self._score_locally(usable, teacher.hf_model, tokenizer, ctx)
+        if ctx.dispatcher.capabilities.scores_text:
+            result = await self._score(usable, ctx)
+            hashes = ctx.dispatcher.tokenizer_fingerprint()
         else:
             from transformers import AutoTokenizer
 
@@ -96,10 +98,11 @@ class LogitsStep(Step):
             assert self.tokenizer is not None
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
             result = await self._ask_api(usable, tokenizer, ctx)
+            hashes = tokenizer_fingerprint(tokenizer)
         fingerprint = {
             "kd_teacher": self.teacher.model,
-            "kd_vocab_sha256": vocabulary_sha256(tokenizer),
-            "kd_template_sha256": template_sha256(tokenizer),
+            "kd_vocab_sha256": hashes["vocab_sha256"],
+            "kd_template_sha256": hashes["template_sha256"],
         }
         result.rows = [{**row, **fingerprint} for row in result.rows]
         result.details.update(fingerprint, top_k=self.top_k)
@@ -108,16 +111,13 @@ class LogitsStep(Step):
             ctx.progress.advance(len(rows) - len(usable))
         return result
 
-    async def _score_locally(self, rows: list[Row], model, tokenizer, ctx: StepContext) -> StepResult:  # noqa: ANN001
-        result = StepResult([])
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            scored = await asyncio.to_thread(
-                teacher_top_k, model, tokenizer, [_conversation(row) for row in batch], self.top_k
-            )
-            result.rows += [_with_top_k(row, top) for row, top in zip(batch, scored, strict=True)]
-            ctx.progress.advance(len(batch))
-        return result
+    async def _score(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        """A teacher that scores given text: its top-k over each row's own answer, through the
+        dispatcher and so the cache, like every other teacher call."""
+        assert ctx.dispatcher is not None
+        requests = [ScoreRequest(tuple(_conversation(row) or ()), self.top_k) for row in rows]
+        scored = await ctx.dispatcher.score(requests, self.batch_size, ctx.progress.advance)
+        return StepResult([_with_top_k(row, top) for row, top in zip(rows, scored, strict=True)])
 
     async def _ask_api(self, rows: list[Row], tokenizer, ctx: StepContext) -> StepResult:  # noqa: ANN001
         assert ctx.dispatcher is not None and self.teacher is not None

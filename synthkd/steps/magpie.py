@@ -17,12 +17,14 @@ from synthkd.errors import RecipeError
 from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.registry import capabilities_of
 
 
 class MagpieStep(Step):
     """Let a local chat model write user instructions from its template's pre-query prefix."""
 
     step: Literal["magpie"]
+    taxonomy: ClassVar[str] = "curation"  # instructions drawn from the model itself, no seeds
     num_rows: int = Field(100, ge=1, description="instructions to sample (before dropping)")
     system: str | None = Field(None, description="system prompt placed in the prefix to steer the domain")
     respond: bool = Field(True, description="also have the teacher answer each instruction")
@@ -33,7 +35,7 @@ class MagpieStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         assert self.teacher is not None
-        if self.teacher.backend != "transformers":
+        if not capabilities_of(self.teacher).continues_prefix:
             raise RecipeError(
                 f"magpie needs a local teacher (backend: transformers), not {self.teacher.backend}: it sends "
                 "the chat template's bare pre-query prefix, which an API cannot be given",

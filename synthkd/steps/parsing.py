@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
-from synthkd.steps.base import Progress
+from synthkd.steps.base import Failure, Progress, Row
 from synthkd.teachers.base import ChatRequest
 from synthkd.templates import PromptTemplate
 
@@ -81,6 +81,13 @@ async def ask_parsed(
             outcome.attempts += results[index].outcome.attempts
             results[index] = _parse(outcome, parsers[index])
     return results
+
+
+def failure_of(row: Row, answer: Parsed, *, row_id: str | None = None, reason: str | None = None) -> Failure:
+    """The failure of a row whose answer never parsed (or never came), with the teacher's last
+    text for failures.jsonl. `reason` names a step's own cause (invalid_json) over `unparseable`."""
+    cause = reason if reason is not None and answer.outcome.completion is not None else answer.reason
+    return Failure(row_id or row["id"], cause, answer.outcome.attempts, answer.error, row, raw=answer.raw)
 
 
 def _parse(outcome: Outcome, parse: Callable[[str], Any]) -> Parsed:

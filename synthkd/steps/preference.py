@@ -36,6 +36,7 @@ class PreferenceStep(Step):
     """Sample, judge, and pair the best answer with the worst one."""
 
     step: Literal["preference"]
+    taxonomy: ClassVar[str] = "feedback"  # the teacher ranks candidates into preference pairs
     n: int = Field(4, ge=1, description="answers sampled per prompt from the teacher")
     candidate_columns: list[str] = Field(
         default_factory=list, description="existing answers that also compete"

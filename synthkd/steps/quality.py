@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,7 @@ class QualityStep(Step):
     """Heuristic quality checks on one text column; each drop reason is counted."""
 
     step: Literal["quality"]
+    taxonomy: ClassVar[str] = "curation"  # rows selected by heuristic quality signals
     column: str = Field("response", description="the text checked")
     min_tokens: int = Field(1, ge=0, description="fewer words than this: dropped")
     max_tokens: int | None = Field(None, ge=1, description="more words than this: dropped")

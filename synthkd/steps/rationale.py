@@ -38,6 +38,7 @@ class RationaleStep(Step):
     """Reasoning plus a final answer, checked against gold or by majority vote."""
 
     step: Literal["rationale"]
+    taxonomy: ClassVar[str] = "labeling"  # chain-of-thought labels (distilling step-by-step, Orca)
     prompt: str = Field(
         "prompts/rationale/answer.jinja", description="asks for reasoning, then 'Final answer:'"
     )

@@ -239,6 +239,7 @@ class RecomputeStep(Step):
     """Recompute numeric answers from a teacher-written arithmetic expression; drop mismatches."""
 
     step: Literal["recompute"]
+    taxonomy: ClassVar[str] = "curation"  # numeric answers selected by recomputing them from an expression
     answer_column: str = Field("answer", description="the answer checked (e.g. rationale's voted answer)")
     prompt: str = Field(
         "prompts/recompute/expression.jinja",

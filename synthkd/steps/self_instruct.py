@@ -75,6 +75,7 @@ class SelfInstructStep(Step):
     """New tasks from a seed pool, with Self-Instruct's filters, then instances for each."""
 
     step: Literal["self_instruct"]
+    taxonomy: ClassVar[str] = "expansion"  # new instructions grown from seed demonstrations
     num_instructions: int = Field(100, ge=1, description="new tasks to keep")
     seed_examples: int = Field(6, ge=0, description="seed tasks shown per request (paper: 6)")
     generated_examples: int = Field(2, ge=0, description="generated tasks shown per request (paper: 2)")

@@ -23,6 +23,7 @@ class TopicsStep(Step):
     """Topic tree from a domain prompt, then instructions for every leaf topic."""
 
     step: Literal["topics"]
+    taxonomy: ClassVar[str] = "curation"  # data synthesised from meta-information (a topic tree)
     domain: str = Field(min_length=3, description="what the dataset is about, in a phrase")
     breadth: int = Field(5, ge=1, description="subtopics asked for per topic")
     depth: int = Field(2, ge=1, description="levels of the tree below the domain")

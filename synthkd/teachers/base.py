@@ -67,8 +67,51 @@ class TeacherError(Exception):
         self.fatal = (not retryable) if fatal is None else fatal
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. Code outside `synthkd.teachers` asks these, never a backend's name,
+    so a new backend is a new entry in `teachers.registry` and nothing else.
+    """
+
+    local: bool  # runs in this process: no key, no endpoint, no price, no network timeout
+    scores_text: bool = False  # can return its top-k log-probs over a GIVEN answer (`Teacher.score`)
+    top_logprobs: bool = False  # returns top-k log-probs of the answers it generates (`logprobs: true`)
+    structured_output: bool = False  # honours `response_format` (JSON schema) natively
+    continues_prefix: bool = False  # can continue a raw, open last message (`continue_final`, Magpie)
+    batch_submission: bool = False  # accepts a provider batch job (cheaper, slower)
+    needs_gpu: bool = False  # cannot run on a CPU-only machine
+    # Requests of this backend all start at once (a local model batches them) rather than ramping up.
+    ramp_up: bool = True
+
+
+# Estimates (dry-run plans, the TPM budget) assume an answer uses this many tokens when the
+# params set no limit.
+ASSUMED_MAX_TOKENS = 512
+
+
+def max_completion_tokens(params: dict[str, Any]) -> int:
+    """The completion budget a request's params set, under any backend's name for it."""
+    for name in ("max_tokens", "max_completion_tokens", "max_new_tokens"):
+        if params.get(name):
+            return int(params[name])
+    return ASSUMED_MAX_TOKENS
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score a conversation whose last message is the answer: the teacher's top-k next-token
+    log-probabilities at every answer token (for offline logit distillation)."""
+
+    messages: tuple[dict[str, str], ...]
+    top_k: int
+
+
 class Teacher(Protocol):
-    """A model that answers chat requests. Implementations must not retry on their own."""
+    """A model that answers chat requests. Implementations must not retry on their own.
+
+    A teacher whose capabilities say `scores_text` also implements `score(requests) -> list[TopK]`
+    and `tokenizer_fingerprint() -> {"vocab_sha256": ..., "template_sha256": ...}`.
+    """
 
     backend: str
     model: str

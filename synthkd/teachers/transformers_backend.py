@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from synthkd.errors import RecipeError
-from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint
+from synthkd.kd.topk import TopK, teacher_top_k, tokenizer_fingerprint
+from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest
 from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
 
 # Recipe params (OpenAI names where one exists) -> generate() arguments.
@@ -259,14 +261,21 @@ class TransformersTeacher:
             ids.add(self._tokenizer.eos_token_id)
         return ids
 
-    @property
-    def hf_model(self) -> Any:
-        """The loaded model, for steps that score text rather than generate it (`logits`)."""
-        return self._model
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[TopK]:
+        """The top-k log-probabilities over each conversation's answer, from forward passes run
+        off the event loop, `batch_size` conversations at a time."""
+        if not requests:
+            return []
+        top_k = requests[0].top_k
+        if any(request.top_k != top_k for request in requests):
+            raise ValueError("one score() call scores with one top_k")
+        conversations = [list(request.messages) for request in requests]
+        return await asyncio.to_thread(
+            teacher_top_k, self._model, self._tokenizer, conversations, top_k, self._batch_size
+        )
 
-    @property
-    def hf_tokenizer(self) -> Any:
-        return self._tokenizer
+    def tokenizer_fingerprint(self) -> dict[str, str]:
+        return tokenizer_fingerprint(self._tokenizer)
 
     async def aclose(self) -> None:
         if self._batcher is not None:

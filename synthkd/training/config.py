@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synthkd.config_base import StrictModel
 from synthkd.teachers.config import TeacherConfig
@@ -26,7 +26,11 @@ class TrainConfig(StrictModel):
         "kd: offline, from the top-k log-probabilities a `logits` step stored",
     )
     student: str = Field(description="a Hub id, a local folder, or `embedded` (SmolLM2-135M-Instruct)")
-    teacher: str | None = Field(None, description="distill: a local model sharing the student's tokenizer")
+    teacher: TeacherConfig | None = Field(
+        None,
+        description="distill: a local (transformers) teacher sharing the student's tokenizer; a teacher "
+        "mapping like any other, or a plain model string (a local folder, a Hub id or `embedded`)",
+    )
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
         "jsd", description="distill: the generalised JSD's beta 0, 1 or 0.5 (args.beta overrides)"
     )
@@ -47,3 +51,10 @@ class TrainConfig(StrictModel):
     )
     output_dir: str | None = Field(None, description="where the student is saved; default <run dir>/student")
     push_to_hub: str | None = Field(None, description="a Hub repo id to push the student to")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _model_string_is_local(cls, value: Any) -> Any:
+        # `teacher: <model>` predates teacher mappings here; distill loads the teacher next to the
+        # student, so a bare model string has always meant a local model.
+        return {"backend": "transformers", "model": value} if isinstance(value, str) else value

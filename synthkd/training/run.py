@@ -13,20 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import RecipeError
+from synthkd.kd.topk import KD_COLUMNS
 from synthkd.output import load_run_dataset
+from synthkd.publish.model_card import write_model_card
+from synthkd.publish.push_model import push_student
 from synthkd.training.config import TrainConfig
 from synthkd.training.evaluation import evaluate
-from synthkd.training.memory import DEFAULT_MAX_LENGTH
+from synthkd.training.memory import DEFAULT_MAX_LENGTH, MemoryEstimate
 
-KD_COLUMNS = [
-    "kd_input_ids",
-    "kd_prompt_length",
-    "kd_top_ids",
-    "kd_top_logprobs",
-    "kd_teacher",
-    "kd_vocab_sha256",
-    "kd_template_sha256",
-]
 REQUIRED_COLUMNS = {
     "sft": ["messages"],
     "dpo": ["prompt", "chosen", "rejected"],
@@ -97,10 +91,58 @@ def train_student(
 ) -> TrainResult:
     """Train, evaluate and save the student; returns where it is and the before/after metrics.
     `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    _check_before_loading(config, dataset_dir)
+    dataset = _load_dataset(config, dataset_dir)
+    train_rows, held_out = _split(config, dataset, seed)
+    student = _load_student(config)
+    evaluation = _held_out_set(config, held_out)
+    before = _evaluate(config, student.model, student.tokenizer, evaluation)
+    output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
+    trainer = _build_trainer(config, student, train_rows, _trainer_values(config, output_dir, seed, student))
+    progress = _train(trainer)
+    trained = trainer.model.merge_and_unload() if config.lora is not None else trainer.model
+    after = _evaluate_trained(config, trained, student.tokenizer, evaluation, recipe_dir or Path.cwd(), seed)
+    _save(trained, student.tokenizer, output_dir)
+    metrics = _metrics(
+        config, student, progress, len(train_rows), len(evaluation.conversations), before, after
+    )
+    _write_eval(output_dir, metrics)
+    write_model_card(output_dir, run_name, metrics)
+    if config.push_to_hub:
+        push_student(output_dir, config.push_to_hub, run_name)
+    return TrainResult(output_dir, before, after, progress.losses)
 
-    from synthkd.teachers.transformers_backend import resolve_model_source
 
+@dataclass
+class _Student:
+    """The student as loaded, with the device settings it was loaded for and the memory estimate
+    that allowed it."""
+
+    model: Any
+    tokenizer: Any
+    device: dict[str, Any]
+    memory: MemoryEstimate
+
+
+@dataclass
+class _HeldOut:
+    """The held-out conversations (each ending in the teacher's answer) and their tool schemas."""
+
+    conversations: list[list[dict[str, str]]]
+    tools: list[list[dict] | None] | None
+
+
+@dataclass
+class _Progress:
+    """What one `trainer.train()` did: its logged losses, how long it took, the tokens it saw."""
+
+    losses: list[float]
+    seconds: float
+    tokens: int
+
+
+def _check_before_loading(config: TrainConfig, dataset_dir: Path) -> None:
+    """Refuse what would fail later, before minutes of loading and training are spent on it."""
     if not dataset_dir.is_dir():
         raise RecipeError(f"no dataset at {dataset_dir}: run the recipe first", where="train")
     if config.push_to_hub:
@@ -111,6 +153,32 @@ def train_student(
                 "HF_HUB_OFFLINE is set: unset it to push the student, or drop push_to_hub",
                 where="train.push_to_hub",
             )
+    if config.method == "distill":
+        _distill_teacher_source(config)
+
+
+def _distill_teacher_source(config: TrainConfig) -> str:
+    """Where distill's teacher loads from. TRL's DistillationTrainer runs the teacher in this
+    process and compares its token distributions with the student's, so it must be a local model
+    (an API returns at most a few log-probabilities per token, not a distribution)."""
+    from synthkd.teachers import capabilities_of
+    from synthkd.teachers.transformers_backend import resolve_model_source
+
+    if config.teacher is None:
+        raise RecipeError("method distill needs a local teacher model (train.teacher)", where="train.teacher")
+    if not capabilities_of(config.teacher).local:
+        raise RecipeError(
+            f"method distill needs a local model that shares the student's tokenizer, not the "
+            f"{config.teacher.backend} teacher {config.teacher.model!r}: give a local folder or Hub id "
+            "(backend: transformers), or store an API teacher's log-probabilities with a `logits` step "
+            "and train with method kd",
+            where="train.teacher",
+        )
+    return resolve_model_source(config.teacher.model)
+
+
+def _load_dataset(config: TrainConfig, dataset_dir: Path) -> Any:
+    """The run's dataset, reduced to the columns the method trains on."""
     dataset = load_run_dataset(dataset_dir)
     if len(dataset) == 0:
         raise RecipeError(
@@ -129,135 +197,194 @@ def train_student(
         )
     # TRL's SFTTrainer renders a `tools` column (function schemas) into the chat template.
     kept = [*REQUIRED_COLUMNS[config.method], *(["tools"] if config.method == "sft" else [])]
-    dataset = dataset.select_columns([column for column in kept if column in dataset.column_names])
+    return dataset.select_columns([column for column in kept if column in dataset.column_names])
+
+
+def _split(config: TrainConfig, dataset: Any, seed: int) -> tuple[Any, Any]:
+    """Training rows and held-out rows. A dataset too small to split is evaluated on (some of) the
+    rows it trains on: the before/after comparison still shows whether training did anything."""
     if config.eval_split > 0 and len(dataset) >= 4:
         parts = dataset.train_test_split(test_size=config.eval_split, seed=seed)
-        train_rows, held_out = parts["train"], parts["test"]
-    else:
-        train_rows, held_out = dataset, dataset.select(range(min(len(dataset), config.eval_max_rows)))
+        return parts["train"], parts["test"]
+    return dataset, dataset.select(range(min(len(dataset), config.eval_max_rows)))
+
+
+def _load_student(config: TrainConfig) -> _Student:
+    """The student and its tokenizer, on the GPU in bf16 where there is one; the memory check runs
+    between reading the tokenizer and loading the weights, so what cannot fit never loads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from synthkd.teachers.transformers_backend import resolve_model_source
 
     source = resolve_model_source(config.student)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = _device_settings()
-    import torch
-
-    dtype = torch.bfloat16 if device["bf16"] else torch.float32
     memory = _check_memory(
         config, source, bytes_per_value=2 if device["bf16"] else 4, on_gpu=not device["use_cpu"]
     )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch.bfloat16 if device["bf16"] else torch.float32
+    )
     if not device["use_cpu"]:
         model = model.to("cuda")
-    evaluation_rows = _conversations(held_out, config.method, config.eval_max_rows)
-    evaluation_tools = _tools(held_out, config.eval_max_rows)
-    before = evaluate(model, tokenizer, evaluation_rows, config.eval_max_new_tokens, tools=evaluation_tools)
+    return _Student(model, tokenizer, device, memory)
 
-    output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
-    values = {
+
+def _held_out_set(config: TrainConfig, held_out: Any) -> _HeldOut:
+    return _HeldOut(
+        _conversations(held_out, config.method, config.eval_max_rows), _tools(held_out, config.eval_max_rows)
+    )
+
+
+def _evaluate(
+    config: TrainConfig, model: Any, tokenizer: Any, held_out: _HeldOut, answers: list[str] | None = None
+) -> dict[str, Any]:
+    """Held-out metrics of `model`; its generated answers are appended to `answers` if given."""
+    return evaluate(
+        model, tokenizer, held_out.conversations, config.eval_max_new_tokens, answers, held_out.tools
+    )
+
+
+def _evaluate_trained(
+    config: TrainConfig, model: Any, tokenizer: Any, held_out: _HeldOut, recipe_dir: Path, seed: int
+) -> dict[str, Any]:
+    """The trained student's held-out metrics, with the judge's verdicts when `train.judge` is set."""
+    answers: list[str] = []
+    after = _evaluate(config, model, tokenizer, held_out, answers)
+    if config.judge is not None:
+        from synthkd.training.win_rate import judge_win_rate
+
+        after["judge"] = judge_win_rate(config.judge, held_out.conversations, answers, recipe_dir, seed)
+    return after
+
+
+def _trainer_values(config: TrainConfig, output_dir: Path, seed: int, student: _Student) -> dict[str, Any]:
+    """The TRL config's fields: synthkd's few settings, then the recipe's `train.args` over them."""
+    return {
         "output_dir": str(output_dir),
         "seed": seed,
         "report_to": "none",
         "save_strategy": "no",
         "logging_steps": 1,
-        **device,
+        **student.device,
         **config.args,
     }
-    peft_config = None
-    if config.lora is not None:
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-    if config.method == "distill":
-        trainer = _distillation_trainer(config, model, tokenizer, train_rows, values, peft_config)
-    elif config.method == "kd":
-        trainer = _kd_trainer(config, model, tokenizer, train_rows, values, peft_config)
-    elif config.method == "sft":
-        from trl import SFTConfig, SFTTrainer
 
-        # Train only on the teacher's answers when the chat template marks them.
-        values.setdefault("assistant_only_loss", "{% generation %}" in (tokenizer.chat_template or ""))
-        trainer = SFTTrainer(
-            model=model,
-            args=_trl_config(SFTConfig, values),
-            train_dataset=train_rows,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-    else:
-        from trl import DPOConfig, DPOTrainer
+def _peft_config(config: TrainConfig) -> Any:
+    """peft's LoRA config for `train.lora`, or None to train every weight."""
+    if config.lora is None:
+        return None
+    from peft import LoraConfig
 
-        trainer = DPOTrainer(
-            model=model,
-            args=_trl_config(DPOConfig, values),
-            train_dataset=train_rows,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _build_trainer(config: TrainConfig, student: _Student, rows: Any, values: dict[str, Any]) -> Any:
+    """The TRL trainer of the recipe's method."""
+    builders = {
+        "sft": _sft_trainer,
+        "dpo": _dpo_trainer,
+        "distill": _distillation_trainer,
+        "kd": _kd_trainer,
+    }
+    return builders[config.method](
+        config, student.model, student.tokenizer, rows, values, _peft_config(config)
+    )
+
+
+def _sft_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
+    from trl import SFTConfig, SFTTrainer
+
+    # Train only on the teacher's answers when the chat template marks them.
+    values.setdefault("assistant_only_loss", "{% generation %}" in (tokenizer.chat_template or ""))
+    return SFTTrainer(
+        model=model,
+        args=_trl_config(SFTConfig, values),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+
+
+def _dpo_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
+    from trl import DPOConfig, DPOTrainer
+
+    return DPOTrainer(
+        model=model,
+        args=_trl_config(DPOConfig, values),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+
+
+def _train(trainer: Any) -> _Progress:
     clock = time.perf_counter()
     trainer.train()
-    train_seconds = time.perf_counter() - clock
+    seconds = time.perf_counter() - clock
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their own.
-    train_tokens = int(getattr(trainer, "_total_train_tokens", 0))
-    student = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    student_answers: list[str] = []
-    after = evaluate(
-        student, tokenizer, evaluation_rows, config.eval_max_new_tokens, student_answers, evaluation_tools
-    )
-    if config.judge is not None:
-        from synthkd.training.win_rate import judge_win_rate
+    return _Progress(losses, seconds, int(getattr(trainer, "_total_train_tokens", 0)))
 
-        after["judge"] = judge_win_rate(
-            config.judge, evaluation_rows, student_answers, recipe_dir or Path.cwd(), seed
-        )
-    student.save_pretrained(output_dir)
+
+def _save(model: Any, tokenizer: Any, output_dir: Path) -> None:
+    """Save weights and tokenizer together, so the folder loads (and pushes) as one model."""
+    model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    metrics = {
+
+
+def _metrics(
+    config: TrainConfig,
+    student: _Student,
+    progress: _Progress,
+    train_rows: int,
+    held_out_rows: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    """What eval.json records, and the model card is written from."""
+    return {
         "method": config.method,
         "student": config.student,
-        "train_rows": len(train_rows),
-        "memory_estimate_gib": round(memory.total / 2**30, 3),
-        "held_out_rows": len(evaluation_rows),
+        "train_rows": train_rows,
+        "memory_estimate_gib": round(student.memory.total / 2**30, 3),
+        "held_out_rows": held_out_rows,
         "before": before,
         "after": after,
-        "train_losses": losses,
-        "train_seconds": round(train_seconds, 3),
-        "train_tokens": train_tokens,
-        "train_tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds else None,
+        "train_losses": progress.losses,
+        "train_seconds": round(progress.seconds, 3),
+        "train_tokens": progress.tokens,
+        "train_tokens_per_second": round(progress.tokens / progress.seconds, 1) if progress.seconds else None,
     }
+
+
+def _write_eval(output_dir: Path, metrics: dict[str, Any]) -> None:
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_card(output_dir, config, run_name, metrics)
-    if config.push_to_hub:
-        _push_student(output_dir, config.push_to_hub, run_name)
-    return TrainResult(output_dir, before, after, losses)
 
 
 def _distillation_trainer(
     config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any
-):
+) -> Any:
     """On-policy distillation (TRL's DistillationTrainer): the student generates, the teacher scores."""
+    from transformers import AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
 
-    from synthkd.teachers.transformers_backend import resolve_model_source
-
-    if not config.teacher:
-        raise RecipeError("method distill needs a local teacher model (train.teacher)", where="train.teacher")
-    teacher_source = resolve_model_source(config.teacher)
-    from transformers import AutoTokenizer
-
+    teacher_source = _distill_teacher_source(config)
     teacher_vocabulary = AutoTokenizer.from_pretrained(teacher_source).get_vocab()
     if teacher_vocabulary != tokenizer.get_vocab():
         raise RecipeError(
-            f"the student {config.student!r} and the teacher {config.teacher!r} have different vocabularies; "
-            "distill compares their token distributions, so they must share a tokenizer",
+            f"the student {config.student!r} and the teacher {config.teacher.model!r} have different "
+            "vocabularies; distill compares their token distributions, so they must share a tokenizer",
             where="train.teacher",
         )
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts
@@ -274,27 +401,8 @@ def _distillation_trainer(
     )
 
 
-def _push_student(output_dir: Path, repo_id: str, run_name: str) -> str:
-    """Upload the saved student (weights, tokenizer, card, eval.json) as one commit of a model repo."""
-    import os
-
-    from huggingface_hub import HfApi
-
-    # HF_ENDPOINT is read here, not when huggingface_hub was imported, so a late setting counts.
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(output_dir),
-        commit_message=f"synthkd: student of the {run_name} run",
-    )
-    return str(commit)
-
-
-def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_gpu: bool):
+def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_gpu: bool) -> MemoryEstimate:
     """Estimate what training needs before loading anything; refuse what cannot fit."""
-    from synthkd.teachers.transformers_backend import resolve_model_source
     from synthkd.training.memory import estimate_training_memory, free_memory
 
     estimate = estimate_training_memory(
@@ -303,9 +411,7 @@ def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_
         lora=config.lora is not None,
         batch_size=int(config.args.get("per_device_train_batch_size", 8)),
         max_length=config.args.get("max_length", DEFAULT_MAX_LENGTH),
-        teacher_source=resolve_model_source(config.teacher)
-        if config.method == "distill" and config.teacher
-        else None,
+        teacher_source=_distill_teacher_source(config) if config.method == "distill" else None,
     )
     free, device_name = free_memory(on_gpu)
     if estimate.total > free:
@@ -318,7 +424,7 @@ def _check_memory(config: TrainConfig, source: str, *, bytes_per_value: int, on_
     return estimate
 
 
-def _kd_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any):
+def _kd_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
     """Offline logit distillation: TRL's SFTTrainer with the loss from `synthkd.training.kd`."""
     from trl import SFTConfig
 
@@ -347,42 +453,3 @@ def _kd_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, valu
         kd_weight=config.kd_weight,
         kd_temperature=config.kd_temperature,
     )
-
-
-def _write_card(output_dir: Path, config: TrainConfig, run_name: str, metrics: dict[str, Any]) -> None:
-    before, after = metrics["before"], metrics["after"]
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [synthkd, knowledge-distillation, trl]",
-        "---",
-        "",
-        f"# {run_name} student",
-        "",
-        f"Distilled with synthkd: `{config.method}` of `{config.student}` on the dataset of the "
-        f"`{run_name}` run ({metrics['train_rows']} training rows).",
-        "",
-        "| held-out metric | before | after |",
-        "|---|---:|---:|",
-        f"| loss on the teacher's answers | {before['loss']} | {after['loss']} |",
-        f"| perplexity | {before['perplexity']} | {after['perplexity']} |",
-        f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
-        *(
-            [
-                f"| accuracy against the teacher (every answer compared exactly) | {before['accuracy']} | "
-                f"{after['accuracy']} |"
-            ]
-            if "accuracy" in after
-            else []
-        ),
-        "",
-    ]
-    if "judge" in after:
-        judged = after["judge"]
-        lines += [
-            f"Judged by `{judged['judge']}` on {judged['pairs']} held-out prompts (both orders): the student "
-            f"won {judged['student_wins']}, the teacher {judged['teacher_wins']}, {judged['ties']} ties; "
-            f"win rate {judged['win_rate']}.",
-            "",
-        ]
-    (output_dir / "README.md").write_text("\n".join(lines))

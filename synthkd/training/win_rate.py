@@ -11,12 +11,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from synthkd.cache import ResponseCache
-from synthkd.dispatch.dispatcher import Dispatcher
-from synthkd.pricing import price_of
+from synthkd.dispatch.pool import TeacherPool
 from synthkd.steps.base import CheckContext, StepContext
 from synthkd.steps.judge import JudgeStep
-from synthkd.teachers import TeacherConfig, build_teacher
+from synthkd.teachers import TeacherConfig
 
 
 def judge_win_rate(
@@ -44,14 +42,8 @@ def judge_win_rate(
 async def _judge(
     step: JudgeStep, judge: TeacherConfig, rows: list[dict], recipe_dir: Path, seed: int
 ) -> dict[str, Any]:
-    teacher = build_teacher(judge, seed=seed)
-    cache = ResponseCache.default()
-    try:
-        dispatcher = Dispatcher(teacher, judge, cache, price_of(judge.backend, judge.model))
-        result = await step.run(rows, StepContext(recipe_dir, seed, dispatcher))
-    finally:
-        await teacher.aclose()
-        cache.close()
+    async with TeacherPool(seed=seed) as pool:
+        result = await step.run(rows, StepContext(recipe_dir, seed, pool.dispatcher(judge)))
     winners = [row["winner"] for row in result.rows]
     judged = len(winners)
     wins, losses = winners.count("student"), winners.count("teacher")

@@ -223,6 +223,7 @@ class ToolCallsStep(Step):
     """Conversations with validated tool calls, simulated results and a final answer."""
 
     step: Literal["tool_calls"]
+    taxonomy: ClassVar[str] = "curation"  # function-calling conversations synthesised from tool schemas
     tools: str = Field(description="JSON file of OpenAI-style function schemas (relative to the recipe)")
     request_column: str | None = Field(None, description="user requests from this column (one per row)")
     num_requests: int = Field(10, ge=1, description="requests the teacher writes when request_column is null")

@@ -15,7 +15,7 @@ from synthkd.pipeline import ProgressFactory, check, run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.base import Progress
 from synthkd.steps.parsing import ParseError
-from synthkd.steps.tool_use import calls_parser, load_tools
+from synthkd.steps.tool_calls import calls_parser, load_tools
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 TOOLS = [

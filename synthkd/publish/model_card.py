@@ -1,0 +1,60 @@
+"""The student's model card: `<student dir>/README.md`, written from the metrics in its eval.json.
+
+The dataset's card (`publish.card`) describes a run; this one describes what training made of it,
+so everything in it comes from the measured metrics rather than from the recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "README.md"
+
+
+def write_model_card(output_dir: Path, run_name: str, metrics: dict[str, Any]) -> Path:
+    """Write the card beside the saved student; `metrics` is what eval.json holds (method, student,
+    train_rows, and the held-out metrics before and after, with the judge's verdicts if any)."""
+    path = output_dir / CARD_FILE
+    path.write_text(model_card(run_name, metrics))
+    return path
+
+
+def model_card(run_name: str, metrics: dict[str, Any]) -> str:
+    """The card's text: Hub metadata, what was trained on what, and the before/after table."""
+    before, after = metrics["before"], metrics["after"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [synthkd, knowledge-distillation, trl]",
+        "---",
+        "",
+        f"# {run_name} student",
+        "",
+        f"Distilled with synthkd: `{metrics['method']}` of `{metrics['student']}` on the dataset of the "
+        f"`{run_name}` run ({metrics['train_rows']} training rows).",
+        "",
+        "| held-out metric | before | after |",
+        "|---|---:|---:|",
+        f"| loss on the teacher's answers | {before['loss']} | {after['loss']} |",
+        f"| perplexity | {before['perplexity']} | {after['perplexity']} |",
+        f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
+        *(
+            [
+                f"| accuracy against the teacher (every answer compared exactly) | {before['accuracy']} | "
+                f"{after['accuracy']} |"
+            ]
+            if "accuracy" in after
+            else []
+        ),
+        "",
+    ]
+    if "judge" in after:
+        judged = after["judge"]
+        lines += [
+            f"Judged by `{judged['judge']}` on {judged['pairs']} held-out prompts (both orders): the student "
+            f"won {judged['student_wins']}, the teacher {judged['teacher_wins']}, {judged['ties']} ties; "
+            f"win rate {judged['win_rate']}.",
+            "",
+        ]
+    return "\n".join(lines)

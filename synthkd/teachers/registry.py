@@ -1,0 +1,109 @@
+"""Every teacher backend synthkd knows, with what it can do and how to build it.
+
+This is the one place a backend's name means anything. Everything else (the dispatcher, preflight,
+pricing, the steps, the dataset card) asks `capabilities_of(config)` or the backend's spec, so a
+new backend is a module in this package plus one entry below and its name in
+`TeacherConfig.backend`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from synthkd.teachers.base import Capabilities, Teacher
+from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
+
+
+def _no_param_check(params: dict[str, Any], where: Callable[..., str]) -> None:
+    """API backends send params as they are; the provider is the judge of them."""
+
+
+def _local_param_check(params: dict[str, Any], where: Callable[..., str]) -> None:
+    unknown = sorted(set(params) - set(LOCAL_PARAMS))
+    # Point at the first unsupported param itself: it may come from the recipe's teacher while
+    # the step's own teacher sets other params.
+    check_local_params(params, where(unknown[0]) if unknown else where())
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend: its capabilities, where its class lives (imported only when a teacher is built,
+    since torch or litellm take seconds to import), and how the card names its provider."""
+
+    name: str
+    capabilities: Capabilities
+    factory: str  # "module:Class"; the class takes (config), and seed= when seeded_from_recipe
+    default_base_url: str | None = None  # the endpoint a config without base_url reaches
+    default_key_variable: str | None = None  # api_key_env when the recipe names none
+    check_params: Callable[[dict[str, Any], Callable[..., str]], None] = field(default=_no_param_check)
+    # Samples of a local model come from the recipe seed, which then belongs in the cache key.
+    seeded_from_recipe: bool = False
+
+    def build(self, config: TeacherConfig, seed: int = 0) -> Teacher:
+        module_name, class_name = self.factory.split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls(config, seed=seed) if self.seeded_from_recipe else cls(config)
+
+    def describe_provider(self, model: str, base_url: str | None) -> str:
+        """Who serves the model, in words for the dataset card."""
+        if self.capabilities.local:
+            if model == EMBEDDED_MODEL:
+                return "local: SmolLM2-135M-Instruct (embedded in synthkd's set-up)"
+            return f"local model ({self.name})"
+        if base_url:
+            from urllib.parse import urlsplit
+
+            return f"OpenAI-compatible server at {urlsplit(base_url).hostname or base_url}"
+        if self.name == "litellm" and "/" in model:
+            return f"{model.split('/', 1)[0]} (through litellm)"
+        return "OpenAI API" if self.default_base_url else self.name
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "openai",
+            Capabilities(local=False, top_logprobs=True, structured_output=True),
+            factory="synthkd.teachers.openai_backend:OpenAITeacher",
+            default_base_url="https://api.openai.com/v1",
+            default_key_variable="OPENAI_API_KEY",
+        ),
+        BackendSpec(
+            "litellm",
+            Capabilities(local=False, top_logprobs=True, structured_output=True),
+            factory="synthkd.teachers.litellm_backend:LiteLLMTeacher",
+        ),
+        BackendSpec(
+            "transformers",
+            Capabilities(local=True, scores_text=True, continues_prefix=True, ramp_up=False),
+            factory="synthkd.teachers.transformers_backend:TransformersTeacher",
+            check_params=_local_param_check,
+            seeded_from_recipe=True,
+        ),
+    )
+}
+
+
+def backend_spec(backend: str) -> BackendSpec:
+    """The spec of a backend name (TeacherConfig validates the name, so this cannot miss)."""
+    return BACKENDS[backend]
+
+
+def capabilities_of(config: TeacherConfig) -> Capabilities:
+    """What the teacher a config names can do, known without building it."""
+    return backend_spec(config.backend).capabilities
+
+
+def build_teacher(config: TeacherConfig, seed: int = 0) -> Teacher:
+    """Create the backend a teacher config names. Local models are loaded here."""
+    return backend_spec(config.backend).build(config, seed=seed)
+
+
+def teacher_label(config: TeacherConfig) -> str:
+    """`backend:model`, how provenance, manifests and messages name a teacher."""
+    return f"{config.backend}:{config.model}"
