@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(plan(loaded, use_cache=not args.no_cache), loaded)
         return 0
-    preflight(loaded)
+    preflight(loaded, training=not args.no_train)
     from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
 
     quiet_library_progress_bars()
@@ -136,11 +136,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from synthkd.errors import RecipeError
+    from synthkd.pipeline import preflight
     from synthkd.recipe import load_recipe
 
     loaded = load_recipe(args.recipe, args.overrides)
     if loaded.recipe.train is None:
         raise RecipeError("the recipe has no train: section", where=str(loaded.path))
+    preflight(loaded, data=False)  # the judge's key and endpoint, before the student is trained
     _train_and_report(loaded, Path(args.output) if args.output else loaded.recipe.output_dir())
     return 0
 

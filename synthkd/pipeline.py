@@ -19,40 +19,29 @@ from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError
 from synthkd.output import with_messages, write_run
 from synthkd.preflight import check_teacher_environment, redact_url
-from synthkd.recipe import LoadedRecipe
+from synthkd.recipe import LoadedRecipe, recipe_teachers
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.registry import backend_spec
+from synthkd.yaml_source import KeyPath
 
 
 def check(loaded: LoadedRecipe) -> list[Columns]:
-    """Validate every step against the columns the steps before it produce. Sends nothing."""
+    """Validate every step against the columns the steps before it produce, and the params of
+    every teacher the recipe uses (training's included). Sends nothing."""
     columns: Columns = set()
     flow = []
     for index, step in enumerate(loaded.recipe.steps):
         ctx = CheckContext(
             loaded.base_dir,
             lambda key, i=index: loaded.at("steps", i, key),
-            lambda *key, i=index: _teacher_where(loaded, i, *key),
+            lambda *key, i=index: teacher_where(loaded, ("steps", i, "teacher"), *key),
         )
         columns = step.check(columns, ctx)
-        for name, teacher in step_teachers(step):
-            _check_params(
-                teacher, lambda *key, i=index, f=name: _teacher_where(loaded, i, "params", *key, field=f)
-            )
         flow.append(columns)
+    for use in recipe_teachers(loaded.recipe):
+        _check_params(use.config, lambda *key, u=use: teacher_where(loaded, u.key, "params", *key))
     return flow
-
-
-def step_teachers(step: Step) -> list[tuple[str, TeacherConfig]]:
-    """Every teacher a step may send requests to, with the recipe key that configures it:
-    its own (`teacher`) first, then any other (a `judge_teacher`)."""
-    fields = step.teacher_fields()
-    own = step.step_teacher()
-    found = [(name, config) for name, config in fields.items() if config is own]
-    if own is not None and not found:
-        found = [("teacher", own)]
-    return found + [(name, config) for name, config in fields.items() if config is not own]
 
 
 # Params synthkd itself decides: samples are separate cached requests, answers are read whole.
@@ -66,22 +55,30 @@ def _check_params(teacher: TeacherConfig, where: Callable[..., str]) -> None:
     backend_spec(teacher.backend).check_params(teacher.params, where)
 
 
-def preflight(loaded: LoadedRecipe, *, network: bool = True) -> None:
-    """Before a run: keys present and (with `network`) endpoints reachable for every teacher used."""
+def preflight(
+    loaded: LoadedRecipe, *, network: bool = True, training: bool = True, data: bool = True
+) -> None:
+    """Before a run: keys present and (with `network`) endpoints reachable for every teacher used:
+    the steps' (unless `data` is off: `synthkd train` on a finished run) and the `train:`
+    section's (unless `training` is off: `--no-train`). A judge whose key is missing must stop
+    the run before the data is generated, not after."""
     seen = set()
-    for index, step in enumerate(loaded.recipe.steps):
-        for name, teacher in step_teachers(step):
-            if _teacher_id(teacher) in seen:
-                continue
-            seen.add(_teacher_id(teacher))
-            check_teacher_environment(
-                teacher, lambda key, i=index, f=name: _teacher_where(loaded, i, key, field=f), network=network
-            )
+    for use in recipe_teachers(loaded.recipe, training=training):
+        if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
+            continue
+        seen.add(teacher_id(use.config))
+        check_teacher_environment(
+            use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
+        )
 
 
-def _teacher_where(loaded: LoadedRecipe, index: int, *key: str, field: str = "teacher") -> str:
-    """Where errors about a step's teacher key should point: the step's own `teacher:` (or
-    `judge_teacher:`, per `field`) if it sets that key, else the recipe's `teacher:`."""
+def teacher_where(loaded: LoadedRecipe, section: KeyPath, *key: str | int) -> str:
+    """Where an error about a key of a teacher section should point. A step's section is merged
+    over the recipe's `teacher:`, so it points at the step's own key if the step sets it, else
+    at the recipe's; `train.teacher`/`train.judge` stand alone."""
+    if section[0] != "steps":
+        return loaded.at(*section, *key)
+    index, field = section[1], section[2]
     step = loaded.data["steps"][index]
     own = step.get(field) if isinstance(step, dict) else None
     if isinstance(own, dict):
@@ -221,15 +218,14 @@ def build_manifest(
         for name, source in step.template_sources().items():
             templates[name] = hashlib.sha256(source.encode("utf-8")).hexdigest()
     teachers = []
-    for step in recipe.steps:
-        for _, config in step_teachers(step):
-            described = {
-                "backend": config.backend,
-                "model": config.model,
-                "base_url": redact_url(config.base_url),
-            }
-            if described not in teachers:
-                teachers.append(described)
+    for use in recipe_teachers(recipe, training=False):  # those that made the data
+        described = {
+            "backend": use.config.backend,
+            "model": use.config.model,
+            "base_url": redact_url(use.config.base_url),
+        }
+        if described not in teachers:
+            teachers.append(described)
     costs = [report.cost_usd for report in reports]
     return {
         "name": recipe.name,
@@ -251,12 +247,14 @@ def build_manifest(
 
 def _redacted_recipe(loaded: LoadedRecipe) -> dict[str, Any]:
     """The recipe as run, with the user:password part of every teacher's base_url removed: the
-    recipe's, each step's and any other teacher section of a step (a `judge_teacher`)."""
+    recipe's and every section `recipe_teachers` names (a step's, a judge's, training's)."""
     data = loaded.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
     teachers = [data.get("teacher")]
-    for step, dumped in zip(loaded.recipe.steps, data.get("steps", []), strict=True):
-        for name in step.teacher_fields():
-            teachers.append(dumped.get(type(step).model_fields[name].alias or name))
+    for use in recipe_teachers(loaded.recipe):
+        node: Any = data
+        for part in use.key:
+            node = node.get(part) if isinstance(node, dict) else node[part]
+        teachers.append(node)
     for teacher in teachers:
         if isinstance(teacher, dict) and teacher.get("base_url"):
             teacher["base_url"] = redact_url(teacher["base_url"])
@@ -276,8 +274,3 @@ def plan(loaded: LoadedRecipe, *, use_cache: bool = True) -> list[tuple[Step, St
         if cache is not None:
             cache.close()
     return plans
-
-
-# Steps whose teachers differ only in params share one client or loaded model (preflight checks
-# each such teacher once); the pool that shares them defines the key.
-_teacher_id = teacher_id

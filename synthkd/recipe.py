@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -79,6 +79,39 @@ class LoadedRecipe:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class TeacherUse:
+    """One teacher section of a recipe, with the key that configures it: ("steps", 2, "teacher"),
+    ("steps", 3, "judge_teacher"), ("train", "teacher") or ("train", "judge")."""
+
+    key: KeyPath
+    config: TeacherConfig
+
+    @property
+    def step_index(self) -> int | None:
+        return self.key[1] if self.key[0] == "steps" else None  # type: ignore[return-value]
+
+
+def recipe_teachers(recipe: Recipe, *, training: bool = True) -> list[TeacherUse]:
+    """Every teacher a recipe may send requests to, in recipe order: each step's own, then its
+    others (a judge), then (with `training`) `train.teacher` and `train.judge`.
+
+    The one answer to "which teachers does this recipe use": validation, preflight, provenance,
+    the manifest and the card all ask here, so none can miss a teacher another one checks.
+    """
+    uses = [
+        TeacherUse(("steps", index, key), config)
+        for index, step in enumerate(recipe.steps)
+        for key, config in step.teacher_fields().items()
+    ]
+    if training and recipe.train is not None:
+        for key in ("teacher", "judge"):
+            config = getattr(recipe.train, key)
+            if config is not None:
+                uses.append(TeacherUse(("train", key), config))
+    return uses
+
+
 def find_recipe(path: str | Path) -> Path:
     """A recipe path as given, else one of the shipped recipes (`recipes/quickstart.yaml`)."""
     found = resolve_path(path, Path.cwd())
@@ -134,7 +167,9 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
             )
         if STEP_TYPES[name].uses_teacher and isinstance(teacher, dict):
             # A step's teacher (and judge) override the recipe's key by key; params one level deeper.
-            for key in ("teacher", *(("judge_teacher",) if step.get("judge_teacher") else ())):
+            for key in STEP_TYPES[name].teacher_keys():
+                if key != "teacher" and not step.get(key):
+                    continue  # another teacher (a judge) left out: the step uses its own
                 own = step.get(key) or {}
                 if isinstance(own, dict):
                     params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
@@ -183,22 +218,45 @@ def _strip_union_tags(loc: tuple, data: dict) -> KeyPath:
 
 
 def _valid_keys(loc: KeyPath, data: dict) -> list[str]:
-    model: type[BaseModel] | None = None
-    if loc == ():
-        model = Recipe
-    elif loc in (("teacher",),) or (len(loc) == 3 and loc[0] == "steps" and loc[2] == "teacher"):
-        model = TeacherConfig
-    elif loc == ("output",):
-        model = OutputConfig
-    elif loc == ("output", "hub"):
-        model = HubConfig
-    elif loc == ("train",):
-        model = TrainConfig
-    elif len(loc) == 2 and loc[0] == "steps" and isinstance(loc[1], int):
-        model = STEP_TYPES.get(data["steps"][loc[1]].get("step"))
+    model = _model_at(loc, data)
     if model is None:
         return []
     return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_at(loc: KeyPath, data: dict) -> type[BaseModel] | None:
+    """The pydantic model of the mapping at `loc` (a step's class by its `step:` value), found by
+    following field types from the Recipe, so every section (a `judge_teacher:`, `train.judge:`,
+    `output.hub:`) is known without a list of them."""
+    model: type[BaseModel] = Recipe
+    index = 0
+    while index < len(loc):
+        part = loc[index]
+        if model is Recipe and part == "steps":
+            steps = data.get("steps")
+            position = loc[index + 1] if index + 1 < len(loc) else None
+            if not isinstance(steps, list) or not isinstance(position, int) or position >= len(steps):
+                return None
+            step = steps[position]
+            found = STEP_TYPES.get(step.get("step")) if isinstance(step, dict) else None
+            index += 2
+        else:
+            fields = {info.alias or name: info for name, info in model.model_fields.items()}
+            info = fields.get(str(part))
+            found = _model_class(info.annotation) if info is not None else None
+            index += 1
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The model class in a field's type (`TeacherConfig | None` -> TeacherConfig), if any."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:

@@ -260,10 +260,13 @@ def _taxonomy_section(run: RunDir) -> str:
 def _steps_section(run: RunDir) -> str:
     lines = ["## Steps and their parameters", ""]
     for index, step in enumerate(clean_recipe(run.recipe).get("steps") or []):
-        shown = {k: v for k, v in step.items() if k not in ("step", "teacher", "judge_teacher")}
-        teacher = step.get("teacher")
-        if isinstance(teacher, dict):
-            shown["teacher"] = f"{teacher.get('backend')}:{teacher.get('model')}"
+        step_class = STEP_TYPES.get(str(step.get("step")))
+        teacher_keys = step_class.teacher_keys() if step_class is not None else ["teacher"]
+        # A teacher section is named by backend:model; its params have a section of their own.
+        shown = {k: v for k, v in step.items() if k != "step" and k not in teacher_keys}
+        for key in teacher_keys:
+            if isinstance(teacher := step.get(key), dict):
+                shown[key] = f"{teacher.get('backend')}:{teacher.get('model')}"
         text = yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).strip() if shown else "{}"
         lines += [f"**{index}: {step.get('step')}**", "", "```yaml", text, "```", ""]
     return "\n".join(lines).strip()

@@ -183,23 +183,28 @@ class Step(StrictModel):
         """The teacher this step talks to (its own override or the recipe's), if it needs one."""
         return getattr(self, "teacher", None)
 
+    @classmethod
+    def teacher_keys(cls) -> list[str]:
+        """This step's keys that hold a teacher section: `teacher` first, then any other
+        (`judge_teacher`). The recipe loader merges each over the recipe's teacher."""
+        keys = [
+            name
+            for name, info in cls.model_fields.items()
+            if info.annotation is TeacherConfig or TeacherConfig in get_args(info.annotation)
+        ]
+        return sorted(keys, key=lambda key: key != "teacher")
+
     def teacher_fields(self) -> dict[str, TeacherConfig]:
-        """Every teacher this step holds (`teacher`, `judge_teacher`, ...), by field name.
+        """Every teacher this step holds (`teacher`, `judge_teacher`, ...), by key, its own first.
 
         Teacher sections may carry secrets (a base_url with user:password), so provenance and the
-        manifest treat all of them alike, whatever the field is called.
+        manifest treat all of them alike, whatever the key is called.
         """
         return {
-            name: value
-            for name in type(self).model_fields
-            if isinstance(value := getattr(self, name, None), TeacherConfig)
+            key: value
+            for key in self.teacher_keys()
+            if isinstance(value := getattr(self, key, None), TeacherConfig)
         }
-
-    def used_teachers(self) -> list[TeacherConfig]:
-        """Every teacher this step may send requests to: its own first, then any other (a judge)."""
-        own = self.step_teacher()
-        others = [config for config in self.teacher_fields().values() if config is not own]
-        return ([own] if own is not None else []) + others
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         """Validate files, templates and needed columns; return the columns after this step."""
