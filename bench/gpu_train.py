@@ -66,7 +66,7 @@ def main() -> None:
 
     from synthkd.pipeline import run_recipe
     from synthkd.recipe import load_recipe
-    from synthkd.teachers.transformers_backend import resolve_model_source
+    from synthkd.teachers.embedded import resolve_model_source
     from synthkd.training.config import TrainConfig
     from synthkd.training.memory import count_parameters
     from synthkd.training.run import train_student

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -19,16 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.kd.topk import TopK
+from synthkd.paths import cache_root
 from synthkd.teachers.base import ChatRequest, Completion, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
-
-
-def cache_root() -> Path:
-    """`$SYNTHKD_CACHE_DIR`, else `$XDG_CACHE_HOME/synthkd`, else `~/.cache/synthkd`."""
-    if os.environ.get("SYNTHKD_CACHE_DIR"):
-        return Path(os.environ["SYNTHKD_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "synthkd"
 
 
 def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:

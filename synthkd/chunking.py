@@ -4,30 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 
+from synthkd.model_source import local_or_hub
 from synthkd.teachers.config import EMBEDDED_MODEL
+from synthkd.teachers.embedded import embedded_tokenizer
 
 
 @lru_cache(maxsize=4)
 def token_counter(tokenizer: str) -> Callable[[str], int]:
     """Count tokens with a Hugging Face tokenizer (a Hub id, a folder, or `embedded`)."""
-    from transformers import AutoTokenizer
-
     if tokenizer == EMBEDDED_MODEL:
-        from synthkd.cache import cache_root
-        from synthkd.teachers.embedded import embedded_gguf
-
-        gguf = embedded_gguf()
-        converted = cache_root() / "models" / gguf.stem  # read in 0.1 s, where the GGUF takes 5 s
-        if (converted / "tokenizer.json").is_file():
-            loaded = AutoTokenizer.from_pretrained(converted)
-        else:
-            loaded = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = embedded_tokenizer()  # the converted model's tokenizer, or the GGUF's: never converts
     else:
-        loaded = AutoTokenizer.from_pretrained(
-            str(Path(tokenizer).expanduser()) if Path(tokenizer).exists() else tokenizer
-        )
+        from transformers import AutoTokenizer
+
+        loaded = AutoTokenizer.from_pretrained(local_or_hub(tokenizer))
     return lambda text: len(loaded.encode(text, add_special_tokens=False))
 
 

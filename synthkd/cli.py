@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +16,10 @@ from rich.table import Table
 
 import synthkd
 from synthkd.errors import SynthkdError
+
+if TYPE_CHECKING:  # imported when used: `synthkd --help` stays fast
+    from synthkd.publish.push import PushResult
+    from synthkd.recipe import LoadedRecipe
 
 console = Console(stderr=True)
 if not console.is_terminal:
@@ -310,13 +316,26 @@ def _publish_parsers(commands) -> None:
     show.set_defaults(handler=_show)
 
 
-def _publish_run(loaded, run_dir: Path) -> None:
-    from synthkd.publish.finish import finish_run
+def finish_recipe_run(
+    loaded: LoadedRecipe, run_dir: Path, warn: Callable[[str], None] = print
+) -> tuple[list[Path], PushResult | None]:
+    """What `synthkd run` does after the dataset is written (recipe.yaml, the card, the report, the
+    push if `output.hub`), for a recipe loaded with `synthkd.recipe.load_recipe`: (written, pushed)."""
+    from synthkd.publish.finish import finish_run, url_passwords
+    from synthkd.recipe import recipe_teachers
 
+    templates: dict[str, str] = {}
+    for step in loaded.recipe.steps:
+        templates.update(step.template_sources())
+    passwords = url_passwords(use.config for use in recipe_teachers(loaded.recipe))
+    return finish_run(run_dir, templates, loaded.recipe.output.hub, passwords, warn)
+
+
+def _publish_run(loaded, run_dir: Path) -> None:
     def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
-    written, pushed = finish_run(loaded, run_dir, warn)
+    written, pushed = finish_recipe_run(loaded, run_dir, warn)
     if written:
         console.print(f"{', '.join(path.name for path in written)} -> {run_dir}", highlight=False)
     if pushed is not None:

@@ -22,26 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from synthkd.kd.topk import storage_features
 
-if TYPE_CHECKING:  # steps import this module (with_messages); a runtime import would be circular
+# For annotations only: importing synthkd.steps.base imports every step (datasketch, scipy: 2 s),
+# and `synthkd show` and `synthkd report` reach this module (through publish.rundir) without steps.
+if TYPE_CHECKING:
     from synthkd.steps.base import Failure, Row
 
 OUTPUT_FILES = ("dataset", "data.jsonl", "failures.jsonl", "manifest.json")
-
-
-def with_messages(rows: list[Row]) -> list[Row]:
-    """Add TRL's conversational `messages` column; the flat columns stay."""
-    result = []
-    for row in rows:
-        if "messages" in row or "response" not in row:
-            result.append(row)
-            continue
-        user = row.get("prompt")
-        if user is None:
-            user = "\n\n".join(part for part in (row.get("instruction"), row.get("input")) if part)
-        messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": row["response"]}]
-        result.append({**row, "messages": messages})
-    return result
 
 
 def uniform(rows: list[Row]) -> list[Row]:

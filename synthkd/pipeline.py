@@ -17,7 +17,8 @@ from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError
-from synthkd.output import with_messages, write_run
+from synthkd.messages import with_messages
+from synthkd.output import write_run
 from synthkd.preflight import check_teacher_environment, redact_url
 from synthkd.recipe import LoadedRecipe, recipe_teachers
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan

@@ -4,9 +4,10 @@ Each run gets a fresh temporary folder as its working directory and is started a
 `python -I -B` (isolated: no user site, no PYTHON* variables, no script folder on sys.path) with
 a stripped environment. Resource limits are set with `setrlimit` between fork and exec: CPU
 seconds, address space, file size, core dumps and (for a non-root user) processes. A wall-clock
-timer kills the whole process group. Inside, a bootstrap installs an audit hook (PEP 578) before
-any untrusted code runs; the first forbidden action ends the process at once (exit code
-VIOLATION_EXIT, the action named on stderr), so the code cannot catch and ignore the refusal:
+timer kills the whole process group. Inside, a bootstrap (`synthkd/sandbox_child/boot.py`) installs
+an audit hook (PEP 578) before any untrusted code runs; the first forbidden action ends the process
+at once (exit code VIOLATION_EXIT, the action named on stderr), so the code cannot catch and ignore
+the refusal:
 
 - opening a file for writing, creating, deleting, renaming, linking or changing metadata of a path
   outside the run's folder (`/dev/null` excepted);
@@ -26,6 +27,7 @@ synthkd inside a container or VM.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -81,209 +83,15 @@ class SandboxResult:
         return self.status == "ok"
 
 
-# Runs in the child before any untrusted code: installs the audit hook, then runs the entry script.
-# It is plain source (not imported from synthkd) so the child needs nothing but the standard library.
-_BOOT = r"""
-import os, sys
-
-def _install(config):
-    join, isabs, realpath = os.path.join, os.path.isabs, os.path.realpath
-    work = realpath(config["work"])
-    own_proc = "/proc/%d" % os.getpid()
-    allow_read = tuple(realpath(p) for p in config["allow_read"] + [sys.prefix, sys.base_prefix,
-                       sys.exec_prefix, sys.base_exec_prefix] + [p for p in sys.path if p])
-    deny_read = tuple(realpath(p) for p in config["deny_read"])
-    writable_names = frozenset(("/dev/null",))
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    err = os.dup(2)
-    marker, exit_code = config["marker"], config["exit_code"]
-    from _thread import get_ident
-    busy = set()  # threads inside the hook (its own calls raise no events, but be safe)
-
-    def inside(path, roots):
-        for root in roots:
-            if path == root or path.startswith(root.rstrip("/") + "/"):
-                return True
-        return False
-
-    def resolve(path, dir_fd=None):
-        if isinstance(path, int):
-            return realpath("/proc/self/fd/%d" % path)
-        path = os.fsdecode(os.fspath(path))
-        if not isabs(path):
-            if isinstance(dir_fd, int) and dir_fd >= 0:
-                base = os.readlink("/proc/self/fd/%d" % dir_fd)
-            else:
-                base = os.getcwd()
-            path = join(base, path)
-        return realpath(path)
-
-    def stop(what):
-        try:
-            os.write(err, ("\n" + marker + what + "\n").encode("utf-8", "replace"))
-        finally:
-            os._exit(exit_code)
-
-    def may_write(path, dir_fd=None):
-        if not isinstance(path, int) and os.fsdecode(os.fspath(path)) in writable_names:
-            return True
-        return inside(resolve(path, dir_fd), (work,))
-
-    def may_read(resolved):
-        if resolved.startswith("/proc/") and resolved.split("/")[2].isdigit():
-            return inside(resolved, (own_proc,))
-        return not inside(resolved, deny_read) or inside(resolved, allow_read) or inside(resolved, (work,))
-
-    # event -> (positions of paths written, position of their dir_fd or None)
-    writes = {
-        "os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.mkdir": ((0,), 2),
-        "os.rename": ((0, 1), 2), "os.link": ((0, 1), 2), "os.symlink": ((1,), 2),
-        "os.truncate": ((0,), None), "os.chmod": ((0,), 2), "os.chown": ((0,), 3),
-        "os.utime": ((0,), 3), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
-        "os.setxattr": ((0,), None), "os.removexattr": ((0,), None), "os.mkfifo": ((0,), 2),
-        "os.mknod": ((0,), 3), "shutil.rmtree": ((0,), None), "shutil.copyfile": ((1,), None),
-        "shutil.copymode": ((1,), None), "shutil.copystat": ((1,), None), "shutil.copytree": ((1,), None),
-        "shutil.move": ((0, 1), None), "shutil.chown": ((0,), None),
-    }
-    processes = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-                 "os.kill", "os.killpg", "subprocess.Popen", "os.startfile", "pty.spawn", "os.setuid",
-                 "os.setgid", "os.setsid", "os.setpgid")
-    network = ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
-               "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr",
-               "socket.getnameinfo", "socket.sethostname")
-    refused = ("ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata",
-               "ctypes.string_at", "ctypes.wstring_at", "gc.get_objects", "gc.get_referrers",
-               "gc.get_referents")
-
-    def hook(event, args):
-        me = get_ident()
-        if me in busy:
-            return
-        busy.add(me)
-        try:
-            check(event, args)
-        except Exception as exc:  # a path we cannot resolve is refused, never let through
-            if event in writes or event == "open":
-                stop("%s %r (%s)" % (event, args[:2], exc))
-        finally:
-            busy.discard(me)
-
-    def check(event, args):
-        if event == "open":
-            path, mode, flags = args
-            if isinstance(path, int):
-                return
-            writing = bool((flags or 0) & write_flags)
-            writing = writing or (isinstance(mode, str) and any(c in mode for c in "wax+"))
-            if writing:
-                if not may_write(path):
-                    stop("open(%r) for writing outside the sandbox folder" % (path,))
-                return
-            resolved = resolve(path)
-            if not may_read(resolved):
-                stop("open(%r) for reading: a private path" % (path,))
-            if mode is None and not inside(resolved, (work,)) and os.path.isdir(resolved):
-                stop("os.open(%r): a directory handle outside the sandbox folder" % (path,))
-        elif event in writes:
-            positions, fd_at = writes[event]
-            dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
-            for position in positions:
-                target = args[position] if position < len(args) else None
-                if target is not None and not may_write(target, dir_fd):
-                    stop("%s(%r) outside the sandbox folder" % (event, target))
-        elif event in processes:
-            stop("%s: starting or signalling processes is not allowed" % event)
-        elif event in network:
-            stop("%s: network access is not allowed" % event)
-        elif event == "socket.__new__":
-            if args[1] not in (-1, 1):  # AF_UNIX (socket pairs, e.g. asyncio's self-pipe) only
-                stop("socket(family=%r): network access is not allowed" % (args[1],))
-        elif event == "sqlite3.connect":  # sqlite opens its files in C, with no "open" event
-            database = os.fsdecode(os.fspath(args[0]))
-            if database.startswith("file:"):
-                if "mode=memory" in database:
-                    return
-                database = database[5:].split("?", 1)[0]
-                database = database[2:] if database.startswith("//") else database
-            if database not in ("", ":memory:") and not may_write(database):
-                stop("sqlite3.connect(%r) outside the sandbox folder" % (args[0],))
-        elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
-            stop("%s: loading native code is not allowed" % event)
-        elif event == "ctypes.dlopen":
-            if args[0] is not None:
-                stop("ctypes.dlopen(%r): loading native libraries is not allowed" % (args[0],))
-        elif event in refused:
-            stop("%s is not allowed" % event)
-        elif event in ("object.__setattr__", "object.__delattr__") and args[0] in (hook, check, stop):
-            stop("tampering with the sandbox")
-
-    sys.addaudithook(hook)
-    try:
-        import _posixsubprocess
-
-        def fork_exec(*args, **kwargs):
-            stop("_posixsubprocess.fork_exec: starting processes is not allowed")
-
-        _posixsubprocess.fork_exec = fork_exec
-    except ImportError:
-        pass
-    return config
+# The code run inside the child lives in real modules (standard library only, never imported by
+# synthkd): their text is copied into each run's folder. boot.py installs the audit hook, then runs
+# the entry script; check.py is check_solution's entry script.
+_CHILD = Path(__file__).resolve().with_name("sandbox_child")
 
 
-def _main():
-    config = _install(__import__("json").loads(sys.argv[1]))
-    os.chdir(config["work"])
-    sys.path.insert(0, config["work"])
-    sys.argv = [config["entry"]]
-    import runpy, traceback
-    try:
-        runpy.run_path(config["entry"], run_name="__main__")
-    except MemoryError:
-        os.write(2, b"\nMemoryError\n")
-        os._exit(config["memory_exit"])
-    except SystemExit:
-        raise
-    except BaseException:
-        traceback.print_exc()
-        sys.exit(1)
-
-_main()
-"""
-
-# The test harness: imports the answer as module `solution`, runs the tests in a namespace that
-# holds the solution's names, calls test_* functions and unittest cases, then prints the nonce.
-_CHECK = r"""
-import os, sys, types
-_out = os.dup(1)
-_tests = open(sys.argv[0].rsplit("/", 1)[0] + "/tests.py", encoding="utf-8").read()
-try:
-    import solution
-except SystemExit as exc:
-    sys.stderr.write("the solution called exit(%r) while being imported\n" % (exc.code,))
-    sys.exit(3)
-_ns = {k: v for k, v in vars(solution).items() if not k.startswith("__")}
-_ns["__name__"] = "__tests__"
-try:
-    exec(compile(_tests, "tests.py", "exec"), _ns)
-    for _name, _value in list(_ns.items()):
-        if (_name.startswith("test") and isinstance(_value, types.FunctionType)
-                and _value.__module__ == "__tests__" and _value.__code__.co_argcount == 0):
-            _value()
-    if "unittest" in sys.modules:
-        import unittest
-        _cases = [v for v in _ns.values() if isinstance(v, type) and issubclass(v, unittest.TestCase)]
-        if _cases:
-            _suite = unittest.TestSuite(unittest.defaultTestLoader.loadTestsFromTestCase(c) for c in _cases)
-            _result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(_suite)
-            if not _result.wasSuccessful():
-                sys.exit(1)
-except SystemExit as exc:
-    if exc.code not in (None, 0):
-        raise
-    sys.stderr.write("the tests called exit() before they finished\n")
-    sys.exit(4)
-os.write(_out, ("\n" + NONCE + "\n").encode())
-"""
+@functools.cache
+def _child_source(name: str) -> str:
+    return (_CHILD / name).read_text(encoding="utf-8")
 
 
 def _home_dirs() -> list[str]:
@@ -400,7 +208,7 @@ def run_files(
                     raise ValueError(f"sandbox file {name!r} is outside its folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text, encoding="utf-8")
-        (root / "boot.py").write_text(_BOOT, encoding="utf-8")
+        (root / "boot.py").write_text(_child_source("boot.py"), encoding="utf-8")
         (root / "entry.py").write_text(entry_source, encoding="utf-8")
         config = {
             "work": str(work),
@@ -511,7 +319,7 @@ def _size(path: Path) -> int:
 def check_solution(code: str, tests: str, limits: Limits) -> SandboxResult:
     """Run `tests` against `code` (imported as module `solution`); status "ok" when every test passed."""
     nonce = f"SYNTHKD-TESTS-PASSED-{secrets.token_hex(8)}"
-    entry = f"NONCE = {nonce!r}\n{_CHECK}"
+    entry = f"{_child_source('check.py')}\n\nmain({nonce!r})\n"
     return run_files(
         {"solution.py": code}, entry, limits, private_files={"tests.py": tests}, success_marker=nonce
     )

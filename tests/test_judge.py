@@ -11,8 +11,8 @@ from helpers import read_jsonl, write_jsonl, write_recipe
 from synthkd.errors import RecipeError
 from synthkd.pipeline import check, run_recipe
 from synthkd.recipe import load_recipe
-from synthkd.steps.judge import agreed_winner, score_parser
 from synthkd.steps.parsing import ParseError
+from synthkd.steps.scoring import agreed_winner, score_parser
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 POINTWISE = "(?s)You are an impartial judge of an AI assistant's answer.*"

@@ -36,6 +36,8 @@ def test_wheel_ships_prompts_and_recipes_and_finds_them(tmp_path: Path):
     ):
         assert f"synthkd/_shipped/{shipped}" in names
     assert "synthkd/cli.py" in names and not any(name.startswith("tests/") for name in names)
+    # The sandbox's child code is data to the parent (copied into each run's folder), not an import.
+    assert {"synthkd/sandbox_child/boot.py", "synthkd/sandbox_child/check.py"} <= names
 
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
@@ -45,7 +47,9 @@ def test_wheel_ships_prompts_and_recipes_and_finds_them(tmp_path: Path):
         "import synthkd.shipped as s, synthkd.recipe as r; "
         "print(s.shipped_root()); "
         "loaded = r.load_recipe('recipes/quickstart.yaml'); print(loaded.path); "
-        "from synthkd.pipeline import check; check(loaded); print('checked')"
+        "from synthkd.pipeline import check; check(loaded); print('checked'); "
+        "from synthkd.sandbox import Limits, check_solution; "
+        "print(check_solution('def f():\\n    return 1\\n', 'assert f() == 1\\n', Limits()).status)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -55,7 +59,8 @@ def test_wheel_ships_prompts_and_recipes_and_finds_them(tmp_path: Path):
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    root, recipe, checked = out.stdout.split()
+    root, recipe, checked, sandboxed = out.stdout.split()
     assert root == str(installed / "synthkd" / "_shipped")
     assert recipe == str(installed / "synthkd" / "_shipped" / "recipes" / "quickstart.yaml")
     assert checked == "checked"
+    assert sandboxed == "ok"  # the sandbox finds its child code in the installed wheel

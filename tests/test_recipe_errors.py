@@ -327,3 +327,45 @@ def test_label_schema_path_resolves_like_every_recipe_path(recipe_dir, capsys, l
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
     assert f"steps.1.schema: JSON schema file not found (tried {recipe_dir / 'missing.json'}" in out
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ("  - step: preference\n    judge_teacher: {model: judge, modle: x}", "steps.3.judge_teacher.modle"),
+        ("train:\n  student: embedded\n  judge: {model: judge, modle: x}", "train.judge.modle"),
+        (
+            "train:\n  student: embedded\n  method: distill\n  teacher: {model: t, modle: x}",
+            "train.teacher.modle",
+        ),
+    ],
+)
+def test_a_typo_under_any_teacher_key_lists_the_teacher_keys(
+    recipe_dir, capsys, listening_port, section, where
+):
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja").replace(
+        "output:", f"{section}\noutput:"
+    )
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2, out
+    assert (
+        f"{where}: unknown key 'modle' (did you mean 'model'?); valid keys: backend, model, base_url," in out
+    )
+
+
+def test_a_missing_key_of_the_training_judge_stops_the_run_before_any_request(
+    recipe_dir, capsys, listening_port
+):
+    judge = "train:\n  student: embedded\n  judge: {model: judge, api_key_env: SYNTHKD_NO_SUCH_KEY}\noutput:"
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja").replace("output:", judge)
+    path = write(recipe_dir, text)
+    code, out = run_cli(["run", str(path)], capsys)
+    assert code == 2
+    expected = "train.judge.api_key_env: environment variable SYNTHKD_NO_SUCH_KEY is not set"
+    assert f"recipe.yaml:{text.splitlines().index('train:') + 3}: {expected}" in out
+    # The teacher's endpoint accepts connections but never answers: had a request been sent, the
+    # run would have hung; it stopped before writing anything.
+    assert not (recipe_dir / "out").exists()
+    # Without training the judge is not needed, and `synthkd train` asks for it before training.
+    code, out = run_cli(["train", str(path)], capsys)
+    assert code == 2 and expected in out

@@ -15,8 +15,8 @@ from helpers import read_jsonl, write_jsonl, write_recipe
 from synthkd.cli import main
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
-from synthkd.steps.parsing import ParseError
-from synthkd.steps.self_instruct import parse_any_instances, parse_tasks, parse_yes_no
+from synthkd.steps.parsing import ParseError, parse_yes_no
+from synthkd.steps.self_instruct import parse_any_instances, parse_tasks
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 SEEDS = [

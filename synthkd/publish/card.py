@@ -17,6 +17,7 @@ import yaml
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
+from synthkd.shipped import resolve_path
 from synthkd.steps import STEP_TYPES
 from synthkd.teachers.registry import BACKENDS
 
@@ -172,8 +173,6 @@ def _infer_tasks(run: RunDir) -> list[str]:
 
 def find_templates(manifest: dict[str, Any]) -> dict[str, str]:
     """Template texts for the manifest's template hashes, from the shipped prompts."""
-    from synthkd.shipped import resolve_path
-
     found = {}
     for name, digest in (manifest.get("templates") or {}).items():
         path = resolve_path(name, None)

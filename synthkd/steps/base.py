@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
+from synthkd.errors import RecipeError
 from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import teacher_label
@@ -317,8 +318,6 @@ def require_columns(needed: set[str], columns: Columns, ctx: CheckContext, key: 
         return
     missing = sorted(needed - columns)
     if missing:
-        from synthkd.errors import RecipeError
-
         raise RecipeError(
             f"{purpose} needs column(s) {', '.join(missing)}, but the rows at this step have only: "
             f"{', '.join(sorted(columns)) or '(none)'}",

@@ -19,28 +19,26 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
+    exact_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 _LABEL_LINE = re.compile(
     r"^[\W_]*(?:final\s+)?label[\W_]*?\s*[:：]\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE
 )
 _DECORATION = " \t\"'`*_[](){}<>."
-ASSUMED_MAX_TOKENS = 256
 NOT_IN_SET = "is not one of the labels"
 FILLED = ("text", "labels", "task", "rationale")  # template variables the step itself provides
 
@@ -74,7 +72,7 @@ def label_parser(labels: list[str], rationale: bool) -> Callable[[str], tuple[st
     return parse
 
 
-class ClassifyStep(Step):
+class ClassifyStep(TeacherStep):
     """Label each row's text with one of a fixed set of labels."""
 
     step: Literal["classify"]
@@ -91,9 +89,6 @@ class ClassifyStep(Step):
     prompt: str = Field("prompts/classify/label.jinja", description="the teacher's prompt")
     student_prompt: str = Field("prompts/classify/student.jinja", description="the prompt in the SFT data")
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
-
-    uses_teacher: ClassVar[bool] = True
 
     @field_validator("labels")
     @classmethod
@@ -120,11 +115,10 @@ class ClassifyStep(Step):
             return [(name, description or "") for name, description in self.labels.items()]
         return [(name, "") for name in self.labels]
 
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self.load_templates(ctx, "prompt", "student_prompt", "reask_prompt")
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({self.text_column}, columns, ctx, "text_column", "classify")
         for key in ("prompt", "student_prompt"):
-            needed = set(self._templates[key].variables) - set(FILLED)
+            needed = set(self.template(key).variables) - set(FILLED)
             require_columns(needed, columns, ctx, key, f"template {getattr(self, key)}")
         if self.gold_column:
             require_columns({self.gold_column}, columns, ctx, "gold_column", "the accuracy check")
@@ -148,25 +142,17 @@ class ClassifyStep(Step):
         }
 
     def _requests(self, rows: list[Row]) -> list[ChatRequest]:
-        assert self.teacher is not None
-        system = ({"role": "system", "content": self.system},) if self.system else ()
-        return [
-            ChatRequest(
-                (*system, {"role": "user", "content": self._templates["prompt"].render(self._values(row))}),
-                dict(self.teacher.params),
-            )
-            for row in rows
-        ]
+        prompt = self.template("prompt")
+        return [self.chat(prompt.render(self._values(row)), system=self.system) for row in rows]
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None
         requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         answers = await ask_parsed(
             ctx.dispatcher,
             requests,
             label_parser(self.label_names, self.rationale),
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             reask=self.reask,
             progress=ctx.progress,
         )
@@ -178,12 +164,8 @@ class ClassifyStep(Step):
             gold = row.get(self.gold_column) if self.gold_column else None
             if not answer.ok or completion is None:
                 gold_failed += gold not in (None, "")
-                reason = answer.reason
-                if completion is not None:
-                    reason = "invalid_label" if NOT_IN_SET in (answer.error or "") else "no_label"
-                result.failures.append(
-                    Failure(row["id"], reason, answer.outcome.attempts, answer.error, row, raw=answer.raw)
-                )
+                reason = "invalid_label" if NOT_IN_SET in (answer.error or "") else "no_label"
+                result.failures.append(failure_of(row, answer, reason=reason))
                 continue
             label, reasoning = answer.value
             counts[label] += 1
@@ -191,7 +173,7 @@ class ClassifyStep(Step):
             if self.rationale:
                 out["rationale"] = reasoning
             out |= {
-                "prompt": self._templates["student_prompt"].render(self._values(row)),
+                "prompt": self.template("student_prompt").render(self._values(row)),
                 "response": f"{reasoning}\n\nLabel: {label}" if self.rationale else label,
                 "finish_reason": completion.finish_reason,
             }
@@ -210,18 +192,7 @@ class ClassifyStep(Step):
         return result
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
-        assert self.teacher is not None
-        requests = self._requests(rows)
-        keys = [request_key(self.teacher, request) for request in requests]
-        cached = cache.get_many(set(keys)) if cache else {}
-        budget = self.teacher.params.get("max_tokens") or self.teacher.params.get("max_new_tokens")
-        plan = StepPlan(
-            requests=len(requests),
-            cached=sum(1 for key in keys if key in cached),
-            prompt_tokens=sum(sum(len(m["content"]) for m in r.messages) // 4 for r in requests),
-            max_completion_tokens=len(requests) * int(budget or ASSUMED_MAX_TOKENS),
-            sample_prompts=[list(r.messages) for r in requests[:3]],
-        )
+        plan, _ = exact_plan(self.teacher_config, self._requests(rows), cache)
         placeholder = [
             {**row, "label": "", "prompt": "", "response": "", "finish_reason": None} for row in rows
         ]

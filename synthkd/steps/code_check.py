@@ -23,15 +23,13 @@ from synthkd.sandbox import Limits, SandboxResult, check_solution
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepResult,
+    TeacherStep,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed
-from synthkd.teachers.base import ChatRequest
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
 from synthkd.teachers.config import TeacherConfig
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
@@ -49,7 +47,7 @@ DROP_REASONS = {
 }
 
 
-class CodeCheckStep(Step):
+class CodeCheckStep(TeacherStep):
     """Execute each answer's code against tests; drop the answers that fail."""
 
     step: Literal["code_check"]
@@ -67,8 +65,6 @@ class CodeCheckStep(Step):
     workers: int = Field(4, ge=1, description="checks run at the same time")
     teacher: TeacherConfig | None = Field(None, description="writes the tests (unless tests_column)")
 
-    uses_teacher: ClassVar[bool] = True
-
     @model_validator(mode="after")
     def _no_teacher_with_given_tests(self) -> CodeCheckStep:
         """With a tests column nothing is asked: hold no teacher, so none is checked or listed."""
@@ -82,15 +78,18 @@ class CodeCheckStep(Step):
             self.cpu_seconds, self.wall_seconds, self.memory_mb, self.file_size_mb, self.max_processes
         )
 
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def template_keys(self) -> list[str]:
+        """With a tests column no teacher is asked, so no template is loaded."""
+        return [] if self.tests_column else super().template_keys()
+
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         if not sys.platform.startswith("linux"):
             raise RecipeError("code_check's sandbox needs Linux (rlimits, /proc)", where=ctx.at("step"))
         require_columns({self.response_column}, columns, ctx, "response_column", "code_check")
         if self.tests_column:
             require_columns({self.tests_column}, columns, ctx, "tests_column", "code_check")
             return columns
-        self.load_templates(ctx, "prompt", "reask_prompt")
-        needed = set(self._templates["prompt"].variables) - {"task", "code"}
+        needed = set(self.template("prompt").variables) - {"task", "code"}
         require_columns(needed | {self.task_column}, columns, ctx, "prompt", f"template {self.prompt}")
         return None if columns is None else columns | {"tests"}
 
@@ -145,33 +144,21 @@ class CodeCheckStep(Step):
         ctx: StepContext,
         result: StepResult,
     ) -> dict[int, str | None]:
-        assert ctx.dispatcher is not None and self.teacher is not None
         requests = []
         for index in indices:
             row = rows[index]
             values = {**row, "task": str(row.get(self.task_column) or ""), "code": codes[index]}
-            content = self._templates["prompt"].render(values)
-            requests.append(ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params)))
+            requests.append(self.chat(self.template("prompt").render(values)))
         ctx.progress.set_total(len(requests))
         answers = await ask_parsed(
-            ctx.dispatcher, requests, parse_tests, self._templates["reask_prompt"], progress=ctx.progress
+            ctx.dispatcher, requests, parse_tests, self.template("reask_prompt"), progress=ctx.progress
         )
         tests: dict[int, str | None] = {}
         for index, answer in zip(indices, answers, strict=True):
             if answer.ok:
                 tests[index] = answer.value
             else:
-                reason = "unparseable_tests" if answer.outcome.completion is not None else answer.reason
-                result.failures.append(
-                    Failure(
-                        rows[index]["id"],
-                        reason,
-                        answer.outcome.attempts,
-                        answer.error,
-                        rows[index],
-                        answer.raw,
-                    )
-                )
+                result.failures.append(failure_of(rows[index], answer, reason="unparseable_tests"))
         return tests
 
     async def _execute(self, pairs: list[tuple[str, str]], ctx: StepContext) -> list[SandboxResult]:

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepResult,
+    TeacherStep,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed
+from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 _VERDICT = re.compile(r"needs\s+revision\W*?[:：]\W*(yes|no)\b", re.IGNORECASE)
 _PREAMBLE = re.compile(r"^\W*(?:revised|improved|rewritten)\s+response\W*?[:：]\**\s*", re.IGNORECASE)
@@ -76,7 +74,7 @@ def revision_parser(current: str, original: str) -> Callable[[str], str]:
     return parse
 
 
-class CritiqueReviseStep(Step):
+class CritiqueReviseStep(TeacherStep):
     """Critique each response against principles, revise it, and pair revision with original."""
 
     step: Literal["critique_revise"]
@@ -89,31 +87,25 @@ class CritiqueReviseStep(Step):
     critique_prompt: str = "prompts/critique_revise/critique.jinja"
     revise_prompt: str = "prompts/critique_revise/revise.jinja"
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self.load_templates(ctx, "critique_prompt", "revise_prompt", "reask_prompt")
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         needed = {self.prompt_column, self.response_column}
         require_columns(needed, columns, ctx, "prompt_column", "critique_revise")
         for key in ("critique_prompt", "revise_prompt"):
-            extra = set(self._templates[key].variables) - set(FILLED)
+            extra = set(self.template(key).variables) - set(FILLED)
             require_columns(extra, columns, ctx, key, f"template {getattr(self, key)}")
         added = {"prompt", "chosen", "rejected", "critique", "revision", "revised"}
         return None if columns is None else (columns - {"messages", "response", self.response_column}) | added
 
     def _ask(self, key: str, row: Row, **values: str) -> ChatRequest:
-        assert self.teacher is not None
-        content = self._templates[key].render(
+        content = self.template(key).render(
             {**row, "prompt": _text(row.get(self.prompt_column)), "principles": self.principles, **values}
         )
-        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+        return self.chat(content)
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None
         result = StepResult([])
-        reask = self._templates["reask_prompt"]
+        reask = self.template("reask_prompt")
         current = {index: _text(row.get(self.response_column)) for index, row in enumerate(rows)}
         critiques: dict[int, list[str]] = {index: [] for index in current}
         revisions = dict.fromkeys(current, 0)
@@ -187,12 +179,8 @@ class CritiqueReviseStep(Step):
         }
         return result
 
-    def _fail(self, result: StepResult, row: Row, parsed: Any, reason: str) -> None:
-        if parsed.outcome.completion is None:
-            reason = parsed.reason
-        result.failures.append(
-            Failure(row["id"], reason, parsed.outcome.attempts, parsed.error, row, raw=parsed.raw)
-        )
+    def _fail(self, result: StepResult, row: Row, parsed: Parsed, reason: str) -> None:
+        result.failures.append(failure_of(row, parsed, reason=reason))
 
     def _pair(self, row: Row, original: str, final: str, critiques: list[str], revisions: int) -> Row:
         """The `preference` step's conversational format (see preference.preference_row), plus the

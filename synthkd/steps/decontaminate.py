@@ -8,10 +8,10 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.config_base import StrictModel
 from synthkd.curate.decontamination import NgramIndex
+from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
-from synthkd.steps.load import read_rows
 
 
 class EvalSet(StrictModel):

@@ -12,30 +12,29 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.cache import ResponseCache
+from synthkd.dispatch.dispatcher import Outcome
 from synthkd.steps.base import (
     CheckContext,
     Columns,
     Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
     estimate_plan,
     require_columns,
 )
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
 
 END_MARK = "<end>"
 _LABEL = re.compile(r"^\s*(?:\*\*)?user(?:\*\*)?\s*:\s*", re.IGNORECASE)
 
 
-class DialogueStep(Step):
+class DialogueStep(TeacherStep):
     """Conversations of up to `turns` exchanges, the teacher playing user and assistant."""
 
     step: Literal["dialogue"]
@@ -45,40 +44,23 @@ class DialogueStep(Step):
     persona_column: str | None = Field(None, description="column describing the simulated user, if any")
     system: str | None = Field(None, description="the assistant's system prompt")
     user_prompt: str = Field("prompts/dialogue/user.jinja", description="template for the simulated user")
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-    _user_template: PromptTemplate | None = PrivateAttr(None)
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({self.opening_column}, columns, ctx, "opening_column", "dialogue")
         if self.persona_column:
             require_columns({self.persona_column}, columns, ctx, "persona_column", "dialogue")
-        self._user_template = load_template(self.user_prompt, ctx.recipe_dir, ctx.at("user_prompt"))
         return None if columns is None else columns | {"messages", "turns", "response"}
-
-    def template_sources(self) -> dict[str, str]:
-        assert self._user_template is not None
-        return {self.user_prompt: self._user_template.source}
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """The openings are known; the count assumes every conversation runs all its turns (an
         assistant answer each turn, a simulated user message between turns): an upper bound."""
-        assert self.teacher is not None
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        openings = [
-            ChatRequest(
-                (*system, {"role": "user", "content": str(row.get(self.opening_column, ""))}),
-                dict(self.teacher.params),
-            )
-            for row in rows
-        ]
-        plan = estimate_plan(self.teacher, len(rows) * (2 * self.turns - 1), openings, cache)
+        openings = [self.chat(str(row.get(self.opening_column, "")), system=self.system) for row in rows]
+        plan = estimate_plan(self.teacher_config, len(rows) * (2 * self.turns - 1), openings, cache)
         return [{**row, "messages": [], "turns": 0, "response": ""} for row in rows], plan
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None and self._user_template is not None
-        params = dict(self.teacher.params)
+        params = dict(self.teacher_config.params)
+        user_template = self.template("user_prompt")
         system = [{"role": "system", "content": self.system}] if self.system else []
         conversations = {
             row["id"]: [*system, {"role": "user", "content": str(row[self.opening_column])}] for row in rows
@@ -104,19 +86,13 @@ class DialogueStep(Step):
                 row["id"]: row.get(self.persona_column) if self.persona_column else None for row in rows
             }
             asks = [
-                ChatRequest(
-                    (
+                self.chat(
+                    user_template.render(
                         {
-                            "role": "user",
-                            "content": self._user_template.render(
-                                {
-                                    "conversation": [m for m in conversations[i] if m["role"] != "system"],
-                                    "persona": personas[i],
-                                }
-                            ),
-                        },
-                    ),
-                    params,
+                            "conversation": [m for m in conversations[i] if m["role"] != "system"],
+                            "persona": personas[i],
+                        }
+                    )
                 )
                 for i in answered
             ]
@@ -144,7 +120,7 @@ class DialogueStep(Step):
         return result
 
 
-def _failure(row_id: str, outcome, conversation: list, role: str) -> Failure:
+def _failure(row_id: str, outcome: Outcome, conversation: list, role: str) -> Failure:
     reason = outcome.reason or ("empty_answer" if outcome.completion is not None else "request_failed")
     return Failure(
         row_id,

@@ -17,13 +17,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr
 
 from synthkd.chunking import chunk_text, token_counter
+from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
-from synthkd.steps.load import read_rows
-from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
-from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.steps.base import CheckContext, Columns, Row, StepContext, StepResult, TeacherStep
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.teachers.config import EMBEDDED_MODEL
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -59,7 +58,7 @@ _STOPWORDS = frozenset(
 )
 
 
-class DocQAStep(Step):
+class DocQAStep(TeacherStep):
     """Chunk documents, ask for grounded QA pairs, keep only the pairs the chunk supports."""
 
     step: Literal["doc_qa"]
@@ -81,12 +80,10 @@ class DocQAStep(Step):
     prompt: str = "prompts/doc_qa/generate.jinja"
     question_prompt: str = Field("prompts/doc_qa/question.jinja", description="the student's user message")
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
     _documents: list[Row] = PrivateAttr(default_factory=list)
 
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         source = resolve_path(self.documents, ctx.recipe_dir)
         if source is None:
             tried = ", ".join(str(p) for p in candidate_paths(self.documents, ctx.recipe_dir))
@@ -94,7 +91,6 @@ class DocQAStep(Step):
                 f"documents not found: {self.documents} (tried {tried})", where=ctx.at("documents")
             )
         self._documents = self._read(source, ctx)
-        self.load_templates(ctx, "prompt", "question_prompt", "reask_prompt")
         added = {
             "id",
             "doc_id",
@@ -141,38 +137,24 @@ class DocQAStep(Step):
         return chunks
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
         chunks = self.chunks()
         ctx.progress.set_total(len(chunks))
         requests = [
-            ChatRequest(
-                (
-                    {
-                        "role": "user",
-                        "content": self._templates["prompt"].render(
-                            {"chunk": c["chunk"], "title": c["title"], "count": self.pairs_per_chunk}
-                        ),
-                    },
-                ),
-                dict(self.teacher.params),
+            self.chat(
+                self.template("prompt").render(
+                    {"chunk": c["chunk"], "title": c["title"], "count": self.pairs_per_chunk}
+                )
             )
             for c in chunks
         ]
         answers = await ask_parsed(
-            ctx.dispatcher, requests, parse_qa_pairs, self._templates["reask_prompt"], progress=ctx.progress
+            ctx.dispatcher, requests, parse_qa_pairs, self.template("reask_prompt"), progress=ctx.progress
         )
         result = StepResult(list(rows))
         for chunk, answer in zip(chunks, answers, strict=True):
             if not answer.ok:
                 result.failures.append(
-                    Failure(
-                        chunk["chunk_id"],
-                        answer.reason,
-                        answer.outcome.attempts,
-                        answer.error,
-                        {"chunk_id": chunk["chunk_id"]},
-                        raw=answer.raw,
-                    )
+                    failure_of({"chunk_id": chunk["chunk_id"]}, answer, row_id=chunk["chunk_id"])
                 )
                 continue
             for number, pair in enumerate(answer.value):
@@ -201,7 +183,7 @@ class DocQAStep(Step):
             "title": chunk["title"],
             "context": chunk["chunk"],
             "instruction": question,
-            "prompt": self._templates["question_prompt"].render(
+            "prompt": self.template("question_prompt").render(
                 {"context": chunk["chunk"], "question": question}
             ),
             "response": pair["answer"],

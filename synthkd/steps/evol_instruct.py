@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.cache import ResponseCache
+from synthkd.curate.refusals import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
 from synthkd.curate.rouge import RougeLPool
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
@@ -28,18 +29,15 @@ from synthkd.steps.base import (
     Columns,
     Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.filter import REFUSAL_PATTERNS
-from synthkd.steps.parsing import ParseError, ask_parsed
-from synthkd.steps.self_instruct import parse_yes_no
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_yes_no
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 DEPTH_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input"]
 OPERATIONS = [*DEPTH_OPERATIONS, "breadth"]
@@ -58,7 +56,7 @@ _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 PARENT_ONLY_COLUMNS = ("prompt", "input", "output", "messages", "system", "response", "finish_reason")
 
 
-class EvolInstructStep(Step):
+class EvolInstructStep(TeacherStep):
     """Evolve instructions for `rounds` rounds, eliminating failed evolutions as WizardLM does."""
 
     step: Literal["evol_instruct"]
@@ -82,18 +80,14 @@ class EvolInstructStep(Step):
     breadth_prompt: str = "prompts/evol_instruct/breadth.jinja"
     equal_prompt: str = "prompts/evol_instruct/equal.jinja"
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({"instruction"}, columns, ctx, "step", "evol_instruct")
         unknown = sorted(set(self.operations) - set(OPERATIONS))
         if unknown or not self.operations:
             raise RecipeError(
                 f"unknown operation(s) {unknown}; valid: {', '.join(OPERATIONS)}", where=ctx.at("operations")
             )
-        self.load_templates(ctx, "depth_prompt", "breadth_prompt", "equal_prompt", "reask_prompt")
         added = {"id", "instruction", "response", "finish_reason", "parent_id", "operation", "round"}
         if columns is None:
             return None
@@ -105,21 +99,17 @@ class EvolInstructStep(Step):
         information, and answers it; a rewrite or a question may be re-asked once. The operation
         drawn depends on the recipe seed, which a plan does not know, so no request is looked up
         in the cache and the prompts shown use the first operation."""
-        assert self.teacher is not None
         asks = 3 if self.elimination == "teacher" else 2
         reasked = asks - 1  # the rewrite and the equality question are parsed, the answer is not
         operation = self.operations[0]
         template = "breadth_prompt" if operation == "breadth" else "depth_prompt"
         rewrites = [
-            ChatRequest(
-                self._user(template, instruction=str(row.get("instruction", "")), operation=operation),
-                dict(self.teacher.params),
-            )
+            self._ask(template, instruction=str(row.get("instruction", "")), operation=operation)
             for row in rows
         ]
         total = self.rounds * len(rows) * asks
         plan = estimate_plan(
-            self.teacher, total, rewrites, None, requests_max=total + self.rounds * len(rows) * reasked
+            self.teacher_config, total, rewrites, None, requests_max=total + self.rounds * len(rows) * reasked
         )
         placeholder = list(rows) if self.keep_original else []
         for round_number in range(1, self.rounds + 1):
@@ -146,7 +136,6 @@ class EvolInstructStep(Step):
         return rng.choice(depth)
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
         result = StepResult(list(rows) if self.keep_original else [])
         ctx.progress.set_total(len(rows) * self.rounds)
         current = [{**row, "round": 0} for row in rows]
@@ -162,30 +151,23 @@ class EvolInstructStep(Step):
     async def _evolve(
         self, parents: list[Row], round_number: int, ctx: StepContext, result: StepResult
     ) -> list[Row]:
-        assert ctx.dispatcher is not None and self.teacher is not None
-        params = dict(self.teacher.params)
         operations = [self.choose_operation(ctx.seed, row["id"], round_number) for row in parents]
-        rewrites = [
-            self._user(
+        requests = [
+            self._ask(
                 "breadth_prompt" if operation == "breadth" else "depth_prompt",
                 instruction=row["instruction"],
                 operation=operation,
             )
             for row, operation in zip(parents, operations, strict=True)
         ]
-        requests = [ChatRequest(messages, params) for messages in rewrites]
         children = await ask_parsed(
-            ctx.dispatcher, requests, parse_instruction, self._templates["reask_prompt"]
+            ctx.dispatcher, requests, parse_instruction, self.template("reask_prompt")
         )
         candidates = []
         for parent, operation, child in zip(parents, operations, children, strict=True):
             child_id = f"{parent['id']}-r{round_number}"
             if not child.ok:
-                result.failures.append(
-                    Failure(
-                        child_id, child.reason, child.outcome.attempts, child.error, parent, raw=child.raw
-                    )
-                )
+                result.failures.append(failure_of(parent, child, row_id=child_id))
                 continue
             if PROMPT_WORDS.search(child.value):
                 result.dropped["copied_prompt_words"] += 1
@@ -199,25 +181,21 @@ class EvolInstructStep(Step):
                 "round": round_number,
             }
             candidates.append((parent, row))
-        candidates = await self._drop_no_gain(candidates, params, ctx, result)
-        answers = await ctx.dispatcher.run(
-            [ChatRequest(self._user(None, text=row["instruction"]), params) for _, row in candidates]
-        )
+        candidates = await self._drop_no_gain(candidates, ctx, result)
+        answers = await ctx.dispatcher.run([self.chat(row["instruction"]) for _, row in candidates])
         evolved = []
         for (_, row), outcome in zip(candidates, answers, strict=True):
             if outcome.completion is None:
                 result.failures.append(Failure.from_outcome(row, outcome))
                 continue
             text = outcome.completion.text.strip()
-            if _REFUSAL.search(text[:200]) or len(text.split()) < self.min_answer_words:
+            if _REFUSAL.search(text[:REFUSAL_WINDOW_CHARS]) or len(text.split()) < self.min_answer_words:
                 result.dropped["refusal_or_short_answer"] += 1
                 continue
             evolved.append({**row, "response": text, "finish_reason": outcome.completion.finish_reason})
         return evolved
 
-    async def _drop_no_gain(
-        self, candidates: list, params: dict, ctx: StepContext, result: StepResult
-    ) -> list:
+    async def _drop_no_gain(self, candidates: list, ctx: StepContext, result: StepResult) -> list:
         """Drop children that ask for the same thing as their parent."""
         if self.elimination == "similarity":
             kept = []
@@ -230,12 +208,10 @@ class EvolInstructStep(Step):
                 else:
                     kept.append((parent, child))
             return kept
-        assert ctx.dispatcher is not None
         questions = [
-            ChatRequest(self._user("equal_prompt", parent=p["instruction"], child=c["instruction"]), params)
-            for p, c in candidates
+            self._ask("equal_prompt", parent=p["instruction"], child=c["instruction"]) for p, c in candidates
         ]
-        verdicts = await ask_parsed(ctx.dispatcher, questions, parse_yes_no, self._templates["reask_prompt"])
+        verdicts = await ask_parsed(ctx.dispatcher, questions, parse_yes_no, self.template("reask_prompt"))
         kept = []
         for pair, verdict in zip(candidates, verdicts, strict=True):
             if verdict.ok and verdict.value:
@@ -244,9 +220,9 @@ class EvolInstructStep(Step):
                 kept.append(pair)
         return kept
 
-    def _user(self, template: str | None, text: str = "", **values: str) -> tuple[dict[str, str], ...]:
-        content = self._templates[template].render(values) if template else text
-        return ({"role": "user", "content": content},)
+    def _ask(self, template: str, **values: str) -> ChatRequest:
+        """A request whose user message is the template rendered with `values`."""
+        return self.chat(self.template(template).render(values))
 
 
 def parse_instruction(text: str) -> str:

@@ -8,19 +8,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.curate.refusals import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
 from synthkd.errors import RecipeError
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
-
-# Phrases with which chat models decline or disclaim; matched case-insensitively near the start,
-# since a long answer that merely mentions "I cannot" later on is usually fine.
-REFUSAL_PATTERNS = [
-    r"\bI(?:'m| am) (?:sorry|afraid|unable|not able)\b",
-    r"\bI (?:can(?:not|'t)|won't|will not|am unable to) (?:help|assist|provide|comply|do that|fulfil)",
-    r"\bas an AI(?: language)? model\b",
-    r"\bI'?m just an AI\b",
-    r"\bI (?:must|have to) (?:decline|refuse)\b",
-]
-REFUSAL_WINDOW_CHARS = 200
 
 
 class FilterStep(Step):

@@ -19,23 +19,23 @@ from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
+from synthkd.steps.parsing import ask_parsed, failure_of
+from synthkd.steps.scoring import agreed_winner, parse_winner, score_parser
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 
 ULTRAFEEDBACK_ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 
 
-class JudgeStep(Step):
+class JudgeStep(TeacherStep):
     """Score rows with a judge teacher (which may differ from the generating teacher)."""
 
     step: Literal["judge"]
@@ -60,9 +60,7 @@ class JudgeStep(Step):
     reask_prompt: str = "prompts/reask.jinja"
     teacher: TeacherConfig | None = Field(None, description="the judge; defaults to the recipe's teacher")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         low, high = self.scale
         if low >= high:
             raise RecipeError(
@@ -84,20 +82,12 @@ class JudgeStep(Step):
                 raise RecipeError("pair_columns names exactly two columns", where=ctx.at("pair_columns"))
             require_columns(set(self.pair_columns), columns, ctx, "pair_columns", "judge")
             added = {"winner", "verdicts"}
-        self.load_templates(ctx, "pointwise_prompt", "pairwise_prompt", "reask_prompt")
         return None if columns is None else columns | added
 
     def _request(self, template: str, **values: Any) -> ChatRequest:
-        assert self.teacher is not None
-        content = self._templates[template].render(values)
         # Structured output where the API supports it; the prompt asks for the same JSON, and the
         # parser checks it either way (local models and some servers ignore response_format).
-        response_format = {"type": "json_object"}
-        return ChatRequest(
-            ({"role": "user", "content": content},),
-            dict(self.teacher.params),
-            response_format=response_format,
-        )
+        return self.chat(self.template(template).render(values), response_format={"type": "json_object"})
 
     def _requests(self, rows: list[Row]) -> list[ChatRequest]:
         """Pointwise: one request a row. Pairwise: each pair twice, as given, then swapped."""
@@ -128,29 +118,26 @@ class JudgeStep(Step):
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """Every first request is known; each may be re-asked once."""
-        assert self.teacher is not None
         requests = self._requests(rows)
-        plan = estimate_plan(self.teacher, len(requests), requests, cache, requests_max=2 * len(requests))
+        plan = estimate_plan(
+            self.teacher_config, len(requests), requests, cache, requests_max=2 * len(requests)
+        )
         added = {"score": None, "justification": ""} if self.mode == "pointwise" else {"winner": None}
         return [{**row, **added} for row in rows], plan
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         if self.mode == "pairwise":
             return await self._pairwise(rows, ctx)
-        assert ctx.dispatcher is not None
         requests = self._requests(rows)
         ctx.progress.set_total(len(rows))
         parse = score_parser(self.scale, self.aspects)
         verdicts = await ask_parsed(
-            ctx.dispatcher, requests, parse, self._templates["reask_prompt"], progress=ctx.progress
+            ctx.dispatcher, requests, parse, self.template("reask_prompt"), progress=ctx.progress
         )
         result = StepResult([])
         for row, verdict in zip(rows, verdicts, strict=True):
             if not verdict.ok:
-                reason = "unparseable_score" if verdict.outcome.completion is not None else verdict.reason
-                result.failures.append(
-                    Failure(row["id"], reason, verdict.outcome.attempts, verdict.error, row, raw=verdict.raw)
-                )
+                result.failures.append(failure_of(row, verdict, reason="unparseable_score"))
                 continue
             score, justification, per_aspect = verdict.value
             # A low aspect (safety) must not be averaged away by high others; it is checked first
@@ -176,12 +163,11 @@ class JudgeStep(Step):
         return result
 
     async def _pairwise(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None
         first, second = self.pair_columns
         requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         verdicts = await ask_parsed(
-            ctx.dispatcher, requests, parse_winner, self._templates["reask_prompt"], progress=ctx.progress
+            ctx.dispatcher, requests, parse_winner, self.template("reask_prompt"), progress=ctx.progress
         )
         result = StepResult([])
         for index, row in enumerate(rows):
@@ -189,64 +175,8 @@ class JudgeStep(Step):
             if not (as_given.ok and swapped.ok):
                 bad = as_given if not as_given.ok else swapped
                 # A judge that answered something unreadable, or a request that got no answer.
-                reason = "unparseable_verdict" if bad.outcome.completion is not None else bad.reason
-                result.failures.append(
-                    Failure(row["id"], reason, bad.outcome.attempts, bad.error, row, raw=bad.raw)
-                )
+                result.failures.append(failure_of(row, bad, reason="unparseable_verdict"))
                 continue
             winner = agreed_winner(as_given.value, swapped.value, (first, second))
             result.rows.append({**row, "winner": winner, "verdicts": f"{as_given.value},{swapped.value}"})
         return result
-
-
-def score_parser(scale: tuple[int, int], aspects: list[str] | None):
-    """A parser of the judge's JSON that checks every score is a number within the scale."""
-    low, high = scale
-
-    def check(value: Any, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParseError(f"{what} must be a number from {low} to {high}")
-        if not low <= value <= high:
-            raise ParseError(f"{what} {value} is outside the scale {low}-{high}")
-        return float(value)
-
-    def parse(text: str) -> tuple[float, str, dict[str, float]]:
-        try:
-            data = json.loads(strip_code_fence(text))
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"not a JSON object ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise ParseError("expected a JSON object")
-        if not aspects:
-            return check(data.get("score"), "score"), str(data.get("justification") or ""), {}
-        per_aspect, reasons = {}, []
-        for aspect in aspects:
-            entry = data.get(aspect)
-            if not isinstance(entry, dict):
-                raise ParseError(f'missing "{aspect}": {{"score": ..., "justification": ...}}')
-            per_aspect[aspect] = check(entry.get("score"), f"{aspect} score")
-            reasons.append(f"{aspect}: {entry.get('justification') or ''}")
-        return sum(per_aspect.values()) / len(per_aspect), " ".join(reasons), per_aspect
-
-    return parse
-
-
-def parse_winner(text: str) -> str:
-    try:
-        data = json.loads(strip_code_fence(text))
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"not a JSON object ({exc.msg})") from None
-    winner = str(data.get("winner", "")).strip().upper() if isinstance(data, dict) else ""
-    if winner not in ("A", "B", "TIE"):
-        raise ParseError('"winner" must be "A", "B" or "tie"')
-    return winner.lower() if winner == "TIE" else winner
-
-
-def agreed_winner(as_given: str, swapped: str, columns: tuple[str, str]) -> str:
-    """The winning column when both orders agree (A first = B when swapped), else 'tie'."""
-    first, second = columns
-    if as_given == "A" and swapped == "B":
-        return first
-    if as_given == "B" and swapped == "A":
-        return second
-    return "tie"

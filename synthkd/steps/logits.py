@@ -24,10 +24,11 @@ from synthkd.errors import RecipeError
 from synthkd.kd import topk
 from synthkd.kd.api_tokens import api_top_k
 from synthkd.kd.topk import TopK, tokenizer_fingerprint
-from synthkd.output import with_messages
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
+from synthkd.messages import with_messages
+from synthkd.steps.base import CheckContext, Columns, Failure, Row, StepContext, StepResult, TeacherStep
 from synthkd.teachers.base import ChatRequest, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.embedded import resolve_model_source
 from synthkd.teachers.registry import capabilities_of
 
 API_MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
@@ -36,7 +37,7 @@ API_MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
 KD_COLUMNS = frozenset(topk.KD_COLUMNS)
 
 
-class LogitsStep(Step):
+class LogitsStep(TeacherStep):
     """Keep the teacher's top-k next-token distribution at every token of each row's answer."""
 
     step: Literal["logits"]
@@ -51,21 +52,19 @@ class LogitsStep(Step):
         None, description="the teacher whose distributions are stored; default: the recipe's"
     )
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        assert self.teacher is not None
-        capabilities = capabilities_of(self.teacher)
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        teacher = self.teacher_config
+        capabilities = capabilities_of(teacher)
         if not capabilities.scores_text and not capabilities.top_logprobs:
             raise RecipeError(
-                f"the {self.teacher.backend} backend can neither score a given answer nor return the "
+                f"the {teacher.backend} backend can neither score a given answer nor return the "
                 "log-probabilities of its own: logits needs a teacher that does one of them",
                 where=ctx.teacher_at("backend"),
             )
         if not capabilities.scores_text:
             if not self.tokenizer:
                 raise RecipeError(
-                    f"with an API teacher ({self.teacher.backend}), logits needs `tokenizer:` naming the "
+                    f"with an API teacher ({teacher.backend}), logits needs `tokenizer:` naming the "
                     "teacher's tokenizer (a Hub id or a local folder) to turn its tokens into ids",
                     where=ctx.at("tokenizer"),
                 )
@@ -83,7 +82,6 @@ class LogitsStep(Step):
         return None if columns is None else columns | KD_COLUMNS | {"messages"}
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
         rows = with_messages(rows)
         ctx.progress.set_total(len(rows))
         usable = [row for row in rows if _conversation(row)]
@@ -93,14 +91,12 @@ class LogitsStep(Step):
         else:
             from transformers import AutoTokenizer
 
-            from synthkd.teachers.transformers_backend import resolve_model_source
-
             assert self.tokenizer is not None
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
             result = await self._ask_api(usable, tokenizer, ctx)
             hashes = tokenizer_fingerprint(tokenizer)
         fingerprint = {
-            "kd_teacher": self.teacher.model,
+            "kd_teacher": self.teacher_config.model,
             "kd_vocab_sha256": hashes["vocab_sha256"],
             "kd_template_sha256": hashes["template_sha256"],
         }
@@ -114,14 +110,13 @@ class LogitsStep(Step):
     async def _score(self, rows: list[Row], ctx: StepContext) -> StepResult:
         """A teacher that scores given text: its top-k over each row's own answer, through the
         dispatcher and so the cache, like every other teacher call."""
-        assert ctx.dispatcher is not None
         requests = [ScoreRequest(tuple(_conversation(row) or ()), self.top_k) for row in rows]
         scored = await ctx.dispatcher.score(requests, self.batch_size, ctx.progress.advance)
         return StepResult([_with_top_k(row, top) for row, top in zip(rows, scored, strict=True)])
 
     async def _ask_api(self, rows: list[Row], tokenizer, ctx: StepContext) -> StepResult:  # noqa: ANN001
-        assert ctx.dispatcher is not None and self.teacher is not None
-        params = {**self.teacher.params, "logprobs": True, "top_logprobs": self.top_k}
+        # Not self.chat: the request asks for the log-probs too.
+        params = {**self.teacher_config.params, "logprobs": True, "top_logprobs": self.top_k}
         prompts = [_conversation(row)[:-1] for row in rows]
         requests = [ChatRequest(tuple(prompt), params) for prompt in prompts]
         outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))

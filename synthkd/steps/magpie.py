@@ -14,13 +14,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.errors import RecipeError
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
+from synthkd.steps.base import CheckContext, Columns, Failure, Row, StepContext, StepResult, TeacherStep
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import capabilities_of
 
 
-class MagpieStep(Step):
+class MagpieStep(TeacherStep):
     """Let a local chat model write user instructions from its template's pre-query prefix."""
 
     step: Literal["magpie"]
@@ -31,13 +31,11 @@ class MagpieStep(Step):
     min_words: int = Field(3, ge=1, description="drop instructions shorter than this")
     teacher: TeacherConfig | None = Field(None, description="a local transformers teacher")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        assert self.teacher is not None
-        if not capabilities_of(self.teacher).continues_prefix:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        teacher = self.teacher_config
+        if not capabilities_of(teacher).continues_prefix:
             raise RecipeError(
-                f"magpie needs a local teacher (backend: transformers), not {self.teacher.backend}: it sends "
+                f"magpie needs a local teacher (backend: transformers), not {teacher.backend}: it sends "
                 "the chat template's bare pre-query prefix, which an API cannot be given",
                 where=ctx.teacher_at("backend"),
             )
@@ -45,17 +43,17 @@ class MagpieStep(Step):
         return None if columns is None else columns | added
 
     def template_sources(self) -> dict[str, str]:
+        # The system prompt is part of the prefix the model continues, though no file holds it.
         return {"magpie.system": self.system} if self.system else {}
 
-    def _prefix(self) -> tuple[dict[str, str], ...]:
-        return ({"role": "system", "content": self.system},) if self.system else ()
-
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
-        params = dict(self.teacher.params)
+        # The pre-query prefix ends in an open, empty user turn that the model continues rather
+        # than answers, so these requests are built here, not by `chat`.
+        params = dict(self.teacher_config.params)
+        system = ({"role": "system", "content": self.system},) if self.system else ()
         open_user_turn = ({"role": "user", "content": ""},)
         requests = [
-            ChatRequest(self._prefix() + open_user_turn, params, sample=index, continue_final=True)
+            ChatRequest((*system, *open_user_turn), params, sample=index, continue_final=True)
             for index in range(self.num_rows)
         ]
         ctx.progress.set_total(self.num_rows * (2 if self.respond else 1))
@@ -79,18 +77,12 @@ class MagpieStep(Step):
                 instructions.append((row_id, instruction))
         new_rows = [{"id": row_id, "instruction": text} for row_id, text in instructions]
         if self.respond:
-            new_rows = await self._respond(new_rows, params, ctx, result)
+            new_rows = await self._respond(new_rows, ctx, result)
         result.rows = list(rows) + new_rows
         return result
 
-    async def _respond(
-        self, rows: list[Row], params: dict, ctx: StepContext, result: StepResult
-    ) -> list[Row]:
-        assert ctx.dispatcher is not None
-        requests = [
-            ChatRequest(self._prefix() + ({"role": "user", "content": row["instruction"]},), params)
-            for row in rows
-        ]
+    async def _respond(self, rows: list[Row], ctx: StepContext, result: StepResult) -> list[Row]:
+        requests = [self.chat(row["instruction"], system=self.system) for row in rows]
         outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
         answered = []
         for row, outcome in zip(rows, outcomes, strict=True):

@@ -124,3 +124,11 @@ def parse_numbered_list(text: str, what: str = "items") -> list[str]:
     if not items:
         raise ParseError(f"no numbered {what} found; write one per line, numbered")
     return items
+
+
+def parse_yes_no(text: str) -> bool:
+    """True for an answer that starts with Yes, False for No; a ParseError for anything else."""
+    first = re.sub(r"[^a-z]", " ", text.strip().lower()).split()
+    if first and first[0] in ("yes", "no"):
+        return first[0] == "yes"
+    raise ParseError("the answer must start with Yes or No")

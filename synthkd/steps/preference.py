@@ -19,20 +19,20 @@ from synthkd.steps.base import (
     Columns,
     Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.judge import score_parser
 from synthkd.steps.parsing import ask_parsed
+from synthkd.steps.scoring import score_parser
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
 
 
-class PreferenceStep(Step):
+class PreferenceStep(TeacherStep):
     """Sample, judge, and pair the best answer with the worst one."""
 
     step: Literal["preference"]
@@ -50,11 +50,8 @@ class PreferenceStep(Step):
     teacher: TeacherConfig | None = Field(None, description="writes the candidates")
     judge_teacher: TeacherConfig | None = Field(None, description="scores them (default: the same teacher)")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self.load_templates(ctx, "prompt", "judge_prompt", "reask_prompt")
-        needed = set(self._templates["prompt"].variables) - {"input"}
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        needed = set(self.template("prompt").variables) - {"input"}
         require_columns(needed, columns, ctx, "prompt", f"preference template {self.prompt}")
         require_columns(set(self.candidate_columns), columns, ctx, "candidate_columns", "preference")
         added = {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
@@ -63,60 +60,56 @@ class PreferenceStep(Step):
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """The samples are known; the judge then scores each distinct answer (at most n plus the
         candidate columns a row), each may be re-asked once."""
-        assert self.teacher is not None
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        conversations = [
-            [*system, {"role": "user", "content": self._templates["prompt"].render({"input": "", **row})}]
-            for row in rows
-        ]
-        samples = [
-            ChatRequest(tuple(conversation), dict(self.teacher.params), sample=k)
-            for conversation in conversations
-            for k in range(self.n)
-        ]
+        prompts = self._prompts(rows)
+        samples = self._samples(prompts)
         judged = len(rows) * (self.n + len(self.candidate_columns))
         plan = estimate_plan(
-            self.teacher, len(samples) + judged, samples, cache, requests_max=len(samples) + 2 * judged
+            self.teacher_config,
+            len(samples) + judged,
+            samples,
+            cache,
+            requests_max=len(samples) + 2 * judged,
         )
         placeholder = [
-            preference_row(row, conversation, "", "", 0.0, 0.0)
-            for row, conversation in zip(rows, conversations, strict=True)
+            preference_row(row, self._conversation(prompt), "", "", 0.0, 0.0)
+            for row, prompt in zip(rows, prompts, strict=True)
         ]
         return placeholder, plan
 
-    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
-        judge = ctx.dispatcher
-        if self.judge_teacher is not None and ctx.dispatcher_for is not None:
-            judge = ctx.dispatcher_for(self.judge_teacher)
+    def _prompts(self, rows: list[Row]) -> list[str]:
+        return [self.template("prompt").render({"input": "", **row}) for row in rows]
+
+    def _conversation(self, prompt: str) -> list[dict[str, str]]:
+        """The prompt as the rows' `prompt` column holds it: the system message, then the user's."""
         system = [{"role": "system", "content": self.system}] if self.system else []
-        prompts = [self._templates["prompt"].render({"input": "", **row}) for row in rows]
-        conversations = [[*system, {"role": "user", "content": prompt}] for prompt in prompts]
-        samples = await ctx.dispatcher.run(
-            [
-                ChatRequest(tuple(conversation), dict(self.teacher.params), sample=k)
-                for conversation in conversations
-                for k in range(self.n)
-            ]
-        )
+        return [*system, {"role": "user", "content": prompt}]
+
+    def _samples(self, prompts: list[str]) -> list[ChatRequest]:
+        """The teacher's `n` answers to every prompt, in order."""
+        return [self.chat(prompt, system=self.system, sample=k) for prompt in prompts for k in range(self.n)]
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        judge = ctx.dispatcher_of(self.judge_teacher)
+        prompts = self._prompts(rows)
+        conversations = [self._conversation(prompt) for prompt in prompts]
+        samples = await ctx.dispatcher.run(self._samples(prompts))
         result = StepResult([])
         candidates: list[list[str]] = []
         for index, row in enumerate(rows):
             outcomes = samples[index * self.n : (index + 1) * self.n]
             for k, outcome in enumerate(outcomes):
                 if outcome.completion is None:  # the row may still pair its other answers
-                    failure = Failure.from_outcome(row, outcome)
-                    failure.id = f"{row['id']}-sample{k}"
-                    result.failures.append(failure)
+                    sample_id = f"{row['id']}-sample{k}"
+                    result.failures.append(Failure.from_outcome(row, outcome, row_id=sample_id))
             own = [o.completion.text for o in outcomes if o.completion]
             given = [str(row[column]) for column in self.candidate_columns if row.get(column)]
             candidates.append(list(dict.fromkeys(own + given)))  # identical answers compete once
         low, high = self.scale
-        judge_params = dict((self.judge_teacher or self.teacher).params)
+        judge_params = dict((self.judge_teacher or self.teacher_config).params)
         questions, owners = [], []
         for index, answers in enumerate(candidates):
             for answer in answers:
-                content = self._templates["judge_prompt"].render(
+                content = self.template("judge_prompt").render(
                     {
                         "instruction": prompts[index],
                         "response": answer,
@@ -132,7 +125,7 @@ class PreferenceStep(Step):
             judge,
             questions,
             score_parser(self.scale, None),
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             progress=ctx.progress,
         )
         scored: list[list[tuple[float, str]]] = [[] for _ in rows]

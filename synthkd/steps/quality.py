@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.curate.heuristics import language_of, repeated_ngram_ratio, tokens
+from synthkd.curate.refusals import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
-from synthkd.steps.filter import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
 
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 

@@ -13,28 +13,24 @@ import re
 from collections import Counter
 from typing import ClassVar, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepResult,
+    TeacherStep,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed
-from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
-from synthkd.templates import PromptTemplate, load_template
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
 
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[-+]?[$€£]?\d[\d,]*(?:\.\d+)?%?$")
 
 
-class RationaleStep(Step):
+class RationaleStep(TeacherStep):
     """Reasoning plus a final answer, checked against gold or by majority vote."""
 
     step: Literal["rationale"]
@@ -49,17 +45,9 @@ class RationaleStep(Step):
     n: int = Field(5, ge=1, description="samples per row (self-consistency votes; with gold, tries)")
     min_agreement: float = Field(0.5, gt=0, le=1, description="share of samples the majority answer needs")
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-    _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self._templates["prompt"] = load_template(self.prompt, ctx.recipe_dir, ctx.at("prompt"))
-        self._templates["reask_prompt"] = load_template(
-            self.reask_prompt, ctx.recipe_dir, ctx.at("reask_prompt")
-        )
-        needed = set(self._templates["prompt"].variables) - {"input"}
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        needed = set(self.template("prompt").variables) - {"input"}
         require_columns(needed, columns, ctx, "prompt", f"template {self.prompt}")
         if self.gold_column:
             require_columns({self.gold_column}, columns, ctx, "gold_column", "the answer check")
@@ -71,16 +59,10 @@ class RationaleStep(Step):
             return None
         return str(row[self.gold_column])
 
-    def template_sources(self) -> dict[str, str]:
-        return {getattr(self, key, key): template.source for key, template in self._templates.items()}
-
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
-        params = dict(self.teacher.params)
-        prefix = ({"role": "system", "content": self.system},) if self.system else ()
-        prompts = [self._templates["prompt"].render({"input": "", **row}) for row in rows]
+        prompts = [self.template("prompt").render({"input": "", **row}) for row in rows]
         requests = [
-            ChatRequest(prefix + ({"role": "user", "content": prompt},), params, sample=sample)
+            self.chat(prompt, system=self.system, sample=sample)
             for prompt in prompts
             for sample in range(self.n)
         ]
@@ -89,7 +71,7 @@ class RationaleStep(Step):
             ctx.dispatcher,
             requests,
             parse_final_answer,
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             progress=ctx.progress,
         )
         result = StepResult([])
@@ -97,10 +79,7 @@ class RationaleStep(Step):
             samples = answers[index * self.n : (index + 1) * self.n]
             parsed = [sample for sample in samples if sample.ok]
             if not parsed:
-                last = samples[-1]
-                result.failures.append(
-                    Failure(row["id"], last.reason, last.outcome.attempts, last.error, row, raw=last.raw)
-                )
+                result.failures.append(failure_of(row, samples[-1]))
                 continue
             # A row without a gold answer is checked by self-consistency.
             answers_given = [sample.value[1] for sample in parsed]

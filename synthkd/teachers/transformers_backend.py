@@ -6,13 +6,13 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from synthkd.errors import RecipeError
 from synthkd.kd.topk import TopK, teacher_top_k, tokenizer_fingerprint
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest
-from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.embedded import resolve_model_source
 
 # Recipe params (OpenAI names where one exists) -> generate() arguments.
 _PARAM_NAMES = {
@@ -72,14 +72,6 @@ class PerRequestSampler:
         )
         gumbel = -torch.log(-torch.log(noise.clamp_min(torch.finfo(noise.dtype).tiny)))
         return scores.float() + gumbel
-
-
-def resolve_model_source(model: str) -> str:
-    if model == EMBEDDED_MODEL:
-        from synthkd.teachers.embedded import embedded_model_dir
-
-        return str(embedded_model_dir())
-    return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
 
 
 def _pick_device(requested: str) -> str:

@@ -162,7 +162,7 @@ def _distill_teacher_source(config: TrainConfig) -> str:
     process and compares its token distributions with the student's, so it must be a local model
     (an API returns at most a few log-probabilities per token, not a distribution)."""
     from synthkd.teachers import capabilities_of
-    from synthkd.teachers.transformers_backend import resolve_model_source
+    from synthkd.teachers.embedded import resolve_model_source
 
     if config.teacher is None:
         raise RecipeError("method distill needs a local teacher model (train.teacher)", where="train.teacher")
@@ -215,7 +215,7 @@ def _load_student(config: TrainConfig) -> _Student:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synthkd.teachers.transformers_backend import resolve_model_source
+    from synthkd.teachers.embedded import resolve_model_source
 
     source = resolve_model_source(config.student)
     tokenizer = AutoTokenizer.from_pretrained(source)
