@@ -3,7 +3,8 @@
 Every completed response is committed as it arrives (SQLite in WAL mode), so a run killed at any
 moment loses at most the requests that were in flight. The key is a hash of everything that
 decides the answer: backend, endpoint, model, messages, generation parameters, response format
-and sample index. Never the API key.
+and sample index. Never the API key. A local teacher's scores of given answers (top-k
+log-probabilities, for the `logits` step) are kept the same way, under keys of their own.
 """
 
 from __future__ import annotations
@@ -39,15 +40,17 @@ def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
     return _digest(material)
 
 
-def score_key(teacher: TeacherConfig, request: ScoreRequest) -> str:
-    """The cache key of a scoring request: the teacher, the conversation scored and k. Generation
-    params do not change a forward pass, so they are left out."""
+def score_key(teacher: TeacherConfig, request: ScoreRequest, vocab_sha256: str) -> str:
+    """The cache key of a scoring request: the teacher and its vocabulary (the stored ids are
+    its token ids), the conversation scored and k. Generation params do not change a forward
+    pass, so they are left out."""
     return _digest(
         {
             "kind": "score",
             "backend": teacher.backend,
             "base_url": (teacher.base_url or "").rstrip("/"),
             "model": teacher.model,
+            "vocab_sha256": vocab_sha256,
             "messages": list(request.messages),
             "top_k": request.top_k,
         }
@@ -60,7 +63,8 @@ def _digest(material: dict[str, Any]) -> str:
 
 
 class ResponseCache:
-    """A SQLite table of key -> completion. Safe to share between processes."""
+    """A SQLite table of key -> completion (or scored answer, as JSON). Safe to share between
+    processes."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -204,9 +204,10 @@ def _stamp_provenance(step: Step, before: list[Row], after: list[Row]) -> list[R
 
 
 def run_recipe(loaded: LoadedRecipe, **kwargs: Any) -> RunResult:
-    """Check, preflight and execute a recipe from synchronous code."""
+    """Check, preflight and execute a recipe from synchronous code (it does not train, so the
+    `train:` section's teachers are not preflighted)."""
     check(loaded)
-    preflight(loaded)
+    preflight(loaded, training=False)
     return asyncio.run(execute(loaded, **kwargs))
 
 

@@ -20,6 +20,10 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
     `where(key)` names the recipe line of a teacher key, for the message.
     """
     spec = backend_spec(teacher.backend)
+    if spec.capabilities.needs_gpu and not _has_gpu():
+        raise RecipeError(
+            f"the {teacher.backend} backend needs a GPU and this machine has none", where=where("backend")
+        )
     if spec.capabilities.local:
         return
     if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
@@ -31,6 +35,12 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
     url = teacher.base_url or spec.default_base_url
     if network and url:
         check_reachable(url, where("base_url") if teacher.base_url else where("model"))
+
+
+def _has_gpu() -> bool:
+    import torch  # only for a backend that needs a GPU; torch takes seconds to import
+
+    return torch.cuda.is_available()
 
 
 def check_reachable(url: str, where: str) -> None:

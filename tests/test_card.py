@@ -11,7 +11,7 @@ from huggingface_hub import DatasetCard
 from publish_run import CANARY_KEY, CANARY_PASSWORD, make_run, plant_url_credentials
 
 from synthkd.cli import main
-from synthkd.publish.card import TAXONOMY, validate_metadata, write_card
+from synthkd.publish.card import TAXONOMY_MEANING, taxonomy, validate_metadata, write_card
 from synthkd.recipe import load_recipe
 from synthkd.steps import STEP_TYPES
 
@@ -84,8 +84,10 @@ def test_credentials_in_urls_are_removed(run_dir: Path, tmp_path: Path):
     assert "127.0.0.1" in (copy / "recipe.yaml").read_text()  # the host stays
 
 
-def test_every_step_type_has_a_taxonomy_category():
-    assert set(STEP_TYPES) - {"load"} <= set(TAXONOMY)
+def test_every_step_type_has_a_category_of_the_survey():
+    categories = taxonomy()
+    assert set(categories) == set(STEP_TYPES) - {"load"}
+    assert set(categories.values()) <= set(TAXONOMY_MEANING)
 
 
 def test_validate_metadata_finds_what_the_hub_rejects():

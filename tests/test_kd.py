@@ -89,6 +89,20 @@ def test_stored_top_k_matches_a_direct_forward_pass_of_the_teacher(tmp_path: Pat
     assert str(table.schema.field("kd_top_logprobs").type) == "list<item: list<item: float>>"
 
 
+def test_a_rerun_takes_the_scores_from_the_cache(tmp_path: Path, teacher: Path):
+    """Scoring goes through the dispatcher like every teacher call: a rerun does no forward pass and
+    stores the very same distributions."""
+    first = run_logits_recipe(tmp_path, teacher, rows=6)
+    second = run_logits_recipe(tmp_path, teacher, rows=6)
+    first_logits, second_logits = first.reports[1], second.reports[1]
+    assert (first_logits.requests_sent, first_logits.cache_hits) == (6, 0)
+    assert (second_logits.requests_sent, second_logits.cache_hits) == (0, 6)
+    columns = ["kd_input_ids", "kd_prompt_length", "kd_top_ids", "kd_top_logprobs", "kd_vocab_sha256"]
+    assert [[row[c] for c in columns] for row in second.rows] == [
+        [row[c] for c in columns] for row in first.rows
+    ]
+
+
 def reference_kd_loss(logits, example: dict, weight: float, temperature: float) -> tuple[float, float]:
     """The loss written out token by token in plain Python: CE on the answer tokens plus
     weight * T^2 * KL(teacher buckets || student buckets), buckets = stored top-k + tail."""

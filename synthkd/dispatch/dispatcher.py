@@ -25,6 +25,7 @@ from synthkd.teachers.base import (
     ScoreRequest,
     Teacher,
     TeacherError,
+    estimate_prompt_tokens,
     max_completion_tokens,
 )
 from synthkd.teachers.config import TeacherConfig
@@ -152,23 +153,27 @@ class Dispatcher:
         conversations per call to the teacher. Only a teacher that `scores_text` can be asked."""
         if not self.capabilities.scores_text:
             raise TeacherFatalError(f"{teacher_label(self.config)} cannot score a given text")
-        keys = [score_key(self.config, request) for request in requests]
-        found = self.cache.get_scores(set(keys)) if self.cache is not None else {}
-        self.stats.cache_hits += sum(1 for key in keys if key in found)
-        missing = list(dict.fromkeys(key for key in keys if key not in found))
-        if on_scored is not None and len(keys) > len(missing):
-            on_scored(sum(1 for key in keys if key in found))
-        first = {key: request for key, request in zip(keys, requests, strict=True)}
+        # The ids only mean something in the teacher's tokenizer, so the key names it: a model
+        # folder replaced by one with another vocabulary does not replay the old scores.
+        vocabulary = self.tokenizer_fingerprint()["vocab_sha256"]
+        keys = [score_key(self.config, request, vocabulary) for request in requests]
+        copies = Counter(keys)
+        by_key = dict(zip(keys, requests, strict=True))  # identical requests are scored once
+        found = self.cache.get_scores(by_key) if self.cache is not None else {}
+        self.stats.cache_hits += len(found)
+        if on_scored is not None and found:
+            on_scored(sum(copies[key] for key in found))
+        missing = [key for key in by_key if key not in found]
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
             self.stats.requests_sent += len(batch)
-            scored = await self.teacher.score([first[key] for key in batch])  # type: ignore[attr-defined]
+            scored = await self.teacher.score([by_key[key] for key in batch])  # type: ignore[attr-defined]
             for key, top in zip(batch, scored, strict=True):
                 found[key] = top
                 if self.cache is not None:
                     self.cache.put_score(key, top)
             if on_scored is not None:
-                on_scored(sum(1 for key in keys if key in batch))
+                on_scored(sum(copies[key] for key in batch))
         return [found[key] for key in keys]
 
     def tokenizer_fingerprint(self) -> dict[str, str]:
@@ -258,9 +263,8 @@ class Dispatcher:
 
 
 def estimate_tokens(request: ChatRequest) -> float:
-    """A cheap upper-ish estimate: 4 characters a token, plus the completion budget."""
-    prompt_chars = sum(len(message.get("content") or "") for message in request.messages)
-    return prompt_chars / 4 + float(max_completion_tokens(request.params))
+    """A cheap upper-ish estimate of what a request spends: its prompt plus its completion budget."""
+    return estimate_prompt_tokens(request) + float(max_completion_tokens(request.params))
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

@@ -18,18 +18,31 @@ from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
 from synthkd.shipped import resolve_path
-from synthkd.steps import STEP_TYPES
 from synthkd.teachers.registry import BACKENDS
 
 CARD_FILE = "README.md"
 RECIPE_FILE = "recipe.yaml"
 REPO_PLACEHOLDER = "<this repository>"  # replaced by the repo id when the card is pushed
 
+
 # What each step elicits from the teacher, in the taxonomy of Xu et al. (2024), "A Survey on
 # Knowledge Distillation of Large Language Models", section 3.1. Filtering steps select among
 # what was elicited, which the survey files under data curation; `load` elicits nothing. Each step
 # class carries its category (`Step.taxonomy`).
-TAXONOMY: dict[str, str] = {name: cls.taxonomy for name, cls in STEP_TYPES.items() if cls.taxonomy}
+def step_types() -> dict[str, Any]:
+    """The step classes by name. Imported when a card is written, not with this module: the steps
+    bring their libraries (datasketch, scipy; about a second), which `synthkd push` and `show`
+    otherwise never need."""
+    from synthkd.steps import STEP_TYPES
+
+    return STEP_TYPES
+
+
+def taxonomy() -> dict[str, str]:
+    """Each step's category in the survey's taxonomy, by step name (`load` has none)."""
+    return {name: cls.taxonomy for name, cls in step_types().items() if cls.taxonomy}
+
+
 TAXONOMY_MEANING = {
     "labeling": "the teacher labels given inputs (answers, rationales)",
     "expansion": "the teacher grows new inputs from a few demonstrations",
@@ -101,7 +114,8 @@ def card_metadata(run: RunDir, splits: dict[str, Any]):
 
     output = run.output
     rows = sum(len(split) for split in splits.values())
-    kinds = sorted({TAXONOMY[s["step"]] for s in run.steps if s.get("step") in TAXONOMY})
+    categories = taxonomy()
+    kinds = sorted({categories[s["step"]] for s in run.steps if s.get("step") in categories})
     data = DatasetCardData(
         pretty_name=run.name,
         license=output.get("license"),  # None: left out, never assumed
@@ -249,8 +263,9 @@ def _taxonomy_section(run: RunDir) -> str:
         "| step | category | meaning |",
         "|---|---|---|",
     ]
+    categories = taxonomy()
     for step in run.steps:
-        kind = TAXONOMY.get(step.get("step", ""))
+        kind = categories.get(step.get("step", ""))
         if kind:
             lines.append(f"| {step['index']}:{step['step']} | {kind} | {TAXONOMY_MEANING[kind]} |")
     return "\n".join(lines) if len(lines) > 6 else ""
@@ -259,7 +274,7 @@ def _taxonomy_section(run: RunDir) -> str:
 def _steps_section(run: RunDir) -> str:
     lines = ["## Steps and their parameters", ""]
     for index, step in enumerate(clean_recipe(run.recipe).get("steps") or []):
-        step_class = STEP_TYPES.get(str(step.get("step")))
+        step_class = step_types().get(str(step.get("step")))
         teacher_keys = step_class.teacher_keys() if step_class is not None else ["teacher"]
         # A teacher section is named by backend:model; its params have a section of their own.
         shown = {k: v for k, v in step.items() if k != "step" and k not in teacher_keys}

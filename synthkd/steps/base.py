@@ -16,7 +16,7 @@ from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.errors import RecipeError
-from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
+from synthkd.teachers.base import ChatRequest, Completion, estimate_prompt_tokens, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import teacher_label
 from synthkd.templates import PromptTemplate, load_template
@@ -80,10 +80,12 @@ class Failure:
     raw: str | None = None  # the teacher's text when it could not be parsed
 
     @classmethod
-    def from_outcome(cls, row: Row, outcome: Outcome, *, row_id: str | None = None) -> Failure:
-        """A request that got no answer (after its retries, or refused)."""
+    def from_outcome(cls, row: Row | None, outcome: Outcome, *, row_id: str | None = None) -> Failure:
+        """A request that got no answer (after its retries, or refused). A request made for no
+        input row (Magpie's) passes `row=None` and its `row_id`."""
         reason = outcome.reason or "request_failed"
-        return cls(row_id or row["id"], reason, outcome.attempts, outcome.error, row)
+        failed_id = row_id if row_id is not None else row["id"] if row is not None else ""
+        return cls(failed_id, reason, outcome.attempts, outcome.error, row)
 
 
 @dataclass
@@ -159,8 +161,8 @@ def exact_plan(
 
 
 def prompt_tokens(request: ChatRequest) -> int:
-    """A dry run's token estimate of a prompt: four characters a token."""
-    return sum(len(message.get("content") or "") for message in request.messages) // 4
+    """A dry run's whole-token estimate of a prompt."""
+    return int(estimate_prompt_tokens(request))
 
 
 class Step(StrictModel):
@@ -277,7 +279,13 @@ class TeacherStep(Step):
 
     def template_keys(self) -> list[str]:
         """The keys whose templates this step renders; by default every template key it has."""
-        return [name for name in type(self).model_fields if is_template_key(name) and getattr(self, name)]
+        # `None` means the step does without that template; an empty name is an error of its own
+        # (loading it says "template not found"), not a template to skip.
+        return [
+            name
+            for name in type(self).model_fields
+            if is_template_key(name) and getattr(self, name) is not None
+        ]
 
     def template(self, key: str) -> PromptTemplate:
         """A template the step loaded in `check`, by the key naming it."""

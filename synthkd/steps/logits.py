@@ -3,9 +3,9 @@
 A teacher that can score a given text (a local model) scores the row's existing answer in one
 forward pass. A chat API cannot, so a teacher that returns the log-probs of its own answers
 answers the row's prompt again with `logprobs` on, and that answer replaces the row's; its
-tokens are mapped to ids through the
-teacher's tokenizer (`tokenizer:`), and rows whose tokens cannot be mapped keep their answer
-without distributions (counted; they train by cross-entropy only). Columns added to every row:
+tokens are mapped to ids through the teacher's tokenizer (`tokenizer:`), and rows whose tokens
+cannot be mapped keep their answer without distributions (counted; they train by cross-entropy
+only). Columns added to every row:
 
 - `kd_input_ids`: the conversation's token ids in the teacher's tokenizer (its chat template),
 - `kd_prompt_length`: how many of those are the prompt,

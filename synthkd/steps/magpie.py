@@ -64,8 +64,7 @@ class MagpieStep(TeacherStep):
         for index, outcome in enumerate(outcomes):
             row_id = f"magpie-{index:05d}"
             if outcome.completion is None:
-                result.failures.append(Failure(row_id, outcome.reason or "request_failed", outcome.attempts,
-                                               outcome.error))  # fmt: skip
+                result.failures.append(Failure.from_outcome(None, outcome, row_id=row_id))
                 continue
             instruction = outcome.completion.text.strip()
             if len(instruction.split()) < self.min_words:

@@ -83,11 +83,15 @@ async def ask_parsed(
     return results
 
 
-def failure_of(row: Row, answer: Parsed, *, row_id: str | None = None, reason: str | None = None) -> Failure:
+def failure_of(
+    row: Row | None, answer: Parsed, *, row_id: str | None = None, reason: str | None = None
+) -> Failure:
     """The failure of a row whose answer never parsed (or never came), with the teacher's last
-    text for failures.jsonl. `reason` names a step's own cause (invalid_json) over `unparseable`."""
+    text for failures.jsonl. `reason` names a step's own cause (invalid_json) over `unparseable`.
+    A request made for no input row (a generated task, a topic) passes `row=None` and its `row_id`."""
     cause = reason if reason is not None and answer.outcome.completion is not None else answer.reason
-    return Failure(row_id or row["id"], cause, answer.outcome.attempts, answer.error, row, raw=answer.raw)
+    failed_id = row_id if row_id is not None else row["id"] if row is not None else ""
+    return Failure(failed_id, cause, answer.outcome.attempts, answer.error, row, raw=answer.raw)
 
 
 def _parse(outcome: Outcome, parse: Callable[[str], Any]) -> Parsed:

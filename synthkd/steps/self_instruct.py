@@ -26,7 +26,6 @@ from synthkd.curate.rouge import RougeLPool
 from synthkd.steps.base import (
     CheckContext,
     Columns,
-    Failure,
     Row,
     StepContext,
     StepPlan,
@@ -143,13 +142,7 @@ class SelfInstructStep(TeacherStep):
             for index, answer in enumerate(answers):
                 if not answer.ok:
                     result.failures.append(
-                        Failure(
-                            f"round{round_number}-request{index}",
-                            answer.reason,
-                            answer.outcome.attempts,
-                            answer.error,
-                            raw=answer.raw,
-                        )
+                        failure_of(None, answer, row_id=f"round{round_number}-request{index}")
                     )
                     continue
                 for task in answer.value:

@@ -13,8 +13,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.curate.rouge import RougeLPool
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, StepContext, StepResult, TeacherStep
-from synthkd.steps.parsing import ask_parsed, parse_numbered_list
+from synthkd.steps.base import CheckContext, Columns, Row, StepContext, StepResult, TeacherStep
+from synthkd.steps.parsing import ask_parsed, failure_of, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
 
 
@@ -52,15 +52,7 @@ class TopicsStep(TeacherStep):
             next_level = []
             for path, answer in zip(level, answers, strict=True):
                 if not answer.ok:
-                    result.failures.append(
-                        Failure(
-                            " > ".join(path) or self.domain,
-                            answer.reason,
-                            answer.outcome.attempts,
-                            answer.error,
-                            raw=answer.raw,
-                        )
-                    )
+                    result.failures.append(failure_of(None, answer, row_id=" > ".join(path) or self.domain))
                     continue
                 for topic in answer.value[: self.breadth]:
                     if seen_topics.is_near_duplicate(topic, self.similarity_threshold):
@@ -78,11 +70,7 @@ class TopicsStep(TeacherStep):
         seen_instructions = RougeLPool()
         for leaf, (path, answer) in enumerate(zip(level, answers, strict=True)):
             if not answer.ok:
-                result.failures.append(
-                    Failure(
-                        " > ".join(path), answer.reason, answer.outcome.attempts, answer.error, raw=answer.raw
-                    )
-                )
+                result.failures.append(failure_of(None, answer, row_id=" > ".join(path)))
                 continue
             for number, instruction in enumerate(answer.value[: self.per_topic]):
                 ctx.progress.advance()

@@ -76,10 +76,12 @@ class Capabilities:
     local: bool  # runs in this process: no key, no endpoint, no price, no network timeout
     scores_text: bool = False  # can return its top-k log-probs over a GIVEN answer (`Teacher.score`)
     top_logprobs: bool = False  # returns top-k log-probs of the answers it generates (`logprobs: true`)
-    structured_output: bool = False  # honours `response_format` (JSON schema) natively
+    # Honours `response_format` (JSON schema) natively. Steps send it either way and parse the
+    # answer either way; this says whether a re-ask is likely to be needed.
+    structured_output: bool = False
     continues_prefix: bool = False  # can continue a raw, open last message (`continue_final`, Magpie)
-    batch_submission: bool = False  # accepts a provider batch job (cheaper, slower)
-    needs_gpu: bool = False  # cannot run on a CPU-only machine
+    batch_submission: bool = False  # accepts a provider batch job (cheaper, slower): no backend yet
+    needs_gpu: bool = False  # cannot run on a CPU-only machine: preflight refuses it there
     # Requests of this backend all start at once (a local model batches them) rather than ramping up.
     ramp_up: bool = True
 
@@ -87,6 +89,11 @@ class Capabilities:
 # Estimates (dry-run plans, the TPM budget) assume an answer uses this many tokens when the
 # params set no limit.
 ASSUMED_MAX_TOKENS = 512
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> float:
+    """A prompt's length in tokens without a tokenizer: four characters a token."""
+    return sum(len(message.get("content") or "") for message in request.messages) / 4
 
 
 def max_completion_tokens(params: dict[str, Any]) -> int:

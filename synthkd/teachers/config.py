@@ -16,7 +16,9 @@ class TeacherConfig(StrictModel):
     """Which model answers, where it lives, and how hard synthkd may push it."""
 
     backend: Literal["openai", "litellm", "transformers"] = "openai"
-    model: str = Field(description="API model name; for transformers a local folder, a Hub id or `embedded`")
+    model: str = Field(
+        min_length=1, description="API model name; for transformers a local folder, a Hub id or `embedded`"
+    )
     base_url: str | None = Field(None, description="any OpenAI-compatible endpoint (vLLM, Ollama, ...)")
     api_key_env: str | None = Field(
         None,

@@ -38,7 +38,6 @@ class BackendSpec:
     capabilities: Capabilities
     factory: str  # "module:Class"; the class takes (config), and seed= when seeded_from_recipe
     default_base_url: str | None = None  # the endpoint a config without base_url reaches
-    default_key_variable: str | None = None  # api_key_env when the recipe names none
     check_params: Callable[[dict[str, Any], Callable[..., str]], None] = field(default=_no_param_check)
     # Samples of a local model come from the recipe seed, which then belongs in the cache key.
     seeded_from_recipe: bool = False
@@ -71,7 +70,6 @@ BACKENDS: dict[str, BackendSpec] = {
             Capabilities(local=False, top_logprobs=True, structured_output=True),
             factory="synthkd.teachers.openai_backend:OpenAITeacher",
             default_base_url="https://api.openai.com/v1",
-            default_key_variable="OPENAI_API_KEY",
         ),
         BackendSpec(
             "litellm",
