@@ -29,13 +29,12 @@ from rouge_score import tokenize as rouge_tokenize
 from synthkd.curate.rouge import RougeLPool
 
 THRESHOLD = 0.7
-SEEDS = Path(__file__).resolve().parents[2] / "shared/data/self-instruct/seed_tasks.jsonl"
-LOCAL_SEEDS = Path(__file__).resolve().parents[1] / "recipes/self_instruct/seed_tasks.jsonl"
+# All 175 Self-Instruct seed tasks, shipped with the self_instruct recipe (Apache-2.0, see its README).
+SEEDS = Path(__file__).resolve().parents[1] / "recipes/self_instruct/seed_tasks.jsonl"
 
 
 def seed_instructions() -> list[str]:
-    path = SEEDS if SEEDS.exists() else LOCAL_SEEDS
-    return [json.loads(line)["instruction"] for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line)["instruction"] for line in SEEDS.read_text().splitlines() if line.strip()]
 
 
 def recombine(rng: random.Random, seeds: list[str], vocabulary: list[str]) -> str:

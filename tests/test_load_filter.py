@@ -16,7 +16,8 @@ from synthkd.steps.filter import FilterStep
 from synthkd.steps.load import LoadStep
 
 ROWS = [{"instruction": "Add 2 and 3.", "input": ""}, {"instruction": "Translate 'chat'.", "input": "French"}]
-SELF_INSTRUCT_SEEDS = Path(__file__).resolve().parents[2] / "shared/data/self-instruct/seed_tasks.jsonl"
+# All 175 Self-Instruct seed tasks, shipped with the self_instruct recipe (Apache-2.0, see its README).
+SELF_INSTRUCT_SEEDS = Path(__file__).resolve().parents[1] / "recipes/self_instruct/seed_tasks.jsonl"
 
 
 def load(path: str, base: Path, **options) -> list[dict]:

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from synthkd.config_base import StrictModel
 
 EMBEDDED_MODEL = "embedded"
+# What a bare model name means where a local model is expected (the default teacher, train.teacher).
+DEFAULT_LOCAL_BACKEND = "transformers"
 
 
 class TeacherConfig(StrictModel):
@@ -86,4 +88,4 @@ def _secret_like_keys(value: Any, prefix: str = "") -> list[str]:
 
 def default_teacher() -> dict[str, Any]:
     """The teacher of a recipe that names none: SmolLM2-135M-Instruct, shipped in a wheel."""
-    return {"backend": "transformers", "model": EMBEDDED_MODEL}
+    return {"backend": DEFAULT_LOCAL_BACKEND, "model": EMBEDDED_MODEL}

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from synthkd.config_base import StrictModel
-from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, TeacherConfig
 
 
 class LoraSettings(StrictModel):
@@ -57,4 +57,4 @@ class TrainConfig(StrictModel):
     def _model_string_is_local(cls, value: Any) -> Any:
         # `teacher: <model>` predates teacher mappings here; distill loads the teacher next to the
         # student, so a bare model string has always meant a local model.
-        return {"backend": "transformers", "model": value} if isinstance(value, str) else value
+        return {"backend": DEFAULT_LOCAL_BACKEND, "model": value} if isinstance(value, str) else value
