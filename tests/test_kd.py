@@ -259,6 +259,14 @@ def test_logits_from_an_api_teacher_map_to_token_ids_and_train(
             },
         )
         result = run_recipe(load_recipe(recipe))
+        # A rerun answers from the cache, log-probabilities included: the same distributions, none
+        # of the rows silently reduced to cross-entropy.
+        again = run_recipe(load_recipe(recipe))
+    assert (again.reports[1].requests_sent, again.reports[1].cache_hits) == (0, 12)
+    kd_columns = ["response", "kd_input_ids", "kd_prompt_length", "kd_top_ids", "kd_top_logprobs"]
+    assert [[row[c] for c in kd_columns] for row in again.rows] == [
+        [row[c] for c in kd_columns] for row in result.rows
+    ]
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     mapped = [row for row in result.rows if row["kd_input_ids"]]
     assert len(result.rows) == 12 and len(mapped) == 11
