@@ -5,6 +5,10 @@ moment loses at most the requests that were in flight. The key is a hash of ever
 decides the answer: backend, endpoint, model, messages, generation parameters, response format
 and sample index. Never the API key. A local teacher's scores of given answers (top-k
 log-probabilities, for the `logits` step) are kept the same way, under keys of their own.
+
+A damaged file (truncated, overwritten) raises `CacheDamagedError` at the first statement that
+meets the damage, which for the usual cases is the constructor; `clear_cache` sets such a file
+aside and starts a new one. A write lock held past the busy timeout raises `CacheLockedError`.
 """
 
 from __future__ import annotations
@@ -13,15 +17,23 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from synthkd.errors import CacheDamagedError, CacheLockedError
 from synthkd.kd.topk import TopK
 from synthkd.paths import cache_root
 from synthkd.teachers.base import ChatRequest, Completion, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
+
+BUSY_TIMEOUT_SECONDS = 30.0  # how long a write waits for another process's lock before giving up
+
+# The files SQLite keeps beside a database; a damaged database is set aside with them, so a
+# stale journal is never applied to the new, empty cache.
+COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
@@ -66,21 +78,46 @@ class ResponseCache:
     """A SQLite table of key -> completion (or scored answer, as JSON). Safe to share between
     processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power cut)
-        # and costs microseconds, so committing every response is affordable.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
-        )
+        self.timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
+        self._db = sqlite3.connect(path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            # These read the file's header and schema, so a damaged file is reported here, before
+            # any request is sent, and not at the first lookup.
+            with self._guard():
+                # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power
+                # cut) and costs microseconds, so committing every response is affordable.
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS responses "
+                    "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
+                )
+        except BaseException:
+            self._db.close()
+            raise
+
+    @staticmethod
+    def default_path() -> Path:
+        return cache_root() / "requests.sqlite"
 
     @classmethod
     def default(cls) -> ResponseCache:
-        return cls(cache_root() / "requests.sqlite")
+        return cls(cls.default_path())
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's damage and lock errors as one-line errors naming the file; others unchanged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise CacheDamagedError(self.path, str(exc)) from exc
+            if _is_lock(exc):
+                raise CacheLockedError(self.path, self.timeout) from exc
+            raise
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         return {key: Completion(**value) for key, value in self._get_values(keys).items()}
@@ -105,29 +142,83 @@ class ResponseCache:
     def _get_values(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         keys = list(keys)
-        for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, value in self._db.execute(
-                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
-            ):
-                found[key] = json.loads(value)
+        with self._guard():
+            for start in range(0, len(keys), 500):  # stay under SQLite's bound-variable limit
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, value in self._db.execute(
+                    f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = json.loads(value)
         return found
 
     def _put_value(self, key: str, value: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
-            (key, json.dumps(value, ensure_ascii=False), time.time()),
-        )
+        with self._guard():
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                (key, json.dumps(value, ensure_ascii=False), time.time()),
+            )
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        with self._guard():
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def clear(self) -> int:
         removed = self.count()
-        self._db.execute("DELETE FROM responses")
-        self._db.execute("VACUUM")
+        with self._guard():
+            self._db.execute("DELETE FROM responses")
+            self._db.execute("VACUUM")
         return removed
 
     def close(self) -> None:
         self._db.close()
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""  # Python 3.11+
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _is_lock(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
+def set_aside(path: Path) -> list[Path]:
+    """Rename a damaged cache and its companion files to `<name>.damaged-<UTC time>` beside them
+    (kept for whoever wants to recover from them); returns the new names."""
+    sources = [path.with_name(path.name + suffix) for suffix in ("", *COMPANIONS)]
+    sources = [source for source in sources if source.exists()]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    tag, attempt = stamp, 1
+    while any(source.with_name(f"{source.name}.damaged-{tag}").exists() for source in sources):
+        attempt += 1  # two clears within a second: never overwrite an earlier damaged copy
+        tag = f"{stamp}-{attempt}"
+    moved = []
+    for source in sources:
+        target = source.with_name(f"{source.name}.damaged-{tag}")
+        source.rename(target)
+        moved.append(target)
+    return moved
+
+
+def clear_cache(path: Path) -> tuple[int, list[Path]]:
+    """Empty the cache at `path`: (responses deleted, []) for a healthy cache; a damaged one is set
+    aside and replaced by a new, empty cache: (0, the damaged files' new names)."""
+    try:
+        cache = ResponseCache(path)
+    except CacheDamagedError:
+        pass
+    else:
+        try:
+            return cache.clear(), []
+        except CacheDamagedError:  # damage past the header, met by the count or the delete
+            pass
+        finally:
+            cache.close()
+    moved = set_aside(path)
+    ResponseCache(path).close()
+    return 0, moved

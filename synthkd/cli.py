@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", help="manage the request cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    clear = cache_commands.add_parser("clear", help="delete every cached teacher response")
+    clear = cache_commands.add_parser(
+        "clear", help="delete every cached teacher response (a damaged cache is set aside for a new one)"
+    )
     clear.set_defaults(handler=_cache_clear)
     info = cache_commands.add_parser("info", help="where the cache is and how many responses it holds")
     info.set_defaults(handler=_cache_info)
@@ -390,21 +392,31 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cache_clear(args: argparse.Namespace) -> int:
-    from synthkd.cache import ResponseCache
+    from synthkd.cache import ResponseCache, clear_cache
 
-    cache = ResponseCache.default()
-    removed = cache.clear()
-    cache.close()
-    console.print(f"removed {removed} cached responses from {cache.path}", highlight=False)
+    path = ResponseCache.default_path()
+    removed, set_aside = clear_cache(path)
+    if set_aside:
+        kept = ", ".join(str(moved) for moved in set_aside)
+        console.print(
+            f"the request cache {path} was damaged: kept it as {kept} and started a new, empty one",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"removed {removed} cached responses from {path}", highlight=False, markup=False)
     return 0
 
 
 def _cache_info(args: argparse.Namespace) -> int:
     from synthkd.cache import ResponseCache
 
-    cache = ResponseCache.default()
-    print(json.dumps({"path": str(cache.path), "responses": cache.count()}))
-    cache.close()
+    cache = ResponseCache.default()  # a damaged cache: CacheDamagedError says so and how to fix it (exit 2)
+    try:
+        print(json.dumps({"path": str(cache.path), "responses": cache.count()}))
+    finally:
+        cache.close()
     return 0
 
 

@@ -159,7 +159,7 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                 where=where,
             )
         name = step["step"]
-        if name not in STEP_TYPES:
+        if not isinstance(name, str) or name not in STEP_TYPES:
             raise RecipeError(
                 f"unknown step {name!r}{_did_you_mean(str(name), STEP_TYPES)}; "
                 f"valid steps: {', '.join(STEP_TYPES)}",
@@ -172,7 +172,11 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                     continue  # another teacher (a judge) left out: the step uses its own
                 own = step.get(key) or {}
                 if isinstance(own, dict):
-                    params = {**(teacher.get("params") or {}), **(own.get("params") or {})}
+                    base_params, own_params = teacher.get("params") or {}, own.get("params") or {}
+                    if not isinstance(base_params, dict) or not isinstance(own_params, dict):
+                        step[key] = {**teacher, **own}  # params that are not a mapping: pydantic says so
+                        continue
+                    params = {**base_params, **own_params}
                     step[key] = {**teacher, **own, "params": params}
                     spec = BACKENDS.get(str(step[key].get("backend", "")))
                     if spec is not None and spec.seeded_from_recipe and "seed" not in params:
@@ -196,6 +200,8 @@ def _describe(exc: ValidationError, data: dict, path: Path, lines: dict, overrid
             # Our own validators' messages say what is wrong without echoing the value, which
             # may hold a secret (a password in a URL).
             text = error["msg"].removeprefix("Value error, ")
+        elif error["type"] in ("dict_type", "model_type"):  # YAML calls a dict a mapping
+            text = f"expected a mapping of key: value pairs (got {error.get('input')!r})"
         else:
             text = f"{error['msg']} (got {error.get('input')!r})"
         message = f"{_where(path, lines, overridden, loc)}: {format_path(loc)}: {text}"

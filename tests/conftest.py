@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 # Set before anything imports huggingface_hub or litellm: no test may touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -29,3 +30,12 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     models.symlink_to(SESSION_MODELS, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     return cache_dir
+
+
+@pytest.fixture
+def listening_port():
+    """A port with something listening, so the base_url preflight passes without a server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

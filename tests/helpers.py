@@ -20,3 +20,15 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001 (pytest's CaptureFixture)
+    """Run the `synthkd` command in-process: its exit code and its output, rich's line breaks
+    unwrapped. A traceback is never a clear message, so none may be printed."""
+    from synthkd.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    out = " ".join((captured.err + captured.out).split())
+    assert "Traceback" not in out
+    return code, out

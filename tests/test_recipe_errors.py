@@ -6,9 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers import write_jsonl
-
-from synthkd.cli import main
+from helpers import run_cli, write_jsonl
 
 GOOD = """\
 name: t
@@ -30,26 +28,11 @@ output:
 
 
 @pytest.fixture
-def listening_port():
-    """A port with something listening, so the base_url preflight passes without a server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
-@pytest.fixture
 def recipe_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": "Say hi."}, {"instruction": "Name a colour."}])
     (tmp_path / "ask.jinja").write_text("{{ instruction }} ({{ topic }})")
     monkeypatch.setenv("SYNTHKD_TEST_KEY", "sk-test")
     return tmp_path
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.err + captured.out).split())  # unwrap rich's line breaks
 
 
 def write(recipe_dir: Path, text: str) -> Path:

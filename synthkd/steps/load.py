@@ -36,7 +36,10 @@ class LoadStep(Step):
             raise RecipeError(f"file not found: {self.path} (tried {tried})", where=ctx.at("path"))
         if source is None:
             return None  # a Hub dataset: its columns are known only once it is downloaded
-        self._rows = self._finish(read_rows(source, self.split), ctx)
+        rows = read_rows(source, self.split)
+        if not rows:  # before any request: a run of nothing is a mistake, not a dataset
+            raise RecipeError(f"{source} is empty: no rows to load", where=ctx.at("path"))
+        self._rows = self._finish(rows, ctx)
         return set().union(*(row.keys() for row in self._rows)) if self._rows else {"id"}
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
