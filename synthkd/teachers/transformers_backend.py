@@ -120,6 +120,7 @@ class TransformersTeacher:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._pending: list[tuple[ChatRequest, asyncio.Future]] = []
         self._batcher: asyncio.Task | None = None
+        self._fingerprint: dict[str, str] | None = None
         self.batch_sizes: list[int] = []  # one entry per generate() call, to see batching at work
 
     async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
@@ -267,7 +268,11 @@ class TransformersTeacher:
         )
 
     def tokenizer_fingerprint(self) -> dict[str, str]:
-        return tokenizer_fingerprint(self._tokenizer)
+        # Hashing sorts and serialises the whole vocabulary; the tokenizer never changes after
+        # loading, and every score() call and the logits step ask for it, so it is hashed once.
+        if self._fingerprint is None:
+            self._fingerprint = tokenizer_fingerprint(self._tokenizer)
+        return self._fingerprint
 
     async def aclose(self) -> None:
         if self._batcher is not None:
