@@ -16,6 +16,7 @@ from rich.table import Table
 
 import synthkd
 from synthkd.errors import SynthkdError
+from synthkd.redaction import redact
 
 if TYPE_CHECKING:  # imported when used: `synthkd --help` stays fast
     from synthkd.publish.push import PushResult
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SynthkdError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # markup=False for the message: a path or a server's text may hold [brackets].
+        console.print("[bold red]error:[/] ", end="")
+        console.print(redact(str(exc)), markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         console.print(
@@ -104,7 +107,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         preflight(loaded, network=False)
     except RecipeError as exc:  # the recipe is fine; this machine is not ready to run it yet
-        console.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
     for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow, strict=True)):
         shown = ", ".join(sorted(columns)) if columns is not None else "(known at run time)"
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
@@ -126,32 +129,39 @@ def _run(args: argparse.Namespace) -> int:
 
     quiet_library_progress_bars()
 
-    with RichProgressFactory(console) as progress:
-        result = asyncio.run(
-            execute(
-                loaded,
-                use_cache=not args.no_cache,
-                progress=progress,
-                out_dir=Path(args.output) if args.output else None,
-            )
-        )
-    _print_summary(result)
-    _publish_run(loaded, result.out_dir)
-    if loaded.recipe.train is not None and not args.no_train:
-        _train_and_report(loaded, result.out_dir)
+    from synthkd.errors import RunIncompleteError
+    from synthkd.pipeline import hold_output
+
+    out_dir = Path(args.output) if args.output else None
+    # Held from the first request to the trained student, so no other run writes there meanwhile.
+    with hold_output(loaded, out_dir):
+        try:
+            with RichProgressFactory(console) as progress:
+                result = asyncio.run(
+                    execute(loaded, use_cache=not args.no_cache, progress=progress, out_dir=out_dir)
+                )
+        except RunIncompleteError as incomplete:
+            _print_summary(incomplete.result)
+            raise
+        _print_summary(result)
+        _publish_run(loaded, result.out_dir)
+        if loaded.recipe.train is not None and not args.no_train:
+            _train_and_report(loaded, result.out_dir)
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from synthkd.errors import RecipeError
-    from synthkd.pipeline import preflight
+    from synthkd.pipeline import hold_output, preflight
     from synthkd.recipe import load_recipe
 
     loaded = load_recipe(args.recipe, args.overrides)
     if loaded.recipe.train is None:
         raise RecipeError("the recipe has no train: section", where=str(loaded.path))
     preflight(loaded, data=False)  # the judge's key and endpoint, before the student is trained
-    _train_and_report(loaded, Path(args.output) if args.output else loaded.recipe.output_dir())
+    out_dir = Path(args.output) if args.output else None
+    with hold_output(loaded, out_dir):
+        _train_and_report(loaded, out_dir or loaded.recipe.output_dir())
     return 0
 
 
@@ -335,7 +345,7 @@ def finish_recipe_run(
 
 def _publish_run(loaded, run_dir: Path) -> None:
     def warn(message: str) -> None:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
 
     written, pushed = finish_recipe_run(loaded, run_dir, warn)
     if written:

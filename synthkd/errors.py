@@ -55,3 +55,40 @@ class CacheLockedError(SynthkdError):
             f"writing to it for over {timeout:g} s; wait for it to finish and run the same command again "
             "(answers received so far are kept), or give this run a cache of its own with SYNTHKD_CACHE_DIR"
         )
+
+
+class RunIncompleteError(SynthkdError):
+    """A run that finished but lost more rows to failed requests than `output.max_failure_ratio`
+    allows, or produced no rows: exit code 3. The previous outputs stay in place; what this run
+    got is in a side folder (`result.out_dir`) and every answer is cached, so a rerun resumes."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result: object) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+class OutputBusyError(SynthkdError):
+    """Another synthkd process is writing the same output folder: exit code 1."""
+
+    exit_code = 1
+
+
+class StorageFullError(SynthkdError):
+    """A write failed for want of space (the kernel's ENOSPC, or SQLite's "database or disk is full").
+    What was written before is kept: cached answers stay committed, and a file being replaced is
+    written beside it and renamed into place, so the previous one is left whole. Exit code 1.
+
+    `what` names the thing at `path` ("the request cache", "the report"); `outcome` says what was
+    and was not written; `fix` what to do (by default: free some space and run the command again).
+    """
+
+    exit_code = 1
+
+    def __init__(self, path: object, *, what: str = "", outcome: str = "", fix: str = "") -> None:
+        self.path = path
+        named = f"{what} {path}" if what else str(path)
+        outcome = f": {outcome}" if outcome else ""
+        fix = fix or "free some space there and run the same command again"
+        super().__init__(f"the disk holding {named} is full{outcome}; {fix}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,13 +18,16 @@ import synthkd
 from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
-from synthkd.errors import RecipeError
+from synthkd.errors import RecipeError, RunIncompleteError
 from synthkd.messages import with_messages
 from synthkd.output import write_run
+from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
 from synthkd.preflight import check_teacher_environment, redact_url
 from synthkd.recipe import LoadedRecipe, recipe_teachers
+from synthkd.redaction import register_secret_variables
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import TeacherConfig
+from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import backend_spec
 from synthkd.yaml_source import KeyPath
 
@@ -63,6 +68,7 @@ def preflight(
     the steps' (unless `data` is off: `synthkd train` on a finished run) and the `train:`
     section's (unless `training` is off: `--no-train`). A judge whose key is missing must stop
     the run before the data is generated, not after."""
+    register_recipe_secrets(loaded)
     seen = set()
     for use in recipe_teachers(loaded.recipe, training=training):
         if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
@@ -71,6 +77,14 @@ def preflight(
         check_teacher_environment(
             use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
         )
+
+
+def register_recipe_secrets(loaded: LoadedRecipe) -> None:
+    """Every key variable the recipe names, whatever it is called: their values are redacted from
+    everything printed and written (see `synthkd.redaction`)."""
+    names = [use.config.api_key_env for use in recipe_teachers(loaded.recipe)]
+    hub = loaded.recipe.output.hub
+    register_secret_variables([*names, hub.token_env if hub else None])
 
 
 def teacher_where(loaded: LoadedRecipe, section: KeyPath, *key: str | int) -> str:
@@ -151,12 +165,41 @@ async def execute(
     progress: ProgressFactory | None = None,
     out_dir: Path | None = None,
 ) -> RunResult:
-    """Run every step and write the outputs. The recipe must have passed `check` and `preflight`."""
+    """Run every step and write the outputs. The recipe must have passed `check` and `preflight`.
+
+    Raises `RunIncompleteError` (outputs left in place, what the run got beside them) when a step
+    loses more rows to failures than `output.max_failure_ratio` allows or no row comes out."""
+    target = out_dir or loaded.recipe.output_dir()
+    register_recipe_secrets(loaded)
+    with hold_output(loaded, out_dir):
+        return await _execute_steps(loaded, target, use_cache, progress or ProgressFactory())
+
+
+@contextlib.contextmanager
+def hold_output(loaded: LoadedRecipe, out_dir: Path | None = None) -> Iterator[None]:
+    """Check that the run folder (`out_dir`, else the recipe's) can be written, then hold it
+    against other runs (see `output_lock`). Before the first request, so nothing is paid for in
+    vain."""
+    target = out_dir or loaded.recipe.output_dir()
+    if out_dir is not None:
+        where = "--output"
+    elif loaded.recipe.output.dir is not None:
+        where = loaded.at("output", "dir")
+    else:
+        where = f"{loaded.path}: output.dir (default runs/{loaded.recipe.name})"
+    check_output_folder(target, where)
+    with output_lock(target):
+        yield
+
+
+async def _execute_steps(
+    loaded: LoadedRecipe, target: Path, use_cache: bool, progress: ProgressFactory
+) -> RunResult:
     recipe = loaded.recipe
-    progress = progress or ProgressFactory()
     rows: list[Row] = []
     failures: list[tuple[str, Failure]] = []
     reports: list[StepReport] = []
+    shortfall: str | None = None
     started = datetime.now(timezone.utc)
     async with TeacherPool(seed=recipe.seed, use_cache=use_cache) as pool:
         for index, step in enumerate(recipe.steps):
@@ -184,12 +227,61 @@ async def execute(
                 report.absorb(used_dispatcher.stats)
             report.seconds = round(time.perf_counter() - clock, 3)
             reports.append(report)
+            # Later steps would pay for requests on data the run cannot keep: stop here.
+            shortfall = too_many_failures(report, recipe.output.max_failure_ratio, failures)
+            if shortfall:
+                break
     if recipe.output.format == "messages":
         rows = with_messages(rows)
+    if not rows and not shortfall:
+        shortfall = _why_no_rows(reports)
     manifest = build_manifest(loaded, reports, started, len(rows), len(failures))
-    target = out_dir or recipe.output_dir()
+    if shortfall:
+        manifest["incomplete"] = shortfall
+        aside = incomplete_folder(target)
+        write_run(aside, rows, failures, manifest)
+        result = RunResult(aside, rows, failures, reports, manifest)
+        raise RunIncompleteError(
+            f"{shortfall}. The previous outputs in {target} are left as they were; what this run got "
+            f"is in {aside} (failures.jsonl says why each row failed). Every answer received is "
+            "cached, so running again sends only what is missing",
+            result,
+        )
     write_run(target, rows, failures, manifest)
+    shutil.rmtree(incomplete_folder(target), ignore_errors=True)  # a later run made it whole
     return RunResult(target, rows, failures, reports, manifest)
+
+
+def too_many_failures(
+    report: StepReport, max_ratio: float, failures: list[tuple[str, Failure]]
+) -> str | None:
+    """Why a step's failed requests fail the run, or None. Counted are the rows whose requests got
+    no answer after every attempt (server errors, timeouts, outages: what a rerun may still get),
+    as a share of the rows the step handled: its input, or for a step that makes rows, what it
+    made plus what failed. Answers that did not parse are the teacher's quality, in the funnel."""
+    name = f"{report.index}:{report.step}"
+    reasons = Counter(f.reason for step, f in failures if step == name and is_transient_reason(f.reason))
+    lost = sum(reasons.values())
+    handled = max(report.rows_in, report.rows_out + report.rows_failed)
+    if not lost or lost <= max_ratio * handled:
+        return None
+    common = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common(3))
+    return (
+        f"step {name} lost {lost} of {handled} rows to failed requests ({common}), more than "
+        f"output.max_failure_ratio {max_ratio:g} allows"
+    )
+
+
+def _why_no_rows(reports: list[StepReport]) -> str:
+    emptied = next((report for report in reports if report.rows_in and not report.rows_out), None)
+    if emptied is None:
+        return "the run produced no rows"
+    why = [f"{emptied.rows_failed} failed"] if emptied.rows_failed else []
+    why += [f"{reason} {count}" for reason, count in emptied.rows_dropped.items()]
+    where = f"step {emptied.index}:{emptied.step}"
+    return f"the run produced no rows: {where} kept none of {emptied.rows_in}" + (
+        f" ({', '.join(why)})" if why else ""
+    )
 
 
 def _stamp_provenance(step: Step, before: list[Row], after: list[Row]) -> list[Row]:

@@ -30,6 +30,13 @@ class OutputConfig(StrictModel):
     dir: str | None = Field(
         None, description="run folder, relative to the working directory; default runs/<name>"
     )
+    max_failure_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="the run fails (exit code 3, previous outputs kept) when a step loses a larger share "
+        "of its rows to failed requests; a run with 0 rows out always fails",
+    )
     format: Literal["messages", "flat"] = Field(
         "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
     )

@@ -10,6 +10,7 @@ import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
 from synthkd.cli import main
+from synthkd.errors import RunIncompleteError
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.testing.fake_openai import FakeOpenAIServer
@@ -43,7 +44,12 @@ def fresh_server(server, monkeypatch):
 
 
 def recipe(
-    tmp_path: Path, server, backend: str, rows: int = 20, steps: list | None = None, **teacher
+    tmp_path: Path,
+    server,
+    backend: str,
+    rows: int = 20,
+    steps: list | None = None,
+    **teacher,
 ) -> Path:
     write_jsonl(
         tmp_path / "seeds.jsonl", [{"instruction": f"Explain item {i} in a sentence."} for i in range(rows)]
@@ -163,7 +169,9 @@ def test_every_request_rejected_stops_the_run(tmp_path, server, backend, capsys)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hangs_and_malformed_bodies_are_retried(tmp_path, server, backend):
     server.configure(hang=0.15, hang_seconds=5, malformed=0.15)
-    path = recipe(tmp_path, server, backend, rows=40, timeout=0.5)
+    # With 6 attempts one of 40 rows drew a fault every time about once in 30 runs (0.3^6 x 40):
+    # 12 attempts make that one in 50,000, and the assertions below stay exact.
+    path = recipe(tmp_path, server, backend, rows=40, timeout=0.5, max_attempts=12)
     result = run_recipe(load_recipe(path))
     assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 40
     retries = result.reports[1].retries
@@ -178,18 +186,22 @@ def test_hangs_and_malformed_bodies_are_retried(tmp_path, server, backend):
 def test_failures_are_written_never_silent(tmp_path, server, backend):
     server.configure(fail_500=1.0)
     path = recipe(tmp_path, server, backend, rows=5, max_attempts=2)
-    result = run_recipe(load_recipe(path))
-    assert read_jsonl(tmp_path / "out" / "data.jsonl") == []
-    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    with pytest.raises(RunIncompleteError) as failed:
+        run_recipe(load_recipe(path))
+    aside = tmp_path / "out.incomplete"  # a failed run is written beside the outputs, not over them
+    assert failed.value.result.out_dir == aside and not (tmp_path / "out").exists()
+    assert read_jsonl(aside / "data.jsonl") == []
+    failures = read_jsonl(aside / "failures.jsonl")
     assert len(failures) == 5
     assert {(f["step"], f["reason"], f["attempts"]) for f in failures} == {("1:label", "http_500", 2)}
     assert all(f["row"]["instruction"].startswith("Explain item") for f in failures)
-    assert result.reports[1].rows_failed == 5 and chat_requests(server) == 10
+    assert failed.value.result.reports[1].rows_failed == 5 and chat_requests(server) == 10
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_finish_reasons_are_recorded(tmp_path, server, backend):
     server.configure(content_filter=0.3)
+    # Withheld answers are failures, but not failed requests: the run succeeds with the rest.
     path = recipe(tmp_path, server, backend, rows=30)
     with open(path) as handle:
         text = handle.read()
@@ -241,8 +253,9 @@ def test_reask_that_fails_again_is_a_failure(tmp_path):
             {"step": "label", "reask": 2, "schema": {"type": "object"}},
         ]
         path = recipe(tmp_path, scripted, "openai", rows=2, steps=steps)
-        run_recipe(load_recipe(path))
-        failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+        with pytest.raises(RunIncompleteError, match=r"step 1:label kept none of 2 \(2 failed\)"):
+            run_recipe(load_recipe(path))
+        failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")
         assert [f["reason"] for f in failures] == ["invalid_json", "invalid_json"]
         assert all(f["attempts"] == 3 for f in failures)
         assert scripted.stats()["requests"] == 6
@@ -319,7 +332,10 @@ def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, caps
 
 def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_path, server, capsys):
     first = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}, {"step": "judge"}]
-    run_recipe(load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=first)))
+    # The fake server's answers are no scores, so every judged row fails (and the run with it): what
+    # matters here is that the judge's requests were answered and cached.
+    with pytest.raises(RunIncompleteError, match="step 2:judge kept none of 8 .8 failed"):
+        run_recipe(load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=first)))
     server.reset()
     steps = [
         *first,

@@ -13,6 +13,7 @@ from synthkd.curate.embeddings import EmbeddingCache, embed
 from synthkd.curate.exact import exact_duplicates, normalise
 from synthkd.curate.minhash import minhash_duplicates
 from synthkd.curate.semantic import semantic_duplicates
+from synthkd.errors import RunIncompleteError
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 
@@ -113,9 +114,11 @@ def test_embedding_dedup_of_no_rows(tmp_path: Path):
             {"step": "dedup", "method": "embedding"},
         ],
     )
-    result = run_recipe(load_recipe(path))
-    assert [r.rows_out for r in result.reports] == [7, 0, 0]
-    assert read_jsonl(tmp_path / "out" / "data.jsonl") == []
+    # A run with no rows out fails (exit code 3), but every step ran: dedup of nothing is nothing.
+    with pytest.raises(RunIncompleteError, match="step 1:filter kept none of 7") as failed:
+        run_recipe(load_recipe(path))
+    assert [r.rows_out for r in failed.value.result.reports] == [7, 0, 0]
+    assert read_jsonl(tmp_path / "out.incomplete" / "data.jsonl") == []
 
 
 def test_chained_dedup_cheapest_first(tmp_path: Path):

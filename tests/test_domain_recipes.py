@@ -843,8 +843,9 @@ def test_label_systems_are_stable_per_row_and_exclusive_with_system(tmp_path: Pa
 
 
 def test_a_run_that_keeps_no_row_says_there_is_nothing_to_train(tmp_path: Path, capsys):
-    """Every label off the set: the run still writes its (empty) dataset, failures and report, then
-    training stops with one clear message and exit code 2 instead of a crash inside `datasets`."""
+    """Every label off the set: the run fails (exit code 3) before training, and writes what it got
+    beside the output folder; `synthkd train` on that folder stops with one clear message and exit
+    code 2 instead of a crash inside `datasets`."""
     out = tmp_path / "run"
     student = build_tiny_model(tmp_path / "student-model")
     with FakeOpenAIServer(script=[{"match": ".", "reply": "Label: praise"}]) as server:
@@ -856,26 +857,16 @@ def test_a_run_that_keeps_no_row_says_there_is_nothing_to_train(tmp_path: Path, 
             f"train.student={student}",
         ]:
             args += ["--set", override]
-        assert main(args) == 2
-    error = capsys.readouterr().err
-    assert "has no rows to train on" in error and "Traceback" not in error
+        assert main(args) == 3
+    error = " ".join(capsys.readouterr().err.split())
+    assert "the run produced no rows: step 1:classify kept none of 2 (2 failed)" in error
+    assert "Traceback" not in error
     from datasets import load_from_disk
 
-    assert load_from_disk(str(out / "dataset")).num_rows == 0
-    assert [f["reason"] for f in read_jsonl(out / "failures.jsonl")] == ["invalid_label"] * 2
-    assert (out / "report.html").is_file() and not (out / "student").exists()
-    # `synthkd train` on the same run folder says the same.
-    assert (
-        main(
-            [
-                "train",
-                "recipes/classification/intents.yaml",
-                "--output",
-                str(out),
-                "--set",
-                f"train.student={student}",
-            ]
-        )
-        == 2
-    )
+    aside = tmp_path / "run.incomplete"
+    assert not out.exists() and load_from_disk(str(aside / "dataset")).num_rows == 0
+    assert [f["reason"] for f in read_jsonl(aside / "failures.jsonl")] == ["invalid_label"] * 2
+    assert not (aside / "student").exists()
+    args = ["train", "recipes/classification/intents.yaml", "--output", str(aside)]
+    assert main([*args, "--set", f"train.student={student}"]) == 2
     assert "has no rows to train on" in capsys.readouterr().err

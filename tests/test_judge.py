@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
-from synthkd.errors import RecipeError
+from synthkd.errors import RecipeError, RunIncompleteError
 from synthkd.pipeline import check, run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.parsing import ParseError
@@ -142,9 +142,10 @@ def test_pairwise_failures_give_their_real_reason(tmp_path: Path):
         {"id": "long", "instruction": "Define pi.", "response_a": "Huge", "response_b": "Small"},
         {"id": "garbled", "instruction": "Define e.", "response_a": "Garbled", "response_b": "Fine"},
     ]
-    with FakeOpenAIServer(script=script) as server:
+    with FakeOpenAIServer(script=script) as server, pytest.raises(RunIncompleteError, match="no rows"):
         run_recipe(load_recipe(rows_recipe(tmp_path, server.base_url, rows, mode="pairwise")))
-    reasons = {f["id"]: f["reason"] for f in read_jsonl(tmp_path / "out" / "failures.jsonl")}
+    failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")  # no row left: the run failed
+    reasons = {f["id"]: f["reason"] for f in failures}
     assert reasons == {"long": "context_length_exceeded", "garbled": "unparseable_verdict"}
 
 

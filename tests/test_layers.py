@@ -23,6 +23,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "synthkd",
             "synthkd.errors",
+            "synthkd.redaction",
+            "synthkd.atomic",
             "synthkd.config_base",
             "synthkd.text",
             "synthkd.shipped",
@@ -45,7 +47,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("dispatch: requests to the teachers, through the cache", ["synthkd.dispatch"]),
     ("steps", ["synthkd.steps"]),
-    ("what runs over the steps' rows", ["synthkd.output", "synthkd.progress", "synthkd.training.config"]),
+    (
+        "what runs over the steps' rows",
+        [
+            "synthkd.output",
+            "synthkd.output_folder",
+            "synthkd.progress",
+            "synthkd.training.config",
+        ],
+    ),
     ("publish: the card, the report, the push (given plain values, not the recipe)", ["synthkd.publish"]),
     ("recipe: the schema and loader", ["synthkd.recipe"]),
     ("what runs a recipe", ["synthkd.pipeline", "synthkd.training"]),

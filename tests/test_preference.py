@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
+from synthkd.errors import RunIncompleteError
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.preference import choose_pair
@@ -161,8 +163,10 @@ def test_failed_samples_and_judgements_are_recorded_with_their_reason(tmp_path: 
                 "output": {"dir": str(tmp_path / "out")},
             },
         )
-        result = run_recipe(load_recipe(path))
-    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+        with pytest.raises(RunIncompleteError, match="no rows") as failed:
+            run_recipe(load_recipe(path))
+    result = failed.value.result  # no pair could be made: the run failed, its failures are beside
+    failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")
     assert sorted((f["id"], f["reason"]) for f in failures) == [
         ("rain-candidate", "context_length_exceeded"),
         ("tides-sample0", "context_length_exceeded"),

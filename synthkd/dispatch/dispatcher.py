@@ -12,13 +12,14 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from synthkd.cache import ResponseCache, request_key, score_key
 from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
 from synthkd.errors import TeacherFatalError
 from synthkd.kd.topk import TopK
 from synthkd.pricing import Price
+from synthkd.redaction import redact
 from synthkd.teachers.base import (
     ChatRequest,
     Completion,
@@ -33,6 +34,12 @@ from synthkd.teachers.registry import capabilities_of, teacher_label
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
+# While connections fail, every worker waits together, longer as the outage goes on (a quarter of
+# its length so far, within these bounds), so a server coming back is not met by a stampede.
+OUTAGE_PAUSE_SECONDS = (0.5, 10.0)
+# A teacher that has never answered in this run and only fails to connect is most likely the
+# wrong address, not an outage: it gets this long (at most outage_seconds) before the run stops.
+FIRST_CONTACT_SECONDS = 15.0
 RAMP_UP_SECONDS = 0.1
 # Refused requests (HTTP 400 ...) fail their rows; this many refusals before any answer stop the run.
 REJECTIONS_BEFORE_STOP = 10
@@ -81,6 +88,7 @@ class Dispatcher:
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
         self._accepted = 0  # answers the teacher gave, now or in a cached earlier run
         self._rejections = 0  # requests it refused with a bare HTTP 400, 413 or 422
+        self._outage_since: float | None = None  # first failed connection since the last answer
         self.capabilities = capabilities_of(config)
         # A local model has no network timeout to trust (a long generation is not a hung
         # connection); an API call is bounded here as well as in the SDK, so a hung connection can
@@ -193,7 +201,9 @@ class Dispatcher:
 
     async def _send(self, request: ChatRequest, key: str) -> Outcome:
         error: TeacherError | None = None
-        for attempt in range(1, self.config.max_attempts + 1):
+        attempt = 0
+        first_connection_failure: float | None = None  # this request's, while its connections fail
+        while attempt < self.config.max_attempts:
             estimate = await self._wait_for_capacity(request)
             self.stats.requests_sent += 1
             try:
@@ -201,11 +211,21 @@ class Dispatcher:
             except TeacherError as exc:
                 if exc.fatal:
                     raise TeacherFatalError(
-                        f"{self.config.backend} teacher {self.config.model!r}: {exc}"
+                        redact(f"{self.config.backend} teacher {self.config.model!r}: {exc}")
                     ) from exc
                 if not exc.retryable:  # this request cannot succeed (too long, refused): its row fails
-                    return self._rejected(exc, attempt)
+                    return self._rejected(exc, attempt + 1)
                 error = exc
+                if exc.reason == "connection":
+                    # An outage does not use up the request's attempts: it is retried until the
+                    # teacher answers again or the outage outlasts `outage_seconds`.
+                    now = time.monotonic()
+                    first_connection_failure = first_connection_failure or now
+                    if now - first_connection_failure <= self._outage_limit():
+                        self.stats.retries[exc.reason] += 1
+                        await self._ride_out_outage(exc)
+                        continue
+                attempt += 1
                 if exc.retry_after is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
                 if attempt < self.config.max_attempts:
@@ -217,13 +237,39 @@ class Dispatcher:
                 self._tpm.give_back(estimate - used)
             if hint is not None and hint.remaining_requests == 0 and hint.reset_seconds:
                 self._paused_until = max(self._paused_until, time.monotonic() + hint.reset_seconds)
+            # An answer that echoes a key is kept, cached and written without it.
+            completion = replace(completion, text=redact(completion.text))
             if self.cache is not None:
                 self.cache.put(key, completion)
             self._accepted += 1
-            return Outcome(completion, attempts=attempt)
+            self._outage_since = None
+            return Outcome(completion, attempts=attempt + 1)
         self.stats.failed += 1
         assert error is not None
-        return Outcome(None, attempts=self.config.max_attempts, error=str(error), reason=error.reason)
+        return Outcome(None, attempts=attempt, error=redact(str(error)), reason=error.reason)
+
+    def _outage_limit(self) -> float:
+        """How long failed connections are retried: `outage_seconds`, or less for a teacher that
+        has not answered once (see FIRST_CONTACT_SECONDS)."""
+        limit = self.config.outage_seconds
+        return limit if self._accepted else min(limit, FIRST_CONTACT_SECONDS)
+
+    async def _ride_out_outage(self, exc: TeacherError) -> None:
+        """Pause every worker while connections fail; stop the run once the outage has lasted
+        longer than the limit, since every row would fail the same way."""
+        now = time.monotonic()
+        self._outage_since = self._outage_since or now
+        lasted = now - self._outage_since
+        if lasted > self._outage_limit():
+            where = f" at {self.config.base_url}" if self.config.base_url else ""
+            raise TeacherFatalError(
+                f"{teacher_label(self.config)}: no connection to the teacher{where} for {lasted:.0f} s "
+                f"({exc}). Is the server running? Answers received so far are cached: run the same "
+                "command again to resume (teacher.outage_seconds sets how long an outage is waited out)"
+            ) from exc
+        low, high = OUTAGE_PAUSE_SECONDS
+        pause = min(high, max(low, lasted / 4)) * random.uniform(0.8, 1.2)
+        self._paused_until = max(self._paused_until, now + pause)
 
     def _rejected(self, exc: TeacherError, attempt: int) -> Outcome:
         """A request the teacher refused for what it contains. When every request so far was
@@ -233,12 +279,14 @@ class Dispatcher:
             self._rejections += 1
         if self._accepted == 0 and self._rejections >= REJECTIONS_BEFORE_STOP:
             raise TeacherFatalError(
-                f"{self.teacher.backend} teacher {self.teacher.model!r} rejected the first "
-                f"{self._rejections} requests and accepted none; check teacher.params and the model "
-                f"name ({exc})"
+                redact(
+                    f"{self.teacher.backend} teacher {self.teacher.model!r} rejected the first "
+                    f"{self._rejections} requests and accepted none; check teacher.params and the "
+                    f"model name ({exc})"
+                )
             ) from exc
         self.stats.failed += 1
-        return Outcome(None, attempts=attempt, error=str(exc), reason=exc.reason)
+        return Outcome(None, attempts=attempt, error=redact(str(exc)), reason=exc.reason)
 
     async def _complete(self, request: ChatRequest) -> tuple[Completion, object]:
         if self._deadline is None:

@@ -33,6 +33,12 @@ class TeacherConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict, description="generation parameters sent as they are")
     timeout: float = Field(120.0, gt=0, description="seconds before one request is abandoned and retried")
     max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
+    outage_seconds: float = Field(
+        90.0,
+        ge=0,
+        description="how long failed connections (server down, restarting) are retried before the run "
+        "stops; they do not use up a request's max_attempts",
+    )
     # Local (transformers) teachers only.
     device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together")

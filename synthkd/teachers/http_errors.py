@@ -24,8 +24,57 @@ _REJECTION_REASONS = {
     "contentpolicyviolationerror": "content_policy_violation",
     "content_filter": "content_policy_violation",
 }
+# Exceptions of the HTTP stacks (aiohttp, httpx) that mean the connection itself failed: refused,
+# reset, closed before an answer. Matched by name, since each SDK version wraps its own stack.
+_CONNECTION_FAILURES = {
+    "ClientConnectorError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ClientConnectionResetError",
+    "ConnectError",
+    "ReadError",
+    "WriteError",
+    "RemoteProtocolError",
+}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# Reasons a request ends with when every attempt failed for a cause outside the request itself.
+_TRANSIENT_REASONS = {"timeout", "connection", "malformed"}
+
+
+def is_transient_reason(reason: str) -> bool:
+    """Whether a failure with this reason was the teacher's or the network's passing trouble (a
+    rerun may get the answer), rather than a verdict on the request or the answer."""
+    if reason in _TRANSIENT_REASONS:
+        return True
+    status = reason.removeprefix("http_")
+    return status.isdigit() and int(status) in RETRYABLE_STATUSES
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or anything it wraps) is a failed connection rather than a slow answer.
+
+    The openai SDK reports a refused connection as `APITimeoutError` and litellm as an HTTP 500,
+    so the SDK's own class says nothing; the exception it wraps does.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError) or type(current).__name__ in _CONNECTION_FAILURES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def connection_error(exc: BaseException) -> TeacherError:
+    """The retryable error for a connection that failed (see `is_connection_failure`)."""
+    root: BaseException = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    return TeacherError(f"connection failed: {root}", retryable=True, reason="connection")
 
 
 def parse_duration(value: str | None) -> float | None:

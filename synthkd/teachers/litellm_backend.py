@@ -8,7 +8,13 @@ from typing import Any
 
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
 from synthkd.teachers.config import TeacherConfig
-from synthkd.teachers.http_errors import classify_status_error, rate_limit_hint, response_headers
+from synthkd.teachers.http_errors import (
+    classify_status_error,
+    connection_error,
+    is_connection_failure,
+    rate_limit_hint,
+    response_headers,
+)
 
 
 def _import_litellm() -> Any:
@@ -51,12 +57,16 @@ class LiteLLMTeacher:
                 **request.params,
                 **extra,
             )
-        except litellm.exceptions.Timeout as exc:
-            raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
-        except litellm.exceptions.APIConnectionError as exc:
-            # litellm raises this both for refused connections and for bodies it cannot parse.
-            raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
         except Exception as exc:
+            # litellm reports a refused connection as its own HTTP 500 (or a Timeout): the
+            # exception it wraps tells a dead server from an erroring one.
+            if is_connection_failure(exc):
+                raise connection_error(exc) from exc
+            if isinstance(exc, litellm.exceptions.Timeout):
+                raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
+            if isinstance(exc, litellm.exceptions.APIConnectionError):
+                # Raised both for refused connections and for bodies litellm cannot parse.
+                raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
             if _MISSING_KEY.search(str(exc)):
                 # litellm reports a provider SDK's missing-key error as its own HTTP 500; retrying
                 # cannot help, and every other request would fail the same way.

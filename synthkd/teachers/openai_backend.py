@@ -19,7 +19,12 @@ import openai
 
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
 from synthkd.teachers.config import TeacherConfig
-from synthkd.teachers.http_errors import classify_status_error, rate_limit_hint
+from synthkd.teachers.http_errors import (
+    classify_status_error,
+    connection_error,
+    is_connection_failure,
+    rate_limit_hint,
+)
 
 
 def _http_client(timeout: float) -> Any:
@@ -75,9 +80,11 @@ class OpenAITeacher:
             )
         except openai.APIStatusError as exc:
             raise classify_status_error(exc, exc.status_code, exc.response.headers) from exc
-        except openai.APITimeoutError as exc:
-            raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
-        except openai.APIConnectionError as exc:
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            if is_connection_failure(exc):
+                raise connection_error(exc) from exc
+            if isinstance(exc, openai.APITimeoutError):
+                raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
             raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # A body that is not a chat completion: a proxy's error page, a truncated answer.
