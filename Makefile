@@ -9,16 +9,25 @@ TORCH ?= torch==2.13.0
 # Offline: no model or dataset is downloaded at run time; litellm uses its bundled price map.
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: setup quickstart test bench clean chromium
+.PHONY: setup quickstart test bench clean chromium bubblewrap
 
-# The report test renders report.html in Debian's Chromium. Installed once; sudo when not root.
-chromium:
-	@command -v chromium >/dev/null || { \
+# Install a Debian package once, with sudo when not root: $(call apt_install,command,package)
+define apt_install
+	@command -v $(1) >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
-	@command -v chromium >/dev/null
+	  $$SUDO apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(2) >/dev/null; }; }
+	@command -v $(1) >/dev/null
+endef
+
+# The report test renders report.html in Debian's Chromium.
+chromium:
+	$(call apt_install,chromium,chromium)
+
+# code_check runs answers' code under bubblewrap (bwrap); its tests need it and fail without it.
+bubblewrap:
+	$(call apt_install,bwrap,bubblewrap)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +46,7 @@ setup: $(VENV)/.installed
 quickstart: setup
 	$(OFFLINE) $(BIN)/synthkd run recipes/quickstart.yaml
 
-test: setup chromium
+test: setup chromium bubblewrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(OFFLINE) SYNTHKD_TEST_ARTIFACTS=$(CURDIR)/runs/ci-artifacts $(BIN)/python -m pytest

@@ -1,36 +1,62 @@
-"""Run untrusted Python (a teacher's code answer and its tests) in a limited subprocess.
+"""Run untrusted Python (a teacher's code answer) against tests, for a verdict it cannot forge.
 
-Each run gets a fresh temporary folder as its working directory and is started as
-`python -I -B` (isolated: no user site, no PYTHON* variables, no script folder on sys.path) with
-a stripped environment. Resource limits are set with `setrlimit` between fork and exec: CPU
-seconds, address space, file size, core dumps and (for a non-root user) processes. A wall-clock
-timer kills the whole process group. Inside, a bootstrap (`synthkd/sandbox_child/boot.py`) installs
-an audit hook (PEP 578) before any untrusted code runs; the first forbidden action ends the process
-at once (exit code VIOLATION_EXIT, the action named on stderr), so the code cannot catch and ignore
-the refusal:
+Threat model. The answer's code comes from a model or a dataset: it may be wrong, careless, or
+written to cheat or to attack the machine synthkd runs on, often as root in a container. It must
+not (1) make a failing answer pass, (2) read secrets (API keys in the environment or HOME,
+/etc/shadow, the project's files), (3) write outside a bounded scratch folder, use the network, or
+start processes that outlive the check or exhaust the machine (fork bombs, disk, memory, CPU). The
+tests (a teacher's, or a dataset column) are the judge, trusted to judge but contained like the
+answer: they run under the same isolation.
 
-- opening a file for writing, creating, deleting, renaming, linking or changing metadata of a path
-  outside the run's folder (`/dev/null` excepted);
-- reading under the user's home folder (except the interpreter's own prefixes and sys.path) or
-  another process's `/proc/<pid>`, which would show its environment;
-- starting processes (subprocess, os.system, fork, exec, spawn, kill);
-- network sockets (anything but AF_UNIX socket pairs), DNS look-ups;
-- ctypes foreign calls and libraries, sqlite extensions, and the gc walks that would reach the
-  hook's own state.
+(1) The verdict. Code that runs first in a process owns that process, so no marker, nonce or file
+descriptor in the process that imports the answer can carry a trustworthy "passed" (the finding
+that prompted this design: an answer read the old pass marker from `__main__`, printed it and
+called `os._exit(0)`). Each check is two processes (`sandbox_child/`):
+- the *solution* process imports the answer and answers requests; it never holds the verdict fd
+  and never has the nonce in its memory;
+- the *judge* process runs the tests against proxies of the answer's names (`rpc.py`): it never
+  executes a line of the answer; every call, attribute or operator on a proxy is a request whose
+  reply is data (JSON rebuilt into plain values, or another proxy). It reads a per-run nonce from
+  a memfd before the solution process exists, and at the end writes the verdict with that nonce
+  to another memfd that only it holds. The parent accepts "passed" only from a judge that exited
+  0 and wrote the right nonce. The judge cannot be reached from the solution process: under
+  bubblewrap as root they are two fresh uids (no ptrace, no signals, no /proc/<pid>/fd or mem);
+  otherwise the judge makes itself non-dumpable, which denies the same to a same-uid process.
+  What remains is the tests' own strength: an answer returning an object whose `__eq__` is always
+  true passes `assert f() == 5` as it would anywhere (tests can check types).
 
-Linux only (rlimits, /proc, wait4). This guards against a teacher's mistakes and naive harmful
-code. It is not a security boundary against code written to escape an in-process hook (CPython
-internals offer ways round it); as root, RLIMIT_NPROC does not bind. For adversarial code run
-synthkd inside a container or VM.
+(2, 3) Isolation, the step's `isolation:` key:
+- "bwrap": bubblewrap (Debian package `bubblewrap`, 0.8 or later for `--size`). New mount, pid,
+  network, IPC and UTS namespaces; read-only binds of /usr (and the /bin, /lib links), the loader
+  cache, the interpreter's prefix, the venv's pyvenv.cfg, bin and site-packages, and the harness;
+  no /etc/shadow, no /root or HOME beyond those binds, not the project; fresh /proc and /dev; one
+  tmpfs of `disk_mb` as the working folder (the only writable place); loopback-only network inside
+  the namespace; `--die-with-parent`, `--new-session`. As root, bubblewrap runs without a user
+  namespace: one would map the sandbox's uid back to root, whom RLIMIT_NPROC does not bind and
+  who owns every root-owned file. It keeps only CAP_SETUID/CAP_SETGID, which the judge uses to
+  start the solution as a fresh random uid and to drop to another; from then on no capability is
+  left, no file on the machine belongs to either uid, and RLIMIT_NPROC counts only their own
+  tasks. As another user, bubblewrap makes a user namespace (uid 65534 inside).
+- "none": the same two processes without namespaces, under the rlimits and the audit hook
+  (`sandbox_child/hook.py`, which stops naive writes outside the folder, subprocesses, sockets
+  and ctypes, but which code written to escape it can get round). Not a security boundary; as
+  root, RLIMIT_NPROC does not bind.
+- "auto" (the default): "bwrap" when a probe run works; else, as root, `IsolationError` (running
+  answers as root without isolation must be asked for with "none"); else "none" with a warning.
+
+In every mode each process sets its own RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_CORE and
+(unless root without bwrap) RLIMIT_NPROC before untrusted code runs, and a wall-clock timer kills
+the whole sandbox. Linux only (rlimits, memfd, namespaces).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import json
+import math
 import os
-import resource
 import secrets
 import shutil
 import signal
@@ -39,25 +65,47 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from synthkd.errors import RecipeError, SynthkdError
 
 VIOLATION_EXIT = 91
 MEMORY_EXIT = 92
+SETUP_EXIT = 93  # sandbox_child/boot.py: the judge could not set itself up
 VIOLATION_MARKER = "SYNTHKD-SANDBOX-VIOLATION: "
+SETUP_MARKER = "SYNTHKD-SANDBOX-SETUP: "
 OUTPUT_TAIL_CHARS = 2000
 STATUSES = ("ok", "failed", "timeout", "memory", "sandbox_violation", "output_limit", "crashed")
+ISOLATIONS = ("auto", "bwrap", "none")
+BWRAP = "bwrap"  # the program looked up on PATH
+WORK = "/sandbox"  # the working folder (a tmpfs) inside bubblewrap
+HARNESS = "/synthkd-sandbox"  # sandbox_child/, bound read-only inside bubblewrap
+USERNS_UID = 65534  # the uid inside bubblewrap's user namespace (non-root only)
+FRESH_UIDS = (1_500_000_000, 2_000_000_000)  # as root, each process gets an unused uid from here
+_CHILD = Path(__file__).resolve().with_name("sandbox_child")
+
+
+class IsolationError(RecipeError):
+    """The isolation asked for cannot be had on this machine (the message says why and what to do)."""
+
+
+class SandboxSetupError(SynthkdError):
+    """The sandbox itself failed (not the answer): every check would fail the same way."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one run may use. `wall_seconds` None: twice the CPU seconds plus five."""
+    """What one check may use; each of its two processes gets the CPU, memory and file limits.
+    `wall_seconds` None: twice the CPU seconds plus five. `disk_mb`: the working folder's size
+    (under bubblewrap)."""
 
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
     memory_mb: int = 512
     file_size_mb: int = 16
-    max_processes: int = 8  # threads count too (Linux counts tasks); forks are refused by the hook anyway
+    max_processes: int = 8  # tasks (processes and threads) each process may add
+    disk_mb: int = 64
 
     @property
     def wall(self) -> float:
@@ -66,7 +114,8 @@ class Limits:
 
 @dataclass
 class SandboxResult:
-    """How a run ended. `status` is one of STATUSES; `detail` says why in a line."""
+    """How a check ended. `status` is one of STATUSES; `detail` says why in a line. `stdout` and
+    `stderr` are the answer's process's (their tails), `tests_output` the judge's."""
 
     status: str
     returncode: int | None
@@ -76,22 +125,316 @@ class SandboxResult:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     max_rss_mb: float = 0.0
-    marker_seen: bool = field(default=False, repr=False)
+    isolation: str = ""
+    tests_output: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-# The code run inside the child lives in real modules (standard library only, never imported by
-# synthkd): their text is copied into each run's folder. boot.py installs the audit hook, then runs
-# the entry script; check.py is check_solution's entry script.
-_CHILD = Path(__file__).resolve().with_name("sandbox_child")
+@dataclass(frozen=True)
+class Isolation:
+    """The isolation a check runs under ("bwrap" or "none"), and the warning to show for "none"."""
+
+    mode: str
+    warning: str | None = None
 
 
-@functools.cache
-def _child_source(name: str) -> str:
-    return (_CHILD / name).read_text(encoding="utf-8")
+def choose_isolation(requested: str = "auto") -> Isolation:
+    """The isolation for `requested` ("auto", "bwrap" or "none"); IsolationError when it cannot be had."""
+    if requested not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, not {requested!r}")
+    if requested == "none":
+        return Isolation(
+            "none", "answers' code runs without OS isolation (isolation: none): rlimits and a hook only"
+        )
+    problem = bwrap_problem()
+    if problem is None:
+        return Isolation("bwrap")
+    if requested == "bwrap":
+        raise IsolationError(f"bubblewrap cannot be used: {problem}")
+    if os.geteuid() == 0:
+        raise IsolationError(
+            f"bubblewrap is not available ({problem}) and synthkd runs as root, so the answers' code "
+            "would run with root's access to this machine. Install bubblewrap (`make bubblewrap` or "
+            "`apt-get install bubblewrap`), run synthkd as a non-root user, or set `isolation: none` "
+            "on this step to run it anyway"
+        )
+    return Isolation(
+        "none",
+        f"bubblewrap is not available ({problem}): answers' code runs without OS isolation, under "
+        "rlimits and an audit hook only; install bubblewrap to isolate it",
+    )
+
+
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot run a sandbox here, or None when a probe run works (cached)."""
+    return _probe(BWRAP, os.geteuid() == 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(bwrap: str, as_root: bool) -> str | None:
+    path = shutil.which(bwrap)
+    if path is None:
+        return f"`{bwrap}` is not installed"
+    python = [sys.executable, "-I", "-S", "-B", "-c", "import site; site.main()"]
+    command = [*_bwrap_prefix(path, as_root, 1 << 20), *python]
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=_bwrap_env()
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{path} could not be run ({exc})"
+    if done.returncode != 0:
+        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"{path} cannot make a sandbox here: {lines[-1] if lines else f'exit code {done.returncode}'}"
+    return None
+
+
+def check_solution(code: str, tests: str, limits: Limits, *, isolation: str = "auto") -> SandboxResult:
+    """Run `tests` against `code` (as module `solution`); status "ok" when every test passed.
+
+    Blocking; raises IsolationError when `isolation` cannot be had, SandboxSetupError when the
+    sandbox itself fails."""
+    mode = choose_isolation(isolation).mode
+    nonce = secrets.token_hex(16)
+    root = Path(tempfile.mkdtemp(prefix="synthkd-sandbox-")).resolve()
+    fds: list[int] = []
+    handles = {}
+    try:
+        outputs = {name: root / name for name in ("solution_out", "solution_err", "judge_out", "judge_err")}
+        handles = {name: path.open("wb") for name, path in outputs.items()}
+        job = _memfd("synthkd-job", json.dumps({"nonce": nonce, "solution": code, "tests": tests}).encode())
+        verdict = _memfd("synthkd-verdict", b"")
+        fds += [job, verdict]
+        as_root = os.geteuid() == 0
+        uids = _fresh_uids() if mode == "bwrap" and as_root else None
+        if uids:
+            nproc: int | None = limits.max_processes + 1  # a fresh uid: only this process's own tasks
+        elif as_root:
+            nproc = None  # root is not bound by RLIMIT_NPROC
+        else:
+            nproc = _tasks_of_this_user() + limits.max_processes + 4  # + bwrap, its init, both processes
+        if mode == "bwrap":
+            work, harness = WORK, HARNESS
+        else:
+            work, harness = str(root / "work"), str(_CHILD)
+            os.mkdir(work)
+        config = {
+            "work": work,
+            "fds": {
+                "job": job,
+                "verdict": verdict,
+                "solution_out": handles["solution_out"].fileno(),
+                "solution_err": handles["solution_err"].fileno(),
+            },
+            "uids": uids,
+            "nproc": nproc,
+            "limits": {
+                "cpu": max(1, math.ceil(limits.cpu_seconds)),
+                "memory": limits.memory_mb << 20,
+                "file_size": limits.file_size_mb << 20,
+            },
+            "deny_read": _home_dirs(),
+            "marker": VIOLATION_MARKER,
+            "exit_code": VIOLATION_EXIT,
+            "memory_exit": MEMORY_EXIT,
+        }
+        command = [sys.executable, "-I", "-S", "-B", f"{harness}/boot.py", "judge", json.dumps(config)]
+        passed_fds = [job, verdict, handles["solution_out"].fileno(), handles["solution_err"].fileno()]
+        info_read = None
+        if mode == "bwrap":
+            info_read, info_write = os.pipe()
+            os.set_blocking(info_read, False)
+            fds += [info_read, info_write]
+            passed_fds.append(info_write)
+            bwrap = shutil.which(BWRAP) or BWRAP
+            prefix = _bwrap_prefix(bwrap, as_root, limits.disk_mb << 20)
+            command = [*prefix[:-1], "--info-fd", str(info_write), "--", *command]
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command,
+            cwd=None if mode == "bwrap" else work,
+            env=_bwrap_env() if mode == "bwrap" else _child_env(work),
+            stdin=subprocess.DEVNULL,
+            stdout=handles["judge_out"],
+            stderr=handles["judge_err"],
+            pass_fds=tuple(passed_fds),
+            close_fds=True,
+            start_new_session=True,  # its own process group, killed whole on timeout
+        )
+        for fd in [job, *([info_write] if info_read is not None else [])]:
+            os.close(fd)  # the children have them; the nonce stays with the judge alone
+            fds.remove(fd)
+        for handle in handles.values():
+            handle.close()
+        returncode, usage, killed = _wait(process, limits.wall, info_read)
+        wall = time.monotonic() - started
+        os.lseek(verdict, 0, os.SEEK_SET)
+        written = os.read(verdict, 1 << 20)
+        result = SandboxResult(
+            "failed",
+            returncode,
+            _tail(outputs["solution_out"]),
+            _tail(outputs["solution_err"]),
+            cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+            wall_seconds=round(wall, 3),
+            max_rss_mb=round(usage.ru_maxrss / 1024, 1),
+            isolation=mode,
+            tests_output=(_tail(outputs["judge_out"]) + _tail(outputs["judge_err"]))[-OUTPUT_TAIL_CHARS:],
+        )
+        judge_err = _tail(outputs["judge_err"])
+        _raise_on_setup_failure(returncode, written, judge_err, mode)
+        sizes = max(path.stat().st_size for path in outputs.values())
+        result.status, result.detail = _classify(
+            result, limits, killed, _verdict(written, nonce), mode == "bwrap", judge_err, sizes
+        )
+        return result
+    finally:
+        for handle in handles.values():
+            handle.close()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _fresh_uids() -> list[int]:
+    low, high = FRESH_UIDS
+    first = low + secrets.randbelow(high - low)
+    second = low + (first - low + 1 + secrets.randbelow(high - low - 1)) % (high - low)
+    return [first, second]
+
+
+def _wait(process: subprocess.Popen, wall: float, info_fd: int | None):
+    """Wait for the sandbox (its rusage too); after `wall` seconds kill it whole. Under bubblewrap
+    the judge is pid 1 of its pid namespace (`--as-pid-1`), so its death takes every process of
+    the sandbox with it before bubblewrap, and so this wait, returns."""
+    killed = threading.Event()
+
+    def kill_all() -> None:
+        killed.set()
+        child = _sandbox_pid(info_fd) if info_fd is not None else None
+        if child is not None:  # bubblewrap has not reaped it yet: the pid is still the sandbox's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        _kill_group(process.pid)
+
+    timer = threading.Timer(wall, kill_all)
+    timer.daemon = True
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
+    _kill_group(process.pid)  # anything it left behind in its group
+    return process.returncode, usage, killed.is_set()
+
+
+def _sandbox_pid(info_fd: int) -> int | None:
+    """The pid (in this namespace) of bubblewrap's child, from its --info-fd."""
+    try:
+        info = json.loads(os.read(info_fd, 1 << 16) or b"null")
+    except (OSError, ValueError):
+        return None
+    pid = info.get("child-pid") if isinstance(info, dict) else None
+    return pid if type(pid) is int and pid > 1 else None
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _verdict(written: bytes, nonce: str) -> dict | None:
+    """The judge's verdict, if it wrote one with this run's nonce."""
+    try:
+        verdict = json.loads(written)
+    except ValueError:
+        return None
+    if type(verdict) is not dict or type(verdict.get("nonce")) is not str:
+        return None
+    if not hmac.compare_digest(verdict["nonce"].encode(), nonce.encode()):
+        return None
+    return verdict
+
+
+def _raise_on_setup_failure(returncode: int, written: bytes, judge_err: str, mode: str) -> None:
+    if written:
+        return
+    if returncode == SETUP_EXIT and SETUP_MARKER in judge_err:
+        line = judge_err.split(SETUP_MARKER, 1)[1].splitlines()[0]
+        raise SandboxSetupError(f"the code_check sandbox could not start ({mode}): {line}")
+    first = judge_err.lstrip().splitlines()[0] if judge_err.strip() else ""
+    if mode == "bwrap" and first.startswith("bwrap:"):
+        raise SandboxSetupError(f"the code_check sandbox could not start: {first}")
+
+
+def _signal_of(code: int | None, via_bwrap: bool) -> int | None:
+    """The signal that ended a process, from its exit code (bubblewrap reports 128 + signal)."""
+    if code is None:
+        return None
+    if code < 0:
+        return -code
+    if via_bwrap and 128 < code < 128 + 65:
+        return code - 128
+    return None
+
+
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name if number in signal.valid_signals() else str(number)
+
+
+def _classify(
+    result: SandboxResult,
+    limits: Limits,
+    killed: bool,
+    verdict: dict | None,
+    via_bwrap: bool,
+    judge_err: str,
+    largest_output: int,
+) -> tuple[str, str]:
+    judge_code = result.returncode
+    if verdict is not None and verdict.get("passed") is True and judge_code == 0:
+        return "ok", ""
+    solution_code = verdict.get("solution_exit") if verdict else None
+    solution_code = solution_code if type(solution_code) is int else None
+    for code, stderr in ((solution_code, result.stderr), (judge_code, judge_err)):
+        if code == VIOLATION_EXIT and VIOLATION_MARKER in stderr:  # the audit hook stopped it
+            return "sandbox_violation", stderr.split(VIOLATION_MARKER, 1)[1].splitlines()[0]
+    if killed:
+        return "timeout", f"still running after {limits.wall:g} s (wall clock); killed"
+    signals = {
+        "the answer's process": _signal_of(solution_code, False),
+        "the tests' process": _signal_of(judge_code, via_bwrap),
+    }
+    # the judge is pid 1 of its namespace, which ignores SIGXCPU: its CPU hard limit is a SIGKILL
+    cpu_kill = signals["the tests' process"] == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds
+    if signal.SIGXCPU in signals.values() or cpu_kill:
+        return "timeout", f"used its {limits.cpu_seconds:g} CPU seconds"
+    if MEMORY_EXIT in (solution_code, judge_code) or (judge_code != 0 and "MemoryError" in judge_err[-500:]):
+        return "memory", f"ran out of its {limits.memory_mb} MB"
+    if largest_output >= limits.file_size_mb << 20:
+        return "output_limit", f"wrote more than {limits.file_size_mb} MB"
+    for who, number in signals.items():
+        if number is not None:
+            return "crashed", f"{who} was killed by {_signal_name(number)}"
+    if verdict is not None:
+        detail = verdict.get("detail")
+        return "failed", str(detail)[:300] if detail else "failed"
+    last = judge_err.strip().splitlines()[-1] if judge_err.strip() else f"exit code {judge_code}"
+    return "failed", last[:300]
 
 
 def _home_dirs() -> list[str]:
@@ -123,46 +466,11 @@ def _tasks_of_this_user() -> int:
         return count
 
 
-def _capped(value: int, kind: int) -> tuple[int, int]:
-    """(soft, hard) no higher than the current hard limit: an unprivileged process cannot raise it."""
-    _, hard = resource.getrlimit(kind)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    return value, value
-
-
-def _limiter(limits: Limits) -> list[tuple[int, tuple[int, int]]]:
-    cpu = max(1, int(limits.cpu_seconds + 0.999))
-    settings = [
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, _capped(limits.memory_mb * 1024 * 1024, resource.RLIMIT_AS)),
-        (resource.RLIMIT_FSIZE, _capped(limits.file_size_mb * 1024 * 1024, resource.RLIMIT_FSIZE)),
-        (resource.RLIMIT_CORE, (0, 0)),
-    ]
-    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if cpu_hard != resource.RLIM_INFINITY:
-        settings[0] = (resource.RLIMIT_CPU, (min(cpu, cpu_hard), cpu_hard))
-    if os.getuid() != 0:  # root is not bound by RLIMIT_NPROC; the hook refuses forks either way
-        nproc = _tasks_of_this_user() + limits.max_processes
-        settings.append((resource.RLIMIT_NPROC, _capped(nproc, resource.RLIMIT_NPROC)))
-    return settings
-
-
-def _preexec(settings: list[tuple[int, tuple[int, int]]]):
-    setrlimit = resource.setrlimit  # bound before fork: the child only calls into C
-
-    def apply() -> None:
-        for kind, value in settings:
-            setrlimit(kind, value)
-
-    return apply
-
-
-def _child_env(work: Path) -> dict[str, str]:
+def _child_env(work: str) -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(work),
-        "TMPDIR": str(work),
+        "HOME": work,
+        "TMPDIR": work,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",
@@ -173,6 +481,82 @@ def _child_env(work: Path) -> dict[str, str]:
     }
 
 
+def _bwrap_env() -> dict[str, str]:
+    """bubblewrap's own environment; the sandbox's is set with --clearenv/--setenv."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def _bwrap_prefix(bwrap: str, as_root: bool, disk_bytes: int) -> list[str]:
+    """bubblewrap's arguments up to the command (see the module docstring)."""
+    # --as-pid-1: the judge is the namespace's init, so everything in it dies before it does
+    args = [bwrap, "--die-with-parent", "--new-session", "--as-pid-1"]
+    if as_root:
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        args += ["--unshare-all", "--uid", str(USERNS_UID), "--gid", str(USERNS_UID)]
+    args += _mounts()
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "0777", "--size", str(disk_bytes), "--tmpfs", WORK, "--chdir", WORK, "--clearenv"]
+    for key, value in _child_env(WORK).items():
+        args += ["--setenv", key, value]
+    return [*args, "--"]
+
+
+@functools.cache
+def _mounts() -> tuple[str, ...]:
+    """Read-only binds of what Python needs, at the paths it knows them by."""
+    args: list[str] = []
+    links: set[str] = set()
+    wanted = {"/usr"}
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+            links.add(path)
+        elif os.path.isdir(path):
+            wanted.add(path)
+    wanted |= {path for path in ("/etc/ld.so.cache", "/etc/localtime") if os.path.exists(path)}
+    wanted |= _python_paths()
+    resolved = set()
+    for path in wanted:  # a path under /lib when /lib is a link into /usr is bound as its target
+        top = "/" + path.lstrip("/").split("/", 1)[0]
+        resolved.add(os.path.realpath(top) + path[len(top) :] if top in links else path)
+    binds = sorted(
+        path for path in resolved if not any(_under(path, other) for other in resolved if other != path)
+    )
+    # bubblewrap creates the folders above a bind as 0700, which a dropped uid cannot cross
+    above = {parent for path in [*binds, HARNESS] for parent in _parents(path)}
+    above = {path for path in above if not any(_under(path, bind) or path == bind for bind in binds)}
+    for folder in sorted(above, key=lambda p: p.count("/")):
+        args += ["--perms", "0755", "--dir", folder]
+    for path in binds:
+        args += ["--ro-bind", path, path]
+    args += ["--ro-bind", str(_CHILD), HARNESS]
+    return tuple(args)
+
+
+def _python_paths() -> set[str]:
+    """The interpreter's prefix and, for a venv, its pyvenv.cfg, bin folder and site-packages."""
+    import site
+
+    paths = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    if sys.prefix != sys.base_prefix:
+        paths.add(os.path.join(sys.prefix, "pyvenv.cfg"))
+        paths.add(os.path.dirname(os.path.abspath(sys.executable)))
+        paths.update(site.getsitepackages([sys.prefix]))
+    return {os.path.abspath(path) for path in paths if os.path.exists(path)}
+
+
+def _under(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def _tail(path: Path, chars: int = OUTPUT_TAIL_CHARS) -> str:
     try:
         with path.open("rb") as handle:
@@ -181,145 +565,3 @@ def _tail(path: Path, chars: int = OUTPUT_TAIL_CHARS) -> str:
             return handle.read().decode("utf-8", "replace")[-chars:]
     except OSError:
         return ""
-
-
-def run_files(
-    files: dict[str, str],
-    entry_source: str,
-    limits: Limits,
-    *,
-    private_files: dict[str, str] | None = None,
-    success_marker: str | None = None,
-) -> SandboxResult:
-    """Write `files` into a fresh folder and run `entry_source` there under the sandbox (blocking).
-
-    The entry script and `private_files` (e.g. the tests) live beside that folder, readable but
-    not writable by the code. With `success_marker`, a run passes only if it exits 0 *and* printed
-    the marker, so an early exit(0) is not a pass.
-    """
-    root = Path(tempfile.mkdtemp(prefix="synthkd-sandbox-")).resolve()
-    try:
-        work = root / "work"
-        work.mkdir()
-        for folder, contents in ((work, files), (root, private_files or {})):
-            for name, text in contents.items():
-                target = (folder / name).resolve()
-                if not target.is_relative_to(folder) or target == folder:
-                    raise ValueError(f"sandbox file {name!r} is outside its folder")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text, encoding="utf-8")
-        (root / "boot.py").write_text(_child_source("boot.py"), encoding="utf-8")
-        (root / "entry.py").write_text(entry_source, encoding="utf-8")
-        config = {
-            "work": str(work),
-            "entry": str(root / "entry.py"),
-            "allow_read": [str(root)],  # its own scripts, even if the temporary folder is under home
-            "deny_read": _home_dirs(),
-            "marker": VIOLATION_MARKER,
-            "exit_code": VIOLATION_EXIT,
-            "memory_exit": MEMORY_EXIT,
-        }
-        return _run(root, work, config, limits, success_marker)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _run(root: Path, work: Path, config: dict, limits: Limits, success_marker: str | None) -> SandboxResult:
-    settings = _limiter(limits)
-    stdout_path, stderr_path = root / "stdout", root / "stderr"
-    killed = threading.Event()
-    started = time.monotonic()
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(root / "boot.py"), json.dumps(config)],
-            cwd=work,
-            env=_child_env(work),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            close_fds=True,
-            start_new_session=True,  # its own process group, killed whole on timeout
-            preexec_fn=_preexec(settings),
-        )
-
-        def kill_group() -> None:
-            killed.set()
-            _kill_group(process.pid)
-
-        timer = threading.Timer(limits.wall, kill_group)
-        timer.daemon = True
-        timer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
-        _kill_group(process.pid)  # anything it left behind in its group
-    wall = time.monotonic() - started
-    stdout, stderr = _tail(stdout_path), _tail(stderr_path)
-    result = SandboxResult(
-        "failed",
-        process.returncode,
-        stdout,
-        stderr,
-        cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
-        wall_seconds=round(wall, 3),
-        max_rss_mb=round(usage.ru_maxrss / 1024, 1),
-    )
-    result.status, result.detail = _classify(
-        result, limits, killed.is_set(), success_marker, stdout_path, stderr_path
-    )
-    return result
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _classify(
-    result: SandboxResult,
-    limits: Limits,
-    killed: bool,
-    success_marker: str | None,
-    stdout_path: Path,
-    stderr_path: Path,
-) -> tuple[str, str]:
-    code = result.returncode
-    if VIOLATION_MARKER in result.stderr and code == VIOLATION_EXIT:
-        line = result.stderr.split(VIOLATION_MARKER, 1)[1].splitlines()[0]
-        return "sandbox_violation", line
-    if killed:
-        return "timeout", f"still running after {limits.wall:g} s (wall clock); killed"
-    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds):
-        return "timeout", f"used its {limits.cpu_seconds:g} CPU seconds"
-    if code == MEMORY_EXIT or (code != 0 and "MemoryError" in result.stderr[-500:]):
-        return "memory", f"ran out of its {limits.memory_mb} MB"
-    limit_bytes = limits.file_size_mb * 1024 * 1024
-    if code != 0 and max(_size(stdout_path), _size(stderr_path)) >= limit_bytes:
-        return "output_limit", f"wrote more than {limits.file_size_mb} MB"
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return "crashed", f"killed by {name}"
-    if code == 0 and (success_marker is None or success_marker in result.stdout):
-        return "ok", ""
-    if code == 0:
-        return "failed", "exited before the tests finished"
-    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit code {code}"
-    return "failed", last[:300]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def check_solution(code: str, tests: str, limits: Limits) -> SandboxResult:
-    """Run `tests` against `code` (imported as module `solution`); status "ok" when every test passed."""
-    nonce = f"SYNTHKD-TESTS-PASSED-{secrets.token_hex(8)}"
-    entry = f"{_child_source('check.py')}\n\nmain({nonce!r})\n"
-    return run_files(
-        {"solution.py": code}, entry, limits, private_files={"tests.py": tests}, success_marker=nonce
-    )

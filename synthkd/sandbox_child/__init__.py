@@ -1,9 +1,12 @@
-"""The code that runs inside the sandboxed child process (see `synthkd.sandbox`).
+"""The code that runs inside the sandbox (see `synthkd.sandbox`).
 
-These files are not imported by synthkd: the parent copies their text into each run's folder and
-the child runs them with `python -I -B`. So they import nothing but the standard library.
+These files are not imported by synthkd: the sandboxed processes run them from this folder (bound
+read-only into bubblewrap's sandbox) with `python -I -S -B`, so they import nothing but the
+standard library.
 
-- `boot.py` is the child's main script: it installs the audit hook, then runs the entry script.
-- `check.py` is the entry script of `check_solution`: it imports the answer as `solution` and runs
-  the tests against it.
+- `boot.py`: the main script of both processes (the judge and the solution): setup, privileges,
+  limits, then the role.
+- `hook.py`: the audit hook both install before untrusted code runs.
+- `rpc.py`: the channel between the two processes (values, proxies, requests).
+- `judge.py`: runs the tests against the answer's names and says pass or fail.
 """

@@ -1,195 +1,229 @@
-"""Runs first in the sandboxed child: installs the audit hook, then runs the entry script.
+"""The first code of both sandboxed processes: set up, give up what is not needed, run the role.
 
-Started as `python -I -B boot.py CONFIG_JSON` by `synthkd.sandbox`; standard library only. The
-config holds the run's folder (`work`), the entry script, the paths that may or may not be read,
-the violation marker and the exit codes.
+`synthkd.sandbox` starts `python -I -S -B boot.py judge CONFIG_JSON`, under bubblewrap or (without
+isolation) directly. The judge:
+
+1. reads the job (the nonce, the answer, the tests) from an inherited memfd and closes it;
+2. writes the answer as `solution.py` in the run's folder and starts the solution process (this
+   file again, role `solution`) holding only its two channel ends and its own output files: as a
+   fresh uid of its own when the judge starts as root inside bubblewrap;
+3. drops to its own fresh uid, makes itself non-dumpable (so a process of the same uid cannot
+   ptrace it or open its /proc/<pid>/mem or fd/), sets its rlimits, turns `site` on (the venv's
+   packages), installs the audit hook and runs the tests (judge.py) against proxies of the
+   answer's names;
+4. writes the verdict with the nonce to the verdict fd, which only it holds.
+
+The solution process sets its rlimits, turns `site` on, installs the hook, imports `solution`,
+sends its names and answers the judge's requests until the judge closes the channel.
+
+A setup step that fails ends the judge with SETUP_EXIT and a line after SETUP_MARKER on stderr:
+the parent stops the run rather than count every answer as failed. Standard library only.
 """
 
+import contextlib
 import json
 import os
 import sys
 
+SETUP_EXIT = 93
+SETUP_MARKER = "SYNTHKD-SANDBOX-SETUP: "
+PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 
-def install(config):
-    join, isabs, realpath = os.path.join, os.path.isabs, os.path.realpath
-    work = realpath(config["work"])
-    own_proc = f"/proc/{os.getpid()}"
-    interpreter = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    allow_read = tuple(realpath(p) for p in config["allow_read"] + interpreter + [p for p in sys.path if p])
-    deny_read = tuple(realpath(p) for p in config["deny_read"])
-    writable_names = frozenset(("/dev/null",))
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    err = os.dup(2)
-    marker, exit_code = config["marker"], config["exit_code"]
-    from _thread import get_ident
 
-    busy = set()  # threads inside the hook (its own calls raise no events, but be safe)
+def load(name):
+    """A sibling module under a private name (the harness folder is not on sys.path)."""
+    import importlib.util
 
-    def inside(path, roots):
-        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(f"_synthkd_{name}", os.path.join(here, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
-    def resolve(path, dir_fd=None):
-        if isinstance(path, int):
-            return realpath(f"/proc/self/fd/{path}")
-        path = os.fsdecode(os.fspath(path))
-        if not isabs(path):
-            if isinstance(dir_fd, int) and dir_fd >= 0:
-                base = os.readlink(f"/proc/self/fd/{dir_fd}")
-            else:
-                base = os.getcwd()
-            path = join(base, path)
-        return realpath(path)
 
-    def stop(what):
-        try:
-            os.write(err, ("\n" + marker + what + "\n").encode("utf-8", "replace"))
-        finally:
-            os._exit(exit_code)
+def set_limits(limits, nproc):
+    import resource
 
-    def may_write(path, dir_fd=None):
-        if not isinstance(path, int) and os.fsdecode(os.fspath(path)) in writable_names:
-            return True
-        return inside(resolve(path, dir_fd), (work,))
+    def limit(kind, soft, hard):
+        _, current = resource.getrlimit(kind)
+        if current != resource.RLIM_INFINITY:  # a process may lower its hard limit, never raise it
+            soft, hard = min(soft, current), min(hard, current)
+        resource.setrlimit(kind, (soft, hard))
 
-    def may_read(resolved):
-        if resolved.startswith("/proc/") and resolved.split("/")[2].isdigit():
-            return inside(resolved, (own_proc,))
-        return not inside(resolved, deny_read) or inside(resolved, allow_read) or inside(resolved, (work,))
+    limit(resource.RLIMIT_CPU, limits["cpu"], limits["cpu"] + 1)
+    limit(resource.RLIMIT_AS, limits["memory"], limits["memory"])
+    limit(resource.RLIMIT_FSIZE, limits["file_size"], limits["file_size"])
+    limit(resource.RLIMIT_CORE, 0, 0)
+    if nproc is not None:
+        limit(resource.RLIMIT_NPROC, nproc, nproc)
 
-    # event -> (positions of paths written, position of their dir_fd or None)
-    writes = {
-        "os.remove": ((0,), 1),
-        "os.rmdir": ((0,), 1),
-        "os.mkdir": ((0,), 2),
-        "os.rename": ((0, 1), 2),
-        "os.link": ((0, 1), 2),
-        "os.symlink": ((1,), 2),
-        "os.truncate": ((0,), None),
-        "os.chmod": ((0,), 2),
-        "os.chown": ((0,), 3),
-        "os.utime": ((0,), 3),
-        "os.chflags": ((0,), None),
-        "os.lchflags": ((0,), None),
-        "os.setxattr": ((0,), None),
-        "os.removexattr": ((0,), None),
-        "os.mkfifo": ((0,), 2),
-        "os.mknod": ((0,), 3),
-        "shutil.rmtree": ((0,), None),
-        "shutil.copyfile": ((1,), None),
-        "shutil.copymode": ((1,), None),
-        "shutil.copystat": ((1,), None),
-        "shutil.copytree": ((1,), None),
-        "shutil.move": ((0, 1), None),
-        "shutil.chown": ((0,), None),
-    }
-    processes = (
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
-        "os.killpg", "subprocess.Popen", "os.startfile", "pty.spawn", "os.setuid", "os.setgid",
-        "os.setsid", "os.setpgid",
-    )  # fmt: skip
-    network = (
-        "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
-        "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr", "socket.getnameinfo",
-        "socket.sethostname",
-    )  # fmt: skip
-    refused = (
-        "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata", "ctypes.string_at",
-        "ctypes.wstring_at", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-    )  # fmt: skip
 
-    def hook(event, args):
-        me = get_ident()
-        if me in busy:
-            return
-        busy.add(me)
-        try:
-            check(event, args)
-        except Exception as exc:  # a path we cannot resolve is refused, never let through
-            if event in writes or event == "open":
-                stop(f"{event} {args[:2]!r} ({exc})")
-        finally:
-            busy.discard(me)
+def not_dumpable():
+    import ctypes
 
-    def check(event, args):
-        if event == "open":
-            path, mode, flags = args
-            if isinstance(path, int):
-                return
-            writing = bool((flags or 0) & write_flags)
-            writing = writing or (isinstance(mode, str) and any(c in mode for c in "wax+"))
-            if writing:
-                if not may_write(path):
-                    stop(f"open({path!r}) for writing outside the sandbox folder")
-                return
-            resolved = resolve(path)
-            if not may_read(resolved):
-                stop(f"open({path!r}) for reading: a private path")
-            if mode is None and not inside(resolved, (work,)) and os.path.isdir(resolved):
-                stop(f"os.open({path!r}): a directory handle outside the sandbox folder")
-        elif event in writes:
-            positions, fd_at = writes[event]
-            dir_fd = args[fd_at] if fd_at is not None and fd_at < len(args) else None
-            for position in positions:
-                target = args[position] if position < len(args) else None
-                if target is not None and not may_write(target, dir_fd):
-                    stop(f"{event}({target!r}) outside the sandbox folder")
-        elif event in processes:
-            stop(f"{event}: starting or signalling processes is not allowed")
-        elif event in network:
-            stop(f"{event}: network access is not allowed")
-        elif event == "socket.__new__":
-            if args[1] not in (-1, 1):  # AF_UNIX (socket pairs, e.g. asyncio's self-pipe) only
-                stop(f"socket(family={args[1]!r}): network access is not allowed")
-        elif event == "sqlite3.connect":  # sqlite opens its files in C, with no "open" event
-            database = os.fsdecode(os.fspath(args[0]))
-            if database.startswith("file:"):
-                if "mode=memory" in database:
-                    return
-                database = database[5:].split("?", 1)[0]
-                database = database[2:] if database.startswith("//") else database
-            if database not in ("", ":memory:") and not may_write(database):
-                stop(f"sqlite3.connect({args[0]!r}) outside the sandbox folder")
-        elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
-            stop(f"{event}: loading native code is not allowed")
-        elif event == "ctypes.dlopen":
-            if args[0] is not None:
-                stop(f"ctypes.dlopen({args[0]!r}): loading native libraries is not allowed")
-        elif event in refused:
-            stop(f"{event} is not allowed")
-        elif event in ("object.__setattr__", "object.__delattr__") and args[0] in (hook, check, stop):
-            stop("tampering with the sandbox")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 or libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
-    sys.addaudithook(hook)
+
+def drop_to(uid):
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != uid:
+        raise OSError(f"could not drop to uid {uid}")
+
+
+def read_all(fd):
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def judge_main(config):
+    import subprocess
+
+    fds = config["fds"]
     try:
-        import _posixsubprocess
+        job = json.loads(read_all(fds["job"]))
+        not_dumpable()
+        os.umask(0)  # the two processes (two uids as root) share the folder's files
+        work = config["work"]
+        fd = os.open(os.path.join(work, "solution.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(job["solution"])
+        solution_read, judge_write = os.pipe()
+        judge_read, solution_write = os.pipe()
+        uids = config["uids"]
+        shared = ("work", "limits", "nproc", "deny_read", "marker", "exit_code", "memory_exit")
+        solution_config = {
+            **{key: config[key] for key in shared},
+            "fds": {"read": solution_read, "write": solution_write},
+        }
+        identity = {"user": uids[0], "group": uids[0], "extra_groups": []} if uids else {}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-B",
+                os.path.abspath(__file__),
+                "solution",
+                json.dumps(solution_config),
+            ],
+            cwd=work,
+            stdin=subprocess.DEVNULL,
+            stdout=fds["solution_out"],
+            stderr=fds["solution_err"],
+            pass_fds=(solution_read, solution_write),
+            close_fds=True,
+            **identity,
+        )
+        for fd in (solution_read, solution_write, fds["solution_out"], fds["solution_err"]):
+            os.close(fd)
+        if uids:
+            drop_to(uids[1])
+        not_dumpable()  # again: a change of uid may reset it (fs.suid_dumpable)
+        set_limits(config["limits"], config["nproc"])
+        import site
 
-        def fork_exec(*args, **kwargs):
-            stop("_posixsubprocess.fork_exec: starting processes is not allowed")
-
-        _posixsubprocess.fork_exec = fork_exec
-    except ImportError:
-        pass
-    return config
-
-
-def main():
-    config = install(json.loads(sys.argv[1]))
-    os.chdir(config["work"])
-    sys.path.insert(0, config["work"])
-    sys.argv = [config["entry"]]
-    import runpy
-    import traceback
-
+        site.main()
+        rpc, judge = load("rpc"), load("judge")
+        load("hook").install({**config, "allow_read": [os.path.dirname(os.path.abspath(__file__))]})
+    except Exception as exc:
+        os.write(2, f"\n{SETUP_MARKER}{type(exc).__name__}: {exc}\n".encode("utf-8", "replace"))
+        os._exit(SETUP_EXIT)
+    channel = rpc.Channel(judge_read, judge_write, strict=True)
     try:
-        runpy.run_path(config["entry"], run_name="__main__")
+        passed, detail = judge.run(channel, job["tests"], rpc)
     except MemoryError:
         os.write(2, b"\nMemoryError\n")
         os._exit(config["memory_exit"])
-    except SystemExit:
+    channel.close()  # the solution process reads end-of-file and ends; under bubblewrap the judge
+    status = wait_briefly(process.pid)  # is pid 1: its exit would kill it before its output is out
+    verdict = {"nonce": job["nonce"], "passed": passed, "detail": detail, "solution_exit": status}
+    os.write(fds["verdict"], json.dumps(verdict).encode("utf-8"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def wait_briefly(pid, seconds=1.0):
+    """The solution process's exit status once it ended (it has the channel's end-of-file)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def solution_main(config):
+    import traceback
+
+    set_limits(config["limits"], config["nproc"])
+    os.umask(0)
+    import site
+
+    site.main()
+    rpc = load("rpc")
+    load("hook").install({**config, "allow_read": [os.path.dirname(os.path.abspath(__file__))]})
+    channel = rpc.Channel(config["fds"]["read"], config["fds"]["write"], strict=False)
+    os.chdir(config["work"])
+    sys.path.insert(0, config["work"])
+    sys.stdout.reconfigure(line_buffering=True)  # what it printed is there even if it is killed
+    sys.stdout = rpc.ForwardingStream(channel, sys.stdout, 1)
+    sys.stderr = rpc.ForwardingStream(channel, sys.stderr, 2)
+    try:
+        import solution
+    except SystemExit as exc:
+        channel.send({"failed": f"the solution called exit({exc.code!r}) while being imported"})
+        return 3
+    except MemoryError:
         raise
-    except BaseException:
+    except BaseException as exc:
         traceback.print_exc()
-        sys.exit(1)
+        channel.send({"failed": traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]})
+        return 1
+    names = [
+        [name, channel.encode(value)] for name, value in vars(solution).items() if not name.startswith("__")
+    ]
+    channel.send({"ready": {"module": channel.export(solution), "names": names}})
+    channel.serve_forever()
+    return 0
+
+
+def main():
+    role, config = sys.argv[1], json.loads(sys.argv[2])
+    if role == "judge":
+        judge_main(config)
+        return
+    try:
+        code = solution_main(config)
+    except MemoryError:
+        os.write(2, b"\nMemoryError\n")
+        os._exit(config["memory_exit"])
+    except SystemExit as exc:  # the answer called exit() while the tests ran: that ends it
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the channel was lost, or the answer broke out of serving
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

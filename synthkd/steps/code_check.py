@@ -1,16 +1,24 @@
-"""`code_check`: keep only answers whose code passes tests, run in a sandboxed subprocess.
+"""`code_check`: keep only answers whose code passes tests, run in a sandbox the code cannot fool.
 
 For every row the Python code blocks of the answer are joined into a module `solution`; tests come
 from a column or are written by the teacher from the task and the code (plain asserts, `test_*`
-functions or unittest cases; re-asked once when they are not valid Python). Code and tests run in
-`synthkd.sandbox` (python -I in a fresh temporary folder, CPU/memory/file-size/process limits, a
-wall-clock kill, an audit hook refusing writes outside the folder, processes and the network).
-Rows whose code fails are dropped and counted by reason; the run goes on.
+functions or unittest cases; re-asked once when they are not valid Python). Each check runs in
+`synthkd.sandbox`: the answer in one process, the tests in another that sees the answer only
+through proxies and alone can report a pass (so an answer cannot forge its verdict), both under
+bubblewrap (no network, read-only system, a size-limited scratch folder, unprivileged uids) and
+rlimits, with a wall-clock kill. Rows whose code fails are dropped and counted by reason; the run
+goes on.
+
+`isolation` chooses the OS isolation: `auto` (bubblewrap when it works here), `bwrap` (required),
+or `none` (rlimits and an audit hook only). Without bubblewrap, `auto` refuses to run as root at
+check time (before any request is sent): running teacher-written code as root with no isolation
+has to be asked for with `isolation: none`. As another user it runs and warns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +27,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from synthkd.errors import RecipeError
-from synthkd.sandbox import Limits, SandboxResult, check_solution
+from synthkd.sandbox import IsolationError, Limits, SandboxResult, check_solution, choose_isolation
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -61,7 +69,13 @@ class CodeCheckStep(TeacherStep):
     wall_seconds: float | None = Field(None, gt=0, description="wall-clock limit (default 2 x CPU + 5 s)")
     memory_mb: int = Field(512, ge=64, description="address space per check")
     file_size_mb: int = Field(16, ge=1, description="largest file (and output) a check may write")
-    max_processes: int = Field(8, ge=0, description="extra tasks (threads) allowed to a non-root user")
+    max_processes: int = Field(8, ge=0, description="tasks (threads, processes) each sandboxed process adds")
+    disk_mb: int = Field(64, ge=1, description="size of the scratch folder the code may write (bubblewrap)")
+    isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto",
+        description="OS isolation of the code: bwrap (bubblewrap, required), none (rlimits and an audit "
+        "hook only; needed to run as root without bubblewrap), auto (bwrap when it works here)",
+    )
     workers: int = Field(4, ge=1, description="checks run at the same time")
     teacher: TeacherConfig | None = Field(None, description="writes the tests (unless tests_column)")
 
@@ -75,7 +89,12 @@ class CodeCheckStep(TeacherStep):
     @property
     def limits(self) -> Limits:
         return Limits(
-            self.cpu_seconds, self.wall_seconds, self.memory_mb, self.file_size_mb, self.max_processes
+            self.cpu_seconds,
+            self.wall_seconds,
+            self.memory_mb,
+            self.file_size_mb,
+            self.max_processes,
+            self.disk_mb,
         )
 
     def template_keys(self) -> list[str]:
@@ -85,6 +104,10 @@ class CodeCheckStep(TeacherStep):
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         if not sys.platform.startswith("linux"):
             raise RecipeError("code_check's sandbox needs Linux (rlimits, /proc)", where=ctx.at("step"))
+        try:
+            choose_isolation(self.isolation)
+        except IsolationError as exc:
+            raise RecipeError(str(exc), where=ctx.at("isolation")) from None
         require_columns({self.response_column}, columns, ctx, "response_column", "code_check")
         if self.tests_column:
             require_columns({self.tests_column}, columns, ctx, "tests_column", "code_check")
@@ -95,6 +118,12 @@ class CodeCheckStep(TeacherStep):
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         result = StepResult([])
+        try:
+            isolation = choose_isolation(self.isolation)
+        except IsolationError as exc:  # checked before the run; the machine changed since
+            raise RecipeError(str(exc), where="code_check.isolation") from None
+        if isolation.warning:
+            print(f"warning: code_check: {isolation.warning}", file=sys.stderr, flush=True)
         codes = [extract_code(str(row.get(self.response_column) or "")) for row in rows]
         with_code = [index for index, code in enumerate(codes) if code]
         result.dropped["no_code"] += len(rows) - len(with_code)
@@ -108,7 +137,8 @@ class CodeCheckStep(TeacherStep):
         result.dropped["untestable"] += len(untestable)
         runnable = [index for index in with_code if tests.get(index)]
         ctx.progress.set_total(len(runnable))
-        outcomes = await self._execute([(codes[i], tests[i]) for i in runnable], ctx)  # type: ignore[misc]
+        pairs = [(codes[i], tests[i]) for i in runnable]
+        outcomes = await self._execute(pairs, isolation.mode, ctx)  # type: ignore[arg-type]
         verdicts = dict(zip(runnable, outcomes, strict=True))
         examples = []
         for index, row in enumerate(rows):
@@ -126,14 +156,18 @@ class CodeCheckStep(TeacherStep):
         result.details = {
             "checked": len(runnable),
             "passed": len(result.rows),
+            "isolation": isolation.mode,
             "limits": {
                 "cpu_seconds": self.cpu_seconds,
                 "wall_seconds": self.limits.wall,
                 "memory_mb": self.memory_mb,
                 "file_size_mb": self.file_size_mb,
+                "disk_mb": self.disk_mb,
             },
             "dropped_examples": examples,
         }
+        if isolation.warning:
+            result.details["warning"] = isolation.warning
         return result
 
     async def _ask_for_tests(
@@ -161,13 +195,15 @@ class CodeCheckStep(TeacherStep):
                 result.failures.append(failure_of(rows[index], answer, reason="unparseable_tests"))
         return tests
 
-    async def _execute(self, pairs: list[tuple[str, str]], ctx: StepContext) -> list[SandboxResult]:
-        """Run the checks on `workers` threads (each waits on one subprocess), in order."""
+    async def _execute(
+        self, pairs: list[tuple[str, str]], isolation: str, ctx: StepContext
+    ) -> list[SandboxResult]:
+        """Run the checks on `workers` threads (each waits on one sandbox), in order."""
         loop = asyncio.get_running_loop()
-        limits = self.limits
+        run = functools.partial(check_solution, limits=self.limits, isolation=isolation)
 
         async def one(code: str, tests: str, pool: ThreadPoolExecutor) -> SandboxResult:
-            outcome = await loop.run_in_executor(pool, check_solution, code, tests, limits)
+            outcome = await loop.run_in_executor(pool, run, code, tests)
             ctx.progress.advance()
             return outcome
 
