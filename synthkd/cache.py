@@ -8,13 +8,17 @@ log-probabilities, for the `logits` step) are kept the same way, under keys of t
 
 A damaged file (truncated, overwritten) raises `CacheDamagedError` at the first statement that
 meets the damage, which for the usual cases is the constructor; `clear_cache` sets such a file
-aside and starts a new one. A write lock held past the busy timeout raises `CacheLockedError`.
+aside and starts a new one. A write lock held past the busy timeout raises `CacheLockedError`. A
+full disk raises `StorageFullError` at the first answer that does not fit: SQLite rolls back only
+that answer's transaction, so every answer committed before stays, and a rerun sends only the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -23,7 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from synthkd.errors import CacheDamagedError, CacheLockedError
+from synthkd.atomic import is_disk_full
+from synthkd.errors import CacheDamagedError, CacheLockedError, StorageFullError
 from synthkd.kd.topk import TopK
 from synthkd.paths import cache_root
 from synthkd.teachers.base import ChatRequest, Completion, ScoreRequest
@@ -79,10 +84,13 @@ class ResponseCache:
     processes."""
 
     def __init__(self, path: Path, *, timeout: float | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
-        self._db = sqlite3.connect(path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        with self._guard():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
         try:
             # These read the file's header and schema, so a damaged file is reported here, before
             # any request is sent, and not at the first lookup.
@@ -109,14 +117,21 @@ class ResponseCache:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """SQLite's damage and lock errors as one-line errors naming the file; others unchanged."""
+        """SQLite's damage, lock and full-disk errors as one-line errors naming the file; others
+        unchanged."""
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            if _is_damage(exc):
+            if is_damage(exc):
                 raise CacheDamagedError(self.path, str(exc)) from exc
-            if _is_lock(exc):
+            if is_lock(exc):
                 raise CacheLockedError(self.path, self.timeout) from exc
+            if is_full(exc, self.path):
+                raise cache_full_error(self.path) from exc
+            raise
+        except OSError as exc:  # creating the cache's folder
+            if is_disk_full(exc):
+                raise cache_full_error(self.path) from exc
             raise
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
@@ -174,7 +189,17 @@ class ResponseCache:
         self._db.close()
 
 
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+def cache_full_error(path: Path) -> StorageFullError:
+    return StorageFullError(
+        path,
+        what="the request cache",
+        outcome="the answers already cached are kept",
+        fix="free some space there, or point SYNTHKD_CACHE_DIR at a disk with room, and run the same "
+        "command again: it sends only the requests not answered yet",
+    )
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""  # Python 3.11+
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return True
@@ -182,9 +207,24 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-def _is_lock(exc: sqlite3.DatabaseError) -> bool:
+def is_lock(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
+def is_full(exc: sqlite3.DatabaseError, path: Path) -> bool:
+    """SQLITE_FULL; or an I/O error, or a file that cannot be created, on a disk with no space
+    left (SQLite reports a full disk met while sizing its shared-memory file or creating the
+    database that way, without the errno)."""
+    if is_disk_full(exc):
+        return True
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if not name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
+        return False
+    with contextlib.suppress(OSError):
+        disk = os.statvfs(path.parent)
+        return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
+    return False
 
 
 def set_aside(path: Path) -> list[Path]:
@@ -206,19 +246,47 @@ def set_aside(path: Path) -> list[Path]:
 
 
 def clear_cache(path: Path) -> tuple[int, list[Path]]:
-    """Empty the cache at `path`: (responses deleted, []) for a healthy cache; a damaged one is set
+    """Empty the cache at `path`: (responses deleted, []) for a healthy cache (on a full disk, where
+    emptying it in place cannot be written, its files are deleted instead); a damaged one is set
     aside and replaced by a new, empty cache: (0, the damaged files' new names)."""
     try:
         cache = ResponseCache(path)
     except CacheDamagedError:
         pass
+    except StorageFullError as exc:
+        return _delete_from_full_disk(path, exc), []
     else:
         try:
             return cache.clear(), []
         except CacheDamagedError:  # damage past the header, met by the count or the delete
             pass
+        except StorageFullError as exc:
+            cache.close()
+            return _delete_from_full_disk(path, exc), []
         finally:
             cache.close()
     moved = set_aside(path)
     ResponseCache(path).close()
     return 0, moved
+
+
+def _delete_from_full_disk(path: Path, full: StorageFullError) -> int:
+    """Clear a cache on a full disk by deleting its files; returns how many responses it held.
+
+    Opening it as usual sizes its shared-memory file and emptying it in place writes to its
+    journal, both of which a full disk refuses; the user is clearing it, perhaps to free that very
+    space. The responses are counted in exclusive locking mode, in which SQLite keeps the WAL index
+    in memory and writes nothing. If even that fails, nothing is deleted and `full` is raised."""
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        removed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.DatabaseError:
+        raise full from None
+    finally:
+        db.close()
+    for suffix in ("", *COMPANIONS):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    with contextlib.suppress(StorageFullError):  # else the next run makes it
+        ResponseCache(path).close()
+    return removed

@@ -6,12 +6,16 @@ They are written into a staging folder that then replaces the run folder's outpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthkd.atomic import is_disk_full
+from synthkd.errors import StorageFullError
 from synthkd.kd.topk import storage_features
 from synthkd.output_folder import OUTPUT_FILES, staging_folder, swap_into_place
 from synthkd.redaction import redact_value
@@ -93,22 +97,41 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # replace the folder it points to, not the link
         out_dir = out_dir.resolve()
-    staging = staging_folder(out_dir)
+    with _full_disk_is_one_line(out_dir):
+        staging = staging_folder(out_dir)
+        try:
+            # A teacher that echoed a key, a server error quoting one: no file keeps a secret value.
+            rows = redact_value(uniform(rows))
+            failure_records = redact_value([{"step": step, **asdict(f)} for step, f in failures])
+            manifest = redact_value(manifest)
+            dataset = to_dataset(rows)
+            # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
+            # and then cannot load it back (IndexError in load_from_disk).
+            dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
+            write_jsonl(staging / "data.jsonl", rows)
+            write_jsonl(staging / "failures.jsonl", failure_records)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            swap_into_place(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_line(out_dir: Path) -> Iterator[None]:
+    """A full disk met while writing the outputs (ENOSPC from a plain write, from pyarrow or from
+    `datasets`) as `StorageFullError` naming the run folder; nothing there has changed."""
     try:
-        # A teacher that echoed a key, a server error quoting one: no file keeps a secret value.
-        rows = redact_value(uniform(rows))
-        failure_records = redact_value([{"step": step, **asdict(f)} for step, f in failures])
-        manifest = redact_value(manifest)
-        dataset = to_dataset(rows)
-        # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
-        # and then cannot load it back (IndexError in load_from_disk).
-        dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
-        write_jsonl(staging / "data.jsonl", rows)
-        write_jsonl(staging / "failures.jsonl", failure_records)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        swap_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise StorageFullError(
+            out_dir,
+            what="the run folder",
+            outcome="the new outputs were not written, and the previous ones there, if any, are left whole",
+            fix="free some space there (or choose another folder with --output) and run the same command "
+            "again: the answers received are cached, so they are not requested again",
+        ) from exc
 
 
 def load_run_dataset(folder: Path) -> Any:

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from synthkd.atomic import process_running
 from synthkd.errors import OutputBusyError, RecipeError
 
 OUTPUT_FILES = ("dataset", "data.jsonl", "failures.jsonl", "manifest.json")
@@ -182,7 +183,7 @@ def side_folders(out_dir: Path, kind: str) -> list[Path]:
             if not path.name.startswith(prefix):
                 continue
             pid = path.name[len(prefix) :].split("-", 1)[0]
-            if not (pid.isdigit() and _running(int(pid))):
+            if not (pid.isdigit() and process_running(int(pid))):
                 found.append(path)
     return found
 
@@ -200,16 +201,6 @@ def _fixed_in_place(out_dir: Path) -> bool:
     """A run folder that must not be renamed: a mount point (rename fails with EBUSY) or one the
     process works in (renaming it away would leave the process in a deleted folder)."""
     return out_dir.is_dir() and (os.path.ismount(out_dir) or _contains_cwd(out_dir))
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**31  # another user's process exists; a bogus pid does not
-    return True
 
 
 def _contains_cwd(folder: Path) -> bool:

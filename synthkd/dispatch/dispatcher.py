@@ -50,7 +50,9 @@ class Outcome:
     """What became of one request: a completion, or the error of its last attempt."""
 
     completion: Completion | None
-    attempts: int = 0
+    # Requests it took: 1 for an answer, fresh or cached (the retries before it do not change the
+    # answer, and a rerun from the cache must record the same); every attempt for no answer.
+    attempts: int = 1
     cached: bool = False
     error: str | None = None
     reason: str | None = None
@@ -135,6 +137,12 @@ class Dispatcher:
             await asyncio.sleep(start_delay)
             while queue:
                 key = queue.popleft()
+                cached = self._answered_meanwhile(key)
+                if cached is not None:
+                    self.stats.cache_hits += 1
+                    self._accepted += 1
+                    finish(key, Outcome(cached, cached=True))
+                    continue
                 finish(key, await self._send(requests[unique[key]], key))
 
         count = min(self.config.concurrency, len(queue))
@@ -150,6 +158,12 @@ class Dispatcher:
             for task in workers:
                 task.cancel()
         return [by_key[key] for key in keys]
+
+    def _answered_meanwhile(self, key: str) -> Completion | None:
+        """An answer another process put in the shared cache since this run looked (see `run`)."""
+        if self.cache is None or self.capabilities.local:
+            return None
+        return self.cache.get_many([key]).get(key)
 
     async def score(
         self,
@@ -243,7 +257,7 @@ class Dispatcher:
                 self.cache.put(key, completion)
             self._accepted += 1
             self._outage_since = None
-            return Outcome(completion, attempts=attempt + 1)
+            return Outcome(completion)
         self.stats.failed += 1
         assert error is not None
         return Outcome(None, attempts=attempt, error=redact(str(error)), reason=error.reason)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from synthkd.atomic import atomic_write_text
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
@@ -90,7 +91,8 @@ def write_card(run_dir: str | Path, templates: dict[str, str] | None = None) -> 
     run = open_run(run_dir)
     write_recipe(run, run.path / RECIPE_FILE)
     path = run.path / CARD_FILE
-    build_card(run, templates).save(path)
+    # Not DatasetCard.save, which truncates the file first: a full disk must leave the old card whole.
+    atomic_write_text(path, str(build_card(run, templates)), newline="", what="the dataset card")
     return path
 
 
@@ -102,7 +104,7 @@ def write_recipe(run: RunDir, path: Path) -> Path:
         "# Keys are named by their environment variables only. Rerun: synthkd run recipe.yaml\n"
     )
     text = yaml.safe_dump(clean_recipe(run.recipe), sort_keys=False, allow_unicode=True)
-    path.write_text(header + text, encoding="utf-8")
+    atomic_write_text(path, header + text, what="the recipe")
     return path
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthkd.atomic import atomic_write_text
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
@@ -401,5 +402,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, map_mode
     run = open_run(run_dir)
     page, _ = build_report(run, map_model=map_model)
     path = Path(out) if out is not None else run.path / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
+    # Written beside and renamed into place: a full disk leaves the previous report whole.
+    atomic_write_text(path, page, what="the report")
     return path

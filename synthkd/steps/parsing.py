@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
@@ -78,8 +78,9 @@ async def ask_parsed(
                 )
             )
         for index, outcome in zip(retry, await dispatcher.run(follow_ups), strict=True):
-            outcome.attempts += results[index].outcome.attempts
-            results[index] = _parse(outcome, parsers[index])
+            # A copy: identical requests share one Outcome, and each row counts its own asks.
+            asked = replace(outcome, attempts=outcome.attempts + results[index].outcome.attempts)
+            results[index] = _parse(asked, parsers[index])
     return results
 
 
