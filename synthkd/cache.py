@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from synthkd.atomic import is_disk_full
+from synthkd.atomic import is_disk_full, process_running
 from synthkd.errors import CacheDamagedError, CacheLockedError, StorageFullError
 from synthkd.kd.topk import TopK
 from synthkd.paths import cache_root
@@ -103,6 +103,11 @@ class ResponseCache:
                     "CREATE TABLE IF NOT EXISTS responses "
                     "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
                 )
+                # Requests some process is asking right now (see `claim`).
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS claims "
+                    "(key TEXT PRIMARY KEY, pid INTEGER NOT NULL, until REAL NOT NULL)"
+                )
         except BaseException:
             self._db.close()
             raise
@@ -174,6 +179,33 @@ class ResponseCache:
                 (key, json.dumps(value, ensure_ascii=False), time.time()),
             )
 
+    def claim(self, key: str, seconds: float) -> bool:
+        """Mark a request as being asked by this process for up to `seconds`, unless another
+        running process is asking it now: then False, and the caller waits for its answer rather
+        than paying for it twice. Runs that share a cache (other output folders, other machines'
+        steps of one job) so split the work instead of racing through it in step."""
+        now, me = time.time(), os.getpid()
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")  # the check and the claim as one step
+            try:
+                held = self._db.execute("SELECT pid, until FROM claims WHERE key = ?", (key,)).fetchone()
+                taken = held is not None and held[0] != me and held[1] > now and process_running(held[0])
+                if not taken:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO claims (key, pid, until) VALUES (?, ?, ?)",
+                        (key, me, now + seconds),
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return not taken
+
+    def release(self, key: str) -> None:
+        """This process is done asking `key` (answered or failed)."""
+        with self._guard():
+            self._db.execute("DELETE FROM claims WHERE key = ? AND pid = ?", (key, os.getpid()))
+
     def count(self) -> int:
         with self._guard():
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -182,6 +214,7 @@ class ResponseCache:
         removed = self.count()
         with self._guard():
             self._db.execute("DELETE FROM responses")
+            self._db.execute("DELETE FROM claims")
             self._db.execute("VACUUM")
         return removed
 

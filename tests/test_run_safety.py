@@ -53,6 +53,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_run_where_every_request_fails_exits_3_and_keeps_the_good_dataset(tmp_path, capsys):
     with FakeOpenAIServer() as server:
         path = recipe(tmp_path, server.base_url, max_attempts=2)
@@ -142,6 +143,7 @@ def test_a_refused_or_dropped_connection_is_a_connection_error_and_stops_the_run
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.incomplete").exists()
 
 
+@pytest.mark.slow
 def test_an_outage_is_waited_out_and_no_row_is_lost_or_sent_twice(tmp_path, capsys):
     port = free_port()
     first = FakeOpenAIServer(port=port, latency_ms=40)
@@ -207,6 +209,7 @@ def test_an_output_dir_on_a_read_only_mount_stops_before_the_first_request(tmp_p
         assert server.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_is_a_mount_point_is_written_and_rewritten(tmp_path):
     """A Docker volume as output.dir: the folder cannot be renamed (EBUSY), so its contents are
     swapped instead; a second run replaces them and keeps other files."""
@@ -230,6 +233,7 @@ def test_an_output_dir_that_is_a_mount_point_is_written_and_rewritten(tmp_path):
     assert answered == 10  # both runs wrote their outputs: nothing was paid for in vain
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, capsys):
     with FakeOpenAIServer(latency_ms=200) as server:
         path = recipe(tmp_path, server.base_url, rows=20)
@@ -254,3 +258,35 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
         assert server.stats()["requests"] == 20
         # Once the first is done, the folder is free again.
         assert run_cli(["run", str(path)], capsys)[0] == 0
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_one_cache_seldom_pay_twice_for_one_request(tmp_path):
+    """Two runs on different output folders and one cache, started together: each starts at its own
+    place in the requests and looks in the cache before sending, so few requests are paid twice
+    (before: the two runs went in step and paid for nearly every request twice)."""
+    with FakeOpenAIServer(latency_ms=100) as server:
+        paths = []
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            path = recipe(folder, server.base_url, rows=80)
+            paths.append(path)
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "synthkd.cli", "run", str(path)],
+                cwd=path.parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "SYNTHKD_CACHE_DIR": str(tmp_path / "shared-cache")},
+            )
+            for path in paths
+        ]
+        outputs = [run.communicate(timeout=240)[0] for run in runs]
+        answered = server.stats()["by_status"].get("200", 0)
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    for path in paths:
+        assert len(read_jsonl(path.parent / "out" / "data.jsonl")) == 80
+    # 80 answers are needed; what two runs can overlap on is what they have in flight at once.
+    assert 80 <= answered <= 80 + 2 * 4, answered

@@ -41,6 +41,8 @@ OUTAGE_PAUSE_SECONDS = (0.5, 10.0)
 # wrong address, not an outage: it gets this long (at most outage_seconds) before the run stops.
 FIRST_CONTACT_SECONDS = 15.0
 RAMP_UP_SECONDS = 0.1
+# How often a run looks again for requests another run sharing the cache is asking.
+CLAIM_POLL_SECONDS = 0.2
 # Refused requests (HTTP 400 ...) fail their rows; this many refusals before any answer stop the run.
 REJECTIONS_BEFORE_STOP = 10
 
@@ -133,17 +135,31 @@ class Dispatcher:
             finish(key, Outcome(completion, cached=True))
         queue = deque(key for key in unique if key not in hits)
 
+        # Requests another running process is asking now: answered from the cache when it is done.
+        elsewhere: deque[str] = deque()
+
         async def worker(start_delay: float) -> None:
             await asyncio.sleep(start_delay)
-            while queue:
+            while queue or elsewhere:
+                if not queue:  # only requests asked elsewhere are left: look again in a moment
+                    await asyncio.sleep(CLAIM_POLL_SECONDS)
+                    queue.extend(elsewhere)
+                    elsewhere.clear()
+                    continue
                 key = queue.popleft()
                 cached = self._answered_meanwhile(key)
                 if cached is not None:
                     self.stats.cache_hits += 1
                     self._accepted += 1
                     finish(key, Outcome(cached, cached=True))
-                    continue
-                finish(key, await self._send(requests[unique[key]], key))
+                elif not self._claim(key):
+                    elsewhere.append(key)
+                else:
+                    try:
+                        outcome = await self._send(requests[unique[key]], key)
+                    finally:
+                        self._release(key)
+                    finish(key, outcome)
 
         count = min(self.config.concurrency, len(queue))
         # Starting every worker at the same instant makes the answers return in one wave that the
@@ -160,10 +176,23 @@ class Dispatcher:
         return [by_key[key] for key in keys]
 
     def _answered_meanwhile(self, key: str) -> Completion | None:
-        """An answer another process put in the shared cache since this run looked (see `run`)."""
+        """An answer another process put in the shared cache since this run looked."""
         if self.cache is None or self.capabilities.local:
             return None
         return self.cache.get_many([key]).get(key)
+
+    def _claim(self, key: str) -> bool:
+        """Whether this process may ask `key` now: not while another run sharing the cache is
+        asking it (see `ResponseCache.claim`). A local model costs nothing per request: it asks."""
+        if self.cache is None or self.capabilities.local:
+            return True
+        # Long enough for every attempt; a claim of a process that died is void before that.
+        seconds = (self.config.timeout + 5.0) * self.config.max_attempts + self.config.outage_seconds
+        return self.cache.claim(key, seconds)
+
+    def _release(self, key: str) -> None:
+        if self.cache is not None and not self.capabilities.local:
+            self.cache.release(key)
 
     async def score(
         self,
