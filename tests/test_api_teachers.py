@@ -280,14 +280,6 @@ def test_changed_step_rerequests_only_itself_and_later_steps(tmp_path, server):
     assert chat_requests(server) == 10
 
 
-def test_rpm_limit_paces_requests(tmp_path, server):
-    path = recipe(tmp_path, server, "openai", rows=25, rpm=1200)  # 20 per second
-    clock = time.monotonic()
-    run_recipe(load_recipe(path))
-    assert time.monotonic() - clock >= 0.2  # the first second's burst is 20, the other 5 wait
-    assert len(read_jsonl(tmp_path / "out" / "data.jsonl")) == 25
-
-
 def test_no_secret_in_cache_manifest_or_outputs(tmp_path, server, private_cache):
     server.configure(require_key=KEY)
     path = recipe(tmp_path, server, "openai", rows=5)

@@ -118,6 +118,7 @@ def test_operations_are_drawn_reproducibly_and_breadth_is_rarer():
     assert 0.15 < draws.count("breadth") / len(draws) < 0.25
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_dataset(tmp_path: Path):
     script = [
         {

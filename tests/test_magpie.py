@@ -61,13 +61,26 @@ def test_api_teacher_is_refused_before_anything_runs(tmp_path: Path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_shipped_recipe_runs_on_the_embedded_teacher(tmp_path: Path):
     args = ["run", "recipes/magpie.yaml", "--output", str(tmp_path / "mp"),
             "--set", "steps.0.num_rows=6", "--set", "teacher.params.max_tokens=40"]  # fmt: skip
     assert main(args) == 0
     manifest = json.loads((tmp_path / "mp" / "manifest.json").read_text())
-    magpie = manifest["steps"][0]
-    assert magpie["requests_sent"] >= 6
+    magpie, kept = manifest["steps"]
+    assert magpie["requests_sent"] == 6 + magpie["rows_out"]  # an instruction each, then an answer each
     assert magpie["rows_out"] + sum(magpie["rows_dropped"].values()) + magpie["rows_failed"] == 6
     rows = read_jsonl(tmp_path / "mp" / "data.jsonl")
-    assert all(row["instruction"].strip() and row["response"].strip() for row in rows)
+    # Sampling is seeded per request, so on CPU the embedded model writes the same 6 distinct
+    # instructions every time (all 6 kept); the filter may drop a refusal, not most of them.
+    assert 4 <= len(rows) == kept["rows_out"] == manifest["rows"]
+    system = "You are a helpful assistant for questions about cooking and nutrition."
+    assert len({row["instruction"] for row in rows}) == len(rows)
+    for row in rows:
+        assert row["id"].startswith("magpie-") and len(row["instruction"].split()) >= 3
+        assert len(row["response"].strip()) >= 20 and row["system"] == system
+        assert row["messages"] == [
+            {"role": "system", "content": system},
+            {"role": "user", "content": row["instruction"]},
+            {"role": "assistant", "content": row["response"]},
+        ]

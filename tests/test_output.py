@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from helpers import read_jsonl, write_jsonl, write_recipe
 
 import synthkd
 from synthkd.output import write_run
+from synthkd.output_folder import recover
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.testing.fake_openai import FakeOpenAIServer
@@ -86,45 +87,110 @@ def test_folders_of_a_killed_writer_are_cleaned_up_or_put_back(tmp_path: Path):
     assert side_folders(out) == [live.name]
 
 
+# A writer that writes one generation, waits for the test's go, then writes a second one and
+# stops dead at a chosen point of that write (the test then kills it there):
+#   writing:  half of data.jsonl written in the staging folder, nothing swapped yet;
+#   swapping: just before the new run folder is renamed into place (the old one is out of the way);
+#   swapped:  just after, the old one not yet deleted.
 WRITER = """
-import json, sys
+import json, os, sys, time
 from pathlib import Path
-import synthkd
 from synthkd.output import write_run
+from synthkd.output_folder import recover
 
-out = Path(sys.argv[1])
+out, mode = Path(sys.argv[1]).absolute(), sys.argv[2]
+ROWS = 3000
 generation = 0
-while True:
-    generation += 1
-    rows = [{"id": str(i), "generation": generation, "text": "x" * 200} for i in range(3000)]
+dumped = 0
+
+def pause():
+    print("paused", flush=True)
+    time.sleep(600)
+
+real_dumps = json.dumps
+def dumps(value, *args, **kwargs):
+    global dumped
+    if mode == "writing" and isinstance(value, dict) and value.get("generation") == 2:
+        dumped += 1
+        if dumped == ROWS // 2:
+            pause()
+    return real_dumps(value, *args, **kwargs)
+
+real_rename = os.rename
+def rename(source, target, *args, **kwargs):
+    into_place = generation == 2 and Path(target).absolute() == out
+    if into_place and mode == "swapping":
+        pause()
+    real_rename(source, target, *args, **kwargs)
+    if into_place and mode == "swapped":
+        pause()
+
+json.dumps, os.rename = dumps, rename
+for generation in (1, 2):
+    if generation == 2:
+        sys.stdin.readline()
+    rows = [{"id": str(i), "generation": generation, "text": "x" * 200} for i in range(ROWS)]
     write_run(out, rows, [], {"generation": generation})
-    print(generation, flush=True)
+    print("written", generation, flush=True)
 """
 
 
-def test_kill_9_while_writing_leaves_one_whole_generation(tmp_path: Path):
+def read_line(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline() if ready else ""
+
+
+def whole_generation(out: Path) -> int:
+    """The one generation every output file in `out` holds (all 3000 rows of it)."""
+    generation = json.loads((out / "manifest.json").read_text())["generation"]
+    rows = read_jsonl(out / "data.jsonl")
+    assert len(rows) == 3000 and {row["generation"] for row in rows} == {generation}
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(out / "dataset"))
+    assert dataset.num_rows == 3000 and set(dataset["generation"]) == {generation}
+    return generation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["writing", "swapping", "swapped"])
+def test_kill_9_while_writing_leaves_one_whole_generation(tmp_path: Path, mode: str):
     out = tmp_path / "out"
     root = str(Path(synthkd.__file__).resolve().parents[1])  # this copy of synthkd, installed or not
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(out)],
+        [sys.executable, "-c", WRITER, str(out), mode],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": root},
     )
     try:
-        assert writer.stdout is not None
-        for _ in range(3):  # a few whole writes, then kill it in the middle of another one
-            assert writer.stdout.readline()
-        time.sleep(0.05)
+        assert writer.stdin is not None and writer.stdout is not None
+        assert read_line(writer.stdout, 120) == "written 1\n"
+        (out / "notes.txt").write_text("mine")  # not an output: every write carries it over
+        before = snapshot(out)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert read_line(writer.stdout, 120) == "paused\n", f"the writer never reached {mode!r}"
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-    generation = json.loads((out / "manifest.json").read_text())["generation"]
-    rows = read_jsonl(out / "data.jsonl")
-    assert len(rows) == 3000 and {row["generation"] for row in rows} == {generation}
-    from datasets import load_from_disk
-
-    assert set(load_from_disk(str(out / "dataset"))["generation"]) == {generation}
-    write_run(out, [{"id": "after"}], [], {})
+    beside = side_folders(out)
+    if mode == "writing":  # killed with the new outputs half staged: the old ones are untouched
+        assert [name.split("-")[0] for name in beside] == [".out.staging"]
+        assert snapshot(out) == before
+    elif mode == "swapping":  # killed with no run folder: the old one is whole beside it ...
+        assert not out.exists()
+        assert [name.split("-")[0] for name in beside] == [".out.retired", ".out.staging"]
+        recover(out)  # ... and is put back by the next write to it (which starts with this)
+        assert snapshot(out) == before and side_folders(out) == []
+    else:  # killed after the swap: the new outputs are whole, the old ones wait to be deleted
+        assert [name.split("-")[0] for name in beside] == [".out.retired"]
+        assert whole_generation(out) == 2 and (out / "notes.txt").read_text() == "mine"
+    assert whole_generation(out) == (2 if mode == "swapped" else 1)
+    # The next write completes and cleans up after the killed one.
+    write_run(out, [{"id": "after", "generation": 3}], [], {"generation": 3})
+    assert read_jsonl(out / "data.jsonl") == [{"id": "after", "generation": 3}]
+    assert (out / "notes.txt").read_text() == "mine"
     assert side_folders(out) == []

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import write_jsonl, write_recipe
 
 from synthkd.testing.fake_openai import FakeOpenAIServer
@@ -27,6 +28,7 @@ def synthkd_run(recipe: Path, cache: Path, extra_env: dict | None = None) -> sub
     )
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path):
     write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Task {i}: name a prime."} for i in range(ROWS)])
     with FakeOpenAIServer(latency_ms=40) as server:

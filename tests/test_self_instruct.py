@@ -1,4 +1,4 @@
-"""Self-Instruct: parsing, each filter's decision, instances, resume, and the shipped recipe."""
+"""Self-Instruct: parsing, each filter's decision, instances, resume, and the shipped recipe end to end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
 from synthkd.cli import main
+from synthkd.errors import RunIncompleteError
 from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.parsing import ParseError, parse_yes_no
@@ -121,15 +122,19 @@ def test_each_filter_decides_as_the_paper_says(tmp_path: Path):
 def test_unparseable_generation_is_reasked_then_recorded_with_raw_text(tmp_path: Path):
     script = [{"match": ".", "reply": "I cannot think of any tasks."}]
     with FakeOpenAIServer(script=script) as server:
-        run_recipe(load_recipe(make_recipe(tmp_path, server.base_url, num_instructions=2, max_rounds=2)))
+        recipe = load_recipe(make_recipe(tmp_path, server.base_url, num_instructions=2, max_rounds=2))
+        with pytest.raises(RunIncompleteError, match="produced no rows"):
+            run_recipe(recipe)
         assert server.stats()["requests"] == 4  # two rounds, each answer re-asked once
-    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    # A run without rows leaves what it got beside the run folder (which it does not create).
+    assert not (tmp_path / "out").exists()
+    failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")
     assert [(f["id"], f["reason"], f["attempts"]) for f in failures] == [
         ("round0-request0", "unparseable", 2),
         ("round1-request0", "unparseable", 2),
     ]
     assert failures[0]["raw"] == "I cannot think of any tasks."
-    assert read_jsonl(tmp_path / "out" / "data.jsonl") == []
+    assert read_jsonl(tmp_path / "out.incomplete" / "data.jsonl") == []
 
 
 NEW_TASK = "Task {n}: Write about {{word}} and {{word}} for a {{word}} {{word}} audience."
@@ -140,6 +145,7 @@ VARIED = [  # {word} placeholders make every request's answer different but repr
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_dataset(tmp_path: Path):
     with FakeOpenAIServer(script=VARIED, latency_ms=60) as server:
 
@@ -167,20 +173,80 @@ def test_kill_9_then_rerun_gives_the_same_dataset(tmp_path: Path):
     assert read_jsonl(tmp_path / "resumed" / "data.jsonl") == reference
 
 
-def test_shipped_recipe_runs_on_the_embedded_teacher(tmp_path: Path, capsys):
-    overrides = ["steps.1.num_instructions=3", "steps.1.requests_per_round=2", "steps.1.new_per_request=4",
-                 "teacher.params.max_tokens=120"]  # fmt: skip
-    args = ["run", "recipes/self_instruct.yaml", "--output", str(tmp_path / "si")]
-    assert main(args + [item for override in overrides for item in ("--set", override)]) == 0
+SHIPPED_TASKS = """Task 9: Brainstorm a list of possible New Year's resolutions for a student.
+Task 10: Draw a picture of a lighthouse at night.
+Task 11: Do it.
+Task 12: "Quote" a line from a poem you like.
+Task 13: Écris une lettre à ton voisin.
+Task 14: Classify the tone of the given tweet as angry, happy or neutral.
+Task 15: Summarise the given paragraph in one sentence.
+Task 16: Suggest three names for a bakery that sells only bread.
+Task 17: Write a haiku about autumn rain on a tin roof.
+Task 18: Explain why the sky is blue to a child."""
+SHIPPED_SCRIPT = [
+    {"match": "^We are collecting a varied set of tasks", "reply": SHIPPED_TASKS},
+    {"match": "(?s)^Is the following task a classification.*tweet", "reply": "Yes"},
+    {"match": "^Is the following task a classification", "reply": "No."},
+    {"match": "(?s)classification task below.*tweet",
+     "reply": "Class label: angry\nInput: My train is late AGAIN."},
+    {"match": "(?s)task below.*paragraph", "reply": "Input: Rain fell all day. The match was cancelled.\n"
+                                                    "Output: The match was rained off."},
+    {"match": "(?s)task below.*bakery", "reply": "Input: <none>\nOutput: Crumb & Co; Daily Loaf; Rise"},
+    {"match": "(?s)task below.*haiku", "reply": "Input: <none>\nOutput: Rain taps the tin roof"},
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_shipped_recipe_runs_end_to_end(tmp_path: Path):
+    """recipes/self_instruct.yaml with its 175 seed tasks, the teacher being the fake server: the
+    paper's filters drop the planted bad tasks; the kept ones get instances, then answers."""
+    with FakeOpenAIServer(script=SHIPPED_SCRIPT) as server:
+        overrides = ["teacher.backend=openai", "teacher.model=fake-model",
+                     f"teacher.base_url={server.base_url}", "teacher.api_key_env=null",
+                     "steps.1.num_instructions=4", "steps.1.requests_per_round=1",
+                     "steps.1.new_per_request=10"]  # fmt: skip
+        args = ["run", "recipes/self_instruct.yaml", "--output", str(tmp_path / "si")]
+        assert main(args + [item for override in overrides for item in ("--set", override)]) == 0
+        # One generation, then for each of the 4 kept tasks: classify, instances, the label's answer.
+        assert server.stats()["requests"] == 1 + 3 * 4
     import json
 
     manifest = json.loads((tmp_path / "si" / "manifest.json").read_text())
-    step = manifest["steps"][1]
-    assert step["step"] == "self_instruct" and step["requests_sent"] > 0
-    kept_or_failed = step["rows_out"] + step["rows_failed"]
-    assert kept_or_failed >= 1  # the tiny teacher's tasks either got instances or are accounted as failures
+    load, step, label = manifest["steps"]
+    assert load["rows_out"] == 175
+    assert step["rows_dropped"] == {
+        "near_duplicate": 1,  # seed_task_6 is "Brainstorm a list of possible New Year's resolutions."
+        "unsupported_keyword": 1,
+        "too_short": 1,
+        "starts_with_punctuation": 1,
+        "non_english_start": 1,
+        "over_target": 1,  # the tenth task: four were enough
+    }
     rows = read_jsonl(tmp_path / "si" / "data.jsonl")
-    assert all(row["id"].startswith("self-instruct-") and row["response"] for row in rows)
+    assert manifest["rows"] == label["rows_out"] == len(rows) == 4
+    made = [
+        (row["id"], row["instruction"], row["is_classification"], row["input"], row["output"]) for row in rows
+    ]
+    assert made == [
+        ("self-instruct-00000", "Classify the tone of the given tweet as angry, happy or neutral.", True,
+         "My train is late AGAIN.", "angry"),
+        ("self-instruct-00001", "Summarise the given paragraph in one sentence.", False,
+         "Rain fell all day. The match was cancelled.", "The match was rained off."),
+        ("self-instruct-00002", "Suggest three names for a bakery that sells only bread.", False, "",
+         "Crumb & Co; Daily Loaf; Rise"),
+        ("self-instruct-00003", "Write a haiku about autumn rain on a tin roof.", False, "",
+         "Rain taps the tin roof"),
+    ]  # fmt: skip
+    for row in rows:
+        # The label step answered the task with its input (the fake teacher echoes the prompt).
+        assert row["prompt"].startswith(row["instruction"]) and row["input"] in row["prompt"]
+        assert row["response"] == f"Answer: {row['prompt']}"
+        assert row["round"] == 0
+        assert row["messages"] == [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["response"]},
+        ]
+    assert read_jsonl(tmp_path / "si" / "failures.jsonl") == []
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixtu
     assert "dry run" in out and "requests" in out
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.delenv(variable, raising=False)

@@ -42,6 +42,7 @@ def reloads_and_generates(folder: Path) -> str:
     return tokenizer.decode(output[0])
 
 
+@pytest.mark.slow
 def test_sft_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Path):
     rows = [
         {
@@ -69,6 +70,7 @@ def test_sft_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Pat
     reloads_and_generates(result.output_dir)
 
 
+@pytest.mark.slow
 def test_dpo_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Path):
     rows = [
         {
@@ -93,6 +95,7 @@ def test_dpo_lowers_the_loss_and_saves_a_student(tmp_path: Path, tiny_model: Pat
 
 # `train.teacher` is a teacher mapping like every other teacher key; a plain model string still
 # means a local model, and both must train the same way.
+@pytest.mark.slow
 @pytest.mark.parametrize("as_mapping", [False, True], ids=["model string", "teacher mapping"])
 def test_on_policy_distillation_from_a_live_teacher(tmp_path: Path, tiny_model: Path, as_mapping: bool):
     rows = [
@@ -260,6 +263,7 @@ def test_an_impossible_configuration_fails_before_loading(tmp_path: Path, tiny_m
     assert lora.gradients < full.gradients / 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
@@ -309,6 +313,7 @@ def test_judge_win_rate_of_the_student(tmp_path: Path, tiny_model: Path, script:
     assert f"win rate {judged['win_rate']}" in (result.output_dir / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_the_student_in_one_commit(tmp_path: Path, tiny_model: Path, monkeypatch):
     from fake_hub import FakeHub
 
@@ -345,6 +350,7 @@ def test_push_to_hub_while_offline_fails_before_training(tmp_path: Path, tiny_mo
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.slow
 def test_sft_keeps_the_tool_schemas_for_the_chat_template(tmp_path: Path, tiny_model: Path):
     """Rows of a tool_calls step carry a `tools` column; training and evaluation must pass it to the
     chat template (this one refuses to render without it)."""

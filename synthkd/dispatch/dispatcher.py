@@ -278,8 +278,9 @@ class Dispatcher:
             if self._tpm is not None:
                 used = completion.prompt_tokens + completion.completion_tokens
                 self._tpm.give_back(estimate - used)
-            if hint is not None and hint.remaining_requests == 0 and hint.reset_seconds:
-                self._paused_until = max(self._paused_until, time.monotonic() + hint.reset_seconds)
+            pause = hint.pause_seconds() if hint is not None else None
+            if pause:
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
             # An answer that echoes a key is kept, cached and written without it.
             completion = replace(completion, text=redact(completion.text))
             if self.cache is not None:

@@ -36,7 +36,18 @@ class RateLimitHint:
 
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
-    reset_seconds: float | None = None
+    # Each limit resets on its own clock (OpenAI: requests in about a second, tokens in minutes).
+    reset_requests_seconds: float | None = None
+    reset_tokens_seconds: float | None = None
+
+    def pause_seconds(self) -> float | None:
+        """How long to wait before the next request: until the exhausted limit resets."""
+        waits = []
+        if self.remaining_requests == 0 and self.reset_requests_seconds:
+            waits.append(self.reset_requests_seconds)
+        if self.remaining_tokens == 0 and self.reset_tokens_seconds:
+            waits.append(self.reset_tokens_seconds)
+        return max(waits) if waits else None
 
 
 class TeacherError(Exception):

@@ -129,14 +129,11 @@ def rate_limit_hint(headers: Mapping[str, str] | None) -> RateLimitHint | None:
         except (KeyError, ValueError):
             return None
 
-    resets = [
-        parse_duration(lower.get(name)) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-    ]
-    known = [seconds for seconds in resets if seconds is not None]
     return RateLimitHint(
         remaining_requests=as_int("x-ratelimit-remaining-requests"),
         remaining_tokens=as_int("x-ratelimit-remaining-tokens"),
-        reset_seconds=max(known) if known else None,
+        reset_requests_seconds=parse_duration(lower.get("x-ratelimit-reset-requests")),
+        reset_tokens_seconds=parse_duration(lower.get("x-ratelimit-reset-tokens")),
     )
 
 

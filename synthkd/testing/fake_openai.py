@@ -6,10 +6,13 @@ It answers `POST /v1/chat/completions` deterministically: "Answer: <last user me
 reply of the first `--script` rule whose regex matches the last user message (a `{word}` in a
 scripted reply becomes a word derived from the request body, so one rule can give different but
 reproducible answers). A rule with a `status` answers with that HTTP error instead (`code`, `type`,
-`message`), e.g. 400 context_length_exceeded for the prompts it matches. At the given rates it
+`message`), e.g. 400 context_length_exceeded for the prompts it matches; a rule's `headers` go with
+its answer (Retry-After, x-ratelimit-*), and a rule with `times` answers only the first that many
+requests it matches, later ones going on to the next rules. At the given rates it
 injects faults: 500, 429 with Retry-After, 429 insufficient_quota, a hang, a truncated body, a
-content-filtered answer. `GET /stats` counts what it saw; `POST /reset` and `POST /config` let a
-test steer it at runtime. It binds 127.0.0.1 only and prints `LISTENING http://127.0.0.1:PORT/v1`
+content-filtered answer. `GET /stats` counts what it saw, `GET /arrivals` lists when each chat
+request arrived; `POST /reset` and `POST /config` let a test steer it at runtime. It binds
+127.0.0.1 only and prints `LISTENING http://127.0.0.1:PORT/v1`
 once it accepts connections.
 
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
@@ -50,6 +53,8 @@ ALL_FAULTS = (*DRAWN_FAULTS, "auth")
 TRUNCATED_BODY = '{"id": "chatcmpl-x", "choices": ['
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+MAX_ARRIVALS = 100_000  # arrivals kept per reset, so a long benchmark's memory stays bounded
+ARRIVAL_TEXT_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class Stats:
     max_in_flight: int = 0
     # Digests, not the bodies, so a long benchmark does not hold every prompt in memory.
     seen: set[bytes] = field(default_factory=set)
+    # When each chat request arrived (seconds on the machine's monotonic clock) and the start of
+    # its last user message, for the first MAX_ARRIVALS requests.
+    arrivals: list[tuple[float, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -138,11 +146,13 @@ class Rule:
     code: str | None = None
     kind: str = "invalid_request_error"
     message: str = "The request was rejected (scripted)"
+    headers: tuple[tuple[str, str], ...] = ()  # response headers sent with the answer or the error
+    times: int | None = None  # answer only the first `times` matching requests; None: every one
 
 
 def compile_rules(script: list[dict[str, Any]]) -> list[Rule]:
     """Rules from `{match, reply, finish_reason}` or, for an error answer,
-    `{match, status, code, type, message}` dicts."""
+    `{match, status, code, type, message}` dicts; either may add `headers` and `times`."""
     return [
         Rule(
             re.compile(r["match"]),
@@ -152,6 +162,8 @@ def compile_rules(script: list[dict[str, Any]]) -> list[Rule]:
             r.get("code"),
             r.get("type", Rule.kind),
             r.get("message", Rule.message),
+            tuple((str(k), str(v)) for k, v in (r.get("headers") or {}).items()),
+            None if r.get("times") is None else int(r["times"]),
         )
         for r in script
     ]
@@ -232,7 +244,11 @@ def rule_for(rules: list[Rule], call: ChatCall) -> Rule | None:
 
 def reply_for(rules: list[Rule], call: ChatCall) -> tuple[str, str]:
     """(content, finish_reason) before any fault or max_tokens cut."""
-    rule = rule_for(rules, call)
+    return reply_of(rule_for(rules, call), call)
+
+
+def reply_of(rule: Rule | None, call: ChatCall) -> tuple[str, str]:
+    """(content, finish_reason) of `rule`'s answer, or the default one when no rule answers."""
     if rule is not None:
         return fill_words(rule.reply, call.canonical), rule.finish_reason
     return f"Answer: {last_user_text(call)}", "stop"
@@ -317,6 +333,20 @@ class FakeOpenAI:
         # requests get faults.
         self.latency_rng = random.Random(f"latency-{seed}")
         self.ids = itertools.count(1)
+        self.rule_uses: Counter[int] = Counter()  # requests answered by each rule with `times`
+
+    def pick_rule(self, call: ChatCall) -> Rule | None:
+        """The first matching rule that has not used up its `times`; counts the use."""
+        last_user = last_user_text(call)
+        for index, rule in enumerate(self.rules):
+            if not rule.pattern.search(last_user):
+                continue
+            if rule.times is not None:
+                if self.rule_uses[index] >= rule.times:
+                    continue
+                self.rule_uses[index] += 1
+            return rule
+        return None
 
     def draw_fault(self, config: ServerConfig) -> str | None:
         # One draw per fault and request, hit or not, so request k's fault depends only on k.
@@ -346,6 +376,7 @@ class FakeOpenAI:
         return response
 
     async def answer(self, request: web.Request, stats: Stats) -> web.Response:
+        arrived = time.monotonic()
         config = self.config
         raw = await request.read()
         if config.require_key and request.headers.get("Authorization") != f"Bearer {config.require_key}":
@@ -357,6 +388,8 @@ class FakeOpenAI:
             call = parse_chat(raw)
         except BadRequest as error:
             return error_response(400, str(error), "invalid_request_error", None)
+        if len(stats.arrivals) < MAX_ARRIVALS:
+            stats.arrivals.append((arrived, last_user_text(call)[:ARRIVAL_TEXT_CHARS]))
         digest = hashlib.blake2b(call.canonical.encode(), digest_size=16).digest()
         if digest in stats.seen:
             stats.duplicates += 1
@@ -366,9 +399,10 @@ class FakeOpenAI:
         latency = self.latency_s(config)
         if latency > 0:
             await asyncio.sleep(latency)
-        rule = rule_for(self.rules, call)
+        rule = self.pick_rule(call)
+        headers = dict(rule.headers) if rule is not None else {}
         if rule is not None and rule.status is not None:  # a scripted error beats any drawn fault
-            return error_response(rule.status, rule.message, rule.kind, rule.code)
+            return error_response(rule.status, rule.message, rule.kind, rule.code, headers or None)
         if fault is not None:
             stats.by_fault[fault] += 1
         if fault == "fail_500":
@@ -386,11 +420,12 @@ class FakeOpenAI:
         if fault == "malformed":
             return web.Response(text=TRUNCATED_BODY, content_type="application/json")
 
-        reply, finish_reason = reply_for(self.rules, call)
+        reply, finish_reason = reply_of(rule, call)
         if fault == "content_filter":
             reply, finish_reason = "", "content_filter"
         reply, finish_reason = truncate(reply, finish_reason, call.max_tokens)
-        return web.json_response(completion(call, reply, finish_reason, f"chatcmpl-{next(self.ids)}"))
+        body = completion(call, reply, finish_reason, f"chatcmpl-{next(self.ids)}")
+        return web.json_response(body, headers=headers or None)
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
@@ -398,8 +433,12 @@ class FakeOpenAI:
     async def get_stats(self, _request: web.Request) -> web.Response:
         return web.json_response(self.stats.as_json())
 
+    async def get_arrivals(self, _request: web.Request) -> web.Response:
+        return web.json_response({"arrivals": self.stats.arrivals})
+
     async def reset(self, _request: web.Request) -> web.Response:
         self.stats = Stats()
+        self.rule_uses.clear()
         return web.json_response({"ok": True})
 
     async def configure(self, request: web.Request) -> web.Response:
@@ -411,6 +450,8 @@ class FakeOpenAI:
             config = self.config.updated(changes)
         except (ValueError, TypeError, KeyError, re.error) as error:
             return error_response(400, str(error), "invalid_request_error", None)
+        if rules is not self.rules:
+            self.rule_uses.clear()
         self.config, self.rules = config, rules
         return web.json_response(asdict(config))
 
@@ -419,6 +460,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.get_stats)
+        app.router.add_get("/arrivals", self.get_arrivals)
         app.router.add_post("/reset", self.reset)
         app.router.add_post("/config", self.configure)
         return app
@@ -456,7 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault (and latency) draws")
-    parser.add_argument("--script", type=Path, help="JSON list of {match, reply, finish_reason} rules")
+    parser.add_argument(
+        "--script", type=Path, help="JSON list of {match, reply, finish_reason, headers, times} rules"
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help="exit when stdin closes")
     for item in fields(ServerConfig):
         flag = f"--{item.name.replace('_', '-')}"
@@ -513,14 +557,15 @@ class FakeOpenAIServer:
             s.stats()["requests"]
 
     Keyword settings are those of `ServerConfig` (see `POST /config`); `script` is a list of
-    `{"match", "reply", "finish_reason"}` rules (or `{"match", "status", "code", ...}` for an error).
+    `{"match", "reply", "finish_reason"}` rules (or `{"match", "status", "code", ...}` for an error),
+    each optionally with `headers` (a dict) and `times` (answer only the first that many matches).
     """
 
     def __init__(
         self,
         *,
         seed: int = 0,
-        script: list[dict[str, str]] | None = None,
+        script: list[dict[str, Any]] | None = None,
         port: int = 0,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         **settings: Any,
@@ -623,8 +668,16 @@ class FakeOpenAIServer:
         """Counters since the last reset: requests, by_status, by_fault, duplicates, max_in_flight."""
         return self._call("GET", "/stats")
 
+    def arrivals(self) -> list[tuple[float, str]]:
+        """(when, text) for each chat request since the last reset, in arrival order: when it
+        arrived, in seconds on the machine's monotonic clock (`time.monotonic()` here too), and the
+        first 80 characters of its last user message. Requests refused for their key or their body
+        are left out."""
+        return [(when, text) for when, text in self._call("GET", "/arrivals")["arrivals"]]
+
     def reset(self) -> None:
-        """Zero the counters and forget the bodies seen (for `duplicates`)."""
+        """Zero the counters, forget the bodies seen (for `duplicates`) and the arrival times, and
+        restart the count of each rule's `times`."""
         self._call("POST", "/reset", {})
 
     def configure(self, **settings: Any) -> dict[str, Any]:
