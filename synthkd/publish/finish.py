@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from synthkd.errors import SynthkdError
 from synthkd.publish.card import write_card
 from synthkd.publish.config import HubConfig
 from synthkd.publish.push import PushResult, push
@@ -50,6 +51,8 @@ def finish_run(
     ):
         try:
             written.append(writer())
+        except SynthkdError as exc:  # a full disk: its message says where and what to do
+            warn(f"{what} not written: {exc}")
         except Exception as exc:  # see the docstring: the dataset is written already
             warn(f"{what} not written: {exc.__class__.__name__}: {exc}")
     result = None

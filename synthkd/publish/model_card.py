@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from synthkd.atomic import atomic_write_text
+
 CARD_FILE = "README.md"
 
 
@@ -16,7 +18,7 @@ def write_model_card(output_dir: Path, run_name: str, metrics: dict[str, Any]) -
     """Write the card beside the saved student; `metrics` is what eval.json holds (method, student,
     train_rows, and the held-out metrics before and after, with the judge's verdicts if any)."""
     path = output_dir / CARD_FILE
-    path.write_text(model_card(run_name, metrics))
+    atomic_write_text(path, model_card(run_name, metrics), what="the model card")
     return path
 
 

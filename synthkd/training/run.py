@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from synthkd.atomic import atomic_write_text
 from synthkd.errors import RecipeError
 from synthkd.kd.topk import KD_COLUMNS
 from synthkd.output import load_run_dataset
@@ -369,7 +370,7 @@ def _metrics(
 
 
 def _write_eval(output_dir: Path, metrics: dict[str, Any]) -> None:
-    (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(output_dir / "eval.json", json.dumps(metrics, indent=2) + "\n", what="eval.json")
 
 
 def _distillation_trainer(
