@@ -86,6 +86,7 @@ class ResponseCache:
     def __init__(self, path: Path, *, timeout: float | None = None) -> None:
         self.path = path
         self.timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
+        self._claims_ready = False
         with self._guard():
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -103,11 +104,7 @@ class ResponseCache:
                     "CREATE TABLE IF NOT EXISTS responses "
                     "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
                 )
-                # Requests some process is asking right now (see `claim`).
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS claims "
-                    "(key TEXT PRIMARY KEY, pid INTEGER NOT NULL, until REAL NOT NULL)"
-                )
+
         except BaseException:
             self._db.close()
             raise
@@ -186,6 +183,12 @@ class ResponseCache:
         steps of one job) so split the work instead of racing through it in step."""
         now, me = time.time(), os.getpid()
         with self._guard():
+            if not self._claims_ready:  # made on first use: a cache only read needs no such table
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS claims "
+                    "(key TEXT PRIMARY KEY, pid INTEGER NOT NULL, until REAL NOT NULL)"
+                )
+                self._claims_ready = True
             self._db.execute("BEGIN IMMEDIATE")  # the check and the claim as one step
             try:
                 held = self._db.execute("SELECT pid, until FROM claims WHERE key = ?", (key,)).fetchone()
@@ -214,7 +217,9 @@ class ResponseCache:
         removed = self.count()
         with self._guard():
             self._db.execute("DELETE FROM responses")
-            self._db.execute("DELETE FROM claims")
+            exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'claims'"
+            if self._db.execute(exists).fetchone():  # claims of processes that may be gone
+                self._db.execute("DELETE FROM claims")
             self._db.execute("VACUUM")
         return removed
 
@@ -318,8 +323,8 @@ def _delete_from_full_disk(path: Path, full: StorageFullError) -> int:
         raise full from None
     finally:
         db.close()
+    # No new cache is made here: on a disk this full its tables and journal would take back the
+    # space just freed. The next run makes it.
     for suffix in ("", *COMPANIONS):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
-    with contextlib.suppress(StorageFullError):  # else the next run makes it
-        ResponseCache(path).close()
     return removed
