@@ -1,11 +1,22 @@
-"""Estimated cost of a teacher's tokens, from litellm's bundled price map."""
+"""Estimated cost of a teacher's tokens, from the price map litellm ships.
+
+The map is read as the JSON file it is, without importing litellm: that import costs seconds of
+CPU before the first request, and a run with the openai backend has no other use for it. The file
+is the one litellm itself reads with LITELLM_LOCAL_MODEL_COST_MAP=True (its offline copy).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from synthkd.teachers.registry import backend_spec
+
+PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
 
 
 @dataclass(frozen=True)
@@ -25,10 +36,24 @@ def price_of(backend: str, model: str) -> Price | None:
     """Price per token of `model`, or None when unknown (a self-hosted or unlisted model)."""
     if backend_spec(backend).capabilities.local:
         return FREE  # a local model costs electricity, not tokens
-    import litellm  # imported here: it is slow, and a local-only run never needs it
-
+    prices = price_map()
     for name in (model, model.split("/", 1)[-1]):
-        info = litellm.model_cost.get(name)
-        if info and "input_cost_per_token" in info:
+        info = prices.get(name)
+        if isinstance(info, dict) and "input_cost_per_token" in info:
             return Price(float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0.0)))
     return None
+
+
+@lru_cache(maxsize=1)
+def price_map() -> dict[str, Any]:
+    """Model name -> litellm's entry for it; empty when litellm is not installed or its file is
+    unreadable (costs are then unknown, never wrong)."""
+    spec = importlib.util.find_spec("litellm")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    for folder in spec.submodule_search_locations:
+        try:
+            return json.loads((Path(folder) / PRICE_MAP_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return {}
