@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from typing import TYPE_CHECKING
 
 from synthkd.curate.exact import normalise
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
 
 
 def shingles(text: str, kind: str = "word", size: int = 3) -> set[bytes]:
@@ -32,6 +34,9 @@ def minhash_duplicates(
     Rows are taken in order; a row is compared, through the LSH index, only with rows kept before
     it, and dropped when the estimated Jaccard similarity of their shingle sets reaches `threshold`.
     """
+    # Imported here: datasketch pulls in scipy (0.6 s), which every recipe would pay at startup.
+    from datasketch import LeanMinHash, MinHash, MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     signatures = MinHash.bulk([list(shingles(t, kind, size)) for t in texts], num_perm=num_perm, seed=seed)
     kept: dict[int, LeanMinHash] = {}

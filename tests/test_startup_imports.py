@@ -1,0 +1,40 @@
+"""What `synthkd run` imports before its first request: no heavy library that the recipe does not
+need. Each of these cost a run with the openai backend between 0.4 and 2.5 s of startup."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["litellm", "datasketch", "scipy", "transformers", "datasets", "torch", "sentence_transformers"]
+
+
+def test_loading_and_checking_a_recipe_imports_no_heavy_library(tmp_path):
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Say hi."}\n')
+    (tmp_path / "r.yaml").write_text(
+        "name: light\n"
+        "teacher: {backend: openai, model: gpt-4o-mini, base_url: 'http://127.0.0.1:9/v1',\n"
+        "          api_key_env: null}\n"
+        "steps: [{step: load, path: seeds.jsonl}, {step: label}, {step: dedup, method: minhash}]\n"
+    )
+    script = (
+        "import json, sys\n"
+        "import synthkd.cli\n"
+        "from synthkd.pipeline import check\n"
+        "from synthkd.progress import quiet_library_progress_bars\n"
+        "from synthkd.pricing import price_of\n"
+        "from synthkd.recipe import load_recipe\n"
+        "from synthkd.teachers.registry import build_teacher\n"
+        "loaded = load_recipe('r.yaml')\n"
+        "check(loaded)\n"
+        "quiet_library_progress_bars()\n"
+        "price_of('openai', 'gpt-4o-mini')\n"
+        "build_teacher(loaded.recipe.teacher)\n"
+        f"print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
