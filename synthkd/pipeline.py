@@ -19,7 +19,7 @@ from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError, RunIncompleteError
-from synthkd.messages import with_messages
+from synthkd.messages import for_trl, with_messages
 from synthkd.output import write_run
 from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
 from synthkd.preflight import check_teacher_environment, redact_url
@@ -232,7 +232,7 @@ async def _execute_steps(
             if shortfall:
                 break
     if recipe.output.format == "messages":
-        rows = with_messages(rows)
+        rows = for_trl(with_messages(rows))
     if not rows and not shortfall:
         shortfall = _why_no_rows(reports)
     manifest = build_manifest(loaded, reports, started, len(rows), len(failures))

@@ -234,7 +234,7 @@ SCIENCE = Case(
         },
     ],
     overrides=["steps.0.limit=6"],
-    columns={"instruction", "system", "prompt", "response", "finish_reason"},
+    columns={"instruction", "system", "teacher_prompt", "response", "finish_reason"},
     funnel=[("load", 0, 6, {}), ("label", 6, 6, {}), ("filter", 6, 4, {"refusal": 1, "too_short": 1})],
 )
 
@@ -494,7 +494,7 @@ CLASSIFICATION = Case(
         "train.eval_max_new_tokens=4",
     ],
     train=True,
-    columns={"text", "gold", "label", "prompt", "response"},
+    columns={"text", "gold", "label", "teacher_prompt", "response"},
     funnel=[("load", 0, 6, {}), ("classify", 6, 5, {})],
 )
 
@@ -745,7 +745,16 @@ CODE = Case(
         "steps.4.cpu_seconds=1",
         "steps.4.wall_seconds=3",
     ],
-    columns={"instruction", "parent_id", "operation", "round", "system", "prompt", "response", "tests"},
+    columns={
+        "instruction",
+        "parent_id",
+        "operation",
+        "round",
+        "system",
+        "teacher_prompt",
+        "response",
+        "tests",
+    },
     funnel=[
         ("load", 0, 4, {}),
         ("evol_instruct", 4, 4, {}),

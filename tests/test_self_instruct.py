@@ -239,11 +239,13 @@ def test_shipped_recipe_runs_end_to_end(tmp_path: Path):
     ]  # fmt: skip
     for row in rows:
         # The label step answered the task with its input (the fake teacher echoes the prompt).
-        assert row["prompt"].startswith(row["instruction"]) and row["input"] in row["prompt"]
-        assert row["response"] == f"Answer: {row['prompt']}"
+        # (written as teacher_prompt, so TRL's SFTTrainer does not read the rows as prompt/completion)
+        prompt = row["teacher_prompt"]
+        assert prompt.startswith(row["instruction"]) and row["input"] in prompt
+        assert row["response"] == f"Answer: {prompt}"
         assert row["round"] == 0
         assert row["messages"] == [
-            {"role": "user", "content": row["prompt"]},
+            {"role": "user", "content": prompt},
             {"role": "assistant", "content": row["response"]},
         ]
     assert read_jsonl(tmp_path / "si" / "failures.jsonl") == []

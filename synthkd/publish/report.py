@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.atomic import atomic_write_text
+from synthkd.messages import TEACHER_PROMPT
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
@@ -45,7 +46,8 @@ def instruction_of(row: dict[str, Any]) -> str | None:
         text = _content(row.get(column), "user")
         if text is not None:
             return text
-    return row["prompt"] if isinstance(row.get("prompt"), str) else None
+    text = row.get("prompt", row.get(TEACHER_PROMPT))
+    return text if isinstance(text, str) else None
 
 
 def response_of(row: dict[str, Any]) -> str | None:

@@ -1,0 +1,77 @@
+"""A written dataset goes into TRL's own SFTTrainer as it is, with no column selection: from
+`load_from_disk` and from the parquet files a push uploads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import write_jsonl, write_recipe
+from tiny_model import build_tiny_model
+
+from synthkd.pipeline import run_recipe
+from synthkd.publish.push import stage
+from synthkd.publish.rundir import open_run
+from synthkd.recipe import load_recipe
+from synthkd.testing.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sft-run")
+    write_jsonl(folder / "seeds.jsonl", [{"instruction": f"Explain item {i} briefly."} for i in range(6)])
+    with FakeOpenAIServer() as server:
+        teacher = {"backend": "openai", "model": "m", "base_url": server.base_url, "api_key_env": None}
+        recipe = {
+            "name": "sft",
+            "teacher": teacher,
+            "steps": [
+                {"step": "load", "path": str(folder / "seeds.jsonl")},
+                {"step": "label", "system": "Be brief."},
+            ],
+            "output": {"dir": str(folder / "out")},
+        }
+        run_recipe(load_recipe(write_recipe(folder / "r.yaml", recipe)))
+    return folder / "out"
+
+
+def one_sft_step(dataset, tmp_path: Path) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trained"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        max_length=64,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=dataset,  # as written: no column selected or renamed
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    return trainer.train().training_loss
+
+
+def test_the_dataset_folder_trains_in_trls_sft_trainer_as_it_is(run_dir: Path, tmp_path: Path):
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(run_dir / "dataset"))
+    # The text the teacher was sent is there, under a name no TRL format claims.
+    assert "prompt" not in dataset.column_names and "teacher_prompt" in dataset.column_names
+    assert dataset[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert one_sft_step(dataset, tmp_path) > 0  # before: KeyError: 'completion'
+
+
+def test_the_pushed_parquet_trains_in_trls_sft_trainer_as_it_is(run_dir: Path, tmp_path: Path):
+    from datasets import load_dataset
+
+    files = stage(open_run(run_dir), tmp_path / "push")
+    parquet = [str(tmp_path / "push" / name) for name in files if name.endswith(".parquet")]
+    dataset = load_dataset("parquet", data_files=parquet, split="train")
+    assert one_sft_step(dataset, tmp_path) > 0
