@@ -75,3 +75,46 @@ def test_the_pushed_parquet_trains_in_trls_sft_trainer_as_it_is(run_dir: Path, t
     parquet = [str(tmp_path / "push" / name) for name in files if name.endswith(".parquet")]
     dataset = load_dataset("parquet", data_files=parquet, split="train")
     assert one_sft_step(dataset, tmp_path) > 0
+
+
+JUDGE = "(?s)impartial judge.*Response:\n"
+
+
+def test_preference_pairs_train_in_trls_dpo_trainer_as_they_are(tmp_path: Path):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [{"id": f"r{i}", "instruction": f"Explain item {i}.", "student": "Weak student"} for i in range(4)]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    script = [
+        {"match": JUDGE + "Answer:", "reply": '{"score": 9, "justification": "teacher"}'},
+        {"match": JUDGE + "Weak student", "reply": '{"score": 2, "justification": "vague"}'},
+    ]
+    with FakeOpenAIServer(script=script) as server:
+        teacher = {"backend": "openai", "model": "m", "base_url": server.base_url, "api_key_env": None}
+        steps = [
+            {"step": "load", "path": "rows.jsonl"},
+            {"step": "preference", "n": 1, "candidate_columns": ["student"]},
+        ]
+        recipe = {"name": "dpo", "teacher": teacher, "steps": steps, "output": {"dir": str(tmp_path / "out")}}
+        run_recipe(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
+    dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert dataset[0]["chosen"][-1]["content"].startswith("Answer:")
+    model_dir = build_tiny_model(tmp_path / "model")
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trained"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        max_length=64,
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=dataset,  # as written: prompt, chosen and rejected are TRL's own format
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    assert trainer.train().training_loss > 0
