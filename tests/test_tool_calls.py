@@ -193,8 +193,10 @@ def test_conversations_with_valid_calls_train_in_trl(tmp_path: Path):
     assert flights[0] == {"role": "system", "content": "You help travellers."}
     assert flights[2] == {  # re-asked once with the type error, then valid
         "role": "assistant",
+        "content": "",  # OpenAI's form: chat templates such as SmolLM2's raise without it
         "tool_calls": [
             {
+                "id": "call_0_0",
                 "type": "function",
                 "function": {
                     "name": "search_flights",
@@ -210,6 +212,7 @@ def test_conversations_with_valid_calls_train_in_trl(tmp_path: Path):
     }
     assert flights[3] == {
         "role": "tool",
+        "tool_call_id": "call_0_0",  # the result answers that call
         "name": "search_flights",
         "content": '{"flights": [{"number": "AF1404", "departs": "07:10", "price_eur": 129}]}',
     }
@@ -243,6 +246,12 @@ def test_conversations_with_valid_calls_train_in_trl(tmp_path: Path):
     )
     assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in text
     assert '"name": "search_flights"' in text  # the schemas reach the template
+    # The embedded teacher's own template (SmolLM2's) reads every turn's content: it raised
+    # ("'dict object' has no attribute 'content'") on calling turns without one.
+    from synthkd.teachers.embedded import embedded_tokenizer
+
+    rendered = embedded_tokenizer().apply_chat_template(stored["weather"]["messages"], tokenize=False)
+    assert "<|im_start|>tool" in rendered
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         args=SFTConfig(
@@ -427,8 +436,10 @@ def test_later_rounds_call_with_earlier_results_until_done_or_out_of_rounds(tmp_
     ]
     assert [c["function"]["name"] for c in flight[1]["tool_calls"]] == ["get_weather", "get_weather"]
     assert flight[4]["tool_calls"][0]["function"]["arguments"]["destination"] == "FCO"
+    assert [m.get("tool_call_id") for m in flight[2:6]] == ["call_0_0", "call_0_1", None, "call_1_0"]
     assert flight[5] == {
         "role": "tool",
+        "tool_call_id": "call_1_0",  # round 1's first call
         "name": "search_flights",
         "content": '{"flights": [{"number": "AZ317", "price_eur": 99}]}',
     }

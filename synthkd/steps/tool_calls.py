@@ -12,8 +12,9 @@ replies with none or the rounds run out; the simulated results stay consistent w
 Rows get `messages` in the format TRL's SFTTrainer and transformers' chat templates take:
 
     {"role": "user", "content": ...}
-    {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": ..., "arguments": {...}}}]}
-    {"role": "tool", "name": ..., "content": "<the result as JSON>"}
+    {"role": "assistant", "content": "",
+     "tool_calls": [{"id": "call_0_0", "type": "function", "function": {"name": ..., "arguments": {...}}}]}
+    {"role": "tool", "tool_call_id": "call_0_0", "name": ..., "content": "<the result as JSON>"}
     {"role": "assistant", "content": <the final answer>}
 
 (an assistant turn with `tool_calls` and its `tool` turns for each round of calls),
@@ -432,22 +433,27 @@ class ToolCallsStep(TeacherStep):
     def _row(self, conversation: _Conversation, final: str) -> Row:
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
         messages.append({"role": "user", "content": conversation.request})
-        for calls, outputs in conversation.rounds:
+        for round_index, (calls, outputs) in enumerate(conversation.rounds):
+            # Each call has an id its result answers to, and the calling turn an (empty) content:
+            # the OpenAI message format, which chat templates such as SmolLM2's require.
+            ids = [f"call_{round_index}_{index}" for index in range(len(calls))]
             messages.append(
                 {
                     "role": "assistant",
+                    "content": "",
                     "tool_calls": [
                         {
+                            "id": call_id,
                             "type": "function",
                             "function": {"name": call["name"], "arguments": call["arguments"]},
                         }
-                        for call in calls
+                        for call_id, call in zip(ids, calls, strict=True)
                     ],
                 }
             )
             messages += [
-                {"role": "tool", "name": call["name"], "content": output}
-                for call, output in zip(calls, outputs, strict=True)
+                {"role": "tool", "tool_call_id": call_id, "name": call["name"], "content": output}
+                for call_id, call, output in zip(ids, calls, outputs, strict=True)
             ]
         messages.append({"role": "assistant", "content": final})
         return {
