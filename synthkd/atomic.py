@@ -1,8 +1,8 @@
 """Write a file whole or not at all, and tell a full disk from other write errors.
 
-`atomic_write_text`/`atomic_write_bytes`/`atomic_writer` write into a hidden temporary file beside
-the target (`.<name>.tmp-<pid>-<random>`, same folder, so same file system), flush it to the disk,
-then rename it over the target. A write that fails at any point (a full disk, an exception, a
+`atomic_write_text`/`atomic_writer` write into a hidden temporary file beside the target
+(`.<name>.tmp-<pid>-<random>`, same folder, so same file system), flush it to the disk, then
+rename it over the target. A write that fails at any point (a full disk, an exception, a
 killed process) leaves the previous file as it was, or no file; never a truncated one. A full disk
 is raised as `StorageFullError` naming the file; the temporary file is removed. Temporary files a
 killed writer left behind are removed by the next write to the same file.
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from synthkd.errors import StorageFullError
+from synthkd.errors import StorageFullError, causes
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Libraries that turn errno into text (pyarrow: "[errno 28] No space left on device").
@@ -31,21 +31,15 @@ KEPT = "it was not written, and the file there before, if any, is left whole"
 def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc`, or an error it was raised from, says that the disk (or a quota) is full:
     an OSError with ENOSPC/EDQUOT (or that text), or SQLite's SQLITE_FULL."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, StorageFullError):
-            return True
-        if getattr(current, "sqlite_errorname", None) == "SQLITE_FULL":
-            return True
-        if isinstance(current, OSError):
-            if current.errno in DISK_FULL_ERRNOS:
-                return True
-            if any(text in str(current) for text in DISK_FULL_TEXTS):
-                return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(_says_full(cause) for cause in causes(exc))
+
+
+def _says_full(exc: BaseException) -> bool:
+    if isinstance(exc, StorageFullError) or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL":
+        return True
+    return isinstance(exc, OSError) and (
+        exc.errno in DISK_FULL_ERRNOS or any(text in str(exc) for text in DISK_FULL_TEXTS)
+    )
 
 
 def atomic_write_text(
@@ -55,13 +49,6 @@ def atomic_write_text(
     `what` names the file in the error a full disk raises ("the report")."""
     with atomic_writer(path, "w", encoding=encoding, newline=newline, what=what) as handle:
         handle.write(text)
-    return Path(path)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, what: str = "") -> Path:
-    """Write `data` to `path` whole or not at all (see the module); returns the path written."""
-    with atomic_writer(path, "wb", what=what) as handle:
-        handle.write(data)
     return Path(path)
 
 

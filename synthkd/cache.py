@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -83,31 +83,24 @@ class ResponseCache:
     """A SQLite table of key -> completion (or scored answer, as JSON). Safe to share between
     processes."""
 
-    def __init__(self, path: Path, *, timeout: float | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
+        self.timeout = BUSY_TIMEOUT_SECONDS
         self._claims_ready = False
+        # The set-up statements read the file's header and schema, so a damaged file is reported
+        # here, before any request is sent, and not at the first lookup. WAL + synchronous=NORMAL:
+        # a commit survives the process being killed (not a power cut) and costs microseconds, so
+        # committing every response is affordable.
         with self._guard():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            self._db = open_database(
+                path,
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=NORMAL",
+                "CREATE TABLE IF NOT EXISTS responses "
+                "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)",
+                timeout=self.timeout,
+                check_same_thread=False,
             )
-        try:
-            # These read the file's header and schema, so a damaged file is reported here, before
-            # any request is sent, and not at the first lookup.
-            with self._guard():
-                # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power
-                # cut) and costs microseconds, so committing every response is affordable.
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS responses "
-                    "(key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
-                )
-
-        except BaseException:
-            self._db.close()
-            raise
 
     @staticmethod
     def default_path() -> Path:
@@ -121,20 +114,15 @@ class ResponseCache:
     def _guard(self) -> Iterator[None]:
         """SQLite's damage, lock and full-disk errors as one-line errors naming the file; others
         unchanged."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if is_damage(exc):
-                raise CacheDamagedError(self.path, str(exc)) from exc
-            if is_lock(exc):
-                raise CacheLockedError(self.path, self.timeout) from exc
-            if is_full(exc, self.path):
-                raise cache_full_error(self.path) from exc
-            raise
-        except OSError as exc:  # creating the cache's folder
-            if is_disk_full(exc):
-                raise cache_full_error(self.path) from exc
-            raise
+        with full_disk_as(self.path, cache_full_error):
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                if is_damage(exc):
+                    raise CacheDamagedError(self.path, str(exc)) from exc
+                if is_lock(exc):
+                    raise CacheLockedError(self.path, self.timeout) from exc
+                raise
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         return {key: Completion(**value) for key, value in self._get_values(keys).items()}
@@ -176,11 +164,12 @@ class ResponseCache:
                 (key, json.dumps(value, ensure_ascii=False), time.time()),
             )
 
-    def claim(self, key: str, seconds: float) -> bool:
-        """Mark a request as being asked by this process for up to `seconds`, unless another
-        running process is asking it now: then False, and the caller waits for its answer rather
-        than paying for it twice. Runs that share a cache (other output folders, other machines'
-        steps of one job) so split the work instead of racing through it in step."""
+    def claim(self, key: str, seconds: float) -> tuple[Completion | None, bool]:
+        """(the answer, if some process has put it here since the caller looked; whether this
+        process may ask `key` now). Asking marks the request as this process's for up to `seconds`;
+        while another running process has it marked, the caller waits for its answer rather than
+        paying for it twice. Runs that share a cache (other output folders) so split the work
+        instead of racing through it in step. One transaction: the look and the mark."""
         now, me = time.time(), os.getpid()
         with self._guard():
             if not self._claims_ready:  # made on first use: a cache only read needs no such table
@@ -189,11 +178,12 @@ class ResponseCache:
                     "(key TEXT PRIMARY KEY, pid INTEGER NOT NULL, until REAL NOT NULL)"
                 )
                 self._claims_ready = True
-            self._db.execute("BEGIN IMMEDIATE")  # the check and the claim as one step
+            self._db.execute("BEGIN IMMEDIATE")
             try:
+                answered = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
                 held = self._db.execute("SELECT pid, until FROM claims WHERE key = ?", (key,)).fetchone()
                 taken = held is not None and held[0] != me and held[1] > now and process_running(held[0])
-                if not taken:
+                if answered is None and not taken:
                     self._db.execute(
                         "INSERT OR REPLACE INTO claims (key, pid, until) VALUES (?, ?, ?)",
                         (key, me, now + seconds),
@@ -202,7 +192,9 @@ class ResponseCache:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return not taken
+        if answered is not None:
+            return Completion(**json.loads(answered[0])), False
+        return None, not taken
 
     def release(self, key: str) -> None:
         """This process is done asking `key` (answered or failed)."""
@@ -225,6 +217,35 @@ class ResponseCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def open_database(
+    path: Path, *setup: str, timeout: float = BUSY_TIMEOUT_SECONDS, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A connection (autocommit) to the SQLite file at `path`, its folder made if missing, after
+    running `setup` (pragmas, CREATE TABLE). Those read the file's header and schema, so the usual
+    damage is met here; the connection is closed if they fail."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
+    try:
+        for statement in setup:
+            db.execute(statement)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextmanager
+def full_disk_as(path: Path, error: Callable[[Path], StorageFullError]) -> Iterator[None]:
+    """A full disk met by SQLite on the file at `path`, or by creating its folder, raised as
+    `error(path)`; other errors unchanged."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, OSError) as exc:
+        if is_full(exc, path):
+            raise error(path) from exc
+        raise
 
 
 def cache_full_error(path: Path) -> StorageFullError:
@@ -250,10 +271,10 @@ def is_lock(exc: sqlite3.DatabaseError) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
 
 
-def is_full(exc: sqlite3.DatabaseError, path: Path) -> bool:
-    """SQLITE_FULL; or an I/O error, or a file that cannot be created, on a disk with no space
-    left (SQLite reports a full disk met while sizing its shared-memory file or creating the
-    database that way, without the errno)."""
+def is_full(exc: sqlite3.DatabaseError | OSError, path: Path) -> bool:
+    """ENOSPC/EDQUOT or SQLITE_FULL (see `is_disk_full`); or an I/O error, or a file that cannot be
+    created, on a disk with no space left (SQLite reports a full disk met while sizing its
+    shared-memory file or creating the database that way, without the errno)."""
     if is_disk_full(exc):
         return True
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -268,8 +289,7 @@ def is_full(exc: sqlite3.DatabaseError, path: Path) -> bool:
 def set_aside(path: Path) -> list[Path]:
     """Rename a damaged cache and its companion files to `<name>.damaged-<UTC time>` beside them
     (kept for whoever wants to recover from them); returns the new names."""
-    sources = [path.with_name(path.name + suffix) for suffix in ("", *COMPANIONS)]
-    sources = [source for source in sources if source.exists()]
+    sources = [source for source in _files_of(path) if source.exists()]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     tag, attempt = stamp, 1
     while any(source.with_name(f"{source.name}.damaged-{tag}").exists() for source in sources):
@@ -289,20 +309,14 @@ def clear_cache(path: Path) -> tuple[int, list[Path]]:
     aside and replaced by a new, empty cache: (0, the damaged files' new names)."""
     try:
         cache = ResponseCache(path)
-    except CacheDamagedError:
+        try:
+            return cache.clear(), []
+        finally:  # closed before its files are deleted or set aside below
+            cache.close()
+    except CacheDamagedError:  # met opening it, or past the header by the count or the delete
         pass
     except StorageFullError as exc:
         return _delete_from_full_disk(path, exc), []
-    else:
-        try:
-            return cache.clear(), []
-        except CacheDamagedError:  # damage past the header, met by the count or the delete
-            pass
-        except StorageFullError as exc:
-            cache.close()
-            return _delete_from_full_disk(path, exc), []
-        finally:
-            cache.close()
     moved = set_aside(path)
     ResponseCache(path).close()
     return 0, moved
@@ -325,6 +339,11 @@ def _delete_from_full_disk(path: Path, full: StorageFullError) -> int:
         db.close()
     # No new cache is made here: on a disk this full its tables and journal would take back the
     # space just freed. The next run makes it.
-    for suffix in ("", *COMPANIONS):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    for file in _files_of(path):
+        file.unlink(missing_ok=True)
     return removed
+
+
+def _files_of(path: Path) -> list[Path]:
+    """The database at `path` and the companion files SQLite may keep beside it."""
+    return [path.with_name(path.name + suffix) for suffix in ("", *COMPANIONS)]

@@ -36,12 +36,11 @@ def read_rows(source: Path, split: str) -> list[Row]:
         assert isinstance(loaded, Dataset)
         return [dict(row) for row in loaded]
     suffix = source.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(source)
-    if suffix == ".json":
-        return _read_json(source)
-    if suffix == ".csv":
-        return _read_csv(source)
+    if suffix in _TEXT_READERS:
+        try:
+            return _TEXT_READERS[suffix](source)
+        except UnicodeDecodeError:
+            raise _not_utf8(source) from None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -53,30 +52,24 @@ def read_rows(source: Path, split: str) -> list[Row]:
 
 def _read_jsonl(source: Path) -> list[Row]:
     rows = []
-    try:
-        with source.open(encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RecipeError(
-                        f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{source}:{number}"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise RecipeError("each line must be a JSON object", where=f"{source}:{number}")
-                rows.append(row)
-    except UnicodeDecodeError:
-        raise _not_utf8(source) from None
+    with source.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecipeError(
+                    f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{source}:{number}"
+                ) from None
+            if not isinstance(row, dict):
+                raise RecipeError("each line must be a JSON object", where=f"{source}:{number}")
+            rows.append(row)
     return rows
 
 
 def _read_json(source: Path) -> list[Row]:
-    try:
-        text = source.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise _not_utf8(source) from None
+    text = source.read_text(encoding="utf-8-sig")
     if not text.strip():
         return []  # an empty file: no rows (the load step says so)
     try:
@@ -94,28 +87,29 @@ def _read_csv(source: Path) -> list[Row]:
     """Rows keyed by the header's names. Blank lines are skipped and a short row's missing fields
     are None, as with csv.DictReader; a row with more fields than the header is an error."""
     rows: list[Row] = []
-    try:
-        # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first name.
-        with source.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            try:
-                header = next((record for record in reader if record), [])
-                for record in reader:
-                    if not record:
-                        continue
-                    if len(record) > len(header):
-                        raise RecipeError(
-                            f"this row has {len(record)} fields but the header names {len(header)} "
-                            "columns; quote a value that contains a comma",
-                            where=f"{source}:{reader.line_num}",
-                        )
-                    missing: list[str | None] = [None] * (len(header) - len(record))
-                    rows.append(dict(zip(header, [*record, *missing], strict=True)))
-            except csv.Error as exc:
-                raise RecipeError(f"invalid CSV: {exc}", where=f"{source}:{reader.line_num}") from None
-    except UnicodeDecodeError:
-        raise _not_utf8(source) from None
+    # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first name.
+    with source.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next((record for record in reader if record), [])
+            for record in reader:
+                if not record:
+                    continue
+                if len(record) > len(header):
+                    raise RecipeError(
+                        f"this row has {len(record)} fields but the header names {len(header)} "
+                        "columns; quote a value that contains a comma",
+                        where=f"{source}:{reader.line_num}",
+                    )
+                missing: list[str | None] = [None] * (len(header) - len(record))
+                rows.append(dict(zip(header, [*record, *missing], strict=True)))
+        except csv.Error as exc:
+            raise RecipeError(f"invalid CSV: {exc}", where=f"{source}:{reader.line_num}") from None
     return rows
+
+
+# The text formats; a UnicodeDecodeError from any of them is reported by `_not_utf8`.
+_TEXT_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
 
 
 def _not_utf8(source: Path) -> RecipeError:

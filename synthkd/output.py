@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 from synthkd.atomic import is_disk_full
 from synthkd.errors import StorageFullError
 from synthkd.kd.topk import storage_features
-from synthkd.output_folder import OUTPUT_FILES, staging_folder, swap_into_place
-from synthkd.redaction import redact_value
+from synthkd.output_folder import staging_folder, swap_into_place
+from synthkd.redaction import redact_value, secret_values
 
 # For annotations only: importing synthkd.steps.base imports every step (datasketch, scipy: 2 s),
 # and `synthkd show` and `synthkd report` reach this module (through publish.rundir) without steps.
 if TYPE_CHECKING:
     from synthkd.steps.base import Failure, Row
-
-__all__ = ["OUTPUT_FILES", "load_run_dataset", "to_dataset", "uniform", "write_run"]
 
 
 def uniform(rows: list[Row]) -> list[Row]:
@@ -101,9 +99,10 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
         staging = staging_folder(out_dir)
         try:
             # A teacher that echoed a key, a server error quoting one: no file keeps a secret value.
-            rows = redact_value(uniform(rows))
-            failure_records = redact_value([{"step": step, **asdict(f)} for step, f in failures])
-            manifest = redact_value(manifest)
+            secrets = secret_values()
+            rows = redact_value(uniform(rows), secrets)
+            failure_records = redact_value([{"step": step, **asdict(f)} for step, f in failures], secrets)
+            manifest = redact_value(manifest, secrets)
             dataset = to_dataset(rows)
             # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
             # and then cannot load it back (IndexError in load_from_disk).

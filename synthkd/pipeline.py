@@ -68,7 +68,6 @@ def preflight(
     the steps' (unless `data` is off: `synthkd train` on a finished run) and the `train:`
     section's (unless `training` is off: `--no-train`). A judge whose key is missing must stop
     the run before the data is generated, not after."""
-    register_recipe_secrets(loaded)
     seen = set()
     for use in recipe_teachers(loaded.recipe, training=training):
         if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
@@ -228,7 +227,7 @@ async def _execute_steps(
             report.seconds = round(time.perf_counter() - clock, 3)
             reports.append(report)
             # Later steps would pay for requests on data the run cannot keep: stop here.
-            shortfall = too_many_failures(report, recipe.output.max_failure_ratio, failures)
+            shortfall = too_many_failures(report, recipe.output.max_failure_ratio, result.failures)
             if shortfall:
                 break
     if recipe.output.format == "messages":
@@ -252,23 +251,20 @@ async def _execute_steps(
     return RunResult(target, rows, failures, reports, manifest)
 
 
-def too_many_failures(
-    report: StepReport, max_ratio: float, failures: list[tuple[str, Failure]]
-) -> str | None:
+def too_many_failures(report: StepReport, max_ratio: float, failures: list[Failure]) -> str | None:
     """Why a step's failed requests fail the run, or None. Counted are the rows whose requests got
     no answer after every attempt (server errors, timeouts, outages: what a rerun may still get),
     as a share of the rows the step handled: its input, or for a step that makes rows, what it
     made plus what failed. Answers that did not parse are the teacher's quality, in the funnel."""
-    name = f"{report.index}:{report.step}"
-    reasons = Counter(f.reason for step, f in failures if step == name and is_transient_reason(f.reason))
+    reasons = Counter(failure.reason for failure in failures if is_transient_reason(failure.reason))
     lost = sum(reasons.values())
     handled = max(report.rows_in, report.rows_out + report.rows_failed)
     if not lost or lost <= max_ratio * handled:
         return None
     common = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common(3))
     return (
-        f"step {name} lost {lost} of {handled} rows to failed requests ({common}), more than "
-        f"output.max_failure_ratio {max_ratio:g} allows"
+        f"step {report.index}:{report.step} lost {lost} of {handled} rows to failed requests "
+        f"({common}), more than output.max_failure_ratio {max_ratio:g} allows"
     )
 
 

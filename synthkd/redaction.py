@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 REDACTED = "<redacted>"
@@ -35,30 +35,26 @@ def secret_values() -> list[str]:
     return sorted((v for v in values if len(v) >= MIN_SECRET_CHARS), key=len, reverse=True)
 
 
-def redact(text: str) -> str:
-    """`text` with every secret value replaced by <redacted>."""
-    for secret in secret_values():
+def redact(text: str, secrets: Sequence[str] | None = None) -> str:
+    """`text` with every secret value replaced by <redacted>. `secrets`: what `secret_values`
+    returned, for a caller that redacts often (reading the environment each time costs more than
+    the replacing)."""
+    for secret in secret_values() if secrets is None else secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
 
 
-def redact_value(value: Any) -> Any:
-    """A copy of a JSON-like value with every string redacted; `value` itself if nothing changed."""
-    secrets = secret_values()
+def redact_value(value: Any, secrets: Sequence[str] | None = None) -> Any:
+    """A copy of a JSON-like value with every string redacted; `value` itself when no secret is
+    known."""
+    secrets = secret_values() if secrets is None else secrets
     if not secrets:
         return value
-    return _redact_strings(value, secrets)
-
-
-def _redact_strings(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return redact(value, secrets)
     if isinstance(value, dict):
-        return {key: _redact_strings(item, secrets) for key, item in value.items()}
+        return {key: redact_value(item, secrets) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_redact_strings(item, secrets) for item in value)
+        return type(value)(redact_value(item, secrets) for item in value)
     return value

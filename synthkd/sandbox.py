@@ -179,7 +179,7 @@ def _probe(bwrap: str, as_root: bool) -> str | None:
     if path is None:
         return f"`{bwrap}` is not installed"
     python = [sys.executable, "-I", "-S", "-B", "-c", "import site; site.main()"]
-    command = [*_bwrap_prefix(path, as_root, 1 << 20), *python]
+    command = [*_bwrap_prefix(path, as_root, 1 << 20), "--", *python]
     try:
         done = subprocess.run(
             command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=_bwrap_env()
@@ -242,16 +242,17 @@ def check_solution(code: str, tests: str, limits: Limits, *, isolation: str = "a
             "memory_exit": MEMORY_EXIT,
         }
         command = [sys.executable, "-I", "-S", "-B", f"{harness}/boot.py", "judge", json.dumps(config)]
-        passed_fds = [job, verdict, handles["solution_out"].fileno(), handles["solution_err"].fileno()]
+        passed_fds = list(config["fds"].values())
+        children_only = [job]  # closed here once started: the nonce stays with the judge alone
         info_read = None
         if mode == "bwrap":
-            info_read, info_write = os.pipe()
+            info_read, info_write = os.pipe()  # bubblewrap writes its child's pid there
             os.set_blocking(info_read, False)
             fds += [info_read, info_write]
             passed_fds.append(info_write)
-            bwrap = shutil.which(BWRAP) or BWRAP
-            prefix = _bwrap_prefix(bwrap, as_root, limits.disk_mb << 20)
-            command = [*prefix[:-1], "--info-fd", str(info_write), "--", *command]
+            children_only.append(info_write)
+            prefix = _bwrap_prefix(shutil.which(BWRAP) or BWRAP, as_root, limits.disk_mb << 20)
+            command = [*prefix, "--info-fd", str(info_write), "--", *command]
         started = time.monotonic()
         process = subprocess.Popen(
             command,
@@ -264,8 +265,8 @@ def check_solution(code: str, tests: str, limits: Limits, *, isolation: str = "a
             close_fds=True,
             start_new_session=True,  # its own process group, killed whole on timeout
         )
-        for fd in [job, *([info_write] if info_read is not None else [])]:
-            os.close(fd)  # the children have them; the nonce stays with the judge alone
+        for fd in children_only:
+            os.close(fd)
             fds.remove(fd)
         for handle in handles.values():
             handle.close()
@@ -273,6 +274,7 @@ def check_solution(code: str, tests: str, limits: Limits, *, isolation: str = "a
         wall = time.monotonic() - started
         os.lseek(verdict, 0, os.SEEK_SET)
         written = os.read(verdict, 1 << 20)
+        judge_err = _tail(outputs["judge_err"])
         result = SandboxResult(
             "failed",
             returncode,
@@ -282,13 +284,12 @@ def check_solution(code: str, tests: str, limits: Limits, *, isolation: str = "a
             wall_seconds=round(wall, 3),
             max_rss_mb=round(usage.ru_maxrss / 1024, 1),
             isolation=mode,
-            tests_output=(_tail(outputs["judge_out"]) + _tail(outputs["judge_err"]))[-OUTPUT_TAIL_CHARS:],
+            tests_output=(_tail(outputs["judge_out"]) + judge_err)[-OUTPUT_TAIL_CHARS:],
         )
-        judge_err = _tail(outputs["judge_err"])
         _raise_on_setup_failure(returncode, written, judge_err, mode)
-        sizes = max(path.stat().st_size for path in outputs.values())
+        largest_output = max(path.stat().st_size for path in outputs.values())
         result.status, result.detail = _classify(
-            result, limits, killed, _verdict(written, nonce), mode == "bwrap", judge_err, sizes
+            result, limits, killed, _verdict(written, nonce), judge_err, largest_output
         )
         return result
     finally:
@@ -401,7 +402,6 @@ def _classify(
     limits: Limits,
     killed: bool,
     verdict: dict | None,
-    via_bwrap: bool,
     judge_err: str,
     largest_output: int,
 ) -> tuple[str, str]:
@@ -417,7 +417,7 @@ def _classify(
         return "timeout", f"still running after {limits.wall:g} s (wall clock); killed"
     signals = {
         "the answer's process": _signal_of(solution_code, False),
-        "the tests' process": _signal_of(judge_code, via_bwrap),
+        "the tests' process": _signal_of(judge_code, result.isolation == "bwrap"),
     }
     # the judge is pid 1 of its namespace, which ignores SIGXCPU: its CPU hard limit is a SIGKILL
     cpu_kill = signals["the tests' process"] == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds
@@ -487,7 +487,7 @@ def _bwrap_env() -> dict[str, str]:
 
 
 def _bwrap_prefix(bwrap: str, as_root: bool, disk_bytes: int) -> list[str]:
-    """bubblewrap's arguments up to the command (see the module docstring)."""
+    """bubblewrap's options (see the module docstring); the command follows a "--"."""
     # --as-pid-1: the judge is the namespace's init, so everything in it dies before it does
     args = [bwrap, "--die-with-parent", "--new-session", "--as-pid-1"]
     if as_root:
@@ -500,7 +500,7 @@ def _bwrap_prefix(bwrap: str, as_root: bool, disk_bytes: int) -> list[str]:
     args += ["--perms", "0777", "--size", str(disk_bytes), "--tmpfs", WORK, "--chdir", WORK, "--clearenv"]
     for key, value in _child_env(WORK).items():
         args += ["--setenv", key, value]
-    return [*args, "--"]
+    return args
 
 
 @functools.cache

@@ -39,7 +39,7 @@ class _IncludeLoader(jinja2.FileSystemLoader):
 
     def __init__(self, folders: list[Path]) -> None:
         super().__init__([str(folder) for folder in folders], encoding="utf-8")
-        self.folders = folders
+        self.real_folders = [Path(os.path.realpath(folder)) for folder in folders]
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
         if Path(template).is_absolute() or template.startswith(("/", "\\")):
@@ -55,7 +55,7 @@ class _IncludeLoader(jinja2.FileSystemLoader):
             except jinja2.TemplateNotFound:
                 continue
             real = Path(os.path.realpath(filename))
-            if not any(real.is_relative_to(os.path.realpath(folder)) for folder in self.folders):
+            if not any(real.is_relative_to(folder) for folder in self.real_folders):
                 raise _IncludeRefused(template, f"a link to {real}, outside the recipe folder")
             return source, filename, uptodate
         raise jinja2.TemplateNotFound(template)

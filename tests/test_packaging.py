@@ -36,7 +36,7 @@ def test_wheel_ships_prompts_and_recipes_and_finds_them(tmp_path: Path):
     ):
         assert f"synthkd/_shipped/{shipped}" in names
     assert "synthkd/cli.py" in names and not any(name.startswith("tests/") for name in names)
-    # The sandbox's child code is data to the parent (copied into each run's folder), not an import.
+    # The sandbox's child code is data to the parent (bound read-only into each sandbox), not an import.
     child = {"boot.py", "hook.py", "judge.py", "rpc.py"}
     assert {f"synthkd/sandbox_child/{name}" for name in child} <= names
 

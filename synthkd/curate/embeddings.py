@@ -14,20 +14,22 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from synthkd.atomic import is_disk_full
-from synthkd.cache import BUSY_TIMEOUT_SECONDS, is_damage, is_full, set_aside
+from synthkd.cache import full_disk_as, is_damage, open_database, set_aside
 from synthkd.errors import RecipeError, StorageFullError
 from synthkd.model_source import local_or_hub
 from synthkd.paths import cache_root
 
 EMBEDDED_ENCODER = "embedded"
+
+T = TypeVar("T")
 
 
 def _model_source(model: str) -> str:
@@ -58,34 +60,31 @@ class EmbeddingCache:
         self.path = path or cache_root() / "embeddings.sqlite"
         self._warn = warn or _warn
         self._db: sqlite3.Connection | None = None
-        with self._guard():
+        self._recovering(self._open, lambda: None)  # the new cache is opened by _start_again
+
+    def _open(self) -> None:
+        self._db = open_database(
+            self.path,
+            "PRAGMA journal_mode=WAL",
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_hash TEXT, vector BLOB, "
+            "PRIMARY KEY (model, text_hash))",
+        )
+
+    def _recovering(self, action: Callable[[], T], again: Callable[[], T]) -> T:
+        """`action()`; if it meets a damaged file, that is set aside, a new cache is started and
+        `again()` is returned instead. A full disk is a `StorageFullError` naming the file."""
+        with full_disk_as(self.path, _full_error):
             try:
-                self._open()
+                return action()
             except sqlite3.DatabaseError as exc:
                 if not is_damage(exc):
                     raise
                 self._start_again(exc)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            # These read the header and the schema: the usual damage is met here.
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_hash TEXT, vector BLOB, "
-                "PRIMARY KEY (model, text_hash))"
-            )
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
+                return again()
 
     def _start_again(self, exc: sqlite3.DatabaseError) -> None:
         """Set the damaged file aside and open a new, empty cache in its place."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.close()
         try:
             moved = set_aside(self.path)
         except FileNotFoundError:  # another process set it aside first
@@ -97,42 +96,13 @@ class EmbeddingCache:
         )
         self._open()
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if is_full(exc, self.path):
-                raise self._full() from exc
-            raise
-        except OSError as exc:  # creating the cache's folder
-            if is_disk_full(exc):
-                raise self._full() from exc
-            raise
-
-    def _full(self) -> StorageFullError:
-        return StorageFullError(
-            self.path,
-            what="the embeddings cache",
-            outcome="the embeddings already cached are kept",
-            fix="free some space there, or point SYNTHKD_CACHE_DIR at a disk with room, and run the "
-            "same command again",
-        )
-
     @property
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "the embeddings cache is closed"
         return self._db
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        with self._guard():
-            try:
-                return self._get_many(model, hashes)
-            except sqlite3.DatabaseError as exc:  # damage past the header
-                if not is_damage(exc):
-                    raise
-                self._start_again(exc)
-                return {}
+        return self._recovering(lambda: self._get_many(model, hashes), dict)
 
     def _get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         found = {}
@@ -145,14 +115,8 @@ class EmbeddingCache:
         return found
 
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
-        with self._guard():
-            try:
-                self._put_many(model, items)
-            except sqlite3.DatabaseError as exc:
-                if not is_damage(exc):
-                    raise
-                self._start_again(exc)
-                self._put_many(model, items)
+        write = partial(self._put_many, model, items)
+        self._recovering(write, write)  # on a damaged file: written again into the new cache
 
     def _put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
         db = self.db
@@ -176,6 +140,16 @@ class EmbeddingCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _full_error(path: Path) -> StorageFullError:
+    return StorageFullError(
+        path,
+        what="the embeddings cache",
+        outcome="the embeddings already cached are kept",
+        fix="free some space there, or point SYNTHKD_CACHE_DIR at a disk with room, and run the "
+        "same command again",
+    )
 
 
 def _warn(message: str) -> None:

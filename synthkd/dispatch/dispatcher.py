@@ -19,7 +19,7 @@ from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
 from synthkd.errors import TeacherFatalError
 from synthkd.kd.topk import TopK
 from synthkd.pricing import Price
-from synthkd.redaction import redact
+from synthkd.redaction import redact, secret_values
 from synthkd.teachers.base import (
     ChatRequest,
     Completion,
@@ -93,6 +93,11 @@ class Dispatcher:
         self._accepted = 0  # answers the teacher gave, now or in a cached earlier run
         self._rejections = 0  # requests it refused with a bare HTTP 400, 413 or 422
         self._outage_since: float | None = None  # first failed connection since the last answer
+        # Read once: the recipe's key variables are registered before any dispatcher is made.
+        self._secrets = secret_values()
+        # How long another run sharing the cache waits on a request this one claimed: long enough
+        # for every attempt; the claim of a process that died is void before that.
+        self._claim_seconds = (config.timeout + 5.0) * config.max_attempts + config.outage_seconds
         self.capabilities = capabilities_of(config)
         # A local model has no network timeout to trust (a long generation is not a hung
         # connection); an API call is bounded here as well as in the SDK, so a hung connection can
@@ -147,12 +152,12 @@ class Dispatcher:
                     elsewhere.clear()
                     continue
                 key = queue.popleft()
-                cached = self._answered_meanwhile(key)
-                if cached is not None:
+                answered, mine = self._claim(key)
+                if answered is not None:  # another run sharing the cache paid for it meanwhile
                     self.stats.cache_hits += 1
                     self._accepted += 1
-                    finish(key, Outcome(cached, cached=True))
-                elif not self._claim(key):
+                    finish(key, Outcome(answered, cached=True))
+                elif not mine:
                     elsewhere.append(key)
                 else:
                     try:
@@ -175,20 +180,13 @@ class Dispatcher:
                 task.cancel()
         return [by_key[key] for key in keys]
 
-    def _answered_meanwhile(self, key: str) -> Completion | None:
-        """An answer another process put in the shared cache since this run looked."""
+    def _claim(self, key: str) -> tuple[Completion | None, bool]:
+        """(an answer another run sharing the cache got meanwhile; whether this process may ask
+        `key` now: not while another run is asking it). See `ResponseCache.claim`. A local model
+        costs nothing per request: it asks."""
         if self.cache is None or self.capabilities.local:
-            return None
-        return self.cache.get_many([key]).get(key)
-
-    def _claim(self, key: str) -> bool:
-        """Whether this process may ask `key` now: not while another run sharing the cache is
-        asking it (see `ResponseCache.claim`). A local model costs nothing per request: it asks."""
-        if self.cache is None or self.capabilities.local:
-            return True
-        # Long enough for every attempt; a claim of a process that died is void before that.
-        seconds = (self.config.timeout + 5.0) * self.config.max_attempts + self.config.outage_seconds
-        return self.cache.claim(key, seconds)
+            return None, True
+        return self.cache.claim(key, self._claim_seconds)
 
     def _release(self, key: str) -> None:
         if self.cache is not None and not self.capabilities.local:
@@ -254,7 +252,7 @@ class Dispatcher:
             except TeacherError as exc:
                 if exc.fatal:
                     raise TeacherFatalError(
-                        redact(f"{self.config.backend} teacher {self.config.model!r}: {exc}")
+                        redact(f"{self.config.backend} teacher {self.config.model!r}: {exc}", self._secrets)
                     ) from exc
                 if not exc.retryable:  # this request cannot succeed (too long, refused): its row fails
                     return self._rejected(exc, attempt + 1)
@@ -282,7 +280,9 @@ class Dispatcher:
             if pause:
                 self._paused_until = max(self._paused_until, time.monotonic() + pause)
             # An answer that echoes a key is kept, cached and written without it.
-            completion = replace(completion, text=redact(completion.text))
+            text = redact(completion.text, self._secrets)
+            if text != completion.text:
+                completion = replace(completion, text=text)
             if self.cache is not None:
                 self.cache.put(key, completion)
             self._accepted += 1
@@ -290,7 +290,7 @@ class Dispatcher:
             return Outcome(completion)
         self.stats.failed += 1
         assert error is not None
-        return Outcome(None, attempts=attempt, error=redact(str(error)), reason=error.reason)
+        return Outcome(None, attempts=attempt, error=redact(str(error), self._secrets), reason=error.reason)
 
     def _outage_limit(self) -> float:
         """How long failed connections are retried: `outage_seconds`, or less for a teacher that
@@ -326,11 +326,12 @@ class Dispatcher:
                 redact(
                     f"{self.teacher.backend} teacher {self.teacher.model!r} rejected the first "
                     f"{self._rejections} requests and accepted none; check teacher.params and the "
-                    f"model name ({exc})"
+                    f"model name ({exc})",
+                    self._secrets,
                 )
             ) from exc
         self.stats.failed += 1
-        return Outcome(None, attempts=attempt, error=redact(str(exc)), reason=exc.reason)
+        return Outcome(None, attempts=attempt, error=redact(str(exc), self._secrets), reason=exc.reason)
 
     async def _complete(self, request: ChatRequest) -> tuple[Completion, object]:
         if self._deadline is None:

@@ -28,18 +28,23 @@ import sys
 SETUP_EXIT = 93
 SETUP_MARKER = "SYNTHKD-SANDBOX-SETUP: "
 PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
+HERE = os.path.dirname(os.path.abspath(__file__))  # the harness folder
 
 
 def load(name):
     """A sibling module under a private name (the harness folder is not on sys.path)."""
     import importlib.util
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(f"_synthkd_{name}", os.path.join(here, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"_synthkd_{name}", os.path.join(HERE, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def install_hook(config):
+    """The audit hook; the harness stays readable even if it lies under a home folder it denies."""
+    load("hook").install({**config, "allow_read": [HERE]})
 
 
 def set_limits(limits, nproc):
@@ -132,7 +137,7 @@ def judge_main(config):
 
         site.main()
         rpc, judge = load("rpc"), load("judge")
-        load("hook").install({**config, "allow_read": [os.path.dirname(os.path.abspath(__file__))]})
+        install_hook(config)
     except Exception as exc:
         os.write(2, f"\n{SETUP_MARKER}{type(exc).__name__}: {exc}\n".encode("utf-8", "replace"))
         os._exit(SETUP_EXIT)
@@ -177,7 +182,7 @@ def solution_main(config):
 
     site.main()
     rpc = load("rpc")
-    load("hook").install({**config, "allow_read": [os.path.dirname(os.path.abspath(__file__))]})
+    install_hook(config)
     channel = rpc.Channel(config["fds"]["read"], config["fds"]["write"], strict=False)
     os.chdir(config["work"])
     sys.path.insert(0, config["work"])

@@ -173,4 +173,3 @@ def install(config):
         _posixsubprocess.fork_exec = fork_exec
     except ImportError:
         pass
-    return config

@@ -33,6 +33,7 @@ Standard library only: this file runs in both processes, under `python -I`.
 import builtins
 import contextlib
 import json
+import math
 import operator
 import os
 import sys
@@ -76,31 +77,13 @@ class RemoteError(Exception):
     """An exception from the other side whose class cannot be rebuilt here."""
 
 
-def _ceil(value):
-    import math
-
-    return math.ceil(value)
-
-
-def _floor(value):
-    import math
-
-    return math.floor(value)
-
-
-def _trunc(value):
-    import math
-
-    return math.trunc(value)
-
-
 OPS = {
     "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
     "ge": operator.ge, "hash": hash, "truth": operator.truth, "len": len, "iter": iter, "next": next,
     "reversed": reversed, "contains": operator.contains, "getitem": operator.getitem,
     "setitem": operator.setitem, "delitem": operator.delitem, "repr": repr, "str": str,
     "format": format, "bytes": bytes, "int": int, "float": float, "complex": complex,
-    "index": operator.index, "round": round, "trunc": _trunc, "floor": _floor, "ceil": _ceil,
+    "index": operator.index, "round": round, "trunc": math.trunc, "floor": math.floor, "ceil": math.ceil,
     "abs": abs, "neg": operator.neg, "pos": operator.pos, "invert": operator.invert,
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "matmul": operator.matmul,
     "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
@@ -437,9 +420,7 @@ class Channel:
     def decode(self, data):
         try:
             return self._decode(data)
-        except Lost:
-            raise
-        except (MemoryError, *UNCATCHABLE):
+        except (Lost, MemoryError, *UNCATCHABLE):
             raise
         except BaseException as exc:  # malformed data from the other side
             self._lose(f"a value that cannot be read ({type(exc).__name__}: {exc})")

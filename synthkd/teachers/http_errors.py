@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from synthkd.errors import causes
 from synthkd.teachers.base import RateLimitHint, TeacherError
 
 # Statuses that a later attempt may get past; everything else 4xx is the caller's fault.
@@ -59,21 +60,16 @@ def is_connection_failure(exc: BaseException) -> bool:
     The openai SDK reports a refused connection as `APITimeoutError` and litellm as an HTTP 500,
     so the SDK's own class says nothing; the exception it wraps does.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionError) or type(current).__name__ in _CONNECTION_FAILURES:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        isinstance(cause, ConnectionError) or type(cause).__name__ in _CONNECTION_FAILURES
+        for cause in causes(exc)
+    )
 
 
 def connection_error(exc: BaseException) -> TeacherError:
-    """The retryable error for a connection that failed (see `is_connection_failure`)."""
-    root: BaseException = exc
-    while root.__cause__ is not None or root.__context__ is not None:
-        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    """The retryable error for a connection that failed (see `is_connection_failure`), told in
+    the words of the innermost exception ("Connect call failed ...")."""
+    *_, root = causes(exc)
     return TeacherError(f"connection failed: {root}", retryable=True, reason="connection")
 
 

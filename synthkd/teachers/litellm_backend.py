@@ -65,7 +65,8 @@ class LiteLLMTeacher:
             if isinstance(exc, litellm.exceptions.Timeout):
                 raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
             if isinstance(exc, litellm.exceptions.APIConnectionError):
-                # Raised both for refused connections and for bodies litellm cannot parse.
+                # What reaches here is no failed connection (see above): a body litellm cannot
+                # parse. Its reason stays `connection`, as litellm names it.
                 raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
             if _MISSING_KEY.search(str(exc)):
                 # litellm reports a provider SDK's missing-key error as its own HTTP 500; retrying
