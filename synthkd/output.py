@@ -46,26 +46,133 @@ def to_dataset(rows: list[Row]) -> Any:
 
 
 def _inferred_dataset(rows: list[Row]) -> Any:
-    """The rows as a `datasets.Dataset` with the types `datasets` infers.
+    """The rows as a `datasets.Dataset` with Arrow types that survive parquet and pandas.
 
-    A column whose nested dicts differ in keys at the same place (tool-call arguments, tool schemas,
-    messages with and without `tool_calls`) is stored as `datasets.Json`: Arrow would otherwise give
+    Message lists (TRL's `messages`, `prompt`, `chosen`, `rejected`: lists of dicts with a `role`)
+    become lists of structs whatever their turns hold: a key only some turns have (`tool_calls`,
+    `tool_call_id`, `name`) is None in the others, which chat templates and transformers treat as
+    absent. Only a tool call's `arguments`, whose keys differ from tool to tool, is stored as JSON
+    text (`datasets.Json`: `datasets` and TRL read it back as the dict chat templates render; pyarrow
+    and pandas see the JSON string of OpenAI's wire format). Any other column whose nested dicts
+    differ in keys at the same place is stored whole as `datasets.Json`: Arrow would otherwise give
     every dict every key seen anywhere, filled with None, or fail when a key's type differs.
     """
-    from datasets import Dataset, Features
+    from datasets import Dataset
 
     if not rows:
         return Dataset.from_dict({"id": []})
     try:
         from datasets import Json
-    except ImportError:  # datasets < 4.5 has no Json feature
+    except ImportError:  # datasets < 4.5 has no Json feature: arguments stay JSON text
+        Json = None
+    conversations = [column for column in rows[0] if _is_message_list(row[column] for row in rows)]
+    if not conversations:
+        return _typed_dataset(rows, [], Json)
+    import pyarrow as pa
+
+    with_text = [{**row, **{c: _arguments_as_text(row[c]) for c in conversations}} for row in rows]
+    try:
+        return _typed_dataset(with_text, conversations, Json)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Turns Arrow cannot unify (text content here, a list of parts there): such a column is
+        # stored whole as JSON, as it is, and the others as above.
+        whole = [c for c in conversations if not _arrow_types([row[c] for row in with_text])]
+        if not whole:
+            raise
+    mixed = [{**row, **{c: rows[index][c] for c in whole}} for index, row in enumerate(with_text)]
+    return _typed_dataset(mixed, [c for c in conversations if c not in whole], Json, as_json=whole)
+
+
+def _typed_dataset(
+    rows: list[Row], conversations: list[str], json_type: Any, as_json: list[str] | None = None
+) -> Any:
+    from datasets import Dataset, Features
+
+    if json_type is None:
         return Dataset.from_list(rows)
-    varied = [column for column in rows[0] if _keys_vary(row[column] for row in rows)]
-    if not varied:
+    varied = [
+        c
+        for c in rows[0]
+        if c in (as_json or []) or (c not in conversations and _keys_vary(row[c] for row in rows))
+    ]
+    if not varied and not conversations:
         return Dataset.from_list(rows)
     plain = Dataset.from_list([{k: v for k, v in row.items() if k not in varied} for row in rows])
-    features = Features({c: Json() if c in varied else plain.features[c] for c in rows[0]})
+    features = Features(
+        {c: json_type() if c in varied else _json_arguments(plain.features[c], json_type) for c in rows[0]}
+    )
+    if features == plain.features:  # no tool call anywhere, nothing stored as JSON
+        return plain
     return Dataset.from_list(rows, features=features)
+
+
+def _arrow_types(values: list[Any]) -> bool:
+    """Whether Arrow can give `values` one type."""
+    import pyarrow as pa
+
+    try:
+        pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def _is_message_list(values: Any) -> bool:
+    """Whether a column holds conversations: lists of dicts that each have a text `role`."""
+    seen = False
+    for value in values:
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            return False
+        for message in value:
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return False
+            seen = True
+    return seen
+
+
+def _arguments_as_text(messages: Any) -> Any:
+    """`messages` with each tool call's `arguments` (OpenAI's {"function": {"name", "arguments"}}
+    or the flat {"name", "arguments"}) as JSON text; everything else as it is."""
+    if not isinstance(messages, list) or not any(isinstance(m.get("tool_calls"), list) for m in messages):
+        return messages
+    return [
+        {**message, "tool_calls": [_call_as_text(call) for call in message["tool_calls"]]}
+        if isinstance(message.get("tool_calls"), list)
+        else message
+        for message in messages
+    ]
+
+
+def _call_as_text(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    call = dict(call)
+    if isinstance(call.get("function"), dict):
+        call["function"] = _call_as_text(call["function"])
+    arguments = call.get("arguments")
+    if arguments is not None and not isinstance(arguments, str):
+        call["arguments"] = json.dumps(arguments, ensure_ascii=False)
+    return call
+
+
+def _json_arguments(feature: Any, json_type: Any, in_call: bool = False) -> Any:
+    """`feature` with every `arguments` inside a `tool_calls` typed `json_type` (datasets.Json)."""
+    from datasets import LargeList, List  # datasets >= 4.5 here: it has Json
+
+    if isinstance(feature, dict):
+        return {
+            key: json_type()
+            if in_call and key == "arguments"
+            else _json_arguments(value, json_type, in_call or key == "tool_calls")
+            for key, value in feature.items()
+        }
+    if isinstance(feature, (List, LargeList)):
+        kind = type(feature)
+        inner = _json_arguments(feature.feature, json_type, in_call)
+        return kind(inner, length=feature.length) if kind is List else kind(inner)
+    return feature
 
 
 def _keys_vary(values: Any) -> bool:

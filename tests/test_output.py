@@ -194,3 +194,87 @@ def test_kill_9_while_writing_leaves_one_whole_generation(tmp_path: Path, mode: 
     assert read_jsonl(out / "data.jsonl") == [{"id": "after", "generation": 3}]
     assert (out / "notes.txt").read_text() == "mine"
     assert side_folders(out) == []
+
+
+def _tool_turns(name: str, arguments: dict) -> list[dict]:
+    return [
+        {"role": "user", "content": f"use {name}"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "call_0_0", "type": "function", "function": {"name": name, "arguments": arguments}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0_0", "name": name, "content": '{"ok": true}'},
+        {"role": "assistant", "content": "Done."},
+    ]
+
+
+def test_conversations_are_lists_of_structs_with_only_tool_arguments_as_json(tmp_path: Path):
+    """Turns with and without tool calls, calls of tools whose arguments differ in keys and types
+    (a key `when` a string in one tool, a list in another): one struct type for every turn, None
+    where a turn lacks a key, and only `arguments` JSON, read back as written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Json, List, Value, load_from_disk
+
+    rows = [
+        {"id": "a", "messages": _tool_turns("weather", {"city": "Oslo", "when": "today"})},
+        {"id": "b", "messages": _tool_turns("calendar", {"when": ["2025-03-14", "2025-03-15"], "n": 2})},
+        {
+            "id": "c",
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}],
+        },
+    ]
+    write_run(tmp_path / "out", rows, [], {"rows": 3})
+    dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
+    call = {
+        "id": Value("string"),
+        "type": Value("string"),
+        "function": {"name": Value("string"), "arguments": Json()},
+    }
+    turn = {
+        "role": Value("string"),
+        "content": Value("string"),
+        "tool_calls": List(call),
+        "tool_call_id": Value("string"),
+        "name": Value("string"),
+    }
+    assert dataset.features["messages"] == List(turn)
+    for read, row in zip(dataset, rows, strict=True):
+        # The keys a turn lacks are None (chat templates and transformers take None as absent).
+        assert [{k: v for k, v in m.items() if v is not None} for m in read["messages"]] == row["messages"]
+    assert dataset[1]["messages"][1]["tool_calls"][0]["function"]["arguments"] == {
+        "when": ["2025-03-14", "2025-03-15"],
+        "n": 2,
+    }
+    assert read_jsonl(tmp_path / "out" / "data.jsonl") == rows  # the JSON lines keep each turn's own keys
+    # What pandas and pyarrow see in parquet: nested lists and dicts, the arguments as JSON text.
+    dataset.to_parquet(str(tmp_path / "rows.parquet"))
+    table = pq.read_table(tmp_path / "rows.parquet")
+    assert pa.types.is_struct(table.schema.field("messages").type.value_type)
+    [read_call] = table.to_pylist()[0]["messages"][1]["tool_calls"]
+    assert json.loads(read_call["function"]["arguments"]) == {"city": "Oslo", "when": "today"}
+
+
+def test_plain_conversations_keep_their_inferred_types_and_odd_ones_fall_back_to_json():
+    from datasets import Json, List, Value
+
+    from synthkd.output import to_dataset
+
+    chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    plain = to_dataset([{"id": "a", "messages": chat, "prompt": chat[:1], "chosen": chat[1:]}])
+    assert plain.features["messages"] == List({"role": Value("string"), "content": Value("string")})
+    # Turns Arrow cannot unify (text content here, a list of parts there) are stored as JSON, whole,
+    # even with the same keys; the other conversation columns keep their types.
+    parts = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    rows = [
+        {"id": "a", "messages": chat, "chosen": chat[1:]},
+        {"id": "b", "messages": parts, "chosen": chat[1:]},
+    ]
+    mixed = to_dataset(rows)
+    assert (
+        isinstance(mixed.features["messages"], Json) and mixed.features["chosen"] == plain.features["chosen"]
+    )
+    assert mixed[1]["messages"] == parts and mixed[0]["messages"] == chat

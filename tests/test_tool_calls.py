@@ -235,6 +235,8 @@ def test_conversations_with_valid_calls_train_in_trl(tmp_path: Path):
     from trl import SFTConfig, SFTTrainer
 
     dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
+    # Turns are Arrow structs (parquet and pandas read them as such), not one JSON column.
+    assert dataset.features["messages"].feature["tool_calls"].feature["function"]["name"].dtype == "string"
     stored = {row["id"]: row for row in dataset}
     # Arguments come back exactly as written: no keys of other tools' calls filled with None.
     assert stored["weather"]["messages"][2]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}

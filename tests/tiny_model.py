@@ -15,8 +15,20 @@ CORPUS = [
 ] * 50
 
 
-def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 1000) -> Path:
-    """Same tokenizer for the same vocab_size (BPE training is deterministic); weights from `seed`."""
+def trl_chat_template(name: str = "qwen2_5") -> str:
+    """A model's own chat template as TRL ships it (`trl/chat_templates/<name>.jinja`), offline.
+    `qwen2_5` is Qwen2.5-Instruct's: it renders `tools`, assistant `tool_calls` and `tool` turns,
+    and its special tokens (<|im_start|>, <|im_end|>) are the tiny tokenizer's."""
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def build_tiny_model(
+    folder: Path, *, seed: int = 0, vocab_size: int = 1000, chat_template: str | None = None
+) -> Path:
+    """Same tokenizer for the same vocab_size (BPE training is deterministic); weights from `seed`;
+    CHAT_TEMPLATE unless `chat_template` is given."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -38,7 +50,7 @@ def build_tiny_model(folder: Path, *, seed: int = 0, vocab_size: int = 1000) -> 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>"
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = CHAT_TEMPLATE if chat_template is None else chat_template
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),

@@ -18,8 +18,14 @@ Rows get `messages` in the format TRL's SFTTrainer and transformers' chat templa
     {"role": "assistant", "content": <the final answer>}
 
 (an assistant turn with `tool_calls` and its `tool` turns for each round of calls),
-and `tools`: the schemas as a JSON string (the form TRL prefers; SFTTrainer passes them to the chat
-template), plus `request`, `response` (the final answer) and `tools_called`.
+and `tools`: the schemas as a JSON string (SFTTrainer loads it and passes the list to the chat
+template; as text, one tool's parameters do not become every tool's in Arrow), plus `request`,
+`response` (the final answer) and `tools_called`.
+
+In the written dataset (`synthkd.output.to_dataset`) `messages` is a list of structs: a key a turn
+lacks is None there. `arguments` is a dict here, as chat templates render it (Qwen2.5's and
+Llama 3.1's `tojson` would quote a string again); it is stored as JSON text typed `datasets.Json`,
+which `datasets` and TRL read back as this dict, and pandas or pyarrow as OpenAI's JSON string.
 """
 
 from __future__ import annotations
