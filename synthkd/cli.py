@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,6 +15,7 @@ from rich.table import Table
 import synthkd
 from synthkd.errors import SynthkdError
 from synthkd.redaction import redact
+from synthkd.reporter import Reporter
 
 if TYPE_CHECKING:  # imported when used: `synthkd --help` stays fast
     from synthkd.publish.push import PushResult
@@ -116,80 +115,93 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synthkd.pipeline import check, execute, plan, preflight
-    from synthkd.recipe import load_recipe
+    from synthkd.api import load_recipe, run_loaded
+    from synthkd.pipeline import check, plan, preflight
+    from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, overrides=args.overrides)
     check(loaded)
     if args.dry_run:
         _print_plan(plan(loaded, use_cache=not args.no_cache), loaded)
         return 0
     preflight(loaded, training=not args.no_train)
-    from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
-
-    quiet_library_progress_bars()
-
-    from synthkd.errors import RunIncompleteError
-    from synthkd.pipeline import hold_output
-
-    out_dir = Path(args.output) if args.output else None
-    # Held from the first request to the trained student, so no other run writes there meanwhile.
-    with hold_output(loaded, out_dir):
-        try:
-            with RichProgressFactory(console) as progress:
-                result = asyncio.run(
-                    execute(loaded, use_cache=not args.no_cache, progress=progress, out_dir=out_dir)
-                )
-        except RunIncompleteError as incomplete:
-            _print_summary(incomplete.result)
-            raise
-        _print_summary(result)
-        _publish_run(loaded, result.out_dir)
-        if loaded.recipe.train is not None and not args.no_train:
-            _train_and_report(loaded, result.out_dir)
+    quiet_library_progress_bars()  # the step bars say it all
+    with RichProgressFactory(console) as progress:
+        run_loaded(
+            loaded,
+            out_dir=Path(args.output) if args.output else None,
+            use_cache=not args.no_cache,
+            progress=progress,
+            train=not args.no_train,
+            reporter=ConsoleReporter(progress),
+        )
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    from synthkd.api import load_recipe, train_run
     from synthkd.errors import RecipeError
     from synthkd.pipeline import hold_output, preflight
-    from synthkd.recipe import load_recipe
+    from synthkd.progress import quiet_library_progress_bars
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, overrides=args.overrides)
     if loaded.recipe.train is None:
-        raise RecipeError("the recipe has no train: section", where=str(loaded.path))
+        raise RecipeError("the recipe has no train: section", where=loaded.origin)
+    quiet_library_progress_bars()
     preflight(loaded, data=False)  # the judge's key and endpoint, before the student is trained
     out_dir = Path(args.output) if args.output else None
+    reporter = ConsoleReporter()
     with hold_output(loaded, out_dir):
-        _train_and_report(loaded, out_dir or loaded.recipe.output_dir())
+        run_dir = out_dir or loaded.recipe.output_dir()
+        reporter.training(loaded, run_dir / "dataset")
+        reporter.trained(train_run(loaded, run_dir))
     return 0
 
 
-def _train_and_report(loaded, run_dir: Path) -> None:
-    from synthkd.progress import quiet_library_progress_bars
-    from synthkd.training.run import train_student
+class ConsoleReporter(Reporter):
+    """What `synthkd run` prints as the run goes: the funnel, the files written, the student's
+    before/after table. The step bars stop before the summary."""
 
-    quiet_library_progress_bars()
-    config = loaded.recipe.train
-    console.print(f"training {config.method} of {config.student} on {run_dir / 'dataset'}", highlight=False)
-    result = train_student(
-        config, run_dir / "dataset", run_dir, loaded.recipe.seed, loaded.recipe.name, loaded.base_dir
-    )
-    table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
-    agreement = "accuracy against teacher" if "accuracy" in result.after else "agreement with teacher"
-    for column in ("", "loss", "perplexity", agreement):
-        table.add_column(column, justify="right" if column else "left")
-    for label, metrics in (("before", result.before), ("after", result.after)):
-        table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))
-    console.print(table)
-    if "judge" in result.after:
-        judged = result.after["judge"]
-        console.print(
-            f"judge {judged['judge']}: student won {judged['student_wins']}, teacher "
-            f"{judged['teacher_wins']}, ties {judged['ties']} of {judged['pairs']} "
-            f"(win rate {judged['win_rate']})",
-            highlight=False,
-        )
+    def __init__(self, progress: Any = None) -> None:
+        self._progress = progress
+
+    def generated(self, result: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        _print_summary(result)
+
+    def published(self, written: list[Path], pushed: PushResult | None) -> None:
+        if written:
+            run_dir = written[0].parent
+            console.print(f"{', '.join(path.name for path in written)} -> {run_dir}", highlight=False)
+        if pushed is not None:
+            console.print(
+                f"pushed {len(pushed.files)} files to {pushed.repo_id}: {pushed.commit_url}", highlight=False
+            )
+
+    def training(self, loaded: LoadedRecipe, dataset_dir: Path) -> None:
+        config = loaded.recipe.train
+        console.print(f"training {config.method} of {config.student} on {dataset_dir}", highlight=False)
+
+    def trained(self, result: Any) -> None:
+        table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
+        agreement = "accuracy against teacher" if "accuracy" in result.after else "agreement with teacher"
+        for column in ("", "loss", "perplexity", agreement):
+            table.add_column(column, justify="right" if column else "left")
+        for label, metrics in (("before", result.before), ("after", result.after)):
+            table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))
+        console.print(table)
+        if "judge" in result.after:
+            judged = result.after["judge"]
+            console.print(
+                f"judge {judged['judge']}: student won {judged['student_wins']}, teacher "
+                f"{judged['teacher_wins']}, ties {judged['ties']} of {judged['pairs']} "
+                f"(win rate {judged['win_rate']})",
+                highlight=False,
+            )
+
+    def warn(self, message: str) -> None:
+        console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
 
 
 def _print_plan(plans: list, loaded) -> None:
@@ -326,34 +338,6 @@ def _publish_parsers(commands) -> None:
     show.add_argument("--step", metavar="NAME", help="keep rows that step NAME made (their provenance)")
     show.add_argument("--limit", type=int, default=20, metavar="N", help="rows shown (default 20)")
     show.set_defaults(handler=_show)
-
-
-def finish_recipe_run(
-    loaded: LoadedRecipe, run_dir: Path, warn: Callable[[str], None] = print
-) -> tuple[list[Path], PushResult | None]:
-    """What `synthkd run` does after the dataset is written (recipe.yaml, the card, the report, the
-    push if `output.hub`), for a recipe loaded with `synthkd.recipe.load_recipe`: (written, pushed)."""
-    from synthkd.publish.finish import finish_run, url_passwords
-    from synthkd.recipe import recipe_teachers
-
-    templates: dict[str, str] = {}
-    for step in loaded.recipe.steps:
-        templates.update(step.template_sources())
-    passwords = url_passwords(use.config for use in recipe_teachers(loaded.recipe))
-    return finish_run(run_dir, templates, loaded.recipe.output.hub, passwords, warn)
-
-
-def _publish_run(loaded, run_dir: Path) -> None:
-    def warn(message: str) -> None:
-        console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
-
-    written, pushed = finish_recipe_run(loaded, run_dir, warn)
-    if written:
-        console.print(f"{', '.join(path.name for path in written)} -> {run_dir}", highlight=False)
-    if pushed is not None:
-        console.print(
-            f"pushed {len(pushed.files)} files to {pushed.repo_id}: {pushed.commit_url}", highlight=False
-        )
 
 
 def _push(args: argparse.Namespace) -> int:

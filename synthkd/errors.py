@@ -35,6 +35,25 @@ class RecipeError(SynthkdError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class MissingExtraError(RecipeError):
+    """A part of synthkd the recipe (or command) uses is not installed: its pip extra is missing
+    (see `synthkd.extras`). Found before any request where possible; exit code 2.
+
+    One line: "`where`: `purpose` needs the '`extra`' extra (`module` is not installed): pip install
+    'synthkd[`extra`]'".
+    """
+
+    exit_code = 2
+
+    def __init__(self, extra: str, purpose: str, module: str | None = None, *, where: str | None = None):
+        self.extra = extra
+        self.module = module
+        detail = f" ({module} is not installed)" if module else ""
+        super().__init__(
+            f"{purpose} needs the '{extra}' extra{detail}: pip install 'synthkd[{extra}]'", where=where
+        )
+
+
 class TeacherFatalError(SynthkdError):
     """A teacher error that retrying cannot fix (bad key, no quota, bad request): the run stops."""
 

@@ -176,13 +176,22 @@ def _json_arguments(feature: Any, json_type: Any, in_call: bool = False) -> Any:
 
 
 def _keys_vary(values: Any) -> bool:
-    shapes: dict[str, frozenset] = {}
+    """Whether the values differ in shape at the same place: dicts with other keys, or a text
+    here and a number there (a user's parser returning either), which Arrow cannot type."""
+    shapes: dict[str, object] = {}
 
     def walk(value: Any, where: str) -> bool:
+        if value is None:
+            return False
         if isinstance(value, dict):
-            keys = frozenset(value)
-            if shapes.setdefault(where, keys) != keys:
-                return True
+            shape: object = frozenset(value)
+        elif isinstance(value, list):
+            shape = "list"
+        else:
+            shape = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
+        if shapes.setdefault(where, shape) != shape:
+            return True
+        if isinstance(value, dict):
             return any(walk(item, f"{where}.{key}") for key, item in value.items())
         if isinstance(value, list):
             return any(walk(item, where + "[]") for item in value)

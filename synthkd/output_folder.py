@@ -23,6 +23,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from synthkd.atomic import process_running
@@ -31,7 +32,11 @@ from synthkd.errors import OutputBusyError, RecipeError
 OUTPUT_FILES = ("dataset", "data.jsonl", "failures.jsonl", "manifest.json")
 # Side folders inside a run folder that cannot be renamed (see the module docstring).
 _INSIDE_PREFIX = ".synthkd."
-_held_locks: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth): one process nests freely
+# The lock files the current run holds. A context variable, not a process-wide set: a run nests
+# its own holds (the CLI holds the folder from the first request to the student, `execute` holds
+# it again), while another run in the same process (two `synthkd.run_async` at once, another
+# thread) is refused like another process.
+_held_locks: ContextVar[frozenset[Path]] = ContextVar("synthkd_held_output_locks", default=frozenset())
 
 
 def incomplete_folder(out_dir: Path) -> Path:
@@ -71,7 +76,8 @@ def check_output_folder(out_dir: Path, where: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the run folder for this process; another process asking gets `OutputBusyError` at once.
+    """Hold the run folder for this run; another run asking (another process, or another thread or
+    task of this one) gets `OutputBusyError` at once.
 
     The lock is a `flock` on a file beside the folder (the folder itself is swapped out), so it
     goes with the process however it ends: kill -9 leaves no stale lock, only the file, which the
@@ -80,24 +86,21 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     out_dir = Path(out_dir).expanduser().absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    if lock_path in _held_locks:
-        fd, depth = _held_locks[lock_path]
-        _held_locks[lock_path] = (fd, depth + 1)
-    else:
-        _held_locks[lock_path] = (_take_lock(lock_path, out_dir), 1)
+    if lock_path in _held_locks.get():
+        yield  # this run holds it already
+        return
+    # flock belongs to an open file, not a process: a second open in this process is refused too.
+    fd = _take_lock(lock_path, out_dir)
+    token = _held_locks.set(_held_locks.get() | {lock_path})
     try:
         yield
     finally:
-        fd, depth = _held_locks[lock_path]
-        if depth > 1:
-            _held_locks[lock_path] = (fd, depth - 1)
-        else:
-            del _held_locks[lock_path]
-            # Unlinked while still held, so a process that opens the name next makes a new file;
-            # one that opened this file meanwhile sees it is gone (see _take_lock) and retries.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path)
-            os.close(fd)
+        _held_locks.reset(token)
+        # Unlinked while still held, so a process that opens the name next makes a new file;
+        # one that opened this file meanwhile sees it is gone (see _take_lock) and retries.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
 
 
 def _take_lock(lock_path: Path, out_dir: Path) -> int:

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import synthkd
 from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
@@ -29,13 +28,15 @@ from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, St
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import backend_spec
+from synthkd.version import __version__
 from synthkd.yaml_source import KeyPath
 
 
-def check(loaded: LoadedRecipe) -> list[Columns]:
-    """Validate every step against the columns the steps before it produce, and the params of
-    every teacher the recipe uses (training's included). Sends nothing."""
-    columns: Columns = set()
+def check(loaded: LoadedRecipe, columns: Columns | frozenset[str] = frozenset()) -> list[Columns]:
+    """Validate every step against the columns the steps before it produce (the first against
+    `columns`: those of the rows the run starts from), and the params of every teacher the
+    recipe uses (training's included). Sends nothing."""
+    columns = set(columns) if columns is not None else None
     flow = []
     for index, step in enumerate(loaded.recipe.steps):
         ctx = CheckContext(
@@ -67,7 +68,10 @@ def preflight(
     """Before a run: keys present and (with `network`) endpoints reachable for every teacher used:
     the steps' (unless `data` is off: `synthkd train` on a finished run) and the `train:`
     section's (unless `training` is off: `--no-train`). A judge whose key is missing must stop
-    the run before the data is generated, not after."""
+    the run before the data is generated, not after. Also the packages they need: a local
+    backend's or training's pip extra missing is one line naming it (`MissingExtraError`)."""
+    if training and loaded.recipe.train is not None:
+        loaded.recipe.train.check_installed(lambda *key: loaded.at("train", *key))
     seen = set()
     for use in recipe_teachers(loaded.recipe, training=training):
         if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
@@ -163,15 +167,17 @@ async def execute(
     use_cache: bool = True,
     progress: ProgressFactory | None = None,
     out_dir: Path | None = None,
+    rows: list[Row] | None = None,
 ) -> RunResult:
-    """Run every step and write the outputs. The recipe must have passed `check` and `preflight`.
+    """Run every step and write the outputs. The recipe must have passed `check` (given the
+    columns of `rows`, the rows the first step gets; none by default) and `preflight`.
 
     Raises `RunIncompleteError` (outputs left in place, what the run got beside them) when a step
     loses more rows to failures than `output.max_failure_ratio` allows or no row comes out."""
     target = out_dir or loaded.recipe.output_dir()
     register_recipe_secrets(loaded)
     with hold_output(loaded, out_dir):
-        return await _execute_steps(loaded, target, use_cache, progress or ProgressFactory())
+        return await _execute_steps(loaded, target, use_cache, progress or ProgressFactory(), rows or [])
 
 
 @contextlib.contextmanager
@@ -192,10 +198,10 @@ def hold_output(loaded: LoadedRecipe, out_dir: Path | None = None) -> Iterator[N
 
 
 async def _execute_steps(
-    loaded: LoadedRecipe, target: Path, use_cache: bool, progress: ProgressFactory
+    loaded: LoadedRecipe, target: Path, use_cache: bool, progress: ProgressFactory, rows: list[Row]
 ) -> RunResult:
     recipe = loaded.recipe
-    rows: list[Row] = []
+    given = len(rows)
     failures: list[tuple[str, Failure]] = []
     reports: list[StepReport] = []
     shortfall: str | None = None
@@ -235,6 +241,8 @@ async def _execute_steps(
     if not rows and not shortfall:
         shortfall = _why_no_rows(reports)
     manifest = build_manifest(loaded, reports, started, len(rows), len(failures))
+    if given:
+        manifest["input_rows"] = given  # rows handed to the run (the Python API's `dataset=`)
     if shortfall:
         manifest["incomplete"] = shortfall
         aside = incomplete_folder(target)
@@ -292,9 +300,11 @@ def _stamp_provenance(step: Step, before: list[Row], after: list[Row]) -> list[R
 
 
 def run_recipe(loaded: LoadedRecipe, **kwargs: Any) -> RunResult:
-    """Check, preflight and execute a recipe from synchronous code (it does not train, so the
-    `train:` section's teachers are not preflighted)."""
-    check(loaded)
+    """Check, preflight and execute a recipe from synchronous code outside an event loop (it
+    does not train, so the `train:` section's teachers are not preflighted). `synthkd.run` is
+    the public form of this."""
+    rows = kwargs.get("rows")
+    check(loaded, set().union(*(row.keys() for row in rows)) if rows else set())
     preflight(loaded, training=False)
     return asyncio.run(execute(loaded, **kwargs))
 
@@ -319,7 +329,7 @@ def build_manifest(
     costs = [report.cost_usd for report in reports]
     return {
         "name": recipe.name,
-        "synthkd_version": synthkd.__version__,
+        "synthkd_version": __version__,
         "recipe_sha256": loaded.sha256(),
         # The recipe as run. It holds the NAME of the key variable, never a key; URLs lose any
         # user:password part.

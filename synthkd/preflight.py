@@ -8,17 +8,20 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from synthkd.errors import RecipeError
+from synthkd.extras import require
 from synthkd.teachers.config import TeacherConfig
-from synthkd.teachers.registry import backend_spec
+from synthkd.teachers.registry import backend_spec, check_backend_installed
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str], *, network: bool) -> None:
-    """Raise RecipeError if the teacher cannot possibly work: a missing key, a dead endpoint.
+    """Raise RecipeError if the teacher cannot possibly work: its backend's packages not installed
+    (`MissingExtraError`, naming the pip extra), a missing key, a dead endpoint.
 
     `where(key)` names the recipe line of a teacher key, for the message.
     """
+    check_backend_installed(teacher, where)
     spec = backend_spec(teacher.backend)
     if spec.capabilities.needs_gpu and not _has_gpu():
         raise RecipeError(
@@ -38,8 +41,8 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
 
 
 def _has_gpu() -> bool:
-    import torch  # only for a backend that needs a GPU; torch takes seconds to import
-
+    # Only for a backend that needs a GPU; torch takes seconds to import.
+    torch = require("torch", "local", "a backend that needs a GPU")
     return torch.cuda.is_available()
 
 

@@ -76,13 +76,20 @@ class RichProgressFactory:
 
     def __init__(self, console: Console) -> None:
         self._progress = make_progress(console)
+        self._stopped = False
 
     def __enter__(self) -> RichProgressFactory:
         self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        self.stop()
+
+    def stop(self) -> None:
+        """End the live display (what is printed next goes below the final bars); once."""
+        if not self._stopped:
+            self._stopped = True
+            self._progress.stop()
 
     def step(self, label: str, stats: DispatchStats | None) -> StepBar:
         return add_step_bar(self._progress, label, stats)

@@ -10,20 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from synthkd.config_base import StrictModel
 from synthkd.errors import RecipeError
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.shipped import resolve_path
-from synthkd.steps import STEP_TYPES, AnyStep
+from synthkd.steps import STEP_TYPES, AnyStep, Step, add_step_class
+from synthkd.steps.parsing import register_parser
 from synthkd.teachers.config import TeacherConfig, default_teacher
 from synthkd.teachers.registry import BACKENDS
 from synthkd.training.config import TrainConfig
 from synthkd.yaml_source import KeyPath, format_path, line_of, load_yaml_with_lines
 
 MAX_ERRORS_SHOWN = 5
+# The name a recipe built in Python goes by in error messages (and the file its paths are relative to).
+PYTHON_RECIPE = "<recipe>"
 
 
 class OutputConfig(StrictModel):
@@ -59,6 +62,19 @@ class Recipe(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     train: TrainConfig | None = Field(None, description="train a student on the run's dataset (TRL)")
 
+    # Around validation: a recipe built from a dict or from objects gets its steps' teachers like
+    # one read from YAML, and each step remembers the teacher keys it was given itself, so a step
+    # taken into another recipe (or this one overridden) is merged with that recipe's teacher.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _merge_teachers(cls, data: Any, handler: Any) -> Any:
+        recipe = handler(merge_step_teachers(data))
+        given = data.get("steps") if isinstance(data, dict) else None
+        if isinstance(given, list) and len(given) == len(recipe.steps):
+            for step, as_given in zip(recipe.steps, given, strict=True):
+                step.given_teachers = _own_teachers(as_given)
+        return recipe
+
     def output_dir(self) -> Path:
         return Path(self.output.dir or f"runs/{self.name}")
 
@@ -76,6 +92,11 @@ class LoadedRecipe:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def origin(self) -> str:
+        """The recipe as error messages name it: its file, or `<recipe>` for one built in Python."""
+        return PYTHON_RECIPE if self.path.name == PYTHON_RECIPE else str(self.path)
 
     def at(self, *path: str | int) -> str:
         """Where a key is: 'recipe.yaml:12: steps.1.prompt', or '--set steps.1.prompt: steps.1.prompt'."""
@@ -135,15 +156,101 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         raise RecipeError(
             "a recipe must be a mapping with name, teacher, steps and output", where=str(recipe_path)
         )
-    overrides = overrides or []
+    return _validated(data, recipe_path, lines, overrides or [])
+
+
+def recipe_from_data(
+    data: dict[str, Any] | Recipe, base_dir: str | Path | None = None, overrides: list[str] | None = None
+) -> LoadedRecipe:
+    """A recipe built in Python, as a mapping of the YAML's keys (steps and teachers may be
+    objects: `LabelStep(...)`, `TeacherConfig(...)`) or a `Recipe`, validated like a file. A step
+    object of a class recipes cannot name yet is registered. Relative paths in it (data files,
+    templates) are taken from `base_dir`, by default the working directory; errors name the key,
+    prefixed with `<recipe>`."""
+    if isinstance(data, Recipe):
+        data = {key: getattr(data, key) for key in data.model_fields_set}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"a recipe is a mapping with name, teacher, steps and output, not {type(data).__name__}",
+            where=PYTHON_RECIPE,
+        )
+    steps = data.get("steps")
+    for index, step in enumerate(steps if isinstance(steps, list) else []):
+        known = STEP_TYPES.get(step.step) if isinstance(step, Step) else None
+        if isinstance(step, Step) and known is None:
+            register_step(type(step))
+        elif isinstance(step, Step) and known is not type(step):
+            raise RecipeError(
+                f"this {type(step).__name__} object was made from another class than the step "
+                f"{step.step!r} recipes use now ({known.__module__}.{known.__qualname__}; a notebook "
+                "cell defining it ran again?): make the object again",
+                where=f"{PYTHON_RECIPE}: steps.{index}",
+            )
+    plain = {key: _as_mapping(value) for key, value in data.items()}
+    if isinstance(steps, list):
+        plain["steps"] = [_as_mapping(step) for step in steps]
+    path = Path(base_dir or Path.cwd()).resolve() / PYTHON_RECIPE
+    return _validated(copy.deepcopy(plain), path, {}, overrides or [])
+
+
+def _validated(data: dict[str, Any], path: Path, lines: dict, overrides: list[str]) -> LoadedRecipe:
+    load_plugins()
     apply_overrides(data, overrides)
     overridden = {tuple(_parse_key(o.partition("=")[0])) for o in overrides}
-    prepared = _prepare(copy.deepcopy(data), recipe_path, lines, overridden)
+    prepared = _prepare(copy.deepcopy(data), path, lines, overridden)
     try:
         recipe = Recipe.model_validate(prepared)
     except ValidationError as exc:
-        raise RecipeError(_describe(exc, prepared, recipe_path, lines, overridden)) from None
-    return LoadedRecipe(recipe, recipe_path, data, lines, overridden)
+        raise RecipeError(_describe(exc, prepared, path, lines, overridden)) from None
+    return LoadedRecipe(recipe, path, data, lines, overridden)
+
+
+def register_step(step_class: type[Step]) -> type[Step]:
+    """Let recipes name a step class defined outside synthkd (by its `step: Literal[...]` value).
+    Usable as a class decorator; a package can do the same through a `synthkd.steps` entry point."""
+    add_step_class(step_class)
+    Recipe.model_rebuild(force=True)
+    return step_class
+
+
+ENTRY_POINT_GROUPS = {"synthkd.steps": "step", "synthkd.parsers": "parser"}
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the steps and parsers that installed packages offer through the `synthkd.steps`
+    and `synthkd.parsers` entry point groups; once per process, before the first recipe loads.
+    A step's entry point names its class; a parser's a function, registered under the entry
+    point's name. A plugin that cannot be loaded stops every recipe with one line naming it and
+    its package (a recipe could silently miss the step it meant to use otherwise)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    from importlib.metadata import entry_points
+
+    try:
+        for group in ENTRY_POINT_GROUPS:
+            for entry in entry_points(group=group):
+                where = f"entry point {group}: {entry.name}"
+                package = entry.dist.name if entry.dist else "?"
+                try:
+                    loaded = entry.load()
+                except Exception as exc:
+                    raise RecipeError(
+                        f"cannot load {entry.value} ({type(exc).__name__}: {exc}); fix or uninstall the "
+                        f"package {package} that declares it",
+                        where=where,
+                    ) from None
+                try:
+                    if group == "synthkd.steps":
+                        add_step_class(loaded)
+                    else:
+                        register_parser(entry.name, loaded)
+                except (RecipeError, TypeError, ValueError) as exc:
+                    raise RecipeError(f"{exc} (package {package})", where=where) from None
+        _plugins_loaded = True
+    finally:
+        Recipe.model_rebuild(force=True)  # with whatever was added, also when a later one failed
 
 
 def _parse_key(key: str) -> list[str | int]:
@@ -151,10 +258,8 @@ def _parse_key(key: str) -> list[str | int]:
 
 
 def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> dict[str, Any]:
-    """Check step names, and give every step that talks to a teacher its merged teacher."""
-    teacher = data.get("teacher")
-    if teacher is None:
-        teacher = data["teacher"] = default_teacher()
+    """Check that every step names a known step, pointing at its line (pydantic's own message for
+    an unknown tag would not list the valid ones)."""
     steps = data.get("steps")
     if not isinstance(steps, list):
         return data  # pydantic reports the missing or mistyped list
@@ -172,25 +277,78 @@ def _prepare(data: dict[str, Any], path: Path, lines: dict, overridden: set) -> 
                 f"valid steps: {', '.join(STEP_TYPES)}",
                 where=f"{_where(path, lines, overridden, ('steps', index, 'step'))}: steps.{index}.step",
             )
-        if STEP_TYPES[name].uses_teacher and isinstance(teacher, dict):
-            # A step's teacher (and judge) override the recipe's key by key; params one level deeper.
-            for key in STEP_TYPES[name].teacher_keys():
+    return data
+
+
+def merge_step_teachers(data: Any) -> Any:
+    """The recipe's mapping with every teacher step's teacher (and judge) merged over the recipe's
+    `teacher:` key by key (params one level deeper), and the embedded teacher where the recipe
+    names none. Steps and teachers built in Python are taken as the keys they set."""
+    if not isinstance(data, dict):
+        return data  # pydantic reports what a recipe should be
+    data = dict(data)
+    teacher = _as_mapping(data.get("teacher"))
+    if teacher is None:
+        teacher = default_teacher()
+    data["teacher"] = teacher
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not isinstance(teacher, dict):
+        return data
+    merged_steps = []
+    for step in steps:
+        step = _as_mapping(step)
+        step_class = STEP_TYPES.get(step.get("step")) if isinstance(step, dict) else None
+        if step_class is not None and step_class.uses_teacher:
+            step = dict(step)
+            for key in step_class.teacher_keys():
                 if key != "teacher" and not step.get(key):
                     continue  # another teacher (a judge) left out: the step uses its own
-                own = step.get(key) or {}
+                own = _as_mapping(step.get(key)) or {}
                 if isinstance(own, dict):
-                    base_params, own_params = teacher.get("params") or {}, own.get("params") or {}
-                    if not isinstance(base_params, dict) or not isinstance(own_params, dict):
-                        step[key] = {**teacher, **own}  # params that are not a mapping: pydantic says so
-                        continue
-                    params = {**base_params, **own_params}
-                    step[key] = {**teacher, **own, "params": params}
-                    spec = BACKENDS.get(str(step[key].get("backend", "")))
-                    if spec is not None and spec.seeded_from_recipe and "seed" not in params:
-                        # A local model samples from the recipe's seed; as a param it is in every
-                        # cache key, so a run with another seed does not replay this one's answers.
-                        params["seed"] = data.get("seed", Recipe.model_fields["seed"].default)
+                    step[key] = _merged_teacher(teacher, own, data.get("seed"))
+        merged_steps.append(step)
+    data["steps"] = merged_steps
     return data
+
+
+def _merged_teacher(teacher: dict[str, Any], own: dict[str, Any], seed: Any) -> dict[str, Any]:
+    base_params, own_params = teacher.get("params") or {}, own.get("params") or {}
+    if not isinstance(base_params, dict) or not isinstance(own_params, dict):
+        return {**teacher, **own}  # params that are not a mapping: pydantic says so
+    params = {**base_params, **own_params}
+    merged = {**teacher, **own, "params": params}
+    spec = BACKENDS.get(str(merged.get("backend", "")))
+    if spec is not None and spec.seeded_from_recipe and "seed" not in params:
+        # A local model samples from the recipe's seed; as a param it is in every cache key, so
+        # a run with another seed does not replay this one's answers.
+        params["seed"] = seed if seed is not None else Recipe.model_fields["seed"].default
+    return merged
+
+
+def _own_teachers(step: Any) -> dict[str, Any]:
+    """The teacher keys a step was given itself, before the recipe's teacher was merged in."""
+    if isinstance(step, Step):
+        if step.given_teachers is not None:
+            return step.given_teachers
+        step = step.model_dump(mode="python", by_alias=True, exclude_unset=True)
+    if not isinstance(step, dict):
+        return {}
+    step_class = STEP_TYPES.get(step.get("step"))
+    keys = step_class.teacher_keys() if step_class is not None else []
+    return {key: _as_mapping(step[key]) for key in keys if step.get(key) is not None}
+
+
+def _as_mapping(value: Any) -> Any:
+    """A model built in Python as the mapping of the keys it was given (its `step:` always; a
+    step's teachers as it was given them, not as merged into an earlier recipe)."""
+    if isinstance(value, Step):
+        given = value.model_dump(mode="python", by_alias=True, exclude_unset=True)
+        for key in value.teacher_keys():
+            given.pop(key, None)
+        return {"step": value.step, **given, **_own_teachers(value)}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="python", by_alias=True, exclude_unset=True)
+    return value
 
 
 def _describe(exc: ValidationError, data: dict, path: Path, lines: dict, overridden: set) -> str:
@@ -281,5 +439,7 @@ def _where(path: Path, lines: dict, overridden: set, loc: KeyPath) -> str:
     for end in range(len(loc), 0, -1):
         if loc[:end] in overridden:
             return f"--set {format_path(loc[:end])}"
+    if path.name == PYTHON_RECIPE:
+        return PYTHON_RECIPE
     line = line_of(lines, loc)
     return f"{path}:{line}" if line else str(path)

@@ -16,13 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synthkd"
 
 # Lowest first. A module belongs to the layer of the longest name here that is it or a package
 # above it (`synthkd.publish.config` before `synthkd.publish`); `synthkd` itself means only the
-# package's __init__.
+# package's __init__, which offers the public API (and so sits near the top).
 LAYERS: list[tuple[str, list[str]]] = [
     (
         "base: the standard library and third-party packages only, or each other",
         [
-            "synthkd",
+            "synthkd.version",
+            "synthkd.extras",
             "synthkd.errors",
+            "synthkd.extras",
             "synthkd.redaction",
             "synthkd.atomic",
             "synthkd.config_base",
@@ -59,6 +61,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("publish: the card, the report, the push (given plain values, not the recipe)", ["synthkd.publish"]),
     ("recipe: the schema and loader", ["synthkd.recipe"]),
     ("what runs a recipe", ["synthkd.pipeline", "synthkd.training"]),
+    (
+        "the public Python API: synthkd.run and the names `import synthkd` offers",
+        ["synthkd", "synthkd.api", "synthkd.reporter"],
+    ),
     ("the command line and the test helpers", ["synthkd.cli", "synthkd.testing"]),
 ]
 

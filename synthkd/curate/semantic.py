@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from synthkd.extras import require
+
 IVF_PROBES = 16  # clusters searched per query: recall against exact search stays near 1 for near-duplicates
 HNSW_NEIGHBOURS = 32  # neighbours fetched per row from an HNSW index
 HNSW_LINKS = 32
@@ -24,8 +26,7 @@ def choose_index(rows: int, index: str, exact_max: int) -> str:
 
 def neighbours(vectors: np.ndarray, threshold: float, index: str) -> list[list[tuple[int, float]]]:
     """For each row, the (row, similarity) pairs at or above `threshold`, itself excluded."""
-    import faiss
-
+    faiss = require("faiss", "curate", "similarity search (faiss)")
     count, dim = vectors.shape
     if index in ("flat", "ivf"):
         if index == "flat":

@@ -1,7 +1,7 @@
 """What `synthkd run` does after the dataset is written: recipe.yaml, the card, the report, the push.
 
 It takes plain values, not the recipe: publishing sits below the recipe loader (which imports
-`publish.config`). `synthkd.cli.finish_recipe_run` works them out of a loaded recipe.
+`publish.config`). `synthkd.api.publish_run` works them out of a loaded recipe.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from synthkd.errors import SynthkdError
+from synthkd.errors import MissingExtraError, SynthkdError
 from synthkd.publish.card import write_card
 from synthkd.publish.config import HubConfig
 from synthkd.publish.push import PushResult, push
-from synthkd.publish.report import write_report
+from synthkd.publish.report import REPORT_FILE, write_report
 from synthkd.teachers.config import TeacherConfig
 
 
@@ -42,7 +42,8 @@ def finish_run(
     pushed besides the key variables (see `url_passwords`).
 
     The dataset is already safely written: a card or report that fails is a warning, not a failed run.
-    A push that fails is an error: the user asked for it.
+    A report that needs an extra this install lacks (plotly: `report`) is skipped with one line
+    saying which pip install gives it. A push that fails is an error: the user asked for it.
     """
     written = []
     for what, writer in (
@@ -51,6 +52,8 @@ def finish_run(
     ):
         try:
             written.append(writer())
+        except MissingExtraError as exc:  # a core install: the dataset is what the run is for
+            warn(f"{REPORT_FILE if what == 'report' else what} skipped: {exc}")
         except SynthkdError as exc:  # a full disk: its message says where and what to do
             warn(f"{what} not written: {exc}")
         except Exception as exc:  # see the docstring: the dataset is written already

@@ -3,6 +3,10 @@
 plotly.js is inlined once (about 4.6 MB), so the file opens without a network. Plots are plain SVG
 traces (no WebGL), which every browser, headless ones included, renders. Everything comes from the
 run folder: the manifest (funnel, tokens, cost, dedup pairs) and data.jsonl (rows).
+
+plotly and scikit-learn come with the `report` extra: without plotly there is no report (a
+`MissingExtraError`, which `synthkd run` turns into a one-line note); the instruction map also
+needs the `curate` extra's encoder, and without it (or scikit-learn) the page says so in its place.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.atomic import atomic_write_text
+from synthkd.curate.embeddings import encoder_modules
+from synthkd.errors import MissingExtraError
+from synthkd.extras import check_installed, require
 from synthkd.messages import TEACHER_PROMPT
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
 REPORT_FILE = "report.html"
+REPORT_PURPOSE = "the HTML report"
+MAP_PURPOSE = "the report's instruction map"
 MAP_MAX_ROWS = 2000  # the embedding map samples this many rows at most: t-SNE grows as n log n
 SAMPLE_ROWS = 10
 TOP_PAIRS = 20
@@ -80,14 +89,15 @@ class InstructionMap:
 def instruction_map(texts: list[str], seed: int = 42, model: str = "embedded") -> InstructionMap | None:
     """Embed, cluster (KMeans on the embeddings) and project to 2-D (t-SNE, PCA for tiny sets)."""
     import numpy as np
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
 
     from synthkd.curate.embeddings import EmbeddingCache, embed
 
     if len(texts) < 3:
         return None
+    check_installed(encoder_modules(model), "curate", MAP_PURPOSE)
+    cluster = require("sklearn.cluster", "report", MAP_PURPOSE)
+    decomposition = require("sklearn.decomposition", "report", MAP_PURPOSE)
+    manifold = require("sklearn.manifold", "report", MAP_PURPOSE)
     if len(texts) > MAP_MAX_ROWS:
         texts = random.Random(seed).sample(texts, MAP_MAX_ROWS)
     cache = EmbeddingCache()
@@ -97,13 +107,19 @@ def instruction_map(texts: list[str], seed: int = 42, model: str = "embedded") -
         cache.close()
     n = len(texts)
     clusters = 1 if n < 4 else min(8, max(2, round((n / 2) ** 0.5)))
-    labels = KMeans(clusters, n_init=4, random_state=seed).fit_predict(vectors) if clusters > 1 else [0] * n
+    labels = (
+        cluster.KMeans(clusters, n_init=4, random_state=seed).fit_predict(vectors)
+        if clusters > 1
+        else [0] * n
+    )
     if n <= 5:
-        xy, method = PCA(2, random_state=seed).fit_transform(vectors), "PCA"
+        xy, method = decomposition.PCA(2, random_state=seed).fit_transform(vectors), "PCA"
     else:
-        reduced = PCA(min(50, n - 1), random_state=seed).fit_transform(vectors) if n > 50 else vectors
+        reduced = (
+            decomposition.PCA(min(50, n - 1), random_state=seed).fit_transform(vectors) if n > 50 else vectors
+        )
         perplexity = min(30.0, max(2.0, (n - 1) / 3))
-        tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+        tsne = manifold.TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
         xy, method = tsne.fit_transform(np.asarray(reduced)), "t-SNE"
     labels = [int(label) for label in labels]
     return InstructionMap(
@@ -113,12 +129,12 @@ def instruction_map(texts: list[str], seed: int = 42, model: str = "embedded") -
 
 def _top_words(texts: list[str], labels: list[int], count: int = 5) -> dict[int, list[str]]:
     """Each cluster's most distinctive words: TF-IDF with one document per cluster."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    feature_text = require("sklearn.feature_extraction.text", "report", MAP_PURPOSE)
 
     clusters = sorted(set(labels))
     documents = [" ".join(t for t, label in zip(texts, labels, strict=True) if label == c) for c in clusters]
     try:
-        vectorizer = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_]{3,}\b")
+        vectorizer = feature_text.TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[^\W\d_]{3,}\b")
         weights = vectorizer.fit_transform(documents).toarray()
     except ValueError:  # nothing but stop words
         return {c: [] for c in clusters}
@@ -275,8 +291,9 @@ def _cell(value: Any, limit: int = 400) -> str:
 
 
 def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list[str]]:
-    """The page's HTML and the ids of its plot divs (what a browser must render)."""
-    import plotly.io as pio
+    """The page's HTML and the ids of its plot divs (what a browser must render). Raises
+    `MissingExtraError` without plotly (the `report` extra)."""
+    pio = require("plotly.io", "report", REPORT_PURPOSE)
     from plotly.offline import get_plotlyjs
 
     rows = list(run.rows())
@@ -305,6 +322,8 @@ def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list
     texts = [t for t in (instruction_of(row) for row in rows) if t]
     try:
         found = instruction_map(texts, seed, map_model)
+    except MissingExtraError as exc:  # a lighter install: the rest of the report stands
+        found, reason = None, f"no instruction map: {exc}"
     except Exception as exc:  # the map is a view; a missing encoder must not cost the whole report
         found, reason = None, f"the instruction map could not be drawn: {exc}"
     else:
@@ -400,7 +419,9 @@ def _page(run: RunDir, sections: list[str], plotly_js: str) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, map_model: str = "embedded") -> Path:
-    """Write the report (default `<run dir>/report.html`) and return its path."""
+    """Write the report (default `<run dir>/report.html`) and return its path. Raises
+    `MissingExtraError` (exit 2) before reading the run if plotly (the `report` extra) is missing."""
+    check_installed(("plotly",), "report", REPORT_PURPOSE)
     run = open_run(run_dir)
     page, _ = build_report(run, map_model=map_model)
     path = Path(out) if out is not None else run.path / REPORT_FILE

@@ -179,8 +179,19 @@ class Step(StrictModel):
         """The `step:` value that selects this class in a recipe."""
         return get_args(cls.model_fields["step"].annotation)[0]
 
+    _given_teachers: dict[str, Any] | None = PrivateAttr(None)
     _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)  # by the key naming each
     _template_files: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the file as named
+
+    @property
+    def given_teachers(self) -> dict[str, Any] | None:
+        """The teacher keys the step was given itself, before a recipe merged its teacher in (set
+        by the Recipe that validated it; None for a step never in one)."""
+        return self._given_teachers
+
+    @given_teachers.setter
+    def given_teachers(self, given: dict[str, Any]) -> None:
+        self._given_teachers = given
 
     def step_teacher(self) -> TeacherConfig | None:
         """The teacher this step talks to (its own override or the recipe's), if it needs one."""

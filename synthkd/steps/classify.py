@@ -75,7 +75,7 @@ def label_parser(labels: list[str], rationale: bool) -> Callable[[str], tuple[st
 class ClassifyStep(TeacherStep):
     """Label each row's text with one of a fixed set of labels."""
 
-    step: Literal["classify"]
+    step: Literal["classify"] = "classify"
     taxonomy: ClassVar[str] = "labeling"  # the teacher labels given texts with a fixed label set
     labels: list[str] | dict[str, str] = Field(
         description="the label set: a list, or a mapping label -> what it means"

@@ -58,7 +58,7 @@ DROP_REASONS = {
 class CodeCheckStep(TeacherStep):
     """Execute each answer's code against tests; drop the answers that fail."""
 
-    step: Literal["code_check"]
+    step: Literal["code_check"] = "code_check"
     taxonomy: ClassVar[str] = "curation"  # answers selected by running their code against tests
     response_column: str = Field("response", description="the answer holding ```python code blocks")
     task_column: str = Field("instruction", description="the task, shown to the teacher writing tests")

@@ -77,7 +77,7 @@ def revision_parser(current: str, original: str) -> Callable[[str], str]:
 class CritiqueReviseStep(TeacherStep):
     """Critique each response against principles, revise it, and pair revision with original."""
 
-    step: Literal["critique_revise"]
+    step: Literal["critique_revise"] = "critique_revise"
     taxonomy: ClassVar[str] = "self-knowledge"  # the model critiques and revises its own answers
     principles: list[str] = Field(min_length=1, description="what a good response does (the constitution)")
     prompt_column: str = Field("prompt", description="the user's request (as the `label` step writes it)")

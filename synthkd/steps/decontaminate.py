@@ -8,8 +8,10 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.config_base import StrictModel
 from synthkd.curate.decontamination import NgramIndex
+from synthkd.curate.embeddings import encoder_modules
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
+from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 
@@ -24,7 +26,7 @@ class EvalSet(StrictModel):
 class DecontaminateStep(Step):
     """Drop rows sharing an n-gram (or a whole short question) with any evaluation set."""
 
-    step: Literal["decontaminate"]
+    step: Literal["decontaminate"] = "decontaminate"
     taxonomy: ClassVar[str] = "curation"  # benchmark overlap removed
     eval_sets: list[EvalSet] = Field(min_length=1, description="evaluation sets to protect")
     columns: list[str] = Field(
@@ -43,6 +45,9 @@ class DecontaminateStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns(set(self.columns), columns, ctx, "columns", "decontaminate")
+        if self.embedding_threshold:  # before any request: a core install has no encoder
+            needed = (*SIMILARITY_SEARCH, *encoder_modules(self.model))
+            check_installed(needed, "curate", "decontamination by embeddings", ctx.at("embedding_threshold"))
         self._index = NgramIndex(self.ngram, self.min_words)
         for position, eval_set in enumerate(self.eval_sets):
             source = resolve_path(eval_set.path, ctx.recipe_dir)
@@ -100,12 +105,11 @@ class DecontaminateStep(Step):
 
     def _embedding_matches(self, texts: list[str]) -> dict[int, tuple[str, str]]:
         """{row index: (evaluation set, the evaluation text)} for rows close to an evaluation text."""
-        import faiss
-
         from synthkd.curate.embeddings import EmbeddingCache, embed
 
         if not texts or not self._eval_texts:
             return {}
+        faiss = require("faiss", "curate", "decontamination by embeddings")
         cache = EmbeddingCache()
         try:
             eval_vectors, _ = embed([text for text, _ in self._eval_texts], self.model, cache=cache)

@@ -11,10 +11,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed
+from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed, encoder_modules
 from synthkd.curate.exact import exact_duplicates
 from synthkd.curate.minhash import minhash_duplicates
 from synthkd.curate.semantic import semantic_duplicates
+from synthkd.extras import SIMILARITY_SEARCH, check_installed
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 from synthkd.text import clip
 
@@ -29,7 +30,7 @@ PAIR_TEXT_CHARS = 300
 class DedupStep(Step):
     """Keep the first of each group of duplicates, by one method."""
 
-    step: Literal["dedup"]
+    step: Literal["dedup"] = "dedup"
     taxonomy: ClassVar[str] = "curation"  # duplicates removed
     method: Literal["exact", "minhash", "embedding"] = Field(description="exact | minhash | embedding")
     columns: list[str] = Field(default_factory=lambda: ["instruction"], description="texts compared, joined")
@@ -50,6 +51,12 @@ class DedupStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns(set(self.columns), columns, ctx, "columns", "dedup")
+        # Before any request: a core install has neither (see synthkd.extras).
+        if self.method == "minhash":
+            check_installed(("datasketch",), "curate", "MinHash dedup", ctx.at("method"))
+        elif self.method == "embedding":
+            needed = (*SIMILARITY_SEARCH, *encoder_modules(self.model))
+            check_installed(needed, "curate", "semantic (embedding) dedup", ctx.at("method"))
         return columns
 
     def text(self, row: Row) -> str:

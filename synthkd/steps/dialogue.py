@@ -37,7 +37,7 @@ _LABEL = re.compile(r"^\s*(?:\*\*)?user(?:\*\*)?\s*:\s*", re.IGNORECASE)
 class DialogueStep(TeacherStep):
     """Conversations of up to `turns` exchanges, the teacher playing user and assistant."""
 
-    step: Literal["dialogue"]
+    step: Literal["dialogue"] = "dialogue"
     taxonomy: ClassVar[str] = "labeling"  # the teacher continues given openings, playing both sides
     turns: int = Field(3, ge=1, description="user-assistant exchanges per conversation, the opening included")
     opening_column: str = Field("instruction", description="column holding the first user message")

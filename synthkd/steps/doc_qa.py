@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
-from synthkd.chunking import chunk_text, token_counter
+from synthkd.chunking import check_tokenizer_installed, chunk_text, token_counter
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
@@ -61,7 +61,7 @@ _STOPWORDS = frozenset(
 class DocQAStep(TeacherStep):
     """Chunk documents, ask for grounded QA pairs, keep only the pairs the chunk supports."""
 
-    step: Literal["doc_qa"]
+    step: Literal["doc_qa"] = "doc_qa"
     taxonomy: ClassVar[str] = "curation"  # questions grounded in a document collection
     documents: str = Field(
         description="a .jsonl/.json/.csv/.parquet of documents, a .txt/.md file, or a folder"
@@ -84,6 +84,7 @@ class DocQAStep(TeacherStep):
     _documents: list[Row] = PrivateAttr(default_factory=list)
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
+        check_tokenizer_installed(self.tokenizer, ctx.at("tokenizer"))  # the `local` extra's
         source = resolve_path(self.documents, ctx.recipe_dir)
         if source is None:
             tried = ", ".join(str(p) for p in candidate_paths(self.documents, ctx.recipe_dir))

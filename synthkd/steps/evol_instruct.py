@@ -59,7 +59,7 @@ PARENT_ONLY_COLUMNS = ("prompt", "input", "output", "messages", "system", "respo
 class EvolInstructStep(TeacherStep):
     """Evolve instructions for `rounds` rounds, eliminating failed evolutions as WizardLM does."""
 
-    step: Literal["evol_instruct"]
+    step: Literal["evol_instruct"] = "evol_instruct"
     taxonomy: ClassVar[str] = "expansion"  # instructions rewritten into harder ones
     rounds: int = Field(3, ge=1, description="rounds of evolution")
     operations: list[str] = Field(

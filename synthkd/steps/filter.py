@@ -16,7 +16,7 @@ from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, St
 class FilterStep(Step):
     """Keep only rows that pass every check given; the funnel records why each row was dropped."""
 
-    step: Literal["filter"]
+    step: Literal["filter"] = "filter"
     taxonomy: ClassVar[str] = "curation"  # rows selected by rules
     column: str = Field("response", description="the text column the checks look at")
     min_chars: int | None = Field(None, ge=0, description="drop shorter texts (after stripping)")

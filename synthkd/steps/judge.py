@@ -38,7 +38,7 @@ ULTRAFEEDBACK_ASPECTS = ["helpfulness", "honesty", "instruction_following", "tru
 class JudgeStep(TeacherStep):
     """Score rows with a judge teacher (which may differ from the generating teacher)."""
 
-    step: Literal["judge"]
+    step: Literal["judge"] = "judge"
     taxonomy: ClassVar[str] = "feedback"  # the teacher grades the data
     mode: Literal["pointwise", "pairwise"] = Field(
         "pointwise", description="score one response, or compare two"

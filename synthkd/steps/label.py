@@ -24,7 +24,15 @@ from synthkd.steps.base import (
     exact_plan,
     require_columns,
 )
-from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.steps.parsing import (
+    PARSERS,
+    Parsed,
+    ParseError,
+    as_parse_error,
+    ask_parsed,
+    failure_of,
+    strip_code_fence,
+)
 from synthkd.teachers.base import ChatRequest
 
 # Columns the default template reads only if present; rows without them render as if empty.
@@ -34,7 +42,7 @@ OPTIONAL_COLUMNS = {"input": ""}
 class LabelStep(TeacherStep):
     """Ask the teacher to answer every row; `n` samples each, optionally as validated JSON."""
 
-    step: Literal["label"]
+    step: Literal["label"] = "label"
     taxonomy: ClassVar[str] = "labeling"  # the teacher answers given inputs
     prompt: str = Field("prompts/label.jinja", description="Jinja template of the user message")
     system: str | None = Field(None, description="system prompt sent with every request")
@@ -45,7 +53,13 @@ class LabelStep(TeacherStep):
     output_schema: dict[str, Any] | str | None = Field(
         None, alias="schema", description="JSON schema (inline or a .json file) the response must match"
     )
-    reask: int = Field(1, ge=0, description="times an answer that fails the schema is asked again")
+    parser: str | None = Field(
+        None,
+        description="a parser registered with synthkd.register_parser (or a `synthkd.parsers` entry "
+        "point): its value goes to `parsed`; an answer it rejects is asked again",
+    )
+    reask: int = Field(1, ge=0, description="times an answer that fails the schema or parser is asked again")
+    reask_prompt: str = Field("prompts/reask.jinja", description="re-ask after the parser rejected an answer")
 
     _schema: dict[str, Any] | None = PrivateAttr(None)
 
@@ -57,9 +71,17 @@ class LabelStep(TeacherStep):
         if self.output_schema is not None:
             self._schema = _load_schema(self.output_schema, ctx)
             self.load_template_file("json_reask", "prompts/json_reask.jinja", ctx, ctx.at("schema"))
+        if self.parser is not None and self.parser not in PARSERS:
+            known = ", ".join(sorted(PARSERS)) or "none is registered"
+            raise RecipeError(
+                f"no parser named {self.parser!r} (registered: {known}); register one with "
+                "synthkd.register_parser(name, function) before the recipe runs",
+                where=ctx.at("parser"),
+            )
         added = {"prompt", "response", "finish_reason"} | (
             {"system"} if self.system or self.systems else set()
         )
+        added |= {"parsed"} if self.parser is not None else set()
         return None if columns is None else columns | added | ({"sample"} if self.n > 1 else set())
 
     def _requests(self, rows: list[Row]) -> tuple[list[tuple[Row, int, str]], list[ChatRequest]]:
@@ -86,25 +108,27 @@ class LabelStep(TeacherStep):
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         slots, requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
-        if self._schema is None:
+        if self._schema is None and self.parser is None:
             outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
             answers = [Parsed(o.completion.text if o.completion else None, o, o.error) for o in outcomes]
         else:
             answers = await ask_parsed(
                 ctx.dispatcher,
                 requests,
-                self._check_schema,
-                self.template("json_reask"),
+                self._parse,
+                self.template("json_reask" if self._schema is not None else "reask_prompt"),
                 reask=self.reask,
                 progress=ctx.progress,
-                extra={"schema": json.dumps(self._schema)},
+                extra={"schema": json.dumps(self._schema)} if self._schema is not None else None,
             )
         result = StepResult([])
         for (row, sample, prompt), answer in zip(slots, answers, strict=True):
             out_id = self._row_id(row, sample)
             completion = answer.outcome.completion
             if not answer.ok or completion is None:
-                result.failures.append(failure_of(row, answer, row_id=out_id, reason="invalid_json"))
+                # A schema's failure is invalid_json; a parser's, unparseable.
+                reason = "invalid_json" if self._schema is not None else None
+                result.failures.append(failure_of(row, answer, row_id=out_id, reason=reason))
                 continue
             if completion.finish_reason == "content_filter" and not completion.text.strip():
                 withheld = "the provider's content filter withheld the answer"
@@ -119,6 +143,8 @@ class LabelStep(TeacherStep):
                 labelled["sample"] = sample
             labelled["response"] = completion.text
             labelled["finish_reason"] = completion.finish_reason
+            if self.parser is not None:
+                labelled["parsed"] = answer.value
             result.rows.append(labelled)
         return result
 
@@ -128,6 +154,18 @@ class LabelStep(TeacherStep):
             return self.system
         digest = hashlib.sha256(str(row.get("id")).encode("utf-8")).digest()
         return self.systems[int.from_bytes(digest[:8], "big") % len(self.systems)]
+
+    def _parse(self, text: str) -> Any:
+        """The schema's check, then the named parser's value (the text itself without one)."""
+        if self._schema is not None:
+            self._check_schema(text)
+        if self.parser is None:
+            return text
+        return as_parse_error(PARSERS[self.parser])(strip_code_fence(text) if self._schema else text)
+
+    def template_keys(self) -> list[str]:
+        # The re-ask after a parser's rejection is sent only when there is a parser.
+        return [key for key in super().template_keys() if key != "reask_prompt" or self.parser is not None]
 
     def _check_schema(self, text: str) -> str:
         """The answer itself if it is JSON matching the schema; else a ParseError saying why."""

@@ -21,7 +21,7 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 class LoadStep(Step):
     """Read rows. Self-Instruct's `seed_tasks.jsonl` is recognised and its instances flattened."""
 
-    step: Literal["load"]
+    step: Literal["load"] = "load"
     path: str = Field(description="a .jsonl/.json/.csv/.parquet file, a save_to_disk folder, or a Hub id")
     split: str = Field("train", description="split of a Hub dataset or a DatasetDict folder")
     limit: int | None = Field(None, ge=1, description="keep the first N rows")

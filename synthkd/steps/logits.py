@@ -20,7 +20,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from synthkd.chunking import check_tokenizer_installed
 from synthkd.errors import RecipeError
+from synthkd.extras import needs_extra
 from synthkd.kd import topk
 from synthkd.kd.api_tokens import api_top_k
 from synthkd.kd.topk import TopK, tokenizer_fingerprint
@@ -32,6 +34,8 @@ from synthkd.teachers.embedded import resolve_model_source
 from synthkd.teachers.registry import capabilities_of
 
 API_MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+# An API teacher's tokens become ids through a transformers tokenizer: the `local` extra.
+TOKENIZER_PURPOSE = "mapping an API teacher's tokens to ids (a transformers tokenizer)"
 
 # Named once, in kd.topk beside their storage types; a set here for `check`'s column arithmetic.
 KD_COLUMNS = frozenset(topk.KD_COLUMNS)
@@ -40,7 +44,7 @@ KD_COLUMNS = frozenset(topk.KD_COLUMNS)
 class LogitsStep(TeacherStep):
     """Keep the teacher's top-k next-token distribution at every token of each row's answer."""
 
-    step: Literal["logits"]
+    step: Literal["logits"] = "logits"
     taxonomy: ClassVar[str] = "feature"  # the teacher's output distributions
     top_k: int = Field(20, ge=1, le=100, description="tokens kept per position (the rest is one tail bucket)")
     batch_size: int = Field(4, ge=1, description="conversations scored together")
@@ -68,6 +72,7 @@ class LogitsStep(TeacherStep):
                     "teacher's tokenizer (a Hub id or a local folder) to turn its tokens into ids",
                     where=ctx.at("tokenizer"),
                 )
+            check_tokenizer_installed(self.tokenizer, ctx.at("tokenizer"), TOKENIZER_PURPOSE)
             if self.top_k > API_MAX_TOP_LOGPROBS:
                 raise RecipeError(
                     f"APIs return at most {API_MAX_TOP_LOGPROBS} top_logprobs; got top_k {self.top_k}",
@@ -89,10 +94,11 @@ class LogitsStep(TeacherStep):
             result = await self._score(usable, ctx)
             hashes = ctx.dispatcher.tokenizer_fingerprint()
         else:
-            from transformers import AutoTokenizer
-
             assert self.tokenizer is not None
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
+            with needs_extra("local", TOKENIZER_PURPOSE):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
             result = await self._ask_api(usable, tokenizer, ctx)
             hashes = tokenizer_fingerprint(tokenizer)
         fingerprint = {

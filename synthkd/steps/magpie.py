@@ -23,7 +23,7 @@ from synthkd.teachers.registry import capabilities_of
 class MagpieStep(TeacherStep):
     """Let a local chat model write user instructions from its template's pre-query prefix."""
 
-    step: Literal["magpie"]
+    step: Literal["magpie"] = "magpie"
     taxonomy: ClassVar[str] = "curation"  # instructions drawn from the model itself, no seeds
     num_rows: int = Field(100, ge=1, description="instructions to sample (before dropping)")
     system: str | None = Field(None, description="system prompt placed in the prefix to steer the domain")

@@ -137,3 +137,38 @@ def parse_yes_no(text: str) -> bool:
     if first and first[0] in ("yes", "no"):
         return first[0] == "yes"
     raise ParseError("the answer must start with Yes or No")
+
+
+# Parsers a recipe can name (label's `parser:` key): registered from Python with
+# `synthkd.register_parser`, or by a package's `synthkd.parsers` entry point.
+PARSERS: dict[str, Callable[[str], Any]] = {}
+
+
+def register_parser(name: str, parse: Callable[[str], Any] | None = None) -> Any:
+    """Let recipes name `parse`: it takes the teacher's answer and returns what goes into the row's
+    `parsed` column (values of one JSON type, or mappings and lists), or raises ValueError
+    (ParseError) saying what is wrong, which is shown to the teacher in a re-ask. Without `parse`,
+    a decorator: `@register_parser("yes_no")`."""
+    if not name or not isinstance(name, str):
+        raise ValueError("a parser needs a non-empty name")
+    if parse is None:
+        return lambda function: register_parser(name, function)
+    if not callable(parse):
+        raise TypeError(f"parser {name!r}: {parse!r} is not callable")
+    PARSERS[name] = parse
+    return parse
+
+
+def as_parse_error(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` with any ValueError it raises turned into a ParseError (so the teacher is re-asked);
+    what else it raises is a bug in the parser and propagates."""
+
+    def parse_or_explain(text: str) -> Any:
+        try:
+            return parse(text)
+        except ParseError:
+            raise
+        except ValueError as exc:
+            raise ParseError(str(exc) or type(exc).__name__) from None
+
+    return parse_or_explain

@@ -35,7 +35,7 @@ from synthkd.teachers.config import TeacherConfig
 class PreferenceStep(TeacherStep):
     """Sample, judge, and pair the best answer with the worst one."""
 
-    step: Literal["preference"]
+    step: Literal["preference"] = "preference"
     taxonomy: ClassVar[str] = "feedback"  # the teacher ranks candidates into preference pairs
     n: int = Field(4, ge=1, description="answers sampled per prompt from the teacher")
     candidate_columns: list[str] = Field(

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from synthkd.curate.heuristics import language_of, repeated_ngram_ratio, tokens
 from synthkd.curate.refusals import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
+from synthkd.extras import check_installed
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
@@ -17,7 +18,7 @@ _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 class QualityStep(Step):
     """Heuristic quality checks on one text column; each drop reason is counted."""
 
-    step: Literal["quality"]
+    step: Literal["quality"] = "quality"
     taxonomy: ClassVar[str] = "curation"  # rows selected by heuristic quality signals
     column: str = Field("response", description="the text checked")
     min_tokens: int = Field(1, ge=0, description="fewer words than this: dropped")
@@ -31,6 +32,8 @@ class QualityStep(Step):
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({self.column}, columns, ctx, "column", "quality")
+        if self.languages:  # lingua comes with the `curate` extra
+            check_installed(("lingua",), "curate", "language identification", ctx.at("languages"))
         return columns
 
     def drop_reason(self, row: Row) -> str | None:

@@ -33,7 +33,7 @@ _NUMBER = re.compile(r"^[-+]?[$€£]?\d[\d,]*(?:\.\d+)?%?$")
 class RationaleStep(TeacherStep):
     """Reasoning plus a final answer, checked against gold or by majority vote."""
 
-    step: Literal["rationale"]
+    step: Literal["rationale"] = "rationale"
     taxonomy: ClassVar[str] = "labeling"  # chain-of-thought labels (distilling step-by-step, Orca)
     prompt: str = Field(
         "prompts/rationale/answer.jinja", description="asks for reasoning, then 'Final answer:'"

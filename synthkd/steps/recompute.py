@@ -235,7 +235,7 @@ def matches(value: float, targets: list[tuple[float, float]], rel_tolerance: flo
 class RecomputeStep(TeacherStep):
     """Recompute numeric answers from a teacher-written arithmetic expression; drop mismatches."""
 
-    step: Literal["recompute"]
+    step: Literal["recompute"] = "recompute"
     taxonomy: ClassVar[str] = "curation"  # numeric answers selected by recomputing them from an expression
     answer_column: str = Field("answer", description="the answer checked (e.g. rationale's voted answer)")
     prompt: str = Field(

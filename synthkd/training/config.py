@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from synthkd.config_base import StrictModel
-from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, TeacherConfig
+from synthkd.extras import TRAINING, check_installed
+from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig
 
 
 class LoraSettings(StrictModel):
@@ -58,3 +60,13 @@ class TrainConfig(StrictModel):
         # `teacher: <model>` predates teacher mappings here; distill loads the teacher next to the
         # student, so a bare model string has always meant a local model.
         return {"backend": DEFAULT_LOCAL_BACKEND, "model": value} if isinstance(value, str) else value
+
+    def check_installed(self, where: Callable[..., str]) -> None:
+        """Raise `MissingExtraError` (exit 2) if what training needs is not installed (the `train`
+        extra), before any request or weight is loaded. Imports nothing. `where(*key)` names a key
+        of the train: section in messages (`where()` the section itself)."""
+        # The embedded student is read from a GGUF file, which transformers reads with gguf.
+        modules = (*TRAINING, "gguf") if self.student == EMBEDDED_MODEL else TRAINING
+        check_installed(modules, "train", f"training a student (train.method {self.method})", where())
+        if self.lora is not None:
+            check_installed(("peft",), "train", "LoRA adapters", where("lora"))

@@ -144,6 +144,7 @@ class _Progress:
 
 def _check_before_loading(config: TrainConfig, dataset_dir: Path) -> None:
     """Refuse what would fail later, before minutes of loading and training are spent on it."""
+    config.check_installed(lambda *key: ".".join(("train", *key)))
     if not dataset_dir.is_dir():
         raise RecipeError(f"no dataset at {dataset_dir}: run the recipe first", where="train")
     if config.push_to_hub:

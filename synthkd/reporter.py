@@ -1,0 +1,37 @@
+"""What a run tells as it goes: the hooks `synthkd run` prints through, and Python callers may
+pass their own (`synthkd.run(..., reporter=...)`). Light to import: the command line subclasses it
+before it knows whether it will run anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthkd.redaction import redact
+
+if TYPE_CHECKING:
+    from synthkd.pipeline import RunResult
+    from synthkd.publish.push import PushResult
+    from synthkd.recipe import LoadedRecipe
+    from synthkd.training.run import TrainResult
+
+
+class Reporter:
+    """What a run tells as it goes; the command line prints tables, Python callers get nothing
+    but warnings (on stderr) unless they pass their own."""
+
+    def generated(self, result: RunResult) -> None:
+        """The dataset is written (or, on `RunIncompleteError`, set aside): its funnel and cost."""
+
+    def published(self, written: list[Path], pushed: PushResult | None) -> None:
+        """The card, recipe and report are written; `pushed` when the recipe has `output.hub`."""
+
+    def training(self, recipe: LoadedRecipe, dataset_dir: Path) -> None:
+        """Training the student is about to start."""
+
+    def trained(self, result: TrainResult) -> None:
+        """The student is trained and saved; its before/after metrics."""
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {redact(message)}", file=sys.stderr)
