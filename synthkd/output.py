@@ -188,7 +188,9 @@ def _keys_vary(values: Any) -> bool:
         elif isinstance(value, list):
             shape = "list"
         else:
-            shape = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
+            shape = (
+                "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
+            )
         if shapes.setdefault(where, shape) != shape:
             return True
         if isinstance(value, dict):

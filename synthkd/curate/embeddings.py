@@ -18,9 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeVar
 
 from synthkd.cache import full_disk_as, is_damage, open_database, set_aside
 from synthkd.errors import StorageFullError
@@ -28,6 +26,9 @@ from synthkd.extras import EMBEDDED_ENCODER as EMBEDDED_ENCODER_MODULES
 from synthkd.extras import EMBEDDINGS, require
 from synthkd.model_source import local_or_hub
 from synthkd.paths import cache_root
+
+if TYPE_CHECKING:  # numpy is imported where vectors are made: a run without them starts faster
+    import numpy as np
 
 EMBEDDED_ENCODER = "embedded"
 
@@ -106,6 +107,8 @@ class EmbeddingCache:
         return self._recovering(lambda: self._get_many(model, hashes), dict)
 
     def _get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         found = {}
         for start in range(0, len(hashes), 500):
             chunk = list(hashes[start : start + 500])
@@ -120,6 +123,8 @@ class EmbeddingCache:
         self._recovering(write, write)  # on a damaged file: written again into the new cache
 
     def _put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
         db = self.db
         db.execute("BEGIN")
         try:
@@ -167,6 +172,8 @@ def embed(
 
     No texts give a (0, 0) array without loading the model.
     """
+    import numpy as np
+
     if not texts:
         return np.zeros((0, 0), dtype=np.float32), 0
     hashes = [hashlib.sha1(text.encode("utf-8")).hexdigest() for text in texts]

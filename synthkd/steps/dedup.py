@@ -14,7 +14,6 @@ from pydantic import Field
 from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed, encoder_modules
 from synthkd.curate.exact import exact_duplicates
 from synthkd.curate.minhash import minhash_duplicates
-from synthkd.curate.semantic import semantic_duplicates
 from synthkd.extras import SIMILARITY_SEARCH, check_installed
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 from synthkd.text import clip
@@ -83,6 +82,8 @@ class DedupStep(Step):
                 vectors, _ = embed(texts, self.model, self.batch_size, cache)
             finally:
                 cache.close()
+            from synthkd.curate.semantic import semantic_duplicates  # numpy: when used
+
             found = semantic_duplicates(
                 vectors, self.threshold or DEFAULT_THRESHOLDS["embedding"], self.index, self.exact_max
             )

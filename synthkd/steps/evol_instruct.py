@@ -22,7 +22,6 @@ from pydantic import Field
 
 from synthkd.cache import ResponseCache
 from synthkd.curate.refusals import REFUSAL_PATTERNS, REFUSAL_WINDOW_CHARS
-from synthkd.curate.rouge import RougeLPool
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     CheckContext,
@@ -197,6 +196,8 @@ class EvolInstructStep(TeacherStep):
 
     async def _drop_no_gain(self, candidates: list, ctx: StepContext, result: StepResult) -> list:
         """Drop children that ask for the same thing as their parent."""
+        from synthkd.curate.rouge import RougeLPool  # numpy, imported when used: faster starts
+
         if self.elimination == "similarity":
             kept = []
             for parent, child in candidates:

@@ -6,7 +6,6 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-import jsonschema
 from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
@@ -169,6 +168,8 @@ class LabelStep(TeacherStep):
 
     def _check_schema(self, text: str) -> str:
         """The answer itself if it is JSON matching the schema; else a ParseError saying why."""
+        import jsonschema  # only recipes with a schema need it; a run's start is faster without
+
         try:
             value = json.loads(strip_code_fence(text))
         except json.JSONDecodeError as exc:
@@ -210,6 +211,8 @@ def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, An
             value = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise RecipeError(f"cannot read the JSON schema {path}: {exc}", where=ctx.at("schema")) from None
+    import jsonschema
+
     try:
         jsonschema.Draft202012Validator.check_schema(value)
     except jsonschema.SchemaError as exc:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import random
 import re
 import string
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache
-from synthkd.curate.rouge import RougeLPool
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -36,6 +35,9 @@ from synthkd.steps.base import (
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_numbered_list, parse_yes_no
 from synthkd.teachers.base import ChatRequest
+
+if TYPE_CHECKING:
+    from synthkd.curate.rouge import RougeLPool
 
 # Words that ask for something a text-only model cannot see or produce (the paper's list, extended).
 DEFAULT_BLOCKED_KEYWORDS = [
@@ -124,6 +126,8 @@ class SelfInstructStep(TeacherStep):
         return None
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        from synthkd.curate.rouge import RougeLPool  # numpy, imported when used: faster starts
+
         seeds = list(dict.fromkeys(row["instruction"].strip() for row in rows if row.get("instruction")))
         pool = RougeLPool()
         for seed_task in seeds:

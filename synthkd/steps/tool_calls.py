@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import jsonschema
 from pydantic import Field, PrivateAttr
 
 from synthkd.errors import RecipeError
@@ -65,6 +64,8 @@ def load_tools(path: Path) -> list[dict[str, Any]]:
     Accepts OpenAI's form or bare {name, description, parameters} objects, as a list or under a
     "tools" key. Raises ValueError saying what is wrong.
     """
+    import jsonschema  # only tool recipes need it; every run's start is faster without
+
     data = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and "tools" in data:
         data = data["tools"]
@@ -100,6 +101,8 @@ def load_tools(path: Path) -> list[dict[str, Any]]:
 
 def calls_parser(tools: list[dict[str, Any]]) -> Any:
     """A parser of the teacher's JSON calls: [{"name", "arguments"}], each valid for its tool."""
+    import jsonschema
+
     functions = {tool["function"]["name"]: tool["function"] for tool in tools}
     validators = {
         name: jsonschema.Draft202012Validator(function["parameters"]) for name, function in functions.items()
@@ -143,6 +146,8 @@ def calls_parser(tools: list[dict[str, Any]]) -> Any:
 def _argument_problem(schema: dict[str, Any], validator: Any, arguments: dict[str, Any]) -> str | None:
     """Why `arguments` do not fit `schema`, or None. Parameters the schema does not list are
     refused unless it allows additionalProperties (models invent parameters)."""
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path)

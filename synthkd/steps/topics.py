@@ -12,7 +12,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from synthkd.curate.rouge import RougeLPool
 from synthkd.steps.base import CheckContext, Columns, Row, StepContext, StepResult, TeacherStep
 from synthkd.steps.parsing import ask_parsed, failure_of, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
@@ -42,6 +41,8 @@ class TopicsStep(TeacherStep):
         return self.chat(self.template(template).render({"domain": self.domain, **values}))
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        from synthkd.curate.rouge import RougeLPool  # numpy, imported when used: faster starts
+
         result = StepResult(list(rows))
         reask = self.template("reask_prompt")
         seen_topics = RougeLPool([self.domain])
