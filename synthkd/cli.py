@@ -97,7 +97,7 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from synthkd.errors import RecipeError
+    from synthkd.errors import MissingExtraError, RecipeError
     from synthkd.pipeline import check, preflight
     from synthkd.recipe import load_recipe
 
@@ -105,6 +105,8 @@ def _validate(args: argparse.Namespace) -> int:
     flow = check(loaded)
     try:
         preflight(loaded, network=False)
+    except MissingExtraError:
+        raise  # an error wherever it is found, as a step's own check reports it
     except RecipeError as exc:  # the recipe is fine; this machine is not ready to run it yet
         console.print(f"[yellow]warning:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
     for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow, strict=True)):

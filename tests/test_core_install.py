@@ -424,6 +424,9 @@ def test_a_local_teacher_needs_the_local_extra(core_env, server, teacher):
     assert "teacher.backend:" in line and "embedded teacher" in line
     assert "needs the 'local' extra" in line and line.endswith("pip install 'synthkd[local]'")
     assert not Path("runs/core").exists()
+    # `validate` says the same, as an error (a step's missing extra is one too), not a warning.
+    checked = core_synthkd(core_env, "validate", "r.yaml")
+    assert checked.returncode == 2 and error_line(checked) == line
 
 
 @pytest.mark.slow
