@@ -207,7 +207,8 @@ def publish_run(
     for step in loaded.recipe.steps:
         templates.update(step.template_sources())
     passwords = url_passwords(use.config for use in recipe_teachers(loaded.recipe))
-    return finish_run(run_dir, templates, loaded.recipe.output.hub, passwords, warn or Reporter().warn)
+    output = loaded.recipe.output
+    return finish_run(run_dir, templates, output.hub, passwords, warn or Reporter().warn, output.report)
 
 
 def train_run(loaded: LoadedRecipe, run_dir: Path) -> TrainResult:

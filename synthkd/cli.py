@@ -323,6 +323,11 @@ def _publish_parsers(commands) -> None:
     report = commands.add_parser("report", help="write a run's self-contained HTML report with plots")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (output.dir)")
     report.add_argument("--output", metavar="FILE", help="where to write it (default RUN_DIR/report.html)")
+    report.add_argument(
+        "--map",
+        action="store_true",
+        help="add the instruction map: every instruction embedded, clustered, projected (tens of seconds)",
+    )
     report.set_defaults(handler=_report)
 
     show = commands.add_parser("show", help="print a run's rows as a table, filtered")
@@ -367,7 +372,7 @@ def _report(args: argparse.Namespace) -> int:
     from synthkd.publish.report import write_report
 
     quiet_library_progress_bars()
-    path = write_report(args.run_dir, args.output)
+    path = write_report(args.run_dir, args.output, with_map=args.map)
     console.print(f"report -> {path}", highlight=False)
     return 0
 

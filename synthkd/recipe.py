@@ -40,6 +40,11 @@ class OutputConfig(StrictModel):
         description="the run fails (exit code 3, previous outputs kept) when a step loses a larger share "
         "of its rows to failed requests; a run with 0 rows out always fails",
     )
+    report: Literal["basic", "full", "none"] = Field(
+        "basic",
+        description="report.html after the run: basic (seconds), full (adds the instruction map, which "
+        "embeds every instruction: tens of seconds), none",
+    )
     format: Literal["messages", "flat"] = Field(
         "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
     )

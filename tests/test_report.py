@@ -19,6 +19,7 @@ from synthkd.publish.report import build_report, instruction_of, response_of
 from synthkd.publish.rundir import open_run
 
 PLOTS = {"plot-funnel", "plot-lengths", "plot-scores", "plot-map", "plot-dedup", "plot-cost"}
+BASIC_PLOTS = PLOTS - {"plot-map"}  # what a run writes by default (output.report: basic)
 # Headless Chromium on a machine without a network or a sandbox-capable kernel set-up: these flags
 # keep it from trying to reach Google's services at start and from needing a GPU or namespaces.
 CHROMIUM_FLAGS = [
@@ -97,7 +98,8 @@ class RenderedPlots(HTMLParser):
 def test_report_is_written_after_the_run_and_self_contained(run_dir: Path):
     page = (run_dir / "report.html").read_text(encoding="utf-8")
     ids = set(re.findall(r'<div id="(plot-[a-z]+)" class="plotly-graph-div"', page))
-    assert ids == PLOTS
+    assert ids == BASIC_PLOTS
+    assert "Instruction map" in page and "synthkd report RUN_DIR --map" in page  # says how to get it
     # Nothing to fetch when it is opened: no external script, style sheet or image.
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", page)
     assert "Plotly.newPlot" in page and len(page) > 3_000_000  # plotly.js is inlined
@@ -106,7 +108,8 @@ def test_report_is_written_after_the_run_and_self_contained(run_dir: Path):
 
 
 def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
-    page = run_dir / "report.html"
+    page = run_dir / "report-full.html"  # with the instruction map: every plot there is
+    assert main(["report", str(run_dir), "--map", "--output", str(page)]) == 0
     dom = browse(page, tmp_path / "profile-dom", "--virtual-time-budget=20000", "--dump-dom").stdout
     scan = RenderedPlots()
     scan.feed(dom)
@@ -122,7 +125,7 @@ def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     if artifacts:
         target = Path(artifacts) / "report"
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("report.html", "report.png", "README.md", "manifest.json"):
+        for name in ("report-full.html", "report.png", "README.md", "manifest.json"):
             shutil.copyfile(run_dir / name, target / name)
 
 
@@ -147,7 +150,7 @@ def test_a_small_run_without_judge_or_dedup_says_so(tmp_path: Path):
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "instruction": "Hi", "response": "Hello"}] * 2)
-    page, plots = build_report(open_run(tmp_path))
+    page, plots = build_report(open_run(tmp_path), with_map=True)
     assert plots == ["plot-funnel", "plot-lengths", "plot-cost"]
     assert "No judge scores" in page and "fewer than 3 instructions" in page and "No duplicate" in page
     assert "Total estimated cost: unknown" in page
@@ -167,3 +170,13 @@ def test_instruction_and_response_from_messages():
         "chosen": [{"role": "assistant", "content": "c"}],
     }
     assert (instruction_of(preference), response_of(preference)) == ("q", "c")
+
+
+@pytest.mark.slow
+def test_output_report_none_and_full(tmp_path: Path):
+    """`output.report: none` writes no report; `full` draws the instruction map after the run."""
+    none = make_run(tmp_path / "none", output={"report": "none"})
+    assert not (none / "report.html").exists() and (none / "README.md").is_file()
+    full = make_run(tmp_path / "full", output={"report": "full"})
+    page = (full / "report.html").read_text(encoding="utf-8")
+    assert set(re.findall(r'<div id="(plot-[a-z]+)" class="plotly-graph-div"', page)) == PLOTS

@@ -34,22 +34,24 @@ def finish_run(
     hub: HubConfig | None,
     extra_secrets: list[str],
     warn: Callable[[str], None] = print,
+    report: str = "basic",
 ) -> tuple[list[Path], PushResult | None]:
     """Write recipe.yaml, README.md and report.html into the run folder, then push if `hub`.
 
     `templates`: the prompt templates' texts as the run used them (file as named -> source; the
     card shows them, the manifest has their hashes). `extra_secrets`: values that must not be
-    pushed besides the key variables (see `url_passwords`).
+    pushed besides the key variables (see `url_passwords`). `report`: basic, full (with the
+    instruction map) or none (`output.report`).
 
     The dataset is already safely written: a card or report that fails is a warning, not a failed run.
     A report that needs an extra this install lacks (plotly: `report`) is skipped with one line
     saying which pip install gives it. A push that fails is an error: the user asked for it.
     """
     written = []
-    for what, writer in (
-        ("dataset card", lambda: write_card(run_dir, templates)),
-        ("report", lambda: write_report(run_dir)),
-    ):
+    writers = [("dataset card", lambda: write_card(run_dir, templates))]
+    if report != "none":
+        writers.append(("report", lambda: write_report(run_dir, with_map=report == "full")))
+    for what, writer in writers:
         try:
             written.append(writer())
         except MissingExtraError as exc:  # a core install: the dataset is what the run is for

@@ -290,9 +290,33 @@ def _cell(value: Any, limit: int = 400) -> str:
     return clip(text, limit)
 
 
-def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list[str]]:
+MAP_NOT_ASKED = (
+    "not drawn: it embeds every instruction, which takes tens of seconds; "
+    "`synthkd report RUN_DIR --map`, or `output.report: full` in the recipe, draws it"
+)
+
+
+def _instruction_map(texts: list[str], seed: int, model: str) -> tuple[Any, str]:
+    """The map, or None and why there is none: the map is a view, so a missing extra or encoder
+    must not cost the whole report."""
+    try:
+        found = instruction_map(texts, seed, model)
+    except MissingExtraError as exc:  # a lighter install: the rest of the report stands
+        return None, f"no instruction map: {exc}"
+    except Exception as exc:
+        return None, f"the instruction map could not be drawn: {exc}"
+    return found, "fewer than 3 instructions: no map"
+
+
+def build_report(
+    run: RunDir, *, with_map: bool = False, map_model: str = "embedded"
+) -> tuple[str, list[str]]:
     """The page's HTML and the ids of its plot divs (what a browser must render). Raises
-    `MissingExtraError` without plotly (the `report` extra)."""
+    `MissingExtraError` without plotly (the `report` extra).
+
+    The instruction map (`with_map`) embeds every instruction, clusters and projects them: tens of
+    seconds on a CPU, most of a report's cost, so it is drawn only when asked for (embeddings
+    already cached, by a dedup step with the same encoder, are reused)."""
     pio = require("plotly.io", "report", REPORT_PURPOSE)
     from plotly.offline import get_plotlyjs
 
@@ -320,14 +344,7 @@ def build_report(run: RunDir, *, map_model: str = "embedded") -> tuple[str, list
     else:
         text("scores", "Judge scores", "<p>No judge scores in this run (no judge or preference step).</p>")
     texts = [t for t in (instruction_of(row) for row in rows) if t]
-    try:
-        found = instruction_map(texts, seed, map_model)
-    except MissingExtraError as exc:  # a lighter install: the rest of the report stands
-        found, reason = None, f"no instruction map: {exc}"
-    except Exception as exc:  # the map is a view; a missing encoder must not cost the whole report
-        found, reason = None, f"the instruction map could not be drawn: {exc}"
-    else:
-        reason = "fewer than 3 instructions: no map"
+    found, reason = _instruction_map(texts, seed, map_model) if with_map else (None, MAP_NOT_ASKED)
     if found is not None:
         words = [[c, ", ".join(w)] for c, w in sorted(found.top_words.items())]
         plot("map", map_figure(found), _table(["cluster", "top words (TF-IDF)"], words))
@@ -418,12 +435,18 @@ def _page(run: RunDir, sections: list[str], plotly_js: str) -> str:
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, map_model: str = "embedded") -> Path:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    with_map: bool = False,
+    map_model: str = "embedded",
+) -> Path:
     """Write the report (default `<run dir>/report.html`) and return its path. Raises
     `MissingExtraError` (exit 2) before reading the run if plotly (the `report` extra) is missing."""
     check_installed(("plotly",), "report", REPORT_PURPOSE)
     run = open_run(run_dir)
-    page, _ = build_report(run, map_model=map_model)
+    page, _ = build_report(run, with_map=with_map, map_model=map_model)
     path = Path(out) if out is not None else run.path / REPORT_FILE
     # Written beside and renamed into place: a full disk leaves the previous report whole.
     atomic_write_text(path, page, what="the report")
