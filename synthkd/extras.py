@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 
 from synthkd.errors import MissingExtraError, causes
@@ -69,9 +70,29 @@ def missing_module(modules: Iterable[str]) -> str | None:
     return next((module for module in modules if not is_installed(module)), None)
 
 
+# The extras the checks under `recording_extras` asked for, installed or not.
+_asked: ContextVar[set[str] | None] = ContextVar("synthkd_extras_asked", default=None)
+
+
+@contextmanager
+def recording_extras() -> Iterator[set[str]]:
+    """Within the block, every extra a `check_installed` asks for is added to the set yielded:
+    what a recipe needs, worked out by the same checks that refuse it (for the card's install
+    line)."""
+    asked: set[str] = set()
+    token = _asked.set(asked)
+    try:
+        yield asked
+    finally:
+        _asked.reset(token)
+
+
 def check_installed(modules: Iterable[str], extra: str, purpose: str, where: str | None = None) -> None:
     """Raise `MissingExtraError` (exit 2) if any of `modules` is missing: "`where`: `purpose` needs
     the '`extra`' extra". Imports nothing, so it is cheap enough for `check` and `preflight`."""
+    asked = _asked.get()
+    if asked is not None:
+        asked.add(extra)
     missing = missing_module(modules)
     if missing is not None:
         raise MissingExtraError(extra, purpose, missing, where=where)

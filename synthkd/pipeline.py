@@ -18,6 +18,7 @@ from synthkd.cache import ResponseCache
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError, RunIncompleteError
+from synthkd.extras import recording_extras
 from synthkd.messages import for_trl, with_messages
 from synthkd.output import write_run
 from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
@@ -36,7 +37,13 @@ def check(loaded: LoadedRecipe, columns: Columns | frozenset[str] = frozenset())
     """Validate every step against the columns the steps before it produce (the first against
     `columns`: those of the rows the run starts from), and the params of every teacher the
     recipe uses (training's included). Sends nothing."""
-    columns = set(columns) if columns is not None else None
+    with recording_extras() as needed:  # the same checks say which pip extras the card names
+        flow = _check_steps(loaded, set(columns) if columns is not None else None)
+    loaded.extras |= needed
+    return flow
+
+
+def _check_steps(loaded: LoadedRecipe, columns: Columns) -> list[Columns]:
     flow = []
     for index, step in enumerate(loaded.recipe.steps):
         ctx = CheckContext(
@@ -70,16 +77,18 @@ def preflight(
     section's (unless `training` is off: `--no-train`). A judge whose key is missing must stop
     the run before the data is generated, not after. Also the packages they need: a local
     backend's or training's pip extra missing is one line naming it (`MissingExtraError`)."""
-    if training and loaded.recipe.train is not None:
-        loaded.recipe.train.check_installed(lambda *key: loaded.at("train", *key))
-    seen = set()
-    for use in recipe_teachers(loaded.recipe, training=training):
-        if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
-            continue
-        seen.add(teacher_id(use.config))
-        check_teacher_environment(
-            use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
-        )
+    with recording_extras() as needed:
+        if training and loaded.recipe.train is not None:
+            loaded.recipe.train.check_installed(lambda *key: loaded.at("train", *key))
+        seen = set()
+        for use in recipe_teachers(loaded.recipe, training=training):
+            if (use.step_index is not None and not data) or teacher_id(use.config) in seen:
+                continue
+            seen.add(teacher_id(use.config))
+            check_teacher_environment(
+                use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
+            )
+    loaded.extras |= needed
 
 
 def register_recipe_secrets(loaded: LoadedRecipe) -> None:
@@ -341,6 +350,8 @@ def build_manifest(
         "rows": rows,
         "failures": failures,
         "cost_usd": None if None in costs else round(sum(costs), 6),
+        # The pip extras its checks found it needs (the card's install line), besides `report`.
+        "extras": sorted(loaded.extras),
         "steps": [asdict(report) for report in reports],
     }
 

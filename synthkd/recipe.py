@@ -93,6 +93,7 @@ class LoadedRecipe:
     data: dict[str, Any]  # the raw mapping after --set overrides, before defaults
     lines: dict[KeyPath, int] = field(default_factory=dict)
     overridden: set[KeyPath] = field(default_factory=set)
+    extras: set[str] = field(default_factory=set)  # pip extras its checks found it needs (the card says)
 
     @property
     def base_dir(self) -> Path:

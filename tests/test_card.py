@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from huggingface_hub import DatasetCard
 from publish_run import CANARY_KEY, CANARY_PASSWORD, make_run, plant_url_credentials
 
+from synthkd.api import load_recipe as load_any
 from synthkd.cli import main
+from synthkd.pipeline import build_manifest, check, preflight
 from synthkd.publish.card import TAXONOMY_MEANING, taxonomy, validate_metadata, write_card
 from synthkd.recipe import load_recipe
 from synthkd.steps import STEP_TYPES
@@ -51,6 +54,8 @@ def test_card_prose_comes_from_the_manifest(run_dir: Path):
     assert "{{ instruction }}" in text or "instruction" in text.split("prompts/label.jinja", 1)[1][:2000]
     assert "terms of use" in text
     assert "recipe.yaml" in text and "synthkd run recipe.yaml" in text
+    # exact dedup and n-gram decontamination need no extra; the report needs its own
+    assert "pip install 'synthkd[report]'" in text
     assert "| **total** |" in text  # tokens and cost
     assert "## License" in text and "apache-2.0" in text
 
@@ -105,3 +110,23 @@ def test_validate_metadata_finds_what_the_hub_rejects():
 def test_a_license_the_hub_does_not_know_is_a_recipe_error(capsys: pytest.CaptureFixture):
     assert main(["validate", "recipes/quickstart.yaml", "--set", "output.license=apache2"]) == 2
     assert "did you mean 'apache-2.0'" in capsys.readouterr().err
+
+
+def test_a_recipe_records_the_extras_its_checks_asked_for(tmp_path: Path, listening_port: int):
+    """The card's install line names what the recipe needs, as the checks that refuse it found."""
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "hi"}\n')
+    teacher = {"backend": "openai", "model": "m", "base_url": f"http://127.0.0.1:{listening_port}/v1"}
+    loaded = load_any(
+        {
+            "name": "needs",
+            "teacher": {**teacher, "api_key_env": None},
+            "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "dedup", "method": "minhash"}],
+            "train": {"method": "sft", "student": "embedded"},
+        },
+        base_dir=tmp_path,
+    )
+    check(loaded)
+    assert loaded.extras == {"curate"}
+    preflight(loaded, network=False)
+    assert loaded.extras == {"curate", "train"}
+    assert build_manifest(loaded, [], datetime.now(timezone.utc), 0, 0)["extras"] == ["curate", "train"]

@@ -411,13 +411,23 @@ def _license_section(run: RunDir) -> str:
     )
 
 
+def _install_target(run: RunDir) -> str:
+    """`synthkd`, with the extras the run's recipe needed (as its checks found them) and the
+    report's unless the recipe turned the report off."""
+    report = (run.recipe.get("output") or {}).get("report", "basic") != "none"
+    extras = sorted({*run.manifest.get("extras", []), *(["report"] if report else [])})
+    if not extras:
+        return "synthkd"
+    return f"'synthkd[{','.join(extras)}]'"
+
+
 def _reproduce_section(run: RunDir) -> str:
     return (
         "## Reproduce\n\n"
         f"`{RECIPE_FILE}`, beside the data, is the recipe as it ran (sha256 "
         f"`{run.manifest.get('recipe_sha256', '?')}`), with every default filled in. It names API keys "
         "only by their environment variables; credentials and tokens are removed.\n\n"
-        "```bash\npip install synthkd\nsynthkd run recipe.yaml\n```\n\n"
+        f"```bash\npip install {_install_target(run)}\nsynthkd run recipe.yaml\n```\n\n"
         "Data files and templates it names resolve relative to the recipe, then to those shipped with "
         "synthkd; the templates' texts are above. A rerun with the same teacher replays synthkd's request "
         "cache where present; a sampled (temperature > 0) API teacher may answer differently."
