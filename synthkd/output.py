@@ -208,6 +208,21 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
+@contextlib.contextmanager
+def _no_datasets_bar() -> Iterator[None]:
+    """datasets draws a bar for saving shards; the run's own bars and summary say it already (and
+    `synthkd.run(progress=False)` means none at all). Put back as the caller had it."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]], manifest: dict) -> None:
     """Write all outputs to a fresh staging folder, then make it the run folder (see the module)."""
     out_dir = Path(out_dir)
@@ -224,7 +239,8 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
             dataset = to_dataset(rows)
             # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
             # and then cannot load it back (IndexError in load_from_disk).
-            dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
+            with _no_datasets_bar():
+                dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
             write_jsonl(staging / "data.jsonl", rows)
             write_jsonl(staging / "failures.jsonl", failure_records)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
