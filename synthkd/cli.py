@@ -207,8 +207,11 @@ class ConsoleReporter(Reporter):
 
 
 def _print_plan(plans: list, loaded) -> None:
-    from synthkd.pricing import price_of
+    """The dry run, on stdout (it is the command's answer): the first prompts, then a line per step
+    and the total."""
+    from synthkd.dry_run import estimate_steps, totals
 
+    out = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"dry run: {loaded.recipe.name}", title_justify="left")
     for column in (
         "step",
@@ -218,53 +221,67 @@ def _print_plan(plans: list, loaded) -> None:
         "prompt tok (est.)",
         "completion tok (max)",
         "cost (max, USD)",
+        "time (min, at least)",
     ):
         table.add_column(column, justify="right" if column != "step" else "left")
-    for index, (step, step_plan) in enumerate(plans):
-        if step_plan.count == "unknown":  # a teacher step that cannot count its requests in advance
-            table.add_row(f"{index}:{step.step}", "not estimated", "-", "-", "-", "-", "-")
+    estimates = estimate_steps(plans)
+    for estimate in estimates:
+        plan = estimate.plan
+        if not estimate.estimated:  # a teacher step that cannot count its requests in advance
+            table.add_row(estimate.label, "not estimated", "-", "-", "-", "-", "-", "-")
             continue
-        teacher = step.step_teacher()
-        price = price_of(teacher.backend, teacher.model) if teacher is not None else None
-        to_send = step_plan.requests - step_plan.cached
-        share = to_send / step_plan.requests if step_plan.requests else 0
-        about = "~" if step_plan.count == "estimate" else ""
-        cost = (
-            "-"
-            if teacher is None
-            else "unknown"
-            if price is None
-            else f"{about}{share * price.cost(step_plan.prompt_tokens, step_plan.max_completion_tokens):.4f}"
-        )
-        requests = f"{about}{step_plan.requests}"
-        if step_plan.requests_max is not None:
-            requests += f" (max {step_plan.requests_max})"
+        about = "~" if estimate.approximate else ""
+        requests = f"{about}{plan.requests}" + (f" (max {plan.requests_max})" if plan.requests_max else "")
         table.add_row(
-            f"{index}:{step.step}",
+            estimate.label,
             requests,
-            str(step_plan.cached),
-            f"{about}{to_send}",
-            f"{about}{step_plan.prompt_tokens}",
-            f"{about}{step_plan.max_completion_tokens}",
-            cost,
+            str(plan.cached),
+            f"{about}{estimate.to_send}",
+            f"{about}{plan.prompt_tokens}",
+            f"{about}{plan.max_completion_tokens}",
+            "-" if not estimate.has_teacher else _money(estimate.cost_usd, about),
+            "-" if estimate.minutes is None else f"{about}{estimate.minutes:.1f}",
         )
-    for index, (step, step_plan) in enumerate(plans):
-        for number, messages in enumerate(step_plan.sample_prompts, start=1):
-            kind = "example prompt" if step_plan.count == "estimate" else "prompt"
-            console.rule(f"step {index}:{step.step}, {kind} {number}", align="left")
+    total = totals(estimates)
+    about = "~" if total.approximate else ""
+    table.add_section()
+    table.add_row(
+        "total",
+        "",
+        "",
+        f"{about}{total.to_send}",
+        f"{about}{total.prompt_tokens}",
+        f"{about}{total.completion_tokens}",
+        _money(total.cost_usd, about),
+        "-" if total.minutes is None else f"{about}{total.minutes:.1f}",
+    )
+    for estimate in estimates:
+        for number, messages in enumerate(estimate.plan.sample_prompts, start=1):
+            kind = "example prompt" if estimate.approximate else "prompt"
+            out.rule(f"step {estimate.label}, {kind} {number}", align="left")
             for message in messages:
-                console.print(  # the content is text, not markup: "[1, 2]" must print as it is
+                out.print(  # the content is text, not markup: "[1, 2]" must print as it is
                     f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False, markup=True
                 )
-    console.print(table)
-    console.print(
+    out.print(table)
+    notes = [
         "Token counts are estimates (4 characters a token); completion tokens assume every answer "
         "uses max_tokens. Later steps' counts assume no row is dropped before them. ~: a "
         "data-dependent step's estimate (every answer parses, nothing is eliminated; max: with "
         "re-asks and every round); its cached count covers only the requests known in advance. "
         "not estimated: a teacher step that cannot count its requests before running; later steps "
-        "count its input rows as its output."
-    )
+        "count its input rows as its output, and the total leaves it out. Time: the least the "
+        "teacher's rpm/tpm limits allow; latency and concurrency add to it."
+    ]
+    if total.not_estimated:
+        notes.append(f"The total leaves out {', '.join(total.not_estimated)} (not estimated).")
+    if total.unbounded:
+        notes.append(f"No rpm/tpm limit bounds the time of {', '.join(total.unbounded)}.")
+    out.print(" ".join(notes), highlight=False)
+
+
+def _money(cost: float | None, about: str) -> str:
+    return "unknown" if cost is None else f"{about}{cost:.4f}"
 
 
 def _print_summary(result) -> None:

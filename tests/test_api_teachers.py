@@ -313,12 +313,15 @@ def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, caps
     path = recipe(tmp_path, server, "openai", rows=8)
     run_recipe(load_recipe(path, ["steps.1.n=1"]))
     server.reset()
-    assert main(["run", str(path), "--dry-run", "--set", "steps.1.n=2"]) == 0
-    out = capsys.readouterr().err
+    assert main(["run", str(path), "--dry-run", "--set", "steps.1.n=2", "--set", "teacher.rpm=4"]) == 0
+    out = capsys.readouterr().out  # the dry run is the command's answer: stdout
     assert chat_requests(server) == 0
     label_row = next(line for line in out.splitlines() if "1:label" in line and "│" in line)
     cells = [cell.strip() for cell in label_row.split("│") if cell.strip()]
     assert cells[:4] == ["1:label", "16", "8", "8"]  # requests, cached (sample 0), to send
+    assert cells[-1] == "2.0"  # 8 requests to send at 4 a minute: 2 minutes at least
+    total = next(line for line in out.splitlines() if "total" in line and "│" in line)
+    assert [cell.strip() for cell in total.split("│") if cell.strip()][:2] == ["total", "8"]
     assert "user: Explain item 0 in a sentence." in out
 
 
@@ -336,7 +339,7 @@ def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_pat
         {"step": "label"},
     ]
     assert main(["run", str(recipe(tmp_path, server, "openai", rows=8, steps=steps)), "--dry-run"]) == 0
-    out = capsys.readouterr().err
+    out = capsys.readouterr().out
     assert chat_requests(server) == 0
 
     def cells(step: str) -> list[str]:
@@ -352,6 +355,10 @@ def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_pat
     assert cells("5:label")[:4] == ["5:label", "16", "0", "16"]  # evol's 2 x 8 rows, passed on by topics
     assert "user: [instruction evolved from" in out  # what the dry run cannot know is marked
     assert "step 3:evol_instruct, example prompt 1" in out and "not estimated:" in " ".join(out.split())
+    # The total: what can be counted (0 + ~0 + ~32 + 16 to send), and which step it leaves out.
+    total = next(line for line in out.splitlines() if "total" in line and "│" in line)
+    assert [cell.strip() for cell in total.split("│") if cell.strip()][:2] == ["total", "~48"]
+    assert "The total leaves out 4:topics (not estimated)." in " ".join(out.split())
 
 
 def test_plans_of_the_other_generating_steps(tmp_path, server):

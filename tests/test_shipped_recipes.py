@@ -22,8 +22,9 @@ def test_recipes_are_found():
 def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixture):
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
     assert main(["run", str(recipe), "--dry-run"]) == 0, capsys.readouterr().err
-    out = capsys.readouterr().err
+    out = capsys.readouterr().out  # the dry run is the command's answer: stdout
     assert "dry run" in out and "requests" in out
+    assert any(line.split("│")[1].strip() == "total" for line in out.splitlines() if line.count("│") > 2)
 
 
 @pytest.mark.slow
