@@ -361,19 +361,24 @@ def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_pat
     assert "The total leaves out 4:topics (not estimated)." in " ".join(out.split())
 
 
-def test_plans_of_the_other_generating_steps(tmp_path, server):
+def dry_run_plans(tmp_path, server, steps: list[dict]) -> tuple[dict, dict]:
+    """Each step's dry-run plan, by step name, and its (count, requests, requests_max)."""
     from synthkd.pipeline import check, plan
 
+    loaded = load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=steps))
+    check(loaded)
+    plans = {step.step: step_plan for step, step_plan in plan(loaded)}
+    return plans, {name: (p.count, p.requests, p.requests_max) for name, p in plans.items()}
+
+
+def test_plans_of_the_other_generating_steps(tmp_path, server):
     steps = [
         {"step": "load", "path": "seeds.jsonl"},
         {"step": "preference", "n": 2},
         {"step": "dialogue", "turns": 3},
         {"step": "self_instruct", "num_instructions": 10, "requests_per_round": 2, "new_per_request": 4},
     ]
-    loaded = load_recipe(recipe(tmp_path, server, "openai", rows=8, steps=steps))
-    check(loaded)
-    plans = {step.step: step_plan for step, step_plan in plan(loaded)}
-    counts = {name: (p.count, p.requests, p.requests_max) for name, p in plans.items()}
+    plans, counts = dry_run_plans(tmp_path, server, steps)
     assert counts == {
         "load": ("exact", 0, None),
         "preference": ("estimate", 16 + 16, 16 + 32),  # 8 x 2 samples, then each judged (re-asked once)
@@ -383,6 +388,24 @@ def test_plans_of_the_other_generating_steps(tmp_path, server):
     assert plans["preference"].sample_prompts[0] == [
         {"role": "user", "content": "Explain item 0 in a sentence."}
     ]
+    assert chat_requests(server) == 0
+
+
+def test_plans_of_rationale_and_critique_revise(tmp_path, server):
+    """Once "not estimated" (and left out of the dry run's total): now estimated with a bound."""
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "rationale", "n": 3},
+        {"step": "critique_revise", "principles": ["Be accurate."], "rounds": 2},
+    ]
+    plans, counts = dry_run_plans(tmp_path, server, steps)
+    assert counts == {
+        "load": ("exact", 0, None),
+        "rationale": ("estimate", 8 * 3, 2 * 8 * 3),  # 3 samples a row, each re-asked once at most
+        "critique_revise": ("estimate", 2 * 8, 4 * 2 * 8),  # a critique and a revision a row; 2 rounds
+    }
+    critique = plans["critique_revise"].sample_prompts[0][-1]["content"]
+    assert "Be accurate." in critique  # the first critiques are rendered from rationale's rows
     assert chat_requests(server) == 0
 
 

@@ -20,13 +20,16 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
     CheckContext,
     Columns,
     Row,
     StepContext,
+    StepPlan,
     StepResult,
     TeacherStep,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of
@@ -102,6 +105,16 @@ class CritiqueReviseStep(TeacherStep):
             {**row, "prompt": _text(row.get(self.prompt_column)), "principles": self.principles, **values}
         )
         return self.chat(content)
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """The first critiques are known; the estimate assumes each finds something to revise
+        (a critique and a revision a row); at most, every round does both and each is re-asked."""
+        pairs = [(row, _text(row.get(self.response_column))) for row in rows]
+        known = [self._ask("critique_prompt", row, response=text) for row, text in pairs]
+        plan = estimate_plan(
+            self.teacher_config, 2 * len(rows), known, cache, requests_max=4 * self.rounds * len(rows)
+        )
+        return [self._pair(row, text, text, [], 1) for row, text in pairs], plan
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         result = StepResult([])

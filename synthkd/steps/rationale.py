@@ -15,16 +15,20 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
     CheckContext,
     Columns,
     Row,
     StepContext,
+    StepPlan,
     StepResult,
     TeacherStep,
+    estimate_plan,
     require_columns,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
+from synthkd.teachers.base import ChatRequest
 
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[-+]?[$€£]?\d[\d,]*(?:\.\d+)?%?$")
@@ -59,13 +63,30 @@ class RationaleStep(TeacherStep):
             return None
         return str(row[self.gold_column])
 
-    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+    def _requests(self, rows: list[Row]) -> tuple[list[str], list[ChatRequest]]:
         prompts = [self.template("prompt").render({"input": "", **row}) for row in rows]
         requests = [
             self.chat(prompt, system=self.system, sample=sample)
             for prompt in prompts
             for sample in range(self.n)
         ]
+        return prompts, requests
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Every sample's request is known; each may be re-asked once. Rows stand for themselves
+        as if every one were kept."""
+        prompts, requests = self._requests(rows)
+        plan = estimate_plan(
+            self.teacher_config, len(requests), requests, cache, requests_max=2 * len(requests)
+        )
+        kept = [
+            {**row, "prompt": prompt, "rationale": "", "answer": "", "response": "", "agreement": 1.0}
+            for row, prompt in zip(rows, prompts, strict=True)
+        ]
+        return kept, plan
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        prompts, requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         answers = await ask_parsed(
             ctx.dispatcher,
