@@ -125,71 +125,65 @@ class RunOutcome:
     trained: TrainResult | None = None
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is made beyond its recipe and rows: what the command line's flags set."""
+
+    out_dir: Path | None = None  # default: the recipe's output.dir
+    use_cache: bool = True
+    progress: ProgressFactory | None = None
+    publish: bool = True  # the card, the report, the push
+    train: bool = True  # the recipe's train: section, if it has one
+    reporter: Reporter = field(default_factory=Reporter)
+
+
 def run_loaded(
-    loaded: LoadedRecipe,
-    rows: list[Row] | None = None,
-    *,
-    out_dir: Path | None = None,
-    use_cache: bool = True,
-    progress: ProgressFactory | None = None,
-    publish: bool = True,
-    train: bool = True,
-    reporter: Reporter | None = None,
+    loaded: LoadedRecipe, rows: list[Row] | None = None, settings: RunSettings | None = None
 ) -> RunOutcome:
     """Run a checked and preflighted recipe: its steps (from `rows`, if given), then the card,
-    report and push (`publish`), then the student (`train`, when the recipe has a `train:`
-    section). The run folder is held against other runs from the first request to the student."""
-    reporter = reporter or Reporter()
-    with hold_output(loaded, out_dir):
-        result = in_own_event_loop(lambda: _generate(loaded, rows, out_dir, use_cache, progress, reporter))
-        return _after_generating(loaded, result, publish, train, reporter)
+    report and push, then the student (see `RunSettings`). The run folder is held against other
+    runs from the first request to the student."""
+    settings = settings or RunSettings()
+    with hold_output(loaded, settings.out_dir):
+        result = in_own_event_loop(lambda: _generate(loaded, rows, settings))
+        return _after_generating(loaded, result, settings)
 
 
 async def run_loaded_async(
-    loaded: LoadedRecipe,
-    rows: list[Row] | None = None,
-    *,
-    out_dir: Path | None = None,
-    use_cache: bool = True,
-    progress: ProgressFactory | None = None,
-    publish: bool = True,
-    train: bool = True,
-    reporter: Reporter | None = None,
+    loaded: LoadedRecipe, rows: list[Row] | None = None, settings: RunSettings | None = None
 ) -> RunOutcome:
     """`run_loaded` in the caller's event loop: the requests are sent from it (cancelling the
     awaiting task stops them); the card, report and student, which do not wait on the network,
     are made in a worker thread."""
-    reporter = reporter or Reporter()
-    with hold_output(loaded, out_dir):
-        result = await _generate(loaded, rows, out_dir, use_cache, progress, reporter)
-        return await asyncio.to_thread(_after_generating, loaded, result, publish, train, reporter)
+    settings = settings or RunSettings()
+    with hold_output(loaded, settings.out_dir):
+        result = await _generate(loaded, rows, settings)
+        return await asyncio.to_thread(_after_generating, loaded, result, settings)
 
 
-async def _generate(
-    loaded: LoadedRecipe,
-    rows: list[Row] | None,
-    out_dir: Path | None,
-    use_cache: bool,
-    progress: ProgressFactory | None,
-    reporter: Reporter,
-) -> RunResult:
+async def _generate(loaded: LoadedRecipe, rows: list[Row] | None, settings: RunSettings) -> RunResult:
     try:
-        result = await execute(loaded, use_cache=use_cache, progress=progress, out_dir=out_dir, rows=rows)
+        result = await execute(
+            loaded,
+            use_cache=settings.use_cache,
+            progress=settings.progress,
+            out_dir=settings.out_dir,
+            rows=rows,
+        )
     except RunIncompleteError as incomplete:
-        reporter.generated(incomplete.result)
+        settings.reporter.generated(incomplete.result)
         raise
-    reporter.generated(result)
+    settings.reporter.generated(result)
     return result
 
 
-def _after_generating(
-    loaded: LoadedRecipe, result: RunResult, publish: bool, train: bool, reporter: Reporter
-) -> RunOutcome:
+def _after_generating(loaded: LoadedRecipe, result: RunResult, settings: RunSettings) -> RunOutcome:
+    reporter = settings.reporter
     outcome = RunOutcome(result)
-    if publish:
+    if settings.publish:
         outcome.written, outcome.pushed = publish_run(loaded, result.out_dir, reporter.warn)
         reporter.published(outcome.written, outcome.pushed)
-    if train and loaded.recipe.train is not None:
+    if settings.train and loaded.recipe.train is not None:
         reporter.training(loaded, result.out_dir / "dataset")
         outcome.trained = train_run(loaded, result.out_dir)
         reporter.trained(outcome.trained)
@@ -286,16 +280,8 @@ def run(
     requests failed (the previous outputs stay as they were)."""
     loaded, rows = _prepared(recipe, dataset, overrides, base_dir, train, held_out)
     with _progress(progress) as factory:
-        outcome = run_loaded(
-            loaded,
-            rows,
-            out_dir=Path(output_dir) if output_dir is not None else None,
-            use_cache=use_cache,
-            progress=factory,
-            publish=publish,
-            train=train,
-            reporter=reporter,
-        )
+        settings = _settings(output_dir, use_cache, factory, publish, train, reporter)
+        outcome = run_loaded(loaded, rows, settings)
     return _dataset_of(outcome.result.out_dir, held_out, loaded.recipe.seed)
 
 
@@ -317,16 +303,8 @@ async def run_async(
     the awaiting task stops them (the answers so far are cached)."""
     loaded, rows = _prepared(recipe, dataset, overrides, base_dir, train, held_out)
     with _progress(progress) as factory:
-        outcome = await run_loaded_async(
-            loaded,
-            rows,
-            out_dir=Path(output_dir) if output_dir is not None else None,
-            use_cache=use_cache,
-            progress=factory,
-            publish=publish,
-            train=train,
-            reporter=reporter,
-        )
+        settings = _settings(output_dir, use_cache, factory, publish, train, reporter)
+        outcome = await run_loaded_async(loaded, rows, settings)
     return await asyncio.to_thread(_dataset_of, outcome.result.out_dir, held_out, loaded.recipe.seed)
 
 
@@ -354,16 +332,8 @@ def run_step(
 
     with tempfile.TemporaryDirectory(prefix="synthkd-step-") as folder, _progress(progress) as factory:
         try:
-            outcome = run_loaded(
-                loaded,
-                rows,
-                out_dir=Path(folder) / "run",
-                use_cache=use_cache,
-                progress=factory,
-                publish=False,
-                train=False,
-                reporter=reporter,
-            )
+            settings = _settings(Path(folder) / "run", use_cache, factory, False, False, reporter)
+            outcome = run_loaded(loaded, rows, settings)
         except RunIncompleteError as incomplete:  # its folder is about to go: say why here
             failures = incomplete.result.failures
             raise RunIncompleteError(
@@ -409,6 +379,18 @@ def _prepared(
     check(loaded, _columns(rows))
     preflight(loaded, training=train)
     return loaded, rows
+
+
+def _settings(
+    output_dir: str | Path | None,
+    use_cache: bool,
+    progress: ProgressFactory | None,
+    publish: bool,
+    train: bool,
+    reporter: Reporter | None,
+) -> RunSettings:
+    folder = Path(output_dir) if output_dir is not None else None
+    return RunSettings(folder, use_cache, progress, publish, train, reporter or Reporter())
 
 
 def _step_name(step: Step | Mapping[str, Any]) -> str:

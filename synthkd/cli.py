@@ -117,7 +117,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from synthkd.api import load_recipe, run_loaded
+    from synthkd.api import RunSettings, load_recipe, run_loaded
     from synthkd.pipeline import check, plan, preflight
     from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
 
@@ -129,14 +129,14 @@ def _run(args: argparse.Namespace) -> int:
     preflight(loaded, training=not args.no_train)
     quiet_library_progress_bars()  # the step bars say it all
     with RichProgressFactory(console) as progress:
-        run_loaded(
-            loaded,
+        settings = RunSettings(
             out_dir=Path(args.output) if args.output else None,
             use_cache=not args.no_cache,
             progress=progress,
             train=not args.no_train,
             reporter=ConsoleReporter(progress),
         )
+        run_loaded(loaded, settings=settings)
     return 0
 
 

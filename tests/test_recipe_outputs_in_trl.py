@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from helpers import read_jsonl
 from test_domain_recipes import ALIGNMENT, TOOL_USE  # the teacher's scripted answers for those recipes
-from tiny_model import build_tiny_model, trl_chat_template
+from tiny_model import build_tiny_model, one_trl_step, trl_chat_template
 
 from synthkd.pipeline import run_recipe
 from synthkd.publish.push import stage
@@ -146,31 +146,6 @@ def test_the_output_reads_back_as_written_in_every_reader(name: str, tmp_path_fa
     # The tool schemas stay one JSON string a row (their parameters differ per tool); TRL loads it.
     tools = json.loads((shipped_root() / "recipes/tool_use/tools.json").read_text())
     assert json.loads(frame["tools"][0]) == tools
-
-
-def one_trl_step(dataset: Any, trainer: str, model_dir: Path, out: Path) -> Any:
-    """TRL's own trainer, given the dataset as it is, after one optimizer step."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-
-    config, trainer_class = (SFTConfig, SFTTrainer) if trainer == "sft" else (DPOConfig, DPOTrainer)
-    args = config(
-        output_dir=str(out),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        max_length=None,  # the whole conversation, tool schemas and all
-    )
-    built = trainer_class(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=dataset,  # as written: no column selected or renamed
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
-    built.train()
-    return built
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import write_jsonl, write_recipe
-from tiny_model import build_tiny_model
+from tiny_model import build_tiny_model, one_trl_step
 
 from synthkd.pipeline import run_recipe
 from synthkd.publish.push import stage
@@ -36,26 +36,9 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def one_sft_step(dataset, tmp_path: Path) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
     model_dir = build_tiny_model(tmp_path / "model")
-    args = SFTConfig(
-        output_dir=str(tmp_path / "trained"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        max_length=64,
-    )
-    trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=dataset,  # as written: no column selected or renamed
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
-    return trainer.train().training_loss
+    trainer = one_trl_step(dataset, "sft", model_dir, tmp_path / "trained", max_length=64)
+    return trainer.state.log_history[-1]["train_loss"]
 
 
 def test_the_dataset_folder_trains_in_trls_sft_trainer_as_it_is(run_dir: Path, tmp_path: Path):
@@ -82,8 +65,6 @@ JUDGE = "(?s)impartial judge.*Response:\n"
 
 def test_preference_pairs_train_in_trls_dpo_trainer_as_they_are(tmp_path: Path):
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
 
     rows = [{"id": f"r{i}", "instruction": f"Explain item {i}.", "student": "Weak student"} for i in range(4)]
     write_jsonl(tmp_path / "rows.jsonl", rows)
@@ -101,20 +82,5 @@ def test_preference_pairs_train_in_trls_dpo_trainer_as_they_are(tmp_path: Path):
         run_recipe(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
     dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
     assert dataset[0]["chosen"][-1]["content"].startswith("Answer:")
-    model_dir = build_tiny_model(tmp_path / "model")
-    args = DPOConfig(
-        output_dir=str(tmp_path / "trained"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        max_length=64,
-    )
-    trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        args=args,
-        train_dataset=dataset,  # as written: prompt, chosen and rejected are TRL's own format
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-    )
-    assert trainer.train().training_loss > 0
+    trainer = one_trl_step(dataset, "dpo", build_tiny_model(tmp_path / "model"), tmp_path / "trained", 64)
+    assert trainer.state.log_history[-1]["train_loss"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -67,3 +68,31 @@ def build_tiny_model(
     LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def one_trl_step(
+    dataset: Any, trainer: str, model_dir: Path, out: Path, max_length: int | None = None
+) -> Any:
+    """TRL's own trainer (`sft` or `dpo`), given the dataset as it is, after one optimizer step;
+    `max_length` None keeps whole conversations (tool schemas and all)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    config, trainer_class = (SFTConfig, SFTTrainer) if trainer == "sft" else (DPOConfig, DPOTrainer)
+    args = config(
+        output_dir=str(out),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        max_length=max_length,
+    )
+    built = trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=args,
+        train_dataset=dataset,  # as written: no column selected or renamed
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    built.train()
+    return built
