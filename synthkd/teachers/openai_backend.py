@@ -1,21 +1,28 @@
-"""Teacher behind any OpenAI-compatible endpoint, through the official `openai` SDK.
+"""Teacher behind any OpenAI-compatible endpoint: `POST {base_url}/chat/completions` over aiohttp.
 
-Two choices keep the client's CPU per request low (see bench/throughput.py), which matters
-because at hundreds of requests per second a busy event loop delays every answer:
-- the SDK's aiohttp transport (`DefaultAioHttpClient`) instead of its default httpx pool, whose
-  connection bookkeeping grows with the number of connections;
-- `client.post` with a body we built ourselves, which skips the SDK's recursive transformation
-  of the request params and its model construction of the response. The SDK still provides
-  the endpoint, authentication, timeouts and typed errors.
+Why not the official `openai` SDK for this one call:
+- `import openai` costs ~0.65 s of a run's startup (it builds hundreds of pydantic types, the
+  Responses and Evals APIs included), more than all of synthkd's own modules; without it a run's
+  first request leaves in ~1.2 s instead of ~1.9 s (bench/startup.py, bench/core_install.sh).
+- The SDK was used only as a transport already: the request body is built here and the answer is
+  read as JSON, because the SDK's param transformation and response models cost CPU per request
+  at hundreds of requests per second (bench/throughput.py).
+What the SDK did besides is kept: the bearer key, `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID` headers,
+the proxy variables (`trust_env`), certifi's CA bundle, a timeout per request, and errors that
+carry the status, headers and JSON body, classified by `http_errors` as the SDK's were. The one
+retry loop stays synthkd's dispatcher. The SDK itself stays a dependency (litellm is built on it)
+and is what the tests use to check the fake server against the real client.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
-import openai
+import aiohttp
 
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
 from synthkd.teachers.config import TeacherConfig
@@ -25,24 +32,49 @@ from synthkd.teachers.http_errors import (
     is_connection_failure,
     rate_limit_hint,
 )
+from synthkd.version import __version__
 
 
-def _http_client(timeout: float) -> Any:
-    aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.80
-    if aiohttp_client is None:
-        return None
+class HTTPStatusFailure(Exception):
+    """A non-2xx answer: its status, headers and body (parsed when it is JSON), worded like the
+    SDK's "Error code: 429 - {...}" so logs read the same as before."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], text: str) -> None:
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        super().__init__(f"Error code: {status} - {body}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+# The headers the openai SDK sends from these variables when they are set.
+_SDK_HEADER_VARIABLES = {"OPENAI_ORG_ID": "OpenAI-Organization", "OPENAI_PROJECT_ID": "OpenAI-Project"}
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """certifi's CA bundle when it is installed (as httpx, and so the SDK, use), else the system's."""
     try:
-        return aiohttp_client(timeout=timeout)
-    except RuntimeError:  # the SDK was installed without its aiohttp extra
-        return None
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-def _raw_response_type() -> type:
-    """The HTTP library's Response class (httpx or httpx2, by SDK version): `post` returns it as is."""
-    import importlib
-
-    base = next(cls for cls in openai.DefaultAsyncHttpxClient.__mro__ if cls.__name__ == "AsyncClient")
-    return importlib.import_module(base.__module__.split(".")[0]).Response
+def _headers(config: TeacherConfig) -> dict[str, str]:
+    api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    headers = {
+        "Authorization": f"Bearer {api_key or 'not-needed'}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": f"synthkd/{__version__}",
+    }
+    for variable, header in _SDK_HEADER_VARIABLES.items():
+        if os.environ.get(variable):
+            headers[header] = os.environ[variable]
+    return headers
 
 
 class OpenAITeacher:
@@ -51,24 +83,36 @@ class OpenAITeacher:
     def __init__(self, config: TeacherConfig) -> None:
         self.model = config.model
         self.base_url = config.base_url
-        api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        # max_retries=0: synthkd's dispatcher is the one retry loop, so backoff and accounting agree.
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key or "not-needed",
-            base_url=config.base_url,
-            max_retries=0,
-            timeout=config.timeout,
-            http_client=_http_client(config.timeout),
-        )
-        self._response_type = _raw_response_type()
+        self._url = f"{(config.base_url or '').rstrip('/')}/chat/completions"
+        self._headers = _headers(config)
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        # Loading a CA bundle takes tens of ms: done here, not on the event loop at the first request.
+        self._ssl: ssl.SSLContext | bool = _ssl_context() if self._url.startswith("https:") else True
+        # Made on the first request: an aiohttp session belongs to the event loop it was made in.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # limit=0: the dispatcher already bounds the requests in flight (teacher.concurrency).
+            connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, timeout=self._timeout, trust_env=True
+            )
+        return self._session
 
     async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
         body: dict[str, Any] = {"model": self.model, "messages": list(request.messages), **request.params}
         if request.response_format:
             body["response_format"] = request.response_format
+        session = self._open_session()
         try:
-            response = await self._client.post("/chat/completions", body=body, cast_to=self._response_type)
-            data = json.loads(response.content)
+            async with session.post(self._url, data=json.dumps(body).encode()) as response:
+                raw = await response.read()
+                headers = response.headers
+                if response.status >= 300:
+                    failure = HTTPStatusFailure(response.status, headers, raw.decode("utf-8", "replace"))
+                    raise classify_status_error(failure, response.status, headers) from failure
+            data = json.loads(raw)
             choice = data["choices"][0]
             usage = data.get("usage") or {}
             completion = Completion(
@@ -78,18 +122,20 @@ class OpenAITeacher:
                 completion_tokens=int(usage.get("completion_tokens") or 0),
                 logprobs=(choice.get("logprobs") or {}).get("content"),
             )
-        except openai.APIStatusError as exc:
-            raise classify_status_error(exc, exc.status_code, exc.response.headers) from exc
-        except openai.APIConnectionError as exc:  # APITimeoutError included
+        except TeacherError:
+            raise
+        except TimeoutError as exc:  # aiohttp's total timeout
+            raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
+        except aiohttp.ClientError as exc:
             if is_connection_failure(exc):
                 raise connection_error(exc) from exc
-            if isinstance(exc, openai.APITimeoutError):
-                raise TeacherError("the request timed out", retryable=True, reason="timeout") from exc
             raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # A body that is not a chat completion: a proxy's error page, a truncated answer.
             raise TeacherError(f"malformed response: {exc!r}", retryable=True, reason="malformed") from exc
-        return completion, rate_limit_hint(response.headers)
+        return completion, rate_limit_hint(headers)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
