@@ -101,6 +101,14 @@ class RunIncompleteError(SynthkdError):
         super().__init__(message)
 
 
+class BudgetExceededError(SynthkdError):
+    """The run reached a `max_cost_usd` (the recipe's or a teacher's): nothing more is sent, every
+    answer bought is cached, and the same command with a higher cap goes on from there. The
+    previous outputs stay in place. Exit code 4."""
+
+    exit_code = 4
+
+
 class OutputBusyError(SynthkdError):
     """Another synthkd process is writing the same output folder: exit code 1."""
 

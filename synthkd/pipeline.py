@@ -23,7 +23,8 @@ from synthkd.messages import for_trl, with_messages
 from synthkd.output import write_run
 from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
 from synthkd.preflight import check_teacher_environment, redact_url
-from synthkd.recipe import LoadedRecipe, recipe_teachers
+from synthkd.pricing import price_for
+from synthkd.recipe import LoadedRecipe, TeacherUse, recipe_teachers
 from synthkd.redaction import register_secret_variables
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import TeacherConfig
@@ -88,7 +89,23 @@ def preflight(
             check_teacher_environment(
                 use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
             )
+            _check_price_for_cap(loaded, use)
     loaded.extras |= needed
+
+
+def _check_price_for_cap(loaded: LoadedRecipe, use: TeacherUse) -> None:
+    """A spending cap needs a price: a teacher under one whose model litellm's price map does not
+    list must say its price, or the cap could not hold."""
+    capped = use.config.max_cost_usd is not None or (
+        use.step_index is not None and loaded.recipe.max_cost_usd is not None
+    )
+    if capped and price_for(use.config) is None:
+        raise RecipeError(
+            f"max_cost_usd needs this teacher's price and litellm's price map does not list model "
+            f"{use.config.model!r}: set price: {{input_per_million: <USD>, output_per_million: <USD>}} "
+            "in this teacher section",
+            where=teacher_where(loaded, use.key, "model"),
+        )
 
 
 def register_recipe_secrets(loaded: LoadedRecipe) -> None:
@@ -215,7 +232,7 @@ async def _execute_steps(
     reports: list[StepReport] = []
     shortfall: str | None = None
     started = datetime.now(timezone.utc)
-    async with TeacherPool(seed=recipe.seed, use_cache=use_cache) as pool:
+    async with TeacherPool(seed=recipe.seed, use_cache=use_cache, max_cost_usd=recipe.max_cost_usd) as pool:
         for index, step in enumerate(recipe.steps):
             report = StepReport(index, step.step, rows_in=len(rows))
             clock = time.perf_counter()

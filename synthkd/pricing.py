@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import backend_spec
 
 PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
@@ -29,6 +30,14 @@ class Price:
 
 
 FREE = Price(0.0, 0.0)
+
+
+def price_for(teacher: TeacherConfig) -> Price | None:
+    """The teacher's price per token: its recipe's `price:` if set, else litellm's map (None when
+    neither knows the model)."""
+    if teacher.price is not None:
+        return Price(teacher.price.input_per_million / 1e6, teacher.price.output_per_million / 1e6)
+    return price_of(teacher.backend, teacher.model)
 
 
 @lru_cache(maxsize=64)

@@ -66,6 +66,11 @@ class Recipe(StrictModel):
     steps: list[AnyStep] = Field(min_length=1, description="run in order")
     output: OutputConfig = Field(default_factory=OutputConfig)
     train: TrainConfig | None = Field(None, description="train a student on the run's dataset (TRL)")
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="stop sending before the run's spend on its steps' teachers could pass this many USD",
+    )
 
     # Around validation: a recipe built from a dict or from objects gets its steps' teachers like
     # one read from YAML, and each step remembers the teacher keys it was given itself, so a step

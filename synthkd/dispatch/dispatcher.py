@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from synthkd.cache import ResponseCache, request_key, score_key
+from synthkd.dispatch.budget import Budget, worst_case_cost
 from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
 from synthkd.errors import TeacherFatalError
 from synthkd.kd.topk import TopK
@@ -81,12 +82,17 @@ class Dispatcher:
         config: TeacherConfig,
         cache: ResponseCache | None,
         price: Price | None,
+        budgets: Sequence[Budget] = (),
     ) -> None:
+        """`budgets`: the spending caps this teacher's requests count against (see `budget`);
+        they need a known `price`."""
         self.teacher = teacher
         self.config = config
         self.cache = cache
         self.price = price
         self.stats = DispatchStats()
+        self.budgets = tuple(budgets) if price is not None else ()
+        self._over_budget: Budget | None = None  # the cap that stopped this dispatcher's requests
         self._rpm = requests_bucket(config.rpm)
         self._tpm = tokens_bucket(config.tpm)
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
@@ -145,7 +151,7 @@ class Dispatcher:
 
         async def worker(start_delay: float) -> None:
             await asyncio.sleep(start_delay)
-            while queue or elsewhere:
+            while (queue or elsewhere) and self._over_budget is None:
                 if not queue:  # only requests asked elsewhere are left: look again in a moment
                     await asyncio.sleep(CLAIM_POLL_SECONDS)
                     queue.extend(elsewhere)
@@ -162,6 +168,10 @@ class Dispatcher:
                 else:
                     try:
                         outcome = await self._send(requests[unique[key]], key)
+                    except _OverBudget as over:
+                        # Requests in flight finish and are cached; no new one starts.
+                        self._over_budget = self._over_budget or over.budget
+                        return
                     finally:
                         self._release(key)
                     finish(key, outcome)
@@ -178,6 +188,8 @@ class Dispatcher:
         finally:
             for task in workers:
                 task.cancel()
+        if self._over_budget is not None:
+            raise self._over_budget.exceeded(teacher_label(self.config))
         return [by_key[key] for key in keys]
 
     def _claim(self, key: str) -> tuple[Completion | None, bool]:
@@ -245,10 +257,8 @@ class Dispatcher:
         attempt = 0
         first_connection_failure: float | None = None  # this request's, while its connections fail
         while attempt < self.config.max_attempts:
-            estimate = await self._wait_for_capacity(request)
-            self.stats.requests_sent += 1
             try:
-                completion, hint = await self._complete(request)
+                completion, hint, estimate = await self._attempt(request)
             except TeacherError as exc:
                 if exc.fatal:
                     raise TeacherFatalError(
@@ -291,6 +301,37 @@ class Dispatcher:
         self.stats.failed += 1
         assert error is not None
         return Outcome(None, attempts=attempt, error=redact(str(error), self._secrets), reason=error.reason)
+
+    async def _attempt(self, request: ChatRequest) -> tuple[Completion, object, float]:
+        """One attempt: its worst case reserved under every budget, the rate limits waited out,
+        the request sent; the reservation settled at what the answer cost (nothing for an error).
+        Returns the answer, its rate-limit hint and the tokens reserved against the TPM limit."""
+        reserved = self._reserve(request)
+        cost = 0.0
+        try:
+            estimate = await self._wait_for_capacity(request)
+            self.stats.requests_sent += 1
+            completion, hint = await self._complete(request)
+            if self.price is not None:
+                cost = self.price.cost(completion.prompt_tokens, completion.completion_tokens)
+            return completion, hint, estimate
+        finally:
+            for budget in self.budgets:
+                budget.settle(reserved, cost)
+
+    def _reserve(self, request: ChatRequest) -> float:
+        """Reserve the request's worst-case cost under every budget, or raise `_OverBudget` (and
+        reserve nothing) when it does not fit under one of them."""
+        if not self.budgets:
+            return 0.0
+        assert self.price is not None
+        amount = worst_case_cost(request, self.price)
+        for index, budget in enumerate(self.budgets):
+            if not budget.try_reserve(amount):
+                for earlier in self.budgets[:index]:
+                    earlier.settle(amount, 0.0)
+                raise _OverBudget(budget)
+        return amount
 
     def _outage_limit(self) -> float:
         """How long failed connections are retried: `outage_seconds`, or less for a teacher that
@@ -353,6 +394,14 @@ class Dispatcher:
         estimate = estimate_tokens(request)
         await self._tpm.take(estimate)
         return estimate
+
+
+class _OverBudget(Exception):
+    """A request whose worst case does not fit under `budget`: the dispatcher stops sending."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__(budget)
+        self.budget = budget
 
 
 def estimate_tokens(request: ChatRequest) -> float:

@@ -4,6 +4,8 @@ A recipe's steps, a step's judge and the trained student's judge may all name th
 different generation params; loading a local model (or opening a client) per config would load it
 again for each. The pool keys built teachers by everything but their params, so those share one,
 while each `dispatcher()` call gets its own `Dispatcher` (own params, limits and stats).
+Spending caps are the pool's too: the run's `max_cost_usd` one budget for every dispatcher, and a
+teacher's own `max_cost_usd` one budget for every dispatcher of that teacher.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import json
 from types import TracebackType
 
 from synthkd.cache import ResponseCache
+from synthkd.dispatch.budget import Budget
 from synthkd.dispatch.dispatcher import Dispatcher
-from synthkd.pricing import price_of
+from synthkd.pricing import price_for
 from synthkd.teachers import Teacher, TeacherConfig, build_teacher
+from synthkd.teachers.registry import teacher_label
 
 
 def teacher_id(config: TeacherConfig) -> str:
@@ -28,11 +32,21 @@ class TeacherPool:
     Use it as an async context manager: leaving it closes every teacher it built and the response
     cache, whether the run finished or failed."""
 
-    def __init__(self, *, seed: int, cache: ResponseCache | None = None, use_cache: bool = True) -> None:
-        """`cache` is taken over (closed with the pool); without one, `use_cache` opens the default."""
+    def __init__(
+        self,
+        *,
+        seed: int,
+        cache: ResponseCache | None = None,
+        use_cache: bool = True,
+        max_cost_usd: float | None = None,
+    ) -> None:
+        """`cache` is taken over (closed with the pool); without one, `use_cache` opens the default.
+        `max_cost_usd` caps what every teacher of the pool may spend together."""
         self.seed = seed
         self.cache = cache if cache is not None else (ResponseCache.default() if use_cache else None)
         self._teachers: dict[str, Teacher] = {}
+        self.budget = Budget(max_cost_usd) if max_cost_usd is not None else None
+        self._teacher_budgets: dict[str, Budget] = {}
 
     def dispatcher(self, config: TeacherConfig) -> Dispatcher:
         """A new dispatcher for `config`, on the teacher already built for an equal config if any."""
@@ -40,7 +54,15 @@ class TeacherPool:
         teacher = self._teachers.get(key)
         if teacher is None:
             teacher = self._teachers[key] = build_teacher(config, seed=self.seed)
-        return Dispatcher(teacher, config, self.cache, price_of(config.backend, config.model))
+        return Dispatcher(teacher, config, self.cache, price_for(config), self._budgets_of(key, config))
+
+    def _budgets_of(self, key: str, config: TeacherConfig) -> list[Budget]:
+        budgets = [self.budget] if self.budget is not None else []
+        if config.max_cost_usd is not None:
+            if key not in self._teacher_budgets:
+                self._teacher_budgets[key] = Budget(config.max_cost_usd, teacher=teacher_label(config))
+            budgets.append(self._teacher_budgets[key])
+        return budgets
 
     async def aclose(self) -> None:
         try:

@@ -14,6 +14,13 @@ EMBEDDED_MODEL = "embedded"
 DEFAULT_LOCAL_BACKEND = "transformers"
 
 
+class TokenPrice(StrictModel):
+    """A teacher's price in USD per million tokens, for a model litellm's price map does not list."""
+
+    input_per_million: float = Field(ge=0, description="USD per million prompt tokens")
+    output_per_million: float = Field(ge=0, description="USD per million completion tokens")
+
+
 class TeacherConfig(StrictModel):
     """Which model answers, where it lives, and how hard synthkd may push it."""
 
@@ -38,6 +45,14 @@ class TeacherConfig(StrictModel):
         ge=0,
         description="how long failed connections (server down, restarting) are retried before the run "
         "stops; they do not use up a request's max_attempts",
+    )
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="stop sending to this teacher before its spend in this run could pass this many USD",
+    )
+    price: TokenPrice | None = Field(
+        None, description="USD per million tokens, where litellm's price map does not know the model"
     )
     # Local (transformers) teachers only.
     device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
@@ -69,7 +84,7 @@ class TeacherConfig(StrictModel):
 
     @model_validator(mode="after")
     def _default_key_variable(self) -> TeacherConfig:
-        # The OpenAI SDK needs a key; other backends find provider keys themselves.
+        # An OpenAI endpoint needs a key; other backends find provider keys themselves.
         if "api_key_env" not in self.model_fields_set and self.backend == "openai":
             self.api_key_env = "OPENAI_API_KEY"
         return self
