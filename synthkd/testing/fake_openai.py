@@ -15,6 +15,11 @@ request arrived; `POST /reset` and `POST /config` let a test steer it at runtime
 127.0.0.1 only and prints `LISTENING http://127.0.0.1:PORT/v1`
 once it accepts connections.
 
+It also serves OpenAI's Files and Batches endpoints (`/v1/files`, `/v1/batches`; see
+fake_batches.py): a batch's items get the same answers as the chat endpoint gives, on a timeline of
+`--batch-seconds`, with their own faults (`--batch-item-failure-rate`, `--batch-expire`,
+`--batch-fail-validation`). `GET /batch_submissions` counts how often each custom_id was submitted.
+
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
 """
 
@@ -45,6 +50,8 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from synthkd.testing.fake_batches import MAX_UPLOAD_BYTES, BatchEndpoints
+
 Z99 = 2.3263  # the 99th percentile of a standard normal: p99 = median * exp(Z99 * sigma)
 LATENCY_DISTS = ("fixed", "lognormal")
 # Checked in this order; at most one fault hits a request. "auth" is not drawn, only counted.
@@ -73,6 +80,12 @@ class ServerConfig:
     latency_dist: str = "fixed"
     p99_ms: float | None = None  # needed by the lognormal distribution
     require_key: str | None = None
+    # Batches (fake_batches.py): how long one takes from validating to completed, and its faults.
+    batch_seconds: float = 0.5
+    batch_item_failure_rate: float = 0.0  # fraction of items answered with a 500 in the error file
+    batch_expire: bool = False  # batches expire at their deadline with part of their items done
+    batch_expire_fraction: float = 0.5  # the part done before an expiry
+    batch_fail_validation: bool = False  # batches fail at validation (token_limit_exceeded)
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         """A copy with `changes` applied; raises ValueError on unknown keys or bad values."""
@@ -84,9 +97,12 @@ class ServerConfig:
         return new
 
     def validate(self) -> None:
-        for name in (*DRAWN_FAULTS, "retry_after", "hang_seconds", "latency_ms"):
+        for name in (*DRAWN_FAULTS, "retry_after", "hang_seconds", "latency_ms", "batch_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("batch_item_failure_rate", "batch_expire_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
         if self.latency_dist not in LATENCY_DISTS:
             raise ValueError(f"latency_dist must be one of {LATENCY_DISTS}")
         if self.latency_dist == "lognormal" and (self.p99_ms is None or self.p99_ms < self.latency_ms):
@@ -96,13 +112,25 @@ class ServerConfig:
 SETTING_NAMES = frozenset(f.name for f in fields(ServerConfig))
 _TEXT_SETTINGS = frozenset({"latency_dist", "require_key"})
 _OPTIONAL_SETTINGS = frozenset({"p99_ms", "require_key"})
+_SWITCH_SETTINGS = frozenset({"batch_expire", "batch_fail_validation"})
+_TRUE, _FALSE = frozenset({"true", "1", "1.0", "yes", "on"}), frozenset({"false", "0", "0.0", "no", "off"})
 
 
 def _coerce(name: str, value: Any) -> Any:
     """JSON and the command line give numbers as int, float or str; store them as the field's type."""
     if value is None and name in _OPTIONAL_SETTINGS:
         return None
+    if name in _SWITCH_SETTINGS:
+        return _switch(name, value)
     return str(value) if name in _TEXT_SETTINGS else float(value)
+
+
+def _switch(name: str, value: Any) -> bool:
+    """A bool from JSON's true/false, a number, or the command line's text ("True" from str(True))."""
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name} must be true or false, not {value!r}")
 
 
 @dataclass
@@ -262,11 +290,14 @@ def truncate(reply: str, finish_reason: str, max_tokens: int | None) -> tuple[st
     return reply, finish_reason
 
 
+def error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
 def error_response(
     status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error_body(message, kind, code), status=status, headers=headers)
 
 
 # Stand-in tokens: words, numbers and punctuation runs, each with the space before it (as BPE
@@ -334,6 +365,7 @@ class FakeOpenAI:
         self.latency_rng = random.Random(f"latency-{seed}")
         self.ids = itertools.count(1)
         self.rule_uses: Counter[int] = Counter()  # requests answered by each rule with `times`
+        self.batches = BatchEndpoints(self.answer_batch_item, lambda: self.config, seed=seed)
 
     def pick_rule(self, call: ChatCall) -> Rule | None:
         """The first matching rule that has not used up its `times`; counts the use."""
@@ -420,18 +452,40 @@ class FakeOpenAI:
         if fault == "malformed":
             return web.Response(text=TRUNCATED_BODY, content_type="application/json")
 
+        body = self.scripted_completion(call, rule, content_filtered=fault == "content_filter")
+        return web.json_response(body, headers=headers or None)
+
+    def scripted_completion(
+        self, call: ChatCall, rule: Rule | None, content_filtered: bool = False
+    ) -> dict[str, Any]:
+        """The chat.completion body for `rule`'s answer (or the default one), cut at max_tokens."""
         reply, finish_reason = reply_of(rule, call)
-        if fault == "content_filter":
+        if content_filtered:
             reply, finish_reason = "", "content_filter"
         reply, finish_reason = truncate(reply, finish_reason, call.max_tokens)
-        body = completion(call, reply, finish_reason, f"chatcmpl-{next(self.ids)}")
-        return web.json_response(body, headers=headers or None)
+        return completion(call, reply, finish_reason, f"chatcmpl-{next(self.ids)}")
+
+    def answer_batch_item(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) the chat endpoint would answer `body` with, rules and their
+        `times` included. The online faults, latency, key check and stats do not apply: a batch
+        has faults of its own."""
+        try:
+            call = parse_chat(json.dumps(body).encode())
+        except BadRequest as error:
+            return 400, error_body(str(error), "invalid_request_error", None)
+        rule = self.pick_rule(call)
+        if rule is not None and rule.status is not None:
+            return rule.status, error_body(rule.message, rule.kind, rule.code)
+        return 200, self.scripted_completion(call, rule)
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     async def get_stats(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.stats.as_json())
+        return web.json_response({**self.stats.as_json(), "batches": self.batches.stats.as_json()})
+
+    async def get_batch_submissions(self, _request: web.Request) -> web.Response:
+        return web.json_response({"submissions": self.batches.submissions_json()})
 
     async def get_arrivals(self, _request: web.Request) -> web.Response:
         return web.json_response({"arrivals": self.stats.arrivals})
@@ -439,6 +493,7 @@ class FakeOpenAI:
     async def reset(self, _request: web.Request) -> web.Response:
         self.stats = Stats()
         self.rule_uses.clear()
+        self.batches.reset()
         return web.json_response({"ok": True})
 
     async def configure(self, request: web.Request) -> web.Response:
@@ -456,10 +511,13 @@ class FakeOpenAI:
         return web.json_response(asdict(config))
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # aiohttp refuses bodies over 1 MiB by default; a batch input file may be far larger.
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        self.batches.add_routes(app)
         app.router.add_get("/stats", self.get_stats)
+        app.router.add_get("/batch_submissions", self.get_batch_submissions)
         app.router.add_get("/arrivals", self.get_arrivals)
         app.router.add_post("/reset", self.reset)
         app.router.add_post("/config", self.configure)
@@ -665,19 +723,28 @@ class FakeOpenAIServer:
             raise ValueError(f"{method} {path}: HTTP {error.code}: {error.read().decode()}") from None
 
     def stats(self) -> dict[str, Any]:
-        """Counters since the last reset: requests, by_status, by_fault, duplicates, max_in_flight."""
+        """Counters since the last reset: requests, by_status, by_fault, duplicates, max_in_flight
+        of the chat endpoint (batch items are not chat requests and count in none of them), and
+        `batches`: files_uploaded, batches_created, items_submitted (the items of batches that passed
+        validation), items_resubmitted (submissions of a custom_id already submitted before) and
+        custom_ids_resubmitted (custom_ids submitted more than once)."""
         return self._call("GET", "/stats")
+
+    def batch_submissions(self) -> dict[str, int]:
+        """How many times each custom_id was submitted in a batch that passed validation, since
+        the last reset."""
+        return self._call("GET", "/batch_submissions")["submissions"]
 
     def arrivals(self) -> list[tuple[float, str]]:
         """(when, text) for each chat request since the last reset, in arrival order: when it
         arrived, in seconds on the machine's monotonic clock (`time.monotonic()` here too), and the
         first 80 characters of its last user message. Requests refused for their key or their body
-        are left out."""
+        are left out, and so are batch items: they never arrive at the chat endpoint."""
         return [(when, text) for when, text in self._call("GET", "/arrivals")["arrivals"]]
 
     def reset(self) -> None:
-        """Zero the counters, forget the bodies seen (for `duplicates`) and the arrival times, and
-        restart the count of each rule's `times`."""
+        """Zero the counters, forget the bodies seen (for `duplicates`) and the arrival times,
+        restart the count of each rule's `times`, and drop every file and batch."""
         self._call("POST", "/reset", {})
 
     def configure(self, **settings: Any) -> dict[str, Any]:
