@@ -29,7 +29,7 @@ from synthkd.redaction import register_secret_variables
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.http_errors import is_transient_reason
-from synthkd.teachers.registry import backend_spec
+from synthkd.teachers.registry import BACKENDS, backend_spec
 from synthkd.version import __version__
 from synthkd.yaml_source import KeyPath
 
@@ -90,7 +90,18 @@ def preflight(
                 use.config, lambda key, u=use: teacher_where(loaded, u.key, key), network=network
             )
             _check_price_for_cap(loaded, use)
+            _check_batch_support(loaded, use)
     loaded.extras |= needed
+
+
+def _check_batch_support(loaded: LoadedRecipe, use: TeacherUse) -> None:
+    if use.config.batch and not backend_spec(use.config.backend).capabilities.batch_submission:
+        able = [name for name, spec in BACKENDS.items() if spec.capabilities.batch_submission]
+        raise RecipeError(
+            f"the {use.config.backend} backend has no batch jobs; batch: true needs one of: "
+            + ", ".join(able),
+            where=teacher_where(loaded, use.key, "batch"),
+        )
 
 
 def _check_price_for_cap(loaded: LoadedRecipe, use: TeacherUse) -> None:

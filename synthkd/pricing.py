@@ -32,12 +32,32 @@ class Price:
 FREE = Price(0.0, 0.0)
 
 
+# What providers charge for batch jobs when the price map names no batch price (OpenAI and
+# Anthropic both halve their prices).
+BATCH_DISCOUNT = 0.5
+
+
 def price_for(teacher: TeacherConfig) -> Price | None:
-    """The teacher's price per token: its recipe's `price:` if set, else litellm's map (None when
-    neither knows the model)."""
+    """The price per token of the teacher's requests as it sends them: its recipe's `price:` as
+    given, else litellm's map, at the batch price with `batch: true` (None when neither knows it)."""
     if teacher.price is not None:
         return Price(teacher.price.input_per_million / 1e6, teacher.price.output_per_million / 1e6)
+    if teacher.batch:
+        return batch_price_of(teacher.backend, teacher.model)
     return price_of(teacher.backend, teacher.model)
+
+
+@lru_cache(maxsize=64)
+def batch_price_of(backend: str, model: str) -> Price | None:
+    """Price per token of `model` in batch jobs: the map's batch price, else the online one halved."""
+    online = price_of(backend, model)
+    if online is None or online == FREE:
+        return online
+    info = _entry(model) or {}
+    return Price(
+        float(info.get("input_cost_per_token_batches", online.input_per_token * BATCH_DISCOUNT)),
+        float(info.get("output_cost_per_token_batches", online.output_per_token * BATCH_DISCOUNT)),
+    )
 
 
 @lru_cache(maxsize=64)
@@ -45,11 +65,19 @@ def price_of(backend: str, model: str) -> Price | None:
     """Price per token of `model`, or None when unknown (a self-hosted or unlisted model)."""
     if backend_spec(backend).capabilities.local:
         return FREE  # a local model costs electricity, not tokens
+    info = _entry(model)
+    if info is None:
+        return None
+    return Price(float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0.0)))
+
+
+def _entry(model: str) -> dict[str, Any] | None:
+    """litellm's entry for the model, under its name or without the provider prefix."""
     prices = price_map()
     for name in (model, model.split("/", 1)[-1]):
         info = prices.get(name)
         if isinstance(info, dict) and "input_cost_per_token" in info:
-            return Price(float(info["input_cost_per_token"]), float(info.get("output_cost_per_token", 0.0)))
+            return info
     return None
 
 

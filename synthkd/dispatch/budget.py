@@ -69,6 +69,14 @@ class Budget:
         )
 
 
+class OverBudget(Exception):
+    """A request whose worst case does not fit under `budget`: its dispatcher stops sending."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__(budget)
+        self.budget = budget
+
+
 def prompt_tokens_bound(request: ChatRequest) -> int:
     """More prompt tokens than the request will be billed for, without a tokenizer."""
     size = sum(

@@ -12,16 +12,20 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from synthkd.cache import ResponseCache, request_key, score_key
-from synthkd.dispatch.budget import Budget, worst_case_cost
+from synthkd.dispatch.batch_runner import BatchRunner
+from synthkd.dispatch.batch_store import BatchStore
+from synthkd.dispatch.budget import Budget, OverBudget, worst_case_cost
+from synthkd.dispatch.outcome import DispatchStats, Outcome
 from synthkd.dispatch.ratelimit import requests_bucket, tokens_bucket
 from synthkd.errors import TeacherFatalError
 from synthkd.kd.topk import TopK
 from synthkd.pricing import Price
 from synthkd.redaction import redact, secret_values
 from synthkd.teachers.base import (
+    BatchJobs,
     ChatRequest,
     Completion,
     ScoreRequest,
@@ -44,33 +48,10 @@ FIRST_CONTACT_SECONDS = 15.0
 RAMP_UP_SECONDS = 0.1
 # How often a run looks again for requests another run sharing the cache is asking.
 CLAIM_POLL_SECONDS = 0.2
+# Beside the request cache: the batch jobs started and not yet collected (`batch_store`).
+BATCH_STORE_NAME = "batches.sqlite"
 # Refused requests (HTTP 400 ...) fail their rows; this many refusals before any answer stop the run.
 REJECTIONS_BEFORE_STOP = 10
-
-
-@dataclass
-class Outcome:
-    """What became of one request: a completion, or the error of its last attempt."""
-
-    completion: Completion | None
-    # Requests it took: 1 for an answer, fresh or cached (the retries before it do not change the
-    # answer, and a rerun from the cache must record the same); every attempt for no answer.
-    attempts: int = 1
-    cached: bool = False
-    error: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class DispatchStats:
-    requests_sent: int = 0  # attempts that reached the teacher, retries included
-    cache_hits: int = 0
-    failed: int = 0
-    retries: Counter = field(default_factory=Counter)  # by reason: http_429, http_500, timeout, ...
-    prompt_tokens: int = 0  # of every completion used, cached or not
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0  # of the requests sent in this run; None when the price is unknown
-    cost_usd_with_cache: float | None = 0.0  # what the completions used would cost to request anew
 
 
 class Dispatcher:
@@ -92,7 +73,9 @@ class Dispatcher:
         self.price = price
         self.stats = DispatchStats()
         self.budgets = tuple(budgets) if price is not None else ()
-        self._over_budget: Budget | None = None  # the cap that stopped this dispatcher's requests
+        self.over_budget: Budget | None = None  # the cap that stopped this dispatcher's requests
+        # The provider's batch API when the recipe asks for it (preflight checks the backend has one).
+        self.batch_jobs: BatchJobs | None = getattr(teacher, "batches", None) if config.batch else None
         self._rpm = requests_bucket(config.rpm)
         self._tpm = tokens_bucket(config.tpm)
         self._paused_until = 0.0  # set by a 429's Retry-After or exhausted x-ratelimit headers
@@ -146,12 +129,27 @@ class Dispatcher:
             finish(key, Outcome(completion, cached=True))
         queue = deque(key for key in unique if key not in hits)
 
+        if self.batch_jobs is not None and queue:
+            await self._answer_in_batches({key: requests[unique[key]] for key in queue}, finish)
+        else:
+            await self._answer_online(queue, lambda key: requests[unique[key]], finish)
+        if self.over_budget is not None:
+            raise self.over_budget.exceeded(teacher_label(self.config))
+        return [by_key[key] for key in keys]
+
+    async def _answer_online(
+        self,
+        queue: deque[str],
+        request_of: Callable[[str], ChatRequest],
+        finish: Callable[[str, Outcome], None],
+    ) -> None:
+        """Keep `concurrency` requests of `queue` (cache keys) in flight until all are answered."""
         # Requests another running process is asking now: answered from the cache when it is done.
         elsewhere: deque[str] = deque()
 
         async def worker(start_delay: float) -> None:
             await asyncio.sleep(start_delay)
-            while (queue or elsewhere) and self._over_budget is None:
+            while (queue or elsewhere) and self.over_budget is None:
                 if not queue:  # only requests asked elsewhere are left: look again in a moment
                     await asyncio.sleep(CLAIM_POLL_SECONDS)
                     queue.extend(elsewhere)
@@ -167,10 +165,10 @@ class Dispatcher:
                     elsewhere.append(key)
                 else:
                     try:
-                        outcome = await self._send(requests[unique[key]], key)
-                    except _OverBudget as over:
+                        outcome = await self._send(request_of(key), key)
+                    except OverBudget as over:
                         # Requests in flight finish and are cached; no new one starts.
-                        self._over_budget = self._over_budget or over.budget
+                        self.over_budget = self.over_budget or over.budget
                         return
                     finally:
                         self._release(key)
@@ -188,9 +186,24 @@ class Dispatcher:
         finally:
             for task in workers:
                 task.cancel()
-        if self._over_budget is not None:
-            raise self._over_budget.exceeded(teacher_label(self.config))
-        return [by_key[key] for key in keys]
+
+    async def _answer_in_batches(
+        self, wanted: dict[str, ChatRequest], finish: Callable[[str, Outcome], None]
+    ) -> None:
+        """Send the requests (by cache key) as provider batch jobs (`teacher.batch`)."""
+        store_path = self.cache.path.parent / BATCH_STORE_NAME if self.cache is not None else None
+        store = BatchStore(store_path, teacher_label(self.config) + " " + (self.config.base_url or ""))
+        try:
+            await BatchRunner(self, self.batch_jobs, store).run(wanted, finish)
+        except TeacherError as exc:
+            # A call to the batch API itself failed (the SDK has retried it): the jobs started are
+            # recorded, so the same command resumes by polling them.
+            message = f"{teacher_label(self.config)}: the batch API failed ({exc}); jobs already started are "
+            raise TeacherFatalError(
+                redact(message + "collected when the same command runs again", self._secrets)
+            ) from exc
+        finally:
+            store.close()
 
     def _claim(self, key: str) -> tuple[Completion | None, bool]:
         """(an answer another run sharing the cache got meanwhile; whether this process may ask
@@ -289,24 +302,32 @@ class Dispatcher:
             pause = hint.pause_seconds() if hint is not None else None
             if pause:
                 self._paused_until = max(self._paused_until, time.monotonic() + pause)
-            # An answer that echoes a key is kept, cached and written without it.
-            text = redact(completion.text, self._secrets)
-            if text != completion.text:
-                completion = replace(completion, text=text)
-            if self.cache is not None:
-                self.cache.put(key, completion)
-            self._accepted += 1
-            self._outage_since = None
-            return Outcome(completion)
-        self.stats.failed += 1
+            return Outcome(self.keep_answer(key, completion))
         assert error is not None
-        return Outcome(None, attempts=attempt, error=redact(str(error), self._secrets), reason=error.reason)
+        return self.failed(error, attempt)
+
+    def keep_answer(self, key: str, completion: Completion) -> Completion:
+        """Cache an answer the teacher gave and count it. An answer that echoes a key is kept,
+        cached and written without it."""
+        text = redact(completion.text, self._secrets)
+        if text != completion.text:
+            completion = replace(completion, text=text)
+        if self.cache is not None:
+            self.cache.put(key, completion)
+        self._accepted += 1
+        self._outage_since = None
+        return completion
+
+    def failed(self, error: TeacherError, attempts: int) -> Outcome:
+        """The outcome of a request that got no answer after `attempts`, counted."""
+        self.stats.failed += 1
+        return Outcome(None, attempts=attempts, error=redact(str(error), self._secrets), reason=error.reason)
 
     async def _attempt(self, request: ChatRequest) -> tuple[Completion, object, float]:
         """One attempt: its worst case reserved under every budget, the rate limits waited out,
         the request sent; the reservation settled at what the answer cost (nothing for an error).
         Returns the answer, its rate-limit hint and the tokens reserved against the TPM limit."""
-        reserved = self._reserve(request)
+        reserved = self.reserve(request)
         cost = 0.0
         try:
             estimate = await self._wait_for_capacity(request)
@@ -319,8 +340,8 @@ class Dispatcher:
             for budget in self.budgets:
                 budget.settle(reserved, cost)
 
-    def _reserve(self, request: ChatRequest) -> float:
-        """Reserve the request's worst-case cost under every budget, or raise `_OverBudget` (and
+    def reserve(self, request: ChatRequest) -> float:
+        """Reserve the request's worst-case cost under every budget, or raise `OverBudget` (and
         reserve nothing) when it does not fit under one of them."""
         if not self.budgets:
             return 0.0
@@ -330,7 +351,7 @@ class Dispatcher:
             if not budget.try_reserve(amount):
                 for earlier in self.budgets[:index]:
                     earlier.settle(amount, 0.0)
-                raise _OverBudget(budget)
+                raise OverBudget(budget)
         return amount
 
     def _outage_limit(self) -> float:
@@ -371,8 +392,7 @@ class Dispatcher:
                     self._secrets,
                 )
             ) from exc
-        self.stats.failed += 1
-        return Outcome(None, attempts=attempt, error=redact(str(exc), self._secrets), reason=exc.reason)
+        return self.failed(exc, attempt)
 
     async def _complete(self, request: ChatRequest) -> tuple[Completion, object]:
         if self._deadline is None:
@@ -394,14 +414,6 @@ class Dispatcher:
         estimate = estimate_tokens(request)
         await self._tpm.take(estimate)
         return estimate
-
-
-class _OverBudget(Exception):
-    """A request whose worst case does not fit under `budget`: the dispatcher stops sending."""
-
-    def __init__(self, budget: Budget) -> None:
-        super().__init__(budget)
-        self.budget = budget
 
 
 def estimate_tokens(request: ChatRequest) -> float:

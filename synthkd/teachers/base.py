@@ -91,7 +91,8 @@ class Capabilities:
     # answer either way; this says whether a re-ask is likely to be needed.
     structured_output: bool = False
     continues_prefix: bool = False  # can continue a raw, open last message (`continue_final`, Magpie)
-    batch_submission: bool = False  # accepts a provider batch job (cheaper, slower): no backend yet
+    # Accepts provider batch jobs (cheaper, slower): its teacher has `batches`, a `BatchJobs`.
+    batch_submission: bool = False
     needs_gpu: bool = False  # cannot run on a CPU-only machine: preflight refuses it there
     # Requests of this backend all start at once (a local model batches them) rather than ramping up.
     ramp_up: bool = True
@@ -122,6 +123,50 @@ class ScoreRequest:
 
     messages: tuple[dict[str, str], ...]
     top_k: int
+
+
+# A batch that ends in one of these statuses will not change again.
+BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """Where a provider batch job stands. `errors` are the reasons a batch failed as a whole
+    (validation): their codes and messages."""
+
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def over(self) -> bool:
+        return self.status in BATCH_TERMINAL
+
+
+class BatchJobs(Protocol):
+    """A provider's batch API (OpenAI's files + batches): requests go up as one file, the answers
+    come back as files hours later at a lower price. Calls raise TeacherError like `complete`."""
+
+    async def upload(self, requests: dict[str, ChatRequest]) -> str:
+        """Upload the requests (by custom id) as a batch input file; return the file's id."""
+        ...
+
+    async def create(self, file_id: str) -> str:
+        """Start a batch job on an uploaded file; return the batch's id."""
+        ...
+
+    async def find(self, file_id: str) -> str | None:
+        """The id of a batch already started on this file, if any (a crash between `create` and
+        recording its id must not start a second, paid one)."""
+        ...
+
+    async def state(self, batch_id: str) -> BatchState: ...
+
+    async def results(self, state: BatchState) -> dict[str, Completion | TeacherError]:
+        """The answers of a finished batch by custom id, and the error of each item that failed;
+        items with neither (not run) are absent."""
+        ...
 
 
 class Teacher(Protocol):

@@ -46,6 +46,14 @@ class TeacherConfig(StrictModel):
         description="how long failed connections (server down, restarting) are retried before the run "
         "stops; they do not use up a request's max_attempts",
     )
+    batch: bool = Field(
+        False,
+        description="send the requests as provider batch jobs (OpenAI Batch API: half price, answers "
+        "within 24 hours); a killed run resumes by polling the jobs it started",
+    )
+    batch_poll_seconds: float = Field(
+        30.0, gt=0, description="how often batch jobs are asked where they stand"
+    )
     max_cost_usd: float | None = Field(
         None,
         gt=0,

@@ -63,10 +63,15 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _headers(config: TeacherConfig) -> dict[str, str]:
+def _api_key(config: TeacherConfig) -> str:
+    """The key from the variable the recipe names; a server that needs none still gets a bearer."""
     api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    return api_key or "not-needed"
+
+
+def _headers(api_key: str) -> dict[str, str]:
     headers = {
-        "Authorization": f"Bearer {api_key or 'not-needed'}",
+        "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/json",
         "Accept": "application/json",
         "User-Agent": f"synthkd/{__version__}",
@@ -84,12 +89,14 @@ class OpenAITeacher:
         self.model = config.model
         self.base_url = config.base_url
         self._url = f"{(config.base_url or '').rstrip('/')}/chat/completions"
-        self._headers = _headers(config)
+        self._api_key = _api_key(config)
+        self._headers = _headers(self._api_key)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         # Loading a CA bundle takes tens of ms: done here, not on the event loop at the first request.
         self._ssl: ssl.SSLContext | bool = _ssl_context() if self._url.startswith("https:") else True
         # Made on the first request: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
+        self._batches: Any = None  # OpenAIBatchJobs, made (with the SDK) only when a recipe batches
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -100,10 +107,17 @@ class OpenAITeacher:
             )
         return self._session
 
+    @property
+    def batches(self) -> Any:
+        """OpenAI's batch API for this teacher's endpoint and key (`teacher.batch: true`)."""
+        if self._batches is None:
+            from synthkd.teachers.openai_batches import OpenAIBatchJobs
+
+            self._batches = OpenAIBatchJobs(self.model, self.base_url, self._api_key, self._timeout.total)
+        return self._batches
+
     async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
-        body: dict[str, Any] = {"model": self.model, "messages": list(request.messages), **request.params}
-        if request.response_format:
-            body["response_format"] = request.response_format
+        body = request_body(self.model, request)
         session = self._open_session()
         try:
             async with session.post(self._url, data=json.dumps(body).encode()) as response:
@@ -112,16 +126,7 @@ class OpenAITeacher:
                 if response.status >= 300:
                     failure = HTTPStatusFailure(response.status, headers, raw.decode("utf-8", "replace"))
                     raise classify_status_error(failure, response.status, headers) from failure
-            data = json.loads(raw)
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
-            completion = Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=choice.get("finish_reason"),
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                logprobs=(choice.get("logprobs") or {}).get("content"),
-            )
+            completion = completion_from(json.loads(raw))
         except TeacherError:
             raise
         except TimeoutError as exc:  # aiohttp's total timeout
@@ -130,12 +135,44 @@ class OpenAITeacher:
             if is_connection_failure(exc):
                 raise connection_error(exc) from exc
             raise TeacherError(f"connection failed: {exc}", retryable=True, reason="connection") from exc
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        except MALFORMED as exc:
             # A body that is not a chat completion: a proxy's error page, a truncated answer.
-            raise TeacherError(f"malformed response: {exc!r}", retryable=True, reason="malformed") from exc
+            raise malformed(exc) from exc
         return completion, rate_limit_hint(headers)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._batches is not None:
+            await self._batches.aclose()
+            self._batches = None
+
+
+# What reading a body that is not a chat completion raises.
+MALFORMED = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+
+
+def malformed(exc: Exception) -> TeacherError:
+    return TeacherError(f"malformed response: {exc!r}", retryable=True, reason="malformed")
+
+
+def request_body(model: str, request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of a chat completion request (online, or a line of a batch file)."""
+    body: dict[str, Any] = {"model": model, "messages": list(request.messages), **request.params}
+    if request.response_format:
+        body["response_format"] = request.response_format
+    return body
+
+
+def completion_from(data: dict[str, Any]) -> Completion:
+    """A chat completion's JSON as a Completion; raises one of MALFORMED if it is not one."""
+    choice = data["choices"][0]
+    usage = data.get("usage") or {}
+    return Completion(
+        text=choice["message"].get("content") or "",
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        logprobs=(choice.get("logprobs") or {}).get("content"),
+    )

@@ -76,7 +76,7 @@ BACKENDS: dict[str, BackendSpec] = {
     for spec in (
         BackendSpec(
             "openai",
-            Capabilities(local=False, top_logprobs=True, structured_output=True),
+            Capabilities(local=False, top_logprobs=True, structured_output=True, batch_submission=True),
             factory="synthkd.teachers.openai_backend:OpenAITeacher",
             default_base_url="https://api.openai.com/v1",
         ),

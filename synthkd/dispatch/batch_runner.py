@@ -1,0 +1,197 @@
+"""Batch mode (`teacher.batch: true`): a dispatcher's uncached requests go to the provider as
+batch jobs at the batch price, and their answers come back into the same request cache.
+
+1. Jobs a killed run left for this teacher (`BatchStore`) are collected first, never submitted
+   again; a job whose id was not recorded is looked up by its file (`BatchJobs.find`).
+2. The rest is uploaded in chunks within the provider's limits; each chunk's file id and keys are
+   recorded before its job starts, its job id as soon as it exists.
+3. Every `batch_poll_seconds` each job is asked where it stands. A finished job's answers are
+   cached and handed on as they would be online; items that failed for a passing reason (a 5xx,
+   the job expired or was cancelled before running them, no line at all) go into a later job
+   until `max_attempts`; items refused for what they contain fail their rows; an item error that
+   no request could get past (a bad key) stops the run, as online.
+A spending cap reserves each item's worst case when it is submitted, as online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from synthkd.dispatch.batch_store import BatchRecord, BatchStore
+from synthkd.dispatch.budget import Budget, OverBudget
+from synthkd.dispatch.outcome import DispatchStats, Outcome
+from synthkd.errors import TeacherFatalError
+from synthkd.pricing import Price
+from synthkd.teachers.base import BatchJobs, BatchState, ChatRequest, Completion, TeacherError
+from synthkd.teachers.config import TeacherConfig
+
+# OpenAI's limits on one batch: 50,000 requests and a 200 MB input file (kept under, with room).
+MAX_REQUESTS_PER_BATCH = 50_000
+MAX_BYTES_PER_BATCH = 180 * 1024 * 1024
+# A batch that failed validation for one of these will pass later: the provider's queue was full.
+QUEUE_FULL_CODES = {"token_limit_exceeded", "request_limit_exceeded"}
+
+
+class BatchHost(Protocol):
+    """What a runner needs of the dispatcher it works for."""
+
+    config: TeacherConfig
+    price: Price | None
+    budgets: Sequence[Budget]
+    stats: DispatchStats
+    over_budget: Budget | None
+
+    def reserve(self, request: ChatRequest) -> float:
+        """Reserve the request's worst case under every budget, or raise OverBudget."""
+        ...
+
+    def keep_answer(self, key: str, completion: Completion) -> Completion:
+        """Cache an answer (redacted) and count it; return it as kept."""
+        ...
+
+    def failed(self, error: TeacherError, attempts: int) -> Outcome:
+        """The outcome of a request that got no answer, counted."""
+        ...
+
+
+class BatchRunner:
+    """Answers one dispatcher's requests through provider batch jobs (see the module docstring)."""
+
+    def __init__(self, dispatcher: BatchHost, jobs: BatchJobs, store: BatchStore) -> None:
+        self.dispatcher = dispatcher
+        self.jobs = jobs
+        self.store = store
+        self.config = dispatcher.config
+        self.attempts: Counter[str] = Counter()  # jobs each key was sent in
+        self.reserved: dict[str, float] = {}  # budget reserved per key submitted in this run
+        self.active: dict[str, BatchRecord] = {}  # by file id
+
+    async def run(self, wanted: dict[str, ChatRequest], finish: Callable[[str, Outcome], None]) -> None:
+        """Answer every request in `wanted` (by cache key), calling `finish` for each."""
+        self.wanted = wanted
+        self.finish = finish
+        self.open = set(wanted)  # keys whose outcome is not known yet
+        await self._resume()
+        covered = {key for record in self.active.values() for key in record.keys}
+        await self._submit([key for key in wanted if key not in covered])
+        while self.active:
+            await asyncio.sleep(self.config.batch_poll_seconds)
+            for record in list(self.active.values()):
+                assert record.batch_id is not None
+                state = await self.jobs.state(record.batch_id)
+                if state.over:
+                    await self._collect(record, state)
+
+    async def _resume(self) -> None:
+        """Take over the jobs a killed run left for this teacher."""
+        for record in self.store.pending():
+            if record.batch_id is None:
+                batch_id = await self.jobs.find(record.file_id) or await self.jobs.create(record.file_id)
+                self.store.started(record.file_id, batch_id)
+                record = replace(record, batch_id=batch_id)
+            self.active[record.file_id] = record
+            self.attempts.update(record.keys)
+
+    async def _submit(self, keys: list[str]) -> None:
+        """Upload and start jobs for `keys`, as many as the spending caps allow."""
+        fitting = []
+        for key in keys:
+            try:
+                self.reserved[key] = self.dispatcher.reserve(self.wanted[key])
+            except OverBudget as over:
+                self.dispatcher.over_budget = self.dispatcher.over_budget or over.budget
+                break
+            fitting.append(key)
+        for chunk in _chunks(fitting, self.wanted):
+            file_id = await self.jobs.upload({key: self.wanted[key] for key in chunk})
+            self.store.uploaded(file_id, chunk)
+            batch_id = await self.jobs.create(file_id)
+            self.store.started(file_id, batch_id)
+            self.active[file_id] = BatchRecord(file_id, batch_id, tuple(chunk))
+            self.attempts.update(chunk)
+            self.dispatcher.stats.requests_sent += len(chunk)
+
+    async def _collect(self, record: BatchRecord, state: BatchState) -> None:
+        """A job is over: cache its answers, settle its items, and send again what may pass later."""
+        if state.status == "failed":
+            self.check_failure(state, self.config)
+            results: dict[str, Completion | TeacherError] = {}
+        else:
+            results = await self.jobs.results(state)
+        again = []
+        for key in record.keys:
+            outcome = results.get(key)
+            self._settle(key, outcome)
+            if isinstance(outcome, Completion):
+                completion = self.dispatcher.keep_answer(key, outcome)
+                if key in self.open:
+                    self.open.discard(key)
+                    self.finish(key, Outcome(completion))
+                continue
+            if key not in self.open:
+                continue  # another run's request, left by a killed run: that run asks again itself
+            error = outcome if isinstance(outcome, TeacherError) else _not_run(state)
+            if error.fatal:
+                teacher = f"{self.config.backend} teacher {self.config.model!r}"
+                raise TeacherFatalError(f"{teacher}: {error}") from error
+            if error.retryable and self.attempts[key] < self.config.max_attempts:
+                self.dispatcher.stats.retries[error.reason] += 1
+                again.append(key)
+            else:
+                self.open.discard(key)
+                self.finish(key, self.dispatcher.failed(error, self.attempts[key]))
+        self.store.collected(record.file_id)
+        del self.active[record.file_id]
+        if again and self.dispatcher.over_budget is None:
+            await self._submit(again)
+        elif again:
+            for key in again:
+                self.open.discard(key)
+
+    def _settle(self, key: str, outcome: Completion | TeacherError | None) -> None:
+        """Settle the item's reservation at what it cost (nothing unless it was answered). An item
+        of a job a killed run started reserved nothing in this run, and is counted all the same."""
+        cost = 0.0
+        if isinstance(outcome, Completion) and self.dispatcher.price is not None:
+            cost = self.dispatcher.price.cost(outcome.prompt_tokens, outcome.completion_tokens)
+        reserved = self.reserved.pop(key, 0.0)
+        for budget in self.dispatcher.budgets:
+            budget.settle(reserved, cost)
+
+    @staticmethod
+    def check_failure(state: BatchState, config: TeacherConfig | None) -> None:
+        """A job that failed as a whole: its items are sent again later if the provider's queue
+        was full, else the run stops with the provider's reasons (a bad file is this program's
+        fault or the recipe's, and would fail again). `config` names the teacher in the message."""
+        codes = {code for code, _ in state.errors}
+        if codes and codes <= QUEUE_FULL_CODES:
+            return
+        reasons = "; ".join(f"{code}: {message}" for code, message in state.errors[:5]) or "no reason given"
+        teacher = f"{config.backend} teacher {config.model!r}" if config else "teacher"
+        raise TeacherFatalError(f"{teacher}: a batch job failed validation ({reasons})")
+
+
+def _not_run(state: BatchState) -> TeacherError:
+    """The error of an item a finished job has no line for."""
+    message = f"the batch job ended {state.status} without running this request"
+    return TeacherError(message, retryable=True, reason=f"batch_{state.status}")
+
+
+def _chunks(keys: list[str], requests: dict[str, ChatRequest]) -> Iterator[list[str]]:
+    """`keys` in runs that fit one batch (request count and file size)."""
+    chunk: list[str] = []
+    size = 0
+    for key in keys:
+        line = len(json.dumps(list(requests[key].messages), ensure_ascii=False).encode()) + 512
+        if chunk and (len(chunk) >= MAX_REQUESTS_PER_BATCH or size + line > MAX_BYTES_PER_BATCH):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(key)
+        size += line
+    if chunk:
+        yield chunk

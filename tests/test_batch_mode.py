@@ -1,0 +1,226 @@
+"""`teacher.batch: true`: the requests go as OpenAI batch jobs to the fake server's Files and
+Batches endpoints, through the real openai SDK, and come back into the same cache and dataset."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+from helpers import read_jsonl, write_jsonl, write_recipe
+
+from synthkd.cache import request_key
+from synthkd.cli import main
+from synthkd.dispatch.batch_runner import BatchRunner
+from synthkd.dispatch.batch_store import BatchStore
+from synthkd.dispatch.dispatcher import BATCH_STORE_NAME
+from synthkd.errors import TeacherFatalError
+from synthkd.pricing import price_for
+from synthkd.recipe import load_recipe
+from synthkd.teachers.base import BatchState, ChatRequest
+from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.openai_backend import OpenAITeacher
+from synthkd.testing.fake_openai import FakeOpenAIServer, ServerConfig
+
+ROWS = 12
+FAST = {**asdict(ServerConfig()), "batch_seconds": 0.3}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh(server):
+    server.configure(**FAST)
+    server.reset()
+
+
+def recipe(tmp_path, server, name="batched", *, batch=True, out="out", **teacher):
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Describe animal {i}."} for i in range(ROWS)])
+    return write_recipe(
+        tmp_path / f"{name}.yaml",
+        {
+            "name": name,
+            "teacher": {
+                "backend": "openai",
+                "model": "fake-model",
+                "base_url": server.base_url,
+                "api_key_env": None,
+                "batch": batch,
+                "batch_poll_seconds": 0.1,
+                "params": {"max_tokens": 32},
+                **teacher,
+            },
+            "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}],
+            "output": {"dir": str(tmp_path / out), "report": "none", "max_failure_ratio": 0.5},
+        },
+    )
+
+
+def answers(tmp_path, out="out") -> dict[str, str]:
+    return {row["instruction"]: row["response"] for row in read_jsonl(tmp_path / out / "data.jsonl")}
+
+
+def batch_stats(server) -> dict:
+    return server.stats()["batches"]
+
+
+def test_a_batch_run_gives_the_dataset_of_the_online_run(tmp_path, server, monkeypatch):
+    assert main(["run", str(recipe(tmp_path, server))]) == 0
+    assert server.stats()["requests"] == 0  # not one online request
+    assert batch_stats(server)["batches_created"] == 1
+    assert batch_stats(server)["items_submitted"] == ROWS
+    batched = answers(tmp_path)
+
+    monkeypatch.setenv("SYNTHKD_CACHE_DIR", str(tmp_path / "online-cache"))  # nothing cached
+    assert main(["run", str(recipe(tmp_path, server, "online", batch=False, out="online"))]) == 0
+    assert answers(tmp_path, "online") == batched and len(batched) == ROWS
+
+
+def test_a_run_killed_while_its_batch_is_pending_resumes_by_polling(tmp_path, server, private_cache):
+    server.configure(batch_seconds=4.0)
+    path = recipe(tmp_path, server)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "synthkd.cli", "run", str(path)],
+        env={**os.environ, "SYNTHKD_CACHE_DIR": str(private_cache)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while batch_stats(server)["batches_created"] == 0:
+        assert child.poll() is None and time.monotonic() < deadline, "the batch was never created"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "out").exists()
+    assert main(["run", str(path)]) == 0
+    assert batch_stats(server)["batches_created"] == 1  # polled, never submitted again
+    assert batch_stats(server)["items_resubmitted"] == 0
+    assert len(answers(tmp_path)) == ROWS
+    assert main(["run", str(path)]) == 0  # and the answers are cached: nothing more is sent
+    assert batch_stats(server)["batches_created"] == 1
+
+
+def test_failed_items_are_retried_in_a_later_batch(tmp_path, server):
+    server.configure(batch_item_failure_rate=0.4)
+    assert main(["run", str(recipe(tmp_path, server))]) == 0
+    stats = batch_stats(server)
+    assert stats["batches_created"] >= 2 and stats["items_resubmitted"] > 0
+    assert stats["items_submitted"] == ROWS + stats["items_resubmitted"]
+    assert len(answers(tmp_path)) == ROWS
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert '"http_500"' in manifest  # the retries are counted under their reason
+
+
+def test_items_an_expiring_batch_never_ran_are_sent_again_until_max_attempts(tmp_path, server):
+    # Each batch runs half its items (rounded down) before it expires: 12 -> 6 -> 3 -> 2 -> 1 -> 1
+    # left after five batches; the last item never runs and fails after max_attempts = 5.
+    server.configure(batch_expire=True, batch_expire_fraction=0.5)
+    assert main(["run", str(recipe(tmp_path, server, max_attempts=5))]) == 0
+    assert batch_stats(server)["batches_created"] == 5
+    assert len(answers(tmp_path)) == ROWS - 1
+    (failure,) = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "batch_expired" and failure["attempts"] == 5
+
+
+def test_a_batch_refused_for_a_full_queue_is_sent_again_until_max_attempts(tmp_path, server, capsys):
+    """The fake server fails the batch at validation with token_limit_exceeded (OpenAI's queue of
+    enqueued tokens is full): a later batch may pass, so it is sent again, within max_attempts."""
+    server.configure(batch_fail_validation=True)
+    assert main(["run", str(recipe(tmp_path, server, max_attempts=2))]) == 3
+    assert batch_stats(server)["batches_created"] == 2
+    failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")
+    assert len(failures) == ROWS and {failure["reason"] for failure in failures} == {"batch_failed"}
+
+
+def test_a_batch_failed_for_its_contents_stops_the_run_with_the_providers_reasons():
+    state = BatchState("failed", errors=(("invalid_value", "Line 3: bad method."),))
+    with pytest.raises(TeacherFatalError, match="failed validation .invalid_value: Line 3: bad method"):
+        BatchRunner.check_failure(state, TeacherConfig(backend="openai", model="m"))
+    BatchRunner.check_failure(BatchState("failed", errors=(("token_limit_exceeded", "full"),)), None)
+
+
+def test_a_crash_between_upload_and_start_starts_no_second_batch(tmp_path, server, private_cache):
+    """The store has the file but no batch id: the batch the crashed run had started is found by
+    its file; a file whose batch never started gets one, from the same upload."""
+    path = recipe(tmp_path, server)
+    teacher = load_recipe(path).recipe.steps[1].step_teacher()
+    # What the label step asks: the instruction alone, with the recipe's params.
+    requests = {
+        request_key(teacher, request): request
+        for request in (
+            ChatRequest(({"role": "user", "content": f"Describe animal {i}."},), {"max_tokens": 32})
+            for i in range(ROWS)
+        )
+    }
+    jobs = OpenAITeacher(teacher).batches
+    store = BatchStore(private_cache / BATCH_STORE_NAME, f"openai:fake-model {server.base_url}")
+
+    async def crash_after_starting() -> str:
+        file_id = await jobs.upload(requests)
+        store.uploaded(file_id, list(requests))
+        await jobs.create(file_id)  # ... and the process dies before recording the batch id
+        await jobs.aclose()
+        return file_id
+
+    asyncio.run(crash_after_starting())
+    store.close()
+    assert main(["run", str(path)]) == 0
+    assert batch_stats(server)["batches_created"] == 1
+    assert batch_stats(server)["items_resubmitted"] == 0
+    assert len(answers(tmp_path)) == ROWS
+
+
+def test_an_upload_whose_batch_never_started_is_started_without_uploading_again(
+    tmp_path, server, private_cache
+):
+    path = recipe(tmp_path, server)
+    teacher = load_recipe(path).recipe.steps[1].step_teacher()
+    request = ChatRequest(({"role": "user", "content": "Describe animal 0."},), {"max_tokens": 32})
+    jobs = OpenAITeacher(teacher).batches
+    store = BatchStore(private_cache / BATCH_STORE_NAME, f"openai:fake-model {server.base_url}")
+
+    async def crash_after_uploading() -> None:
+        store.uploaded(
+            await jobs.upload({request_key(teacher, request): request}), [request_key(teacher, request)]
+        )
+        await jobs.aclose()
+
+    asyncio.run(crash_after_uploading())
+    store.close()
+    assert main(["run", str(path)]) == 0
+    stats = batch_stats(server)
+    # The left upload got its batch; the other 11 requests went in a second one.
+    assert stats["files_uploaded"] == 2 and stats["batches_created"] == 2 and stats["items_resubmitted"] == 0
+    assert len(answers(tmp_path)) == ROWS
+
+
+def test_batch_on_a_backend_without_batch_jobs_is_refused(tmp_path, server, capsys):
+    path = recipe(tmp_path, server, backend="litellm", model="openai/fake-model")
+    assert main(["run", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "batched.yaml:" in err and "teacher.batch" in err and "has no batch jobs" in err
+
+
+def test_a_spending_cap_holds_in_batch_mode(tmp_path, server, capsys):
+    price = {"input_per_million": 0.0, "output_per_million": 1_000_000.0}
+    # 32 USD worst case per item: a 100 USD cap lets 3 items go in the batch.
+    assert main(["run", str(recipe(tmp_path, server, price=price, max_cost_usd=100))]) == 4
+    assert batch_stats(server)["items_submitted"] == 3
+    assert "max_cost_usd of teacher openai:fake-model" in capsys.readouterr().err
+
+
+def test_batch_jobs_are_priced_at_the_batch_rate():
+    online = price_for(TeacherConfig(backend="openai", model="gpt-4o-mini"))
+    batched = price_for(TeacherConfig(backend="openai", model="gpt-4o-mini", batch=True))
+    assert online is not None and batched is not None
+    assert batched.input_per_token == pytest.approx(online.input_per_token / 2)
+    assert batched.output_per_token == pytest.approx(online.output_per_token / 2)
