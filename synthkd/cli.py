@@ -208,8 +208,8 @@ class ConsoleReporter(Reporter):
 
 def _print_plan(plans: list, loaded) -> None:
     """The dry run, on stdout (it is the command's answer): the first prompts, then a line per step
-    and the total."""
-    from synthkd.dry_run import estimate_steps, totals
+    and the total, then what the numbers assume."""
+    from synthkd.dry_run import estimate_steps, time_assumptions, totals
 
     out = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"dry run: {loaded.recipe.name}", title_justify="left")
@@ -221,7 +221,7 @@ def _print_plan(plans: list, loaded) -> None:
         "prompt tok (est.)",
         "completion tok (max)",
         "cost (max, USD)",
-        "time (min, at least)",
+        "time (min, est.)",
     ):
         table.add_column(column, justify="right" if column != "step" else "left")
     estimates = estimate_steps(plans)
@@ -240,7 +240,7 @@ def _print_plan(plans: list, loaded) -> None:
             f"{about}{plan.prompt_tokens}",
             f"{about}{plan.max_completion_tokens}",
             "-" if not estimate.has_teacher else _money(estimate.cost_usd, about),
-            "-" if estimate.minutes is None else f"{about}{estimate.minutes:.1f}",
+            _minutes(estimate.minutes, about, estimate.time_unknown),
         )
     total = totals(estimates)
     about = "~" if total.approximate else ""
@@ -253,7 +253,7 @@ def _print_plan(plans: list, loaded) -> None:
         f"{about}{total.prompt_tokens}",
         f"{about}{total.completion_tokens}",
         _money(total.cost_usd, about),
-        "-" if total.minutes is None else f"{about}{total.minutes:.1f}",
+        _minutes(total.minutes, about, "not estimated" if total.untimed else None),
     )
     for estimate in estimates:
         for number, messages in enumerate(estimate.plan.sample_prompts, start=1):
@@ -268,20 +268,29 @@ def _print_plan(plans: list, loaded) -> None:
         "Token counts are estimates (4 characters a token); completion tokens assume every answer "
         "uses max_tokens. Later steps' counts assume no row is dropped before them. ~: a "
         "data-dependent step's estimate (every answer parses, nothing is eliminated; max: with "
-        "re-asks and every round); its cached count covers only the requests known in advance. "
-        "not estimated: a teacher step that cannot count its requests before running; later steps "
-        "count its input rows as its output, and the total leaves it out. Time: the least the "
-        "teacher's rpm/tpm limits allow; latency and concurrency add to it."
+        "re-asks and every round); its cached count covers only the requests known in advance."
     ]
     if total.not_estimated:
-        notes.append(f"The total leaves out {', '.join(total.not_estimated)} (not estimated).")
-    if total.unbounded:
-        notes.append(f"No rpm/tpm limit bounds the time of {', '.join(total.unbounded)}.")
+        notes.append(
+            "not estimated: a teacher step that cannot count its requests before running; later steps "
+            f"count its input rows as its output. The total leaves out {', '.join(total.not_estimated)}."
+        )
+    if total.cost_usd is None:
+        notes.append("price unknown: the model is not in litellm's price list, so neither is the total's.")
+    notes.append(time_assumptions(estimates))
+    for label, reason in total.untimed.items():
+        notes.append(f"The time of {label} is not estimated: {reason}; the total time leaves it out.")
     out.print(" ".join(notes), highlight=False)
 
 
+def _minutes(minutes: float | None, about: str, unknown: str | None) -> str:
+    if minutes is None:
+        return "not estimated" if unknown else "-"
+    return f"{about}{minutes:.1f}"
+
+
 def _money(cost: float | None, about: str) -> str:
-    return "unknown" if cost is None else f"{about}{cost:.4f}"
+    return "price unknown" if cost is None else f"{about}{cost:.4f}"
 
 
 def _print_summary(result) -> None:

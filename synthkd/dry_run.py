@@ -1,19 +1,46 @@
-"""What a dry run reports per step and in total: requests to send, tokens, cost and the least time
-the teacher's rate limits allow, from the steps' plans (`pipeline.plan`)."""
+"""What a dry run reports per step and in total: requests to send, tokens, cost and time, from the
+steps' plans (`pipeline.plan`).
+
+The time of a step is the larger of two estimates: the least its teacher's rpm/tpm limits allow,
+and the time from concurrency (an API teacher: an assumed latency per request, `concurrency`
+requests in flight; the embedded local model: an assumed time per batch of `batch_size`), which
+assumes every answer uses max_tokens, as the cost does, and counts a round trip for each round a
+step waits for (`StepPlan.rounds`, where its plan counts them). Neither knows of re-asks or
+retries, so a real run may take longer.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from synthkd.pricing import price_of
+from synthkd.pricing import price_for
 from synthkd.steps.base import Step, StepPlan
-from synthkd.teachers.config import TeacherConfig
+from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.registry import capabilities_of
+
+# An API request's latency: a time to the first token, then the answer at a steady speed. Public
+# benchmarks of hosted chat models (provider dashboards, artificialanalysis.ai) put small models'
+# time to first token at ~0.3-1 s and their output at ~50-150 tokens/s a request, large ones
+# slower; these sit at the slow end, as a dry run should not promise too short a run.
+API_FIRST_TOKEN_S = 0.8
+API_TOKENS_PER_S = 50.0
+# The embedded model (SmolLM2-135M-Instruct) on CPU, one generate() call per batch: measured once
+# on 2 shared CPU cores with a batch of 8 (~20 s for 160 new tokens a row, ~1 s for the first
+# ones), so rough. A GPU is much faster; other local models' speed depends on their size and
+# hardware, which a dry run, loading no model, does not know.
+EMBEDDED_BATCH_START_S = 1.0
+EMBEDDED_SECONDS_PER_TOKEN = 0.12
+LOCAL_TIME_UNKNOWN = "a local model's speed depends on its size and hardware"
+BATCH_TIME_UNKNOWN = "batch jobs answer within 24 hours, at the provider's pace"
+API, EMBEDDED = "api", "embedded"  # the assumed speeds
 
 
 @dataclass
 class StepEstimate:
     """One step's line. `cost_usd` is None where the price is unknown; `minutes` is None where the
-    teacher has no rpm/tpm limit to bound the time by."""
+    step has no teacher or no plan, or where its time cannot be estimated (`time_unknown` says why).
+    `speed` names what the time from concurrency assumed ("api", "embedded"), None if nothing."""
 
     label: str
     plan: StepPlan
@@ -21,6 +48,8 @@ class StepEstimate:
     cost_usd: float | None
     minutes: float | None
     has_teacher: bool
+    speed: str | None = None
+    time_unknown: str | None = None
 
     @property
     def estimated(self) -> bool:
@@ -37,40 +66,90 @@ class DryRunTotals:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None  # None: some step's price is unknown
-    minutes: float | None  # None: no step's time is bounded
+    minutes: float | None  # None: no step's time is estimated
     approximate: bool  # a data-dependent step's estimate is in the sum
     not_estimated: list[str]  # steps left out of every sum
-    unbounded: list[str]  # steps sending requests whose time no limit bounds
+    untimed: dict[str, str]  # step -> why its time is not estimated (left out of the total time)
 
 
 def estimate_steps(plans: list[tuple[Step, StepPlan]]) -> list[StepEstimate]:
-    estimates = []
-    for index, (step, plan) in enumerate(plans):
-        teacher = step.step_teacher()
-        to_send = plan.requests - plan.cached
-        cost: float | None = 0.0
-        minutes = None
-        if teacher is not None and plan.count != "unknown":
-            price = price_of(teacher.backend, teacher.model)
-            share = to_send / plan.requests if plan.requests else 0
-            cost = (
-                None if price is None else share * price.cost(plan.prompt_tokens, plan.max_completion_tokens)
-            )
-            minutes = _least_minutes(
-                to_send, share * (plan.prompt_tokens + plan.max_completion_tokens), teacher
-            )
-        estimates.append(
-            StepEstimate(f"{index}:{step.step}", plan, to_send, cost, minutes, teacher is not None)
-        )
-    return estimates
+    return [_estimate(f"{index}:{step.step}", step, plan) for index, (step, plan) in enumerate(plans)]
 
 
-def _least_minutes(requests: int, tokens: float, teacher: TeacherConfig) -> float | None:
+def _estimate(label: str, step: Step, plan: StepPlan) -> StepEstimate:
+    teacher = step.step_teacher()
+    to_send = plan.requests - plan.cached
+    if teacher is None or plan.count == "unknown":
+        return StepEstimate(label, plan, to_send, 0.0, None, teacher is not None)
+    price = price_for(teacher)
+    share = to_send / plan.requests if plan.requests else 0
+    cost = None if price is None else share * price.cost(plan.prompt_tokens, plan.max_completion_tokens)
+    least = least_minutes(to_send, share * (plan.prompt_tokens + plan.max_completion_tokens), teacher)
+    if teacher.batch:
+        return StepEstimate(label, plan, to_send, cost, None, True, None, BATCH_TIME_UNKNOWN)
+    speed = speed_of(teacher)
+    answer_tokens = plan.max_completion_tokens / plan.requests if plan.requests else 0
+    concurrent = (
+        None if speed is None else concurrency_minutes(to_send, answer_tokens, teacher, speed, plan.rounds)
+    )
+    bounds = [bound for bound in (least, concurrent) if bound is not None]
+    minutes = max(bounds) if bounds else None
+    unknown = LOCAL_TIME_UNKNOWN if minutes is None else None
+    return StepEstimate(label, plan, to_send, cost, minutes, True, speed, unknown)
+
+
+def least_minutes(requests: int, tokens: float, teacher: TeacherConfig) -> float | None:
     """The time the teacher's own limits need for this much at the least (requests per minute,
-    tokens per minute); None when it has neither. Latency and concurrency only add to it."""
+    tokens per minute); None when it has neither."""
     bounds = [requests / teacher.rpm if teacher.rpm else None, tokens / teacher.tpm if teacher.tpm else None]
     known = [bound for bound in bounds if bound is not None]
     return max(known) if known else None
+
+
+def speed_of(teacher: TeacherConfig) -> str | None:
+    """Which assumed speed applies: "api", "embedded", or None for another local model, whose
+    speed a dry run (which loads no model) cannot know."""
+    if not capabilities_of(teacher).local:
+        return API
+    return EMBEDDED if teacher.model == EMBEDDED_MODEL else None
+
+
+def concurrency_minutes(
+    requests: int, answer_tokens: float, teacher: TeacherConfig, speed: str, rounds: int = 1
+) -> float:
+    """The time `requests` answers of `answer_tokens` each take at the assumed `speed`: API
+    requests `concurrency` at a time, the embedded model's `batch_size` at a time, and at least
+    one round trip for each of the step's `rounds` (each waits for the one before)."""
+    if not requests:
+        return 0.0
+    if speed == API:
+        waves = max(math.ceil(requests / teacher.concurrency), rounds)
+        return waves * (API_FIRST_TOKEN_S + answer_tokens / API_TOKENS_PER_S) / 60
+    batches = max(math.ceil(requests / teacher.batch_size), rounds)
+    return batches * (EMBEDDED_BATCH_START_S + answer_tokens * EMBEDDED_SECONDS_PER_TOKEN) / 60
+
+
+def time_assumptions(estimates: list[StepEstimate]) -> str:
+    """The footnote saying what the time column assumes, naming the speeds this recipe used."""
+    speeds = {estimate.speed for estimate in estimates if estimate.minutes is not None}
+    parts = []
+    if API in speeds:
+        parts.append(
+            f"an API request takes ~{API_FIRST_TOKEN_S:g} s to its first token, then "
+            f"~{API_TOKENS_PER_S:g} tokens/s, `concurrency` requests at a time"
+        )
+    if EMBEDDED in speeds:
+        parts.append(
+            f"the embedded model takes ~{EMBEDDED_BATCH_START_S:g} s plus ~{EMBEDDED_SECONDS_PER_TOKEN:g} s "
+            "a token per batch of `batch_size` (measured on 2 CPU cores; a GPU is faster)"
+        )
+    assumed = f" It assumes {'; '.join(parts)}." if parts else ""
+    return (
+        "Time (min, an estimate): the larger of the least the teacher's rpm/tpm limits allow and the "
+        f"time from concurrency, with every answer using max_tokens and a round trip for each round a "
+        f"step waits for.{assumed} Re-asks, retries, slower answers and rounds a step's plan does not "
+        "count add to it."
+    )
 
 
 def totals(estimates: list[StepEstimate]) -> DryRunTotals:
@@ -86,5 +165,5 @@ def totals(estimates: list[StepEstimate]) -> DryRunTotals:
         minutes=sum(minutes) if minutes else None,
         approximate=any(estimate.approximate for estimate in counted),
         not_estimated=[estimate.label for estimate in estimates if not estimate.estimated],
-        unbounded=[estimate.label for estimate in sending if estimate.minutes is None],
+        untimed={e.label: e.time_unknown for e in sending if e.minutes is None and e.time_unknown},
     )

@@ -224,3 +224,18 @@ def test_batch_jobs_are_priced_at_the_batch_rate():
     assert online is not None and batched is not None
     assert batched.input_per_token == pytest.approx(online.input_per_token / 2)
     assert batched.output_per_token == pytest.approx(online.output_per_token / 2)
+
+
+def test_the_dry_run_prices_batch_jobs_at_the_batch_rate_and_gives_no_time(tmp_path, server, capsys):
+    def label_cost(batch: bool) -> tuple[float, str]:
+        path = recipe(tmp_path, server, batch=batch, model="gpt-4o-mini")
+        assert main(["run", str(path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        cells = next(line for line in out.splitlines() if "1:label" in line and "│" in line).split("│")
+        return float(cells[7]), " ".join(out.split())
+
+    online, _ = label_cost(False)
+    batched, said = label_cost(True)
+    assert online > 0 and batched == pytest.approx(online / 2, rel=0.02)
+    assert "batch jobs answer within 24 hours" in said
+    assert server.stats()["requests"] == 0 and server.stats()["batches"]["files_uploaded"] == 0

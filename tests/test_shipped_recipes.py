@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from helpers import read_jsonl
 
 from synthkd.cli import main
+from synthkd.recipe import load_recipe
 from synthkd.shipped import shipped_root
 
 RECIPES = sorted((shipped_root() / "recipes").rglob("*.yaml"))
@@ -18,13 +20,32 @@ def test_recipes_are_found():
     assert any(path.name == "quickstart.yaml" for path in RECIPES)
 
 
+COST = re.compile(r"~?\d+\.\d{4}|price unknown")  # the dry run's cost cell
+MINUTES = re.compile(r"~?\d+\.\d")  # and its time cell
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(shipped_root() / "recipes")))
 def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixture):
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
     assert main(["run", str(recipe), "--dry-run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out  # the dry run is the command's answer: stdout
     assert "dry run" in out and "requests" in out
-    assert any(line.split("│")[1].strip() == "total" for line in out.splitlines() if line.count("│") > 2)
+    table = {cells[0]: cells for cells in _table_rows(out)}
+    # Every teacher step is estimated, with a cost and a time, and so is the total.
+    teacher_steps = [
+        f"{i}:{step.step}" for i, step in enumerate(load_recipe(recipe).recipe.steps) if step.uses_teacher
+    ]
+    assert teacher_steps
+    for label in [*teacher_steps, "total"]:
+        *_, cost, minutes = table[label]
+        assert COST.fullmatch(cost) and MINUTES.fullmatch(minutes), (label, table[label])
+    assert "not estimated" not in out
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The dry-run table's body rows, as lists of cells (the total's has empty ones)."""
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
 
 
 @pytest.mark.slow

@@ -103,7 +103,9 @@ class StepPlan:
     `count` says how far to trust `requests`: "exact" (counted from the rows, as label does),
     "estimate" (a data-dependent step: the count assumes every answer parses and nothing is
     eliminated; `requests_max` bounds it where re-asks or more rounds can add requests), or
-    "unknown" (a teacher step that cannot say; the dry run shows "not estimated").
+    "unknown" (a teacher step that cannot say; the dry run shows "not estimated"). `rounds`: the
+    sets of requests the step sends one after another, each waiting for the answers to the one
+    before (a topic tree's levels, then its leaves); the dry run's time counts a round trip each.
     """
 
     requests: int = 0
@@ -113,6 +115,7 @@ class StepPlan:
     sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)
     count: str = "exact"
     requests_max: int | None = None
+    rounds: int = 1
 
 
 SAMPLE_PROMPTS_SHOWN = 3

@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache, request_key
 from synthkd.chunking import check_tokenizer_installed, chunk_text, token_counter
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
-from synthkd.steps.base import CheckContext, Columns, Row, StepContext, StepResult, TeacherStep
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Row,
+    StepContext,
+    StepPlan,
+    StepResult,
+    TeacherStep,
+    exact_plan,
+)
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import EMBEDDED_MODEL
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -137,17 +150,39 @@ class DocQAStep(TeacherStep):
                 chunks.append({**document, "chunk_id": chunk_id, "chunk": text, "start": start, "end": end})
         return chunks
 
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Every chunk's request is known: the documents were read by `check`, and chunking them
+        sends nothing. Each is looked up in the cache and may be re-asked once. Rows stand for
+        `pairs_per_chunk` supported pairs a chunk; a cached answer stands in for itself, so a later
+        step's requests about its pairs can be found in the cache too."""
+        chunks = self.chunks()
+        requests = [self._request(chunk) for chunk in chunks]
+        plan, cached = exact_plan(self.teacher_config, requests, cache)
+        plan = replace(plan, count="estimate", requests_max=2 * len(requests) or None)
+        planned = list(rows)
+        for chunk, request in zip(chunks, requests, strict=True):
+            answer = cached.get(request_key(self.teacher_config, request))
+            pairs = _parsed_or_none(answer.text) if answer is not None else None
+            if pairs is None:  # not asked yet, or re-asked: assume every pair is supported
+                pairs = [self._example_pair(chunk, n) for n in range(self.pairs_per_chunk)]
+                planned += [self._row(chunk, n, pair, (0, 0)) for n, pair in enumerate(pairs)]
+            else:
+                planned += self.supported_rows(chunk, pairs)[0]
+        return planned, plan
+
+    def _request(self, chunk: Row) -> ChatRequest:
+        values = {"chunk": chunk["chunk"], "title": chunk["title"], "count": self.pairs_per_chunk}
+        return self.chat(self.template("prompt").render(values))
+
+    @staticmethod
+    def _example_pair(chunk: Row, number: int) -> dict[str, str]:
+        question = f"[question {number + 1} about chunk {chunk['chunk_id']}, written by doc_qa]"
+        return {"question": question, "answer": "", "evidence": ""}
+
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         chunks = self.chunks()
         ctx.progress.set_total(len(chunks))
-        requests = [
-            self.chat(
-                self.template("prompt").render(
-                    {"chunk": c["chunk"], "title": c["title"], "count": self.pairs_per_chunk}
-                )
-            )
-            for c in chunks
-        ]
+        requests = [self._request(chunk) for chunk in chunks]
         answers = await ask_parsed(
             ctx.dispatcher, requests, parse_qa_pairs, self.template("reask_prompt"), progress=ctx.progress
         )
@@ -158,13 +193,22 @@ class DocQAStep(TeacherStep):
                     failure_of({"chunk_id": chunk["chunk_id"]}, answer, row_id=chunk["chunk_id"])
                 )
                 continue
-            for number, pair in enumerate(answer.value):
-                reason, span = self.support(pair, chunk["chunk"])
-                if reason is not None:
-                    result.dropped[reason] += 1
-                    continue
-                result.rows.append(self._row(chunk, number, pair, span))
+            kept, dropped = self.supported_rows(chunk, answer.value)
+            result.rows += kept
+            result.dropped.update(dropped)
         return result
+
+    def supported_rows(self, chunk: Row, pairs: list[dict[str, str]]) -> tuple[list[Row], Counter]:
+        """The rows of the pairs the chunk supports, and why the others were dropped."""
+        kept, dropped = [], Counter()
+        for number, pair in enumerate(pairs):
+            reason, span = self.support(pair, chunk["chunk"])
+            if reason is not None:
+                dropped[reason] += 1
+                continue
+            assert span is not None
+            kept.append(self._row(chunk, number, pair, span))
+        return kept, dropped
 
     def support(self, pair: dict[str, str], chunk: str) -> tuple[str | None, tuple[int, int] | None]:
         """Why a pair is not supported by the chunk (or None), and where its evidence is."""
@@ -212,6 +256,13 @@ def parse_qa_pairs(text: str) -> list[dict[str, str]]:
             raise ParseError('each item needs non-empty "question", "answer" and "evidence" strings')
         pairs.append({key: item[key].strip() for key in ("question", "answer", "evidence")})
     return pairs
+
+
+def _parsed_or_none(text: str) -> list[dict[str, str]] | None:
+    try:
+        return parse_qa_pairs(text)
+    except ParseError:
+        return None
 
 
 def find_span(evidence: str, chunk: str) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
+from synthkd.output import import_writer_in_background
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
     CheckContext,
@@ -90,8 +91,9 @@ class LabelStep(TeacherStep):
             else None
         )
         slots, requests = [], []
+        template = self.template("prompt")
         for row in rows:
-            prompt = self.template("prompt").render({**OPTIONAL_COLUMNS, **row})
+            prompt = template.render({**OPTIONAL_COLUMNS, **row})
             for sample in range(self.n):
                 slots.append((row, sample, prompt))
                 requests.append(
@@ -105,6 +107,9 @@ class LabelStep(TeacherStep):
         return row.get("id") if self.n == 1 else f"{row.get('id')}-{sample}"
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        # The run writes its dataset through `datasets` after the last answer: imported meanwhile,
+        # while this step mostly waits on the teacher, the second it takes is not added at the end.
+        import_writer_in_background()
         slots, requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         if self._schema is None and self.parser is None:

@@ -13,9 +13,22 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
-from synthkd.steps.base import CheckContext, Columns, Failure, Row, StepContext, StepResult, TeacherStep
-from synthkd.teachers.base import ChatRequest
+from synthkd.steps.base import (
+    SAMPLE_PROMPTS_SHOWN,
+    CheckContext,
+    Columns,
+    Failure,
+    Row,
+    StepContext,
+    StepPlan,
+    StepResult,
+    TeacherStep,
+    exact_plan,
+    prompt_tokens,
+)
+from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import capabilities_of
 
@@ -46,16 +59,88 @@ class MagpieStep(TeacherStep):
         # The system prompt is part of the prefix the model continues, though no file holds it.
         return {"magpie.system": self.system} if self.system else {}
 
-    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """`num_rows` instruction requests, known and looked up in the cache; then, with `respond`,
+        an answer to each instruction kept. A cached instruction is screened as the run would
+        (too short, duplicate) and its answer's request looked up too; the others are assumed
+        kept. The count is so exact once every instruction is cached, and before that an estimate
+        that is also the most (magpie re-asks nothing)."""
+        teacher = self.teacher_config
+        requests = self._instruction_requests()
+        plan, written = exact_plan(teacher, requests, cache)
+        instructions = self._planned_instructions(requests, written)
+        all_written = plan.cached == plan.requests
+        if not self.respond:
+            plan.count = "exact" if all_written else "estimate"
+            return list(rows) + [row for row, _ in instructions], plan
+        answers = [self.chat(row["instruction"], system=self.system) for row, _ in instructions]
+        known = [
+            request for (_, written_yet), request in zip(instructions, answers, strict=True) if written_yet
+        ]
+        answer_plan, answered = exact_plan(teacher, known, cache)
+        # An instruction not written yet may be max_tokens long, and its answer's prompt holds it.
+        unwritten = len(answers) - len(known)
+        unwritten_tokens = unwritten * (
+            prompt_tokens(self.chat("", system=self.system)) + max_completion_tokens(teacher.params)
+        )
+        total = len(requests) + len(answers)
+        combined = StepPlan(
+            requests=total,
+            cached=plan.cached + answer_plan.cached,
+            prompt_tokens=plan.prompt_tokens + answer_plan.prompt_tokens + unwritten_tokens,
+            max_completion_tokens=total * max_completion_tokens(teacher.params),
+            sample_prompts=(plan.sample_prompts + answer_plan.sample_prompts)[:SAMPLE_PROMPTS_SHOWN],
+            count="exact" if all_written else "estimate",
+            rounds=2,  # the answers wait for the instructions
+        )
+        planned = [
+            self._answered_row(row, answered.get(request_key(teacher, request)))
+            for (row, _), request in zip(instructions, answers, strict=True)
+        ]
+        return list(rows) + planned, combined
+
+    def _instruction_requests(self) -> list[ChatRequest]:
         # The pre-query prefix ends in an open, empty user turn that the model continues rather
         # than answers, so these requests are built here, not by `chat`.
         params = dict(self.teacher_config.params)
         system = ({"role": "system", "content": self.system},) if self.system else ()
         open_user_turn = ({"role": "user", "content": ""},)
-        requests = [
+        return [
             ChatRequest((*system, *open_user_turn), params, sample=index, continue_final=True)
             for index in range(self.num_rows)
         ]
+
+    def _planned_instructions(
+        self, requests: list[ChatRequest], written: dict[str, Completion]
+    ) -> list[tuple[Row, bool]]:
+        """The instructions a run would keep, each with whether it is written yet: the cached ones
+        screened as the run screens them, the others assumed kept (a placeholder text)."""
+        seen: set[str] = set()
+        kept = []
+        for index, request in enumerate(requests):
+            row_id = f"magpie-{index:05d}"
+            answer = written.get(request_key(self.teacher_config, request))
+            if answer is None:
+                kept.append(
+                    ({"id": row_id, "instruction": f"[instruction {row_id} written by magpie]"}, False)
+                )
+                continue
+            instruction = answer.text.strip()
+            if self._drop_reason(instruction, seen) is None:
+                seen.add(instruction.lower())
+                kept.append(({"id": row_id, "instruction": instruction}, True))
+        return kept
+
+    def _drop_reason(self, instruction: str, seen: set[str]) -> str | None:
+        """Why an instruction is not kept (too short, or a repeat of one kept), or None."""
+        if len(instruction.split()) < self.min_words:
+            return "too_short"
+        if instruction.lower() in seen:
+            return "duplicate"
+        return None
+
+    async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
+        requests = self._instruction_requests()
         ctx.progress.set_total(self.num_rows * (2 if self.respond else 1))
         outcomes = await ctx.dispatcher.run(requests, lambda _, copies: ctx.progress.advance(copies))
         result = StepResult([])
@@ -67,10 +152,9 @@ class MagpieStep(TeacherStep):
                 result.failures.append(Failure.from_outcome(None, outcome, row_id=row_id))
                 continue
             instruction = outcome.completion.text.strip()
-            if len(instruction.split()) < self.min_words:
-                result.dropped["too_short"] += 1
-            elif instruction.lower() in seen:
-                result.dropped["duplicate"] += 1
+            reason = self._drop_reason(instruction, seen)
+            if reason is not None:
+                result.dropped[reason] += 1
             else:
                 seen.add(instruction.lower())
                 instructions.append((row_id, instruction))
@@ -88,9 +172,12 @@ class MagpieStep(TeacherStep):
             if outcome.completion is None:
                 result.failures.append(Failure.from_outcome(row, outcome))
                 continue
-            system = {"system": self.system} if self.system else {}
-            completion = outcome.completion
-            answered.append(
-                {**row, **system, "response": completion.text, "finish_reason": completion.finish_reason}
-            )
+            answered.append(self._answered_row(row, outcome.completion))
         return answered
+
+    def _answered_row(self, row: Row, completion: Completion | None) -> Row:
+        """An instruction's row with its answer (a placeholder in a dry run without one)."""
+        system = {"system": self.system} if self.system else {}
+        if completion is None:
+            return {**row, **system, "response": "", "finish_reason": None}
+        return {**row, **system, "response": completion.text, "finish_reason": completion.finish_reason}

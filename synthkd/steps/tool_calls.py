@@ -39,19 +39,24 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
+from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
+    SAMPLE_PROMPTS_SHOWN,
     CheckContext,
     Columns,
     Row,
     StepContext,
+    StepPlan,
     StepResult,
     TeacherStep,
+    exact_plan,
+    prompt_tokens,
     require_columns,
 )
 from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of, strip_code_fence
-from synthkd.teachers.base import ChatRequest
+from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -186,6 +191,16 @@ def parse_text(text: str) -> str:
     return stripped
 
 
+def written_request(text: str) -> str:
+    """A request the teacher wrote, as a conversation starts with it; a ParseError if empty."""
+    return parse_text(text).strip('"').strip()
+
+
+def _same_request_key(request: str) -> str:
+    """What two written requests that are the same request share (case and spacing aside)."""
+    return " ".join(request.lower().split())
+
+
 def result_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
@@ -285,13 +300,123 @@ class ToolCallsStep(TeacherStep):
         content = self.template(key).render({"tools_json": json.dumps(self._tools, indent=1), **values})
         return self.chat(content, sample=sample)
 
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """The requests the teacher writes (`num_requests`, unless `request_column` gives them)
+        are known, and so is each conversation's first ask for calls where its request is known
+        (given, or written and cached): those are looked up in the cache. The rest depend on the
+        answers. The estimate assumes every conversation calls tools once and then needs no more:
+        its calls, their results, (with `max_rounds` above 1) the ask for more calls, and the
+        answer. At most, every conversation calls in every round and each request is re-asked
+        `reask` times. Rows stand for one conversation a request, its answer not written yet."""
+        teacher = self.teacher_config
+        writing = [] if self.request_column else self._writing_requests()
+        writing_plan, written = exact_plan(teacher, writing, cache)
+        sources = self._planned_sources(rows, writing, written)
+        first = [self._calls_request(text, [], 1) for _, text in sources if text is not None]
+        calls_plan, _ = exact_plan(teacher, first, cache)
+        examples = self._example_requests()
+        # After the first calls: their results, (with later rounds) the ask for more, the answer.
+        later = ["results_prompt", "next_calls_prompt", "answer_prompt"]
+        if self.max_rounds == 1:
+            later.remove("next_calls_prompt")
+        conversations = len(sources)
+        requests = len(writing) + conversations * (1 + len(later))
+        tokens = (
+            writing_plan.prompt_tokens
+            + calls_plan.prompt_tokens
+            + (conversations - len(first)) * prompt_tokens(examples["calls_prompt"])
+            + conversations * sum(prompt_tokens(examples[key]) for key in later)
+        )
+        most = (len(writing) + conversations * (2 * self.max_rounds + 1)) * (1 + self.reask)
+        shown = [*writing[:1], *(first[:1] or [examples["calls_prompt"]]), *(examples[key] for key in later)]
+        plan = StepPlan(
+            requests=requests,
+            cached=writing_plan.cached + calls_plan.cached,
+            prompt_tokens=tokens,
+            max_completion_tokens=requests * max_completion_tokens(teacher.params),
+            sample_prompts=[list(request.messages) for request in shown[:SAMPLE_PROMPTS_SHOWN]],
+            count="estimate",
+            requests_max=most if most != requests else None,
+            rounds=(1 if writing else 0) + 1 + len(later),  # each waits for the answers before it
+        )
+        planned = [
+            self._row(_Conversation(i, row, text or self._unwritten(row)), "")
+            for i, (row, text) in enumerate(sources)
+        ]
+        return (list(rows) if not self.request_column else []) + planned, plan
+
+    def _planned_sources(
+        self, rows: list[Row], writing: list[ChatRequest], written: dict[str, Completion]
+    ) -> list[tuple[Row, str | None]]:
+        """The conversations a run would start, each with its request, None where the teacher has
+        not written it yet (assumed kept: distinct and parseable after a re-ask)."""
+        if self.request_column:
+            return list(self._column_requests(rows))  # the column holds every request: all known
+        sources: list[tuple[Row, str | None]] = []
+        seen = set()
+        for number, request in enumerate(writing):
+            row = {"id": f"tool-{number:04d}"}
+            answer = written.get(request_key(self.teacher_config, request))
+            try:
+                text = written_request(answer.text) if answer is not None else None
+            except ParseError:  # re-asked in a run: its text is not known yet
+                text = None
+            if text is not None:
+                if _same_request_key(text) in seen:
+                    continue  # a repeat, dropped as the run drops it
+                seen.add(_same_request_key(text))
+            sources.append((row, text))
+        return sources
+
+    def _example_requests(self) -> dict[str, ChatRequest]:
+        """A request of each kind a conversation sends, about a placeholder request and call, to
+        estimate the prompts not known before the answers."""
+        request = "[a user request written by tool_calls]"
+        call = {"name": self._tools[0]["function"]["name"], "arguments": {}}
+        history = [{"name": call["name"], "arguments_json": "{}", "result": "[a simulated result]"}]
+        examples = {
+            "calls_prompt": self._calls_request(request, [], 1),
+            "results_prompt": self._ask(
+                "results_prompt", request=request, calls_json=json.dumps([call]), history=[]
+            ),
+            "answer_prompt": self._ask("answer_prompt", request=request, calls=history),
+        }
+        if self.max_rounds > 1:  # its template is loaded only then
+            examples["next_calls_prompt"] = self._calls_request(request, history, 2)
+        return examples
+
+    @staticmethod
+    def _unwritten(row: Row) -> str:
+        return f"[request {row['id']} written by tool_calls]"
+
+    def _column_requests(self, rows: list[Row]) -> list[tuple[Row, str]]:
+        """The rows whose `request_column` holds a request, with it (stripped)."""
+        sources = [(row, str(row.get(self.request_column) or "").strip()) for row in rows]
+        return [(row, request) for row, request in sources if request]
+
+    def _writing_requests(self) -> list[ChatRequest]:
+        """The asks for `num_requests` user requests, each centred on a tool in turn."""
+        return [
+            self._ask(
+                "request_prompt",
+                sample=number,
+                tool=self._tools[number % len(self._tools)]["function"],
+                number=number + 1,
+            )
+            for number in range(self.num_requests)
+        ]
+
+    def _calls_request(self, request: str, history: list[dict[str, str]], round_number: int) -> ChatRequest:
+        """The ask for a conversation's calls in a round: the first, or whether more are needed."""
+        key = "calls_prompt" if round_number == 1 else "next_calls_prompt"
+        return self._ask(key, request=request, history=history, more_rounds=round_number < self.max_rounds)
+
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         result = StepResult(list(rows) if not self.request_column else [])
         if self.request_column:
-            sources = [(row, str(row.get(self.request_column) or "").strip()) for row in rows]
-            if any(not request for _, request in sources):
-                result.dropped["empty_request"] += sum(1 for _, request in sources if not request)
-            sources = [(row, request) for row, request in sources if request]
+            sources = self._column_requests(rows)
+            if len(sources) < len(rows):
+                result.dropped["empty_request"] += len(rows) - len(sources)
         else:
             sources = await self._write_requests(ctx, result)
         conversations = [_Conversation(index, row, request) for index, (row, request) in enumerate(sources)]
@@ -322,14 +447,9 @@ class ToolCallsStep(TeacherStep):
     ) -> tuple[list[_Conversation], list[_Conversation]]:
         """Ask each conversation's next calls: (those that made calls, those that need no more).
         In the first round a conversation that calls nothing is dropped (`no_tool_call`)."""
-        more_rounds = round_number < self.max_rounds
-        key = "calls_prompt" if round_number == 1 else "next_calls_prompt"
         answers = await ask_parsed(
             ctx.dispatcher,
-            [
-                self._ask(key, request=c.request, history=c.history(), more_rounds=more_rounds)
-                for c in conversations
-            ],
+            [self._calls_request(c.request, c.history(), round_number) for c in conversations],
             calls_parser(self._tools),
             self.template("reask_prompt"),
             reask=self.reask,
@@ -414,17 +534,12 @@ class ToolCallsStep(TeacherStep):
 
     async def _write_requests(self, ctx: StepContext, result: StepResult) -> list[tuple[Row, str]]:
         """`num_requests` user requests, each centred on a tool in turn; exact repeats dropped."""
-        requests = [
-            self._ask(
-                "request_prompt",
-                sample=number,
-                tool=self._tools[number % len(self._tools)]["function"],
-                number=number + 1,
-            )
-            for number in range(self.num_requests)
-        ]
         answers = await ask_parsed(
-            ctx.dispatcher, requests, parse_text, self.template("reask_prompt"), reask=self.reask
+            ctx.dispatcher,
+            self._writing_requests(),
+            written_request,
+            self.template("reask_prompt"),
+            reask=self.reask,
         )
         sources, seen = [], set()
         for number, answer in enumerate(answers):
@@ -432,8 +547,8 @@ class ToolCallsStep(TeacherStep):
             if not answer.ok:
                 self._fail(result, row, answer, answer.reason)
                 continue
-            request = answer.value.strip().strip('"').strip()
-            key = " ".join(request.lower().split())
+            request = answer.value
+            key = _same_request_key(request)
             if key in seen:
                 result.dropped["duplicate_request"] += 1
                 continue

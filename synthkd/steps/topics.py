@@ -8,11 +8,23 @@ varied instructions, also dropped when near-duplicate. Every row keeps its topic
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from synthkd.steps.base import CheckContext, Columns, Row, StepContext, StepResult, TeacherStep
+from synthkd.cache import ResponseCache
+from synthkd.steps.base import (
+    CheckContext,
+    Columns,
+    Row,
+    StepContext,
+    StepPlan,
+    StepResult,
+    TeacherStep,
+    estimate_plan,
+    prompt_tokens,
+)
 from synthkd.steps.parsing import ask_parsed, failure_of, parse_numbered_list
 from synthkd.teachers.base import ChatRequest
 
@@ -39,6 +51,47 @@ class TopicsStep(TeacherStep):
 
     def _ask(self, template: str, **values: object) -> ChatRequest:
         return self.chat(self.template(template).render({"domain": self.domain, **values}))
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """Only the first level's request is known (and looked up in the cache): the later levels
+        ask about the topics its answer lists. The estimate assumes every answer lists `breadth`
+        new topics, a full tree: breadth^k subtopic requests at level k, then one instructions
+        request per leaf (breadth^depth). Near-duplicates only make it fewer; at most each request
+        is re-asked once. Rows stand for `per_topic` instructions a leaf."""
+        paths = [self._example_path(level) for level in range(self.depth + 1)]
+        subtopics = [
+            self._ask("subtopics_prompt", path=paths[k], breadth=self.breadth) for k in range(self.depth)
+        ]
+        leaf = self._ask("instructions_prompt", path=paths[-1], topic=paths[-1][-1], count=self.per_topic)
+        per_level = [self.breadth**level for level in range(self.depth)]
+        leaves = self.breadth**self.depth
+        total = sum(per_level) + leaves
+        plan = estimate_plan(self.teacher_config, total, subtopics[:1], cache, requests_max=2 * total)
+        tokens = sum(n * prompt_tokens(r) for n, r in zip(per_level, subtopics, strict=True))
+        plan = replace(
+            plan,
+            prompt_tokens=tokens + leaves * prompt_tokens(leaf),
+            sample_prompts=[list(subtopics[0].messages), list(leaf.messages)],
+            rounds=self.depth + 1,  # each level waits for the one above it, the leaves for the last
+        )
+        return list(rows) + self._example_rows(leaves, paths[-1]), plan
+
+    def _example_path(self, length: int) -> list[str]:
+        """A topic path standing for the ones the teacher will write."""
+        return [f"[a level-{level} subtopic written by topics]" for level in range(1, length + 1)]
+
+    def _example_rows(self, leaves: int, path: list[str]) -> list[Row]:
+        """Rows standing for the instructions the leaves will get, marked as not written yet."""
+        return [
+            {
+                "id": f"topic-{leaf:04d}-{number}",
+                "instruction": f"[request {number + 1} about leaf topic {leaf + 1}, written by topics]",
+                "topic": path[-1],
+                "topic_path": path,
+            }
+            for leaf in range(leaves)
+            for number in range(self.per_topic)
+        ]
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         from synthkd.curate.rouge import RougeLPool  # numpy, imported when used: faster starts

@@ -1,0 +1,317 @@
+"""Dry-run plans of topics, doc_qa, magpie and tool_calls, each checked against what a run of the
+same recipe then sends, and the dry run's time estimate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import write_jsonl, write_recipe
+from tiny_model import build_tiny_model
+
+from synthkd.cli import main
+from synthkd.dry_run import (
+    API_FIRST_TOKEN_S,
+    API_TOKENS_PER_S,
+    EMBEDDED_BATCH_START_S,
+    EMBEDDED_SECONDS_PER_TOKEN,
+    LOCAL_TIME_UNKNOWN,
+    estimate_steps,
+    totals,
+)
+from synthkd.pipeline import check, plan, run_recipe
+from synthkd.recipe import load_recipe
+from synthkd.steps.base import StepPlan
+from synthkd.testing.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_server(server):
+    server.reset()
+    server.configure(script=[])
+    yield
+
+
+def api_recipe(tmp_path: Path, base_url: str, steps: list[dict], **teacher) -> Path:
+    return write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "name": "plans",
+            "teacher": {
+                "backend": "openai",
+                "model": "fake-model",
+                "base_url": base_url,
+                "api_key_env": None,
+                "params": {"max_tokens": 100},
+                **teacher,
+            },
+            "steps": steps,
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
+
+
+def plans_of(path: Path) -> list[tuple[str, StepPlan]]:
+    loaded = load_recipe(path)
+    check(loaded)
+    return [(step.step, step_plan) for step, step_plan in plan(loaded)]
+
+
+def counts(plans: list[tuple[str, StepPlan]]) -> list[tuple[str, str, int, int | None]]:
+    return [(name, p.count, p.requests, p.requests_max) for name, p in plans]
+
+
+def sent_by_step(result) -> list[int]:  # noqa: ANN001 (a RunResult)
+    return [report.requests_sent for report in result.reports]
+
+
+TOPICS_SCRIPT = [
+    {"match": "List 3 distinct subtopics", "reply": "1. {word} {word}\n2. {word} {word}\n3. {word} {word}"},
+    {
+        "match": "Write 2 different requests",
+        "reply": "1. Explain {word} {word}.\n2. Compare {word} and {word}.",
+    },
+]
+
+
+def test_topics_plan_is_the_full_tree_the_run_sends(tmp_path, server):
+    server.configure(script=TOPICS_SCRIPT)
+    steps = [
+        {"step": "topics", "domain": "home baking", "breadth": 3, "depth": 2, "per_topic": 2},
+        {"step": "label"},
+    ]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    # The tree: 1 root request, 3 second-level ones, then 9 leaves; each may be re-asked once.
+    # Label answers 9 leaves x 2 requests, counted from the rows topics stands for.
+    assert counts(before) == [("topics", "estimate", 1 + 3 + 9, 2 * 13), ("label", "exact", 18, None)]
+    assert before[0][1].rounds == 3  # two levels, then the leaves
+    assert "home baking" in before[0][1].sample_prompts[0][-1]["content"]
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[0].rows_dropped == {}  # a full tree: what the estimate assumes
+    assert sent_by_step(result) == [13, 18] == [before[0][1].requests, before[1][1].requests]
+    assert server.stats()["requests"] == 13 + 18
+
+    # Only the root request is known in advance, so only it is found in the cache afterwards.
+    assert [p.cached for _, p in plans_of(path)] == [1, 0]
+
+
+def write_documents(tmp_path: Path) -> Path:
+    documents = [
+        {"id": f"d{d}", "title": f"Notes {d}", "text": " ".join(
+            f"Document {d}, part {i}: water boils at 100 degrees at sea level." for i in range(3 + 4 * d))}
+        for d in range(3)
+    ]  # fmt: skip
+    return write_jsonl(tmp_path / "docs.jsonl", documents)
+
+
+DOC_QA_SCRIPT = [
+    {
+        "match": "(?s)question.*answer.*evidence",  # the generation prompt
+        "reply": json.dumps(
+            [
+                {
+                    "question": "At what temperature does water boil? ({word})",
+                    "answer": "100 degrees",
+                    "evidence": "water boils at 100 degrees",
+                },
+                {
+                    "question": "Where does water boil at 100 degrees? ({word})",
+                    "answer": "at sea level",
+                    "evidence": "at sea level",
+                },
+            ]
+        ),  # fmt: skip
+    }
+]
+
+
+def test_doc_qa_plan_counts_the_chunks_and_cached_answers_stand_in(tmp_path, server):
+    server.configure(script=DOC_QA_SCRIPT)
+    write_documents(tmp_path)
+    steps = [
+        {"step": "doc_qa", "documents": "docs.jsonl", "chunk_tokens": 48, "pairs_per_chunk": 2},
+        {"step": "label"},
+    ]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    chunks = before[0][1].requests
+    assert chunks > 3  # the longer documents are split: read and chunked without a request
+    assert counts(before) == [
+        ("doc_qa", "estimate", chunks, 2 * chunks),
+        ("label", "exact", 2 * chunks, None),
+    ]
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[0].rows_dropped == {} and not result.failures
+    assert sent_by_step(result) == [chunks, 2 * chunks]
+
+    # Every chunk's answer is cached, and its pairs stand in for themselves: label's requests about
+    # them are found in the cache too, so a rerun would send nothing.
+    after = plans_of(path)
+    assert [(p.requests, p.cached) for _, p in after] == [(chunks, chunks), (2 * chunks, 2 * chunks)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_magpie_plan_is_the_most_before_and_exact_once_its_instructions_are_cached(tmp_path, tiny_model):
+    path = write_recipe(tmp_path / "r.yaml", {
+        "name": "m",
+        "teacher": {"backend": "transformers", "model": str(tiny_model), "batch_size": 4,
+                    "params": {"temperature": 1.0, "max_tokens": 8}},
+        "steps": [{"step": "magpie", "num_rows": 6, "min_words": 2}, {"step": "label"}],
+        "output": {"dir": str(tmp_path / "out")},
+    })  # fmt: skip
+    # Before: 6 instructions, each assumed kept and answered, then labelled.
+    assert counts(plans_of(path)) == [("magpie", "estimate", 12, None), ("label", "exact", 6, None)]
+
+    result = run_recipe(load_recipe(path))
+    magpie, label = result.reports
+    assert 6 + magpie.rows_out == magpie.requests_sent <= 12  # an answer for each instruction kept
+
+    # After: the cached instructions are screened as the run screened them, so the count is what
+    # the run asked for, all of it cached, and label's rows are the ones magpie kept (their
+    # answers are magpie's own: label found them in the cache).
+    after = plans_of(path)
+    asked = [report.requests_sent + report.cache_hits for report in result.reports]
+    assert counts(after) == [("magpie", "exact", asked[0], None), ("label", "exact", asked[1], None)]
+    assert asked[1] == magpie.rows_out
+    assert [p.cached for _, p in after] == asked
+
+
+TOOLS = [
+    {"name": "get_weather", "description": "Current weather in a city.",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+]  # fmt: skip
+TOOL_SCRIPT = [
+    {"match": "Write one realistic message", "reply": "Is it raining in {word}?"},
+    {"match": "Decide which tool calls", "reply": '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]'},
+    {"match": "Decide whether more", "reply": "[]"},
+    {"match": "The assistant made these calls", "reply": '{"rain": true}'},
+    {"match": "To answer, you called tools", "reply": "Yes, take an umbrella."},
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        # 4 written requests, then per conversation: calls, results, "more?", answer. At most every
+        # conversation calls in both rounds (5 requests) and everything is re-asked once.
+        ({"num_requests": 4, "max_rounds": 2}, ("estimate", 4 + 4 * 4, 2 * (4 + 4 * 5))),
+        # Requests from a column, one round: calls, results, answer per row.
+        ({"request_column": "request", "max_rounds": 1, "reask": 2}, ("estimate", 3 * 3, 3 * 3 * 3)),
+    ],
+)
+def test_tool_calls_plan_counts_what_a_conversation_sends(tmp_path, server, options, expected):
+    server.configure(script=TOOL_SCRIPT)
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    write_jsonl(
+        tmp_path / "requests.jsonl", [{"id": f"r{i}", "request": f"Rain in city {i}?"} for i in range(3)]
+    )
+    steps = [
+        {"step": "load", "path": "requests.jsonl"},
+        {"step": "tool_calls", "tools": "tools.json", **options},
+    ]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    assert counts(before)[1] == ("tool_calls", *expected)
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[1].rows_dropped == {} and not result.failures
+    assert sent_by_step(result)[1] == server.stats()["requests"] == expected[1]
+
+    # Known in advance, so cached now: the written requests and each conversation's first calls.
+    conversations = options.get("num_requests", 3)
+    assert plans_of(path)[1][1].cached == (conversations if "num_requests" in options else 0) + conversations
+
+
+def test_dry_run_of_these_steps_sends_nothing_and_prints_a_total(tmp_path, server, capsys):
+    server.configure(script=TOOL_SCRIPT)
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    write_documents(tmp_path)
+    steps = [
+        {"step": "topics", "domain": "home baking", "breadth": 2, "depth": 1, "per_topic": 2},
+        {"step": "doc_qa", "documents": "docs.jsonl", "chunk_tokens": 48},
+        {"step": "tool_calls", "tools": "tools.json", "num_requests": 2},
+    ]
+    assert main(["run", str(api_recipe(tmp_path, server.base_url, steps)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert server.stats()["requests"] == 0
+    assert "not estimated" not in out
+    total = next(line for line in out.splitlines() if "total" in line and "│" in line)
+    cells = [cell.strip() for cell in total.split("│") if cell.strip()]
+    assert cells[0] == "total" and cells[1].startswith("~") and cells[-1].startswith("~")
+
+
+# The time estimate.
+
+
+def test_api_time_is_the_larger_of_the_rate_limit_and_the_concurrency_estimate(tmp_path, server):
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Say {i}."} for i in range(10)])
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}]
+    path = api_recipe(tmp_path, server.base_url, steps, concurrency=4)
+    loaded = load_recipe(path)
+    check(loaded)
+    [_, label] = estimate_steps(plan(loaded))
+    # 10 requests, 4 at a time: 3 waves of a first token and 100 tokens.
+    waves = math.ceil(10 / 4)
+    assert label.minutes == pytest.approx(waves * (API_FIRST_TOKEN_S + 100 / API_TOKENS_PER_S) / 60)
+    assert label.speed == "api" and label.time_unknown is None
+
+    limited = load_recipe(path, ["teacher.rpm=2"])
+    check(limited)
+    [_, label] = estimate_steps(plan(limited))
+    assert label.minutes == pytest.approx(10 / 2)  # the rate limit is the longer bound here
+
+
+def test_embedded_time_counts_batches(capsys):
+    loaded = load_recipe("recipes/quickstart.yaml")
+    check(loaded)
+    estimates = estimate_steps(plan(loaded))
+    label = estimates[1]
+    batches = math.ceil(label.to_send / 8)  # the recipe's batch_size
+    per_batch = EMBEDDED_BATCH_START_S + 160 * EMBEDDED_SECONDS_PER_TOKEN  # its max_tokens
+    assert label.to_send == 24 and label.minutes == pytest.approx(batches * per_batch / 60)
+    assert totals(estimates).minutes == pytest.approx(label.minutes)
+    assert main(["run", "recipes/quickstart.yaml", "--dry-run"]) == 0
+    notes = " ".join(capsys.readouterr().out.split())
+    assert f"the embedded model takes ~{EMBEDDED_BATCH_START_S:g} s plus" in notes
+    assert "an API request takes" not in notes  # only the assumptions this recipe used are stated
+
+
+def test_another_local_model_has_its_time_not_estimated_and_says_why(tmp_path, capsys):
+    path = write_recipe(tmp_path / "r.yaml", {
+        "name": "local",
+        "teacher": {"backend": "transformers", "model": str(tmp_path / "model")},
+        "steps": [{"step": "magpie", "num_rows": 3}],
+    })  # fmt: skip
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "0:magpie" in line and "│" in line)
+    assert [cell.strip() for cell in row.split("│") if cell.strip()][-1] == "not estimated"
+    assert f"The time of 0:magpie is not estimated: {LOCAL_TIME_UNKNOWN}" in " ".join(out.split())
+
+
+def test_api_time_assumption_is_printed(tmp_path, server, capsys):
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": "Say hi."}])
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}]
+    assert main(["run", str(api_recipe(tmp_path, server.base_url, steps)), "--dry-run"]) == 0
+    notes = " ".join(capsys.readouterr().out.split())
+    assumed = f"~{API_FIRST_TOKEN_S:g} s to its first token, then ~{API_TOKENS_PER_S:g} tokens/s"
+    assert f"an API request takes {assumed}" in notes
+    assert "price unknown" in notes  # fake-model has no price
