@@ -8,7 +8,8 @@ openai and litellm backends). The rest is an extra, named in pyproject.toml:
 - `curate`: sentence-transformers, faiss, the embedded encoder, datasketch, lingua: semantic and
   MinHash dedup, decontamination by embeddings, the quality step's language check;
 - `train`: trl, peft and the `local` packages: the recipe's `train:` section;
-- `report`: plotly, scikit-learn: report.html after a run, `synthkd report`.
+- `report`: plotly, scikit-learn: report.html's instruction map (`output.report: full`,
+  `synthkd report --map`); the basic report needs no extra.
 
 Code that needs one of them asks here, so a missing extra is one line naming the recipe key and
 the pip command, never a traceback. At check time (before any request) `check_installed` looks

@@ -338,7 +338,7 @@ def test_the_simulation_hides_the_extras(core_env):
     assert done.stdout.split() == ["blocked", "sklearn", "no", "torch", "True"], done.stderr[-2000:]
 
 
-def test_core_install_runs_a_label_recipe_and_skips_the_report(core_env, server):
+def test_core_install_runs_a_label_recipe_with_the_basic_report(core_env, server):
     server.reset()
     recipe = write_recipe(server, [{"step": "label"}, {"step": "filter", "min_chars": 1}])
     done = core_synthkd(core_env, "run", str(recipe))
@@ -346,18 +346,25 @@ def test_core_install_runs_a_label_recipe_and_skips_the_report(core_env, server)
     out = Path("runs/core")
     assert len((out / "data.jsonl").read_text().splitlines()) == len(SEEDS)
     assert (out / "dataset").is_dir() and (out / "README.md").is_file()
-    assert not (out / "report.html").exists()
     assert server.stats()["requests"] == len(SEEDS)
-    skipped = [line for line in done.stderr.splitlines() if "report.html skipped" in line]
-    assert len(skipped) == 1, done.stderr
-    assert "needs the 'report' extra" in skipped[0] and "pip install 'synthkd[report]'" in skipped[0]
+    assert "skipped" not in done.stderr and "warning" not in done.stderr
+    # The basic report is drawn in Python: no plotly, no script.
+    page = (out / "report.html").read_text()
+    assert "<svg" in page and "<script" not in page
 
-    # `synthkd report` itself cannot do without plotly: one line, exit 2.
-    report = core_synthkd(core_env, "report", str(out))
-    assert report.returncode == 2
-    line = error_line(report)
-    assert "the HTML report" in line and line.endswith("pip install 'synthkd[report]'")
-    assert not (out / "report.html").exists()
+    # The instruction map needs the extra: one line, exit 2, and the report there is left alone.
+    mapped = core_synthkd(core_env, "report", str(out), "--map")
+    assert mapped.returncode == 2
+    line = error_line(mapped)
+    assert "the report's instruction map" in line and line.endswith("pip install 'synthkd[report]'")
+    assert (out / "report.html").read_text() == page
+
+    # A recipe asking for the map gets the basic report and one line saying how to get the map.
+    full = core_synthkd(core_env, "run", str(recipe), "--set", "output.report=full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    (warned,) = [line for line in full.stderr.splitlines() if "instruction map" in line]
+    assert "written without its instruction map" in warned and "pip install 'synthkd[report]'" in warned
+    assert "<svg" in (out / "report.html").read_text()
 
 
 @pytest.mark.slow

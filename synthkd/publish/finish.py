@@ -44,13 +44,14 @@ def finish_run(
     instruction map) or none (`output.report`).
 
     The dataset is already safely written: a card or report that fails is a warning, not a failed run.
-    A report that needs an extra this install lacks (plotly: `report`) is skipped with one line
-    saying which pip install gives it. A push that fails is an error: the user asked for it.
+    A report whose instruction map needs an extra this install lacks (`report: full` without
+    the `report` extra) is written without its map, with one line saying which pip install
+    gives it. A push that fails is an error: the user asked for it.
     """
     written = []
     writers = [("dataset card", lambda: write_card(run_dir, templates))]
     if report != "none":
-        writers.append(("report", lambda: write_report(run_dir, with_map=report == "full")))
+        writers.append(("report", lambda: _write_report(run_dir, report == "full", warn)))
     for what, writer in writers:
         try:
             written.append(writer())
@@ -70,3 +71,14 @@ def finish_run(
             extra_secrets=extra_secrets,
         )
     return written, result
+
+
+def _write_report(run_dir: Path, with_map: bool, warn: Callable[[str], None]) -> Path:
+    """The report, with its instruction map if asked for and installed; else without it."""
+    try:
+        return write_report(run_dir, with_map=with_map)
+    except MissingExtraError as exc:
+        if not with_map:
+            raise
+        warn(f"{REPORT_FILE} written without its instruction map: {exc}")
+        return write_report(run_dir)

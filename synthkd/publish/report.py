@@ -1,8 +1,13 @@
-"""`report.html`: one self-contained page with plots of a run, for a look before training on it.
+"""`report.html`: one self-contained page with charts of a run, for a look before training on it.
 
-plotly.js is inlined once (about 4.6 MB), so the file opens without a network. Plots are plain SVG
-traces (no WebGL), which every browser, headless ones included, renders. Everything comes from the
-run folder: the manifest (funnel, tokens, cost, dedup pairs) and data.jsonl (rows).
+The basic report (the default after every run) is cheap: well under a second to write and about
+50 KB, whatever the run's size. Its charts (funnel, lengths, judge scores, dedup pairs, tokens and
+cost) are inline SVG drawn in Python (`svg_charts`), with no script, so the file opens anywhere
+without a network; their numbers are in tables and tooltips too. The instruction map is drawn on
+request (`with_map`: `output.report: full`, `synthkd report --map`): it embeds the instructions
+(reusing cached embeddings), which takes tens of seconds, and it is a plotly figure, so only then is
+plotly.js (about 4.6 MB) inlined. Everything comes from the run folder: the manifest (funnel, tokens,
+cost, dedup pairs) and data.jsonl (rows).
 
 plotly and scikit-learn come with the `report` extra: without plotly there is no report (a
 `MissingExtraError`, which `synthkd run` turns into a one-line note); the instruction map also
@@ -13,7 +18,9 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import random
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +30,15 @@ from synthkd.curate.embeddings import encoder_modules
 from synthkd.errors import MissingExtraError
 from synthkd.extras import check_installed, require
 from synthkd.messages import TEACHER_PROMPT
+from synthkd.publish import svg_charts as svg
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
 REPORT_FILE = "report.html"
-REPORT_PURPOSE = "the HTML report"
 MAP_PURPOSE = "the report's instruction map"
 MAP_MAX_ROWS = 2000  # the embedding map samples this many rows at most: t-SNE grows as n log n
 SAMPLE_ROWS = 10
 TOP_PAIRS = 20
-PLOT_HEIGHT = 420
 SCORE_COLUMNS = ("score", "chosen_score", "rejected_score")
 
 
@@ -145,61 +151,178 @@ def _top_words(texts: list[str], labels: list[int], count: int = 5) -> dict[int,
     }
 
 
-# ---- figures -------------------------------------------------------------------------------------
+# ---- the basic charts (inline SVG) ---------------------------------------------------------------
 
 
-def _layout(fig, title: str, **kwargs: Any):
-    layout = {"template": "plotly_white", "height": PLOT_HEIGHT, "margin": {"t": 60, "b": 50}, **kwargs}
-    fig.update_layout(title=title, **layout)
-    return fig
+def _step_name(step: dict[str, Any]) -> str:
+    return f"{step['index']}:{step['step']}"
 
 
-def funnel_figure(steps: list[dict[str, Any]]):
-    import plotly.graph_objects as go
+def _count(value: Any) -> Any:
+    """A count with thousands separators (12,345); anything else as it is."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
 
-    names = [f"{s['index']}:{s['step']}" for s in steps]
-    fig = go.Figure(go.Bar(name="kept", x=names, y=[s.get("rows_out", 0) for s in steps]))
+
+def _cost_text(cost: float | None) -> str:
+    return "unknown" if cost is None else f"${cost:.4f}"
+
+
+def funnel_chart(steps: list[dict[str, Any]]) -> str:
+    """Rows kept, dropped (one colour per reason) and failed per step, stacked; a table below."""
     reasons = sorted({reason for s in steps for reason in (s.get("rows_dropped") or {})})
-    for reason in reasons:
-        counts = [(s.get("rows_dropped") or {}).get(reason, 0) for s in steps]
-        fig.add_trace(go.Bar(name=f"dropped: {reason}", x=names, y=counts))
-    fig.add_trace(go.Bar(name="failed", x=names, y=[s.get("rows_failed", 0) for s in steps]))
-    return _layout(fig, "Funnel: rows kept, dropped (by reason) and failed per step", barmode="stack")
+    colors = [svg.EXTRA_COLORS[i % len(svg.EXTRA_COLORS)] for i in range(len(reasons))]
+    series = [svg.Series("kept", [s.get("rows_out") or 0 for s in steps], svg.BLUE)]
+    series += [
+        svg.Series(
+            f"dropped: {reason}", [(s.get("rows_dropped") or {}).get(reason) or 0 for s in steps], color
+        )
+        for reason, color in zip(reasons, colors, strict=True)
+    ]
+    series.append(svg.Series("failed", [s.get("rows_failed") or 0 for s in steps], svg.VERMILLION))
+    title = "Funnel: rows kept, dropped (by reason) and failed per step"
+    chart = svg.bar_chart(
+        "plot-funnel-svg", title, [_step_name(s) for s in steps], series, stacked=True, y_label="rows"
+    )
+    return svg.legend(series) + chart
 
 
-def lengths_figure(rows: list[dict[str, Any]]):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def _funnel_table(steps: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _step_name(s),
+            _count(s.get("rows_in", 0)),
+            _count(s.get("rows_out", 0)),
+            ", ".join(f"{reason} {_count(n)}" for reason, n in (s.get("rows_dropped") or {}).items()) or "-",
+            _count(s.get("rows_failed", 0)),
+        ]
+        for s in steps
+    ]
+    return _table(["step", "rows in", "kept", "dropped (reason: rows)", "failed"], rows)
 
-    fig = make_subplots(1, 2, subplot_titles=("instructions (words)", "responses (words)"))
-    for column, (getter, color) in enumerate(((instruction_of, "#636efa"), (response_of, "#ef553b")), 1):
-        lengths = [n for n in (_words(getter(row)) for row in rows) if n is not None]
-        fig.add_trace(go.Histogram(x=lengths, marker_color=color, showlegend=False), 1, column)
-    return _layout(fig, "Length distributions", bargap=0.05)
+
+def _length_panel(rows: list[dict[str, Any]], getter: Any, noun: str, color: str) -> str:
+    lengths = [n for n in (_words(getter(row)) for row in rows) if n is not None]
+    title = f"{noun} (words)"
+    if not lengths:
+        return f'<div class="panel"><h3>{html.escape(title)}</h3><p class="note">No {noun} found.</p></div>'
+    bins = svg.histogram_bins(lengths)
+    chart = svg.histogram(f"plot-lengths-{noun}", f"Lengths of {noun} in words", bins, color, unit="words")
+    ordered = sorted(lengths)
+    summary = (
+        f"{len(ordered):,} {noun}: median {svg.percentile(ordered, 0.5):,} words, "
+        f"90th percentile {svg.percentile(ordered, 0.9):,}, longest {ordered[-1]:,}"
+    )
+    if bins[-1].overflow:  # a long tail, gathered so it does not flatten the rest
+        last = bins[-1]
+        summary += f"; the last bar holds all {noun} of {svg.bin_text(last, 'words')} ({last.count:,})"
+    return (
+        f'<div class="panel"><h3>{html.escape(title)}</h3>{chart}'
+        f'<p class="note">{html.escape(summary)}</p></div>'
+    )
 
 
-def scores_figure(rows: list[dict[str, Any]]):
-    import plotly.graph_objects as go
+def lengths_chart(rows: list[dict[str, Any]]) -> str:
+    """Histograms of instruction and response lengths in words, side by side, with their medians."""
+    return (
+        '<div class="panels">'
+        + _length_panel(rows, instruction_of, "instructions", svg.BLUE)
+        + _length_panel(rows, response_of, "responses", svg.VERMILLION)
+        + "</div>"
+    )
 
-    fig = go.Figure()
+
+def _scores_by_column(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     found = {
         column: [row[column] for row in rows if isinstance(row.get(column), int | float)]
         for column in SCORE_COLUMNS
     }
-    found = {column: values for column, values in found.items() if values}
+    return {column: values for column, values in found.items() if values}
+
+
+def _score_categories(every: list[float]) -> tuple[list[str], Any]:
+    """Category labels and a value -> category index function. Judges mostly give whole scores: one
+    bar per score then (gaps included); otherwise about 20 round-width bins."""
+    low, high = min(every), max(every)
+    if all(float(v).is_integer() for v in every) and high - low <= 40:
+        labels = [svg.count_text(v) for v in range(int(low), int(high) + 1)]
+        return labels, lambda v: int(v) - int(low)
+    width = svg.nice_step(high - low, 20, whole=False)
+    start = math.floor(low / width) * width
+    count = int((high - start) // width) + 1
+    labels = [f"{start + i * width:g}–{start + (i + 1) * width:g}" for i in range(count)]
+    return labels, lambda v: min(count - 1, int((v - start) // width))
+
+
+def scores_chart(rows: list[dict[str, Any]]) -> str | None:
+    """Bars of how many rows got each score, per score column side by side; None without scores."""
+    found = _scores_by_column(rows)
     if not found:
         return None
-    every = [value for values in found.values() for value in values]
-    # Judges mostly give whole scores: one bar per score then, not plotly's automatic bins.
-    bins = (
-        {"start": min(every) - 0.5, "end": max(every) + 0.5, "size": 1}
-        if all(float(v).is_integer() for v in every)
-        else None
-    )
+    labels, category = _score_categories([v for values in found.values() for v in values])
+    colors = {"score": svg.BLUE, "chosen_score": svg.GREEN, "rejected_score": svg.VERMILLION}
+    series = []
     for column, values in found.items():
-        # One bin group: the columns share bins and overlay comparably.
-        fig.add_trace(go.Histogram(x=values, name=column, opacity=0.7, bingroup="scores", xbins=bins))
-    return _layout(fig, "Judge scores", barmode="overlay", xaxis_title="score", yaxis_title="rows")
+        counts = [0] * len(labels)
+        for value in values:
+            counts[category(value)] += 1
+        series.append(svg.Series(column, counts, colors[column]))
+    chart = svg.bar_chart(
+        "plot-scores-svg", "Judge scores", labels, series, stacked=False, y_label="rows", x_label="score"
+    )
+    summaries = [
+        f"{column}: {len(values):,} rows, mean {statistics.fmean(values):.2f}, "
+        f"median {statistics.median(values):g}"
+        for column, values in found.items()
+    ]
+    return svg.legend(series) + chart + f'<p class="note">{html.escape("; ".join(summaries))}</p>'
+
+
+def dedup_pairs(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every dropped duplicate the manifest lists, most similar first."""
+    pairs = []
+    for step in steps:
+        for item in (step.get("details") or {}).get("duplicates") or []:
+            pairs.append({"step": _step_name(step), **item})
+    return sorted(pairs, key=lambda p: -float(p.get("similarity") or 0))
+
+
+def pairs_chart(pairs: list[dict[str, Any]]) -> str:
+    """The most similar dropped pairs, most similar at the top, each with the step that dropped it."""
+    shown = pairs[:TOP_PAIRS]
+    return svg.horizontal_bar_chart(
+        "plot-dedup-svg",
+        "Most similar dropped pairs (dedup)",
+        [f"{p['id']} ~ {p.get('duplicate_of')}" for p in shown],
+        [float(p.get("similarity") or 0) for p in shown],
+        [f"{float(p.get('similarity') or 0):.3f} ({p['step']})" for p in shown],
+        color=svg.BLUE,
+        x_label="similarity",
+    )
+
+
+def cost_chart(steps: list[dict[str, Any]]) -> str:
+    """Prompt and completion tokens per step, stacked, with the total and estimated cost above."""
+    series = [
+        svg.Series("prompt tokens", [s.get("prompt_tokens") or 0 for s in steps], svg.BLUE),
+        svg.Series("completion tokens", [s.get("completion_tokens") or 0 for s in steps], svg.ORANGE),
+    ]
+    above = []
+    for step in steps:
+        tokens = (step.get("prompt_tokens") or 0) + (step.get("completion_tokens") or 0)
+        above.append([f"{tokens:,} tokens", _cost_text(step.get("cost_usd"))] if tokens else [])
+    title = "Tokens per step, with the estimated cost"
+    names = [_step_name(s) for s in steps]
+    chart = svg.bar_chart(
+        "plot-cost-svg", title, names, series, stacked=True, y_label="tokens", top_labels=above
+    )
+    return svg.legend(series) + chart
+
+
+# ---- the instruction map (plotly, on request) ----------------------------------------------------
+
+# Marker shapes besides colours, so clusters are told apart without colour (KMeans makes 8 at most).
+MAP_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down")
+MAP_COLORS = [svg.BLUE, svg.ORANGE, svg.GREEN, svg.VERMILLION, svg.PURPLE, svg.SKY, svg.YELLOW, svg.GREY]
 
 
 def map_figure(found: InstructionMap):
@@ -214,64 +337,53 @@ def map_figure(found: InstructionMap):
                 x=[found.xy[i][0] for i in points],
                 y=[found.xy[i][1] for i in points],
                 mode="markers",
-                marker={"size": 8 if len(found.texts) > 300 else 11},
+                marker={
+                    "size": 8 if len(found.texts) > 300 else 11,
+                    "symbol": MAP_SYMBOLS[cluster % len(MAP_SYMBOLS)],
+                },
                 name=f"{cluster}: {words}",
                 text=[html.escape(found.texts[i][:160]) for i in points],
                 hovertemplate="%{text}<extra>cluster " + str(cluster) + "</extra>",
             )
         )
-    return _layout(
-        fig,
-        f"Instructions ({len(found.texts)}) embedded, clustered (KMeans) and projected ({found.method})",
+    fig.update_layout(
+        template="plotly_white",
+        height=560,
+        margin={"t": 40, "b": 30},
         xaxis={"showticklabels": False},
         yaxis={"showticklabels": False},
         legend={"title": "cluster: top words"},
-        height=560,
+        colorway=MAP_COLORS,
     )
+    return fig
 
 
-def dedup_pairs(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every dropped duplicate the manifest lists, most similar first."""
-    pairs = []
-    for step in steps:
-        for item in (step.get("details") or {}).get("duplicates") or []:
-            pairs.append({"step": f"{step['index']}:{step['step']}", **item})
-    return sorted(pairs, key=lambda p: -float(p.get("similarity") or 0))
+MAP_NOT_ASKED = (
+    "not drawn: it embeds every instruction, which takes tens of seconds; "
+    "`synthkd report RUN_DIR --map`, or `output.report: full` in the recipe, draws it"
+)
 
 
-def pairs_figure(pairs: list[dict[str, Any]]):
-    import plotly.graph_objects as go
+def _instruction_map(texts: list[str], seed: int, model: str) -> tuple[InstructionMap | None, str]:
+    """The map, or None and why there is none: the map is a view, so a missing extra or encoder
+    must not cost the whole report."""
+    try:
+        require("plotly.io", "report", MAP_PURPOSE)  # before embedding: no work for a map never drawn
+        found = instruction_map(texts, seed, model)
+    except MissingExtraError as exc:  # a lighter install: the rest of the report stands
+        return None, f"no instruction map: {exc}"
+    except Exception as exc:
+        return None, f"the instruction map could not be drawn: {exc}"
+    return found, "fewer than 3 instructions: no map"
 
-    shown = pairs[:TOP_PAIRS][::-1]  # horizontal bars read top-down
-    fig = go.Figure(
-        go.Bar(
-            x=[float(p.get("similarity") or 0) for p in shown],
-            y=[f"{p['id']} ~ {p.get('duplicate_of')}" for p in shown],
-            orientation="h",
-            text=[p["step"] for p in shown],
-        )
+
+def _map_html(found: InstructionMap) -> str:
+    import plotly.io as pio
+
+    config = {"displaylogo": False, "responsive": True}
+    return pio.to_html(
+        map_figure(found), full_html=False, include_plotlyjs=False, div_id="plot-map", config=config
     )
-    height = min(PLOT_HEIGHT * 2, 40 * len(shown) + 160)
-    return _layout(fig, "Most similar dropped pairs (dedup)", xaxis_title="similarity", height=height)
-
-
-def cost_figure(steps: list[dict[str, Any]]):
-    import plotly.graph_objects as go
-
-    names = [f"{s['index']}:{s['step']}" for s in steps]
-    costs = ["unknown" if s.get("cost_usd") is None else f"${s['cost_usd']:.4f}" for s in steps]
-    fig = go.Figure()
-    for key, label in (("prompt_tokens", "prompt tokens"), ("completion_tokens", "completion tokens")):
-        fig.add_trace(
-            go.Bar(
-                name=label,
-                x=names,
-                y=[s.get(key, 0) for s in steps],
-                customdata=costs,
-                hovertemplate="%{x}: %{y} tokens, est. cost %{customdata}<extra>" + label + "</extra>",
-            )
-        )
-    return _layout(fig, "Tokens per step (hover for the estimated cost)", barmode="stack")
 
 
 # ---- the page ------------------------------------------------------------------------------------
@@ -290,149 +402,179 @@ def _cell(value: Any, limit: int = 400) -> str:
     return clip(text, limit)
 
 
-MAP_NOT_ASKED = (
-    "not drawn: it embeds every instruction, which takes tens of seconds; "
-    "`synthkd report RUN_DIR --map`, or `output.report: full` in the recipe, draws it"
-)
+@dataclass
+class _Page:
+    """The sections as they are added, the ids of their charts, and whether plotly.js is needed."""
 
+    sections: list[tuple[str, str, str]]  # (id, heading, body)
+    plot_ids: list[str]
+    needs_plotly: bool = False
 
-def _instruction_map(texts: list[str], seed: int, model: str) -> tuple[Any, str]:
-    """The map, or None and why there is none: the map is a view, so a missing extra or encoder
-    must not cost the whole report."""
-    try:
-        found = instruction_map(texts, seed, model)
-    except MissingExtraError as exc:  # a lighter install: the rest of the report stands
-        return None, f"no instruction map: {exc}"
-    except Exception as exc:
-        return None, f"the instruction map could not be drawn: {exc}"
-    return found, "fewer than 3 instructions: no map"
+    def chart(self, name: str, heading: str, figure: str, after: str = "", *, has_id: bool = False) -> None:
+        """A section with a chart; `has_id`: the figure's own element is `plot-<name>` already."""
+        self.plot_ids.append(f"plot-{name}")
+        attribute = "" if has_id else f' id="plot-{name}"'
+        body = f'<figure{attribute} class="chart">{figure}</figure>{after}'
+        self.sections.append((name, heading, body))
+
+    def text(self, name: str, heading: str, body: str) -> None:
+        self.sections.append((name, heading, body))
 
 
 def build_report(
     run: RunDir, *, with_map: bool = False, map_model: str = "embedded"
 ) -> tuple[str, list[str]]:
-    """The page's HTML and the ids of its plot divs (what a browser must render). Raises
-    `MissingExtraError` without plotly (the `report` extra).
+    """The page's HTML and the ids of its charts (what a browser must render).
 
-    The instruction map (`with_map`) embeds every instruction, clusters and projects them: tens of
+    The charts are inline SVG drawn here (`svg_charts`): no script, a few kilobytes each. The
+    instruction map (`with_map`) embeds every instruction, clusters and projects them: tens of
     seconds on a CPU, most of a report's cost, so it is drawn only when asked for (embeddings
-    already cached, by a dedup step with the same encoder, are reused)."""
-    pio = require("plotly.io", "report", REPORT_PURPOSE)
-    from plotly.offline import get_plotlyjs
-
+    already cached, by a dedup step with the same encoder, are reused); it is a plotly figure, and
+    only then is plotly.js (4.6 MB) inlined."""
     rows = list(run.rows())
     steps = run.steps
     seed = int(run.recipe.get("seed", 42))
-    sections: list[str] = []
-    plot_ids: list[str] = []
+    page = _Page([], [])
 
-    def plot(name: str, fig, note: str = "") -> None:
-        div_id = f"plot-{name}"
-        plot_ids.append(div_id)
-        config = {"displaylogo": False, "responsive": True}
-        figure = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, config=config)
-        sections.append(f'<section id="{name}">{figure}{note}</section>')
-
-    def text(name: str, title: str, body: str) -> None:
-        sections.append(f'<section id="{name}"><h2>{html.escape(title)}</h2>{body}</section>')
-
-    plot("funnel", funnel_figure(steps))
-    plot("lengths", lengths_figure(rows))
-    scores = scores_figure(rows)
+    page.chart(
+        "funnel",
+        "Funnel: rows kept, dropped (by reason) and failed per step",
+        funnel_chart(steps),
+        _funnel_table(steps),
+    )
+    page.chart("lengths", "Length distributions", lengths_chart(rows))
+    scores = scores_chart(rows)
     if scores is not None:
-        plot("scores", scores)
+        page.chart("scores", "Judge scores", scores)
     else:
-        text("scores", "Judge scores", "<p>No judge scores in this run (no judge or preference step).</p>")
-    texts = [t for t in (instruction_of(row) for row in rows) if t]
-    found, reason = _instruction_map(texts, seed, map_model) if with_map else (None, MAP_NOT_ASKED)
-    if found is not None:
-        words = [[c, ", ".join(w)] for c, w in sorted(found.top_words.items())]
-        plot("map", map_figure(found), _table(["cluster", "top words (TF-IDF)"], words))
-    else:
-        text("map", "Instruction map", f"<p>{html.escape(reason)}</p>")
-    pairs = dedup_pairs(steps)
-    if pairs:
-        by_id = {row.get("id"): row for row in rows}
-        table = [
-            [
-                p["step"],
-                p["id"],
-                p.get("text", ""),
-                p.get("duplicate_of"),
-                p.get("duplicate_text") or instruction_of(by_id.get(p.get("duplicate_of"), {})) or "",
-                p.get("similarity"),
-            ]
-            for p in pairs[:TOP_PAIRS]
-        ]
-        headers = ["step", "dropped", "its text", "duplicate of", "kept text", "similarity"]
-        if not any(p.get("text") for p in pairs[:TOP_PAIRS]):  # the manifest has ids only: no empty column
-            headers, table = headers[:2] + headers[3:], [row[:2] + row[3:] for row in table]
-        plot("dedup", pairs_figure(pairs), _table(headers, table))
-    else:
-        text("dedup", "Dedup", "<p>No duplicate was dropped (or no dedup step ran).</p>")
-    plot("cost", cost_figure(steps), _cost_table(run))
+        page.text(
+            "scores", "Judge scores", "<p>No judge scores in this run (no judge or preference step).</p>"
+        )
+    _add_map(page, rows, seed, map_model, with_map)
+    _add_dedup(page, rows, steps)
+    page.chart("cost", "Tokens and estimated cost per step", cost_chart(steps), _cost_table(run))
     sample = random.Random(seed).sample(rows, min(SAMPLE_ROWS, len(rows)))
     sample_table = [
         [row.get("id"), instruction_of(row) or "", response_of(row) or "", row.get("score", "")]
         for row in sample
     ]
-    text(
+    page.text(
         "sample",
         f"A sample of rows ({len(sample)} of {len(rows)})",
         _table(["id", "instruction", "response", "score"], sample_table),
     )
-    return _page(run, sections, get_plotlyjs()), plot_ids
+    return _render(run, page), page.plot_ids
+
+
+def _add_map(page: _Page, rows: list[dict[str, Any]], seed: int, model: str, with_map: bool) -> None:
+    texts = [t for t in (instruction_of(row) for row in rows) if t]
+    found, reason = _instruction_map(texts, seed, model) if with_map else (None, MAP_NOT_ASKED)
+    if found is None:
+        page.text("map", "Instruction map", f"<p>{html.escape(reason)}</p>")
+        return
+    page.needs_plotly = True
+    words = [[c, ", ".join(w)] for c, w in sorted(found.top_words.items())]
+    heading = (
+        f"Instruction map: {len(found.texts)} instructions embedded, clustered (KMeans) "
+        f"and projected ({found.method})"
+    )
+    table = _table(["cluster", "top words (TF-IDF)"], words)
+    page.chart("map", heading, _map_html(found), table, has_id=True)  # plotly's div is plot-map
+
+
+def _add_dedup(page: _Page, rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    pairs = dedup_pairs(steps)
+    if not pairs:
+        page.text("dedup", "Dedup", "<p>No duplicate was dropped (or no dedup step ran).</p>")
+        return
+    by_id = {row.get("id"): row for row in rows}
+    table = [
+        [
+            p["step"],
+            p["id"],
+            p.get("text", ""),
+            p.get("duplicate_of"),
+            p.get("duplicate_text") or instruction_of(by_id.get(p.get("duplicate_of"), {})) or "",
+            p.get("similarity"),
+        ]
+        for p in pairs[:TOP_PAIRS]
+    ]
+    headers = ["step", "dropped", "its text", "duplicate of", "kept text", "similarity"]
+    if not any(p.get("text") for p in pairs[:TOP_PAIRS]):  # the manifest has ids only: no empty column
+        headers, table = headers[:2] + headers[3:], [row[:2] + row[3:] for row in table]
+    page.chart("dedup", "Most similar dropped pairs (dedup)", pairs_chart(pairs), _table(headers, table))
 
 
 def _cost_table(run: RunDir) -> str:
     rows = [
         [
-            f"{s['index']}:{s['step']}",
-            s.get("requests_sent", 0),
-            s.get("cache_hits", 0),
-            s.get("prompt_tokens", 0),
-            s.get("completion_tokens", 0),
-            "unknown" if s.get("cost_usd") is None else f"${s['cost_usd']:.4f}",
+            _step_name(s),
+            _count(s.get("requests_sent", 0)),
+            _count(s.get("cache_hits", 0)),
+            _count(s.get("prompt_tokens", 0)),
+            _count(s.get("completion_tokens", 0)),
+            _cost_text(s.get("cost_usd")),
         ]
         for s in run.steps
     ]
     headers = ["step", "sent", "cache hits", "prompt tokens", "completion tokens", "est. cost"]
     total = run.manifest.get("cost_usd")
-    return (
-        _table(headers, rows)
-        + f"<p>Total estimated cost: {'unknown' if total is None else f'${total:.4f}'}</p>"
-    )
+    return _table(headers, rows) + f"<p>Total estimated cost: {_cost_text(total)}</p>"
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
-section { margin: 28px 0; } h1 { margin-bottom: 4px; } .meta { color: #666; }
-table { border-collapse: collapse; font-size: 13px; width: 100%; }
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1200px; padding: 0 16px;
+  color: #222; }
+section { margin: 32px 0; } h1 { margin-bottom: 4px; } .meta { color: #555; }
+h2 { font-size: 20px; margin: 0 0 8px; } h3 { font-size: 15px; margin: 0 0 4px; font-weight: 600; }
+nav { font-size: 14px; } nav a { margin-right: 14px; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; margin-top: 8px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #f4f4f4; } td { white-space: pre-wrap; }
+figure.chart { margin: 0; }
+.chart-svg { display: block; width: 100%; height: auto; font-family: system-ui, sans-serif; }
+.chart-svg .bar:hover { opacity: 0.8; }
+.panels { display: grid; grid-template-columns: repeat(auto-fit, minmax(380px, 1fr)); gap: 24px; }
+.legend { list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; padding: 0; margin: 0 0 4px;
+  font-size: 13px; }
+.legend li { display: flex; align-items: center; gap: 6px; }
+.note { color: #444; font-size: 13px; margin: 4px 0; }
 """
 
 
-def _page(run: RunDir, sections: list[str], plotly_js: str) -> str:
+def _render(run: RunDir, page: _Page) -> str:
     manifest = run.manifest
-    cost = manifest.get("cost_usd")
     meta = (
         f"{manifest.get('rows', '?')} rows, {manifest.get('failures', 0)} failures; teachers: "
         + (
             ", ".join(f"{t.get('backend')}:{t.get('model')}" for t in manifest.get("teachers") or [])
             or "none"
         )
-        + f"; est. cost {'unknown' if cost is None else f'${cost:.4f}'}"
+        + f"; est. cost {_cost_text(manifest.get('cost_usd'))}"
         + f"; finished {manifest.get('finished', '?')}"
     )
+    contents = "".join(
+        f'<a href="#{name}">{html.escape(heading.split(":")[0])}</a>' for name, heading, _ in page.sections
+    )
+    sections = "\n".join(
+        f'<section id="{name}"><h2>{html.escape(heading)}</h2>{body}</section>'
+        for name, heading, body in page.sections
+    )
+    # plotly.js only for the map: the basic report has no script at all.
+    script = f"<script>{_plotly_js()}</script>" if page.needs_plotly else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>synthkd report: {html.escape(run.name)}</title><style>{STYLE}</style>"
-        f"<script>{plotly_js}</script></head><body>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>synthkd report: {html.escape(run.name)}</title><style>{STYLE}</style>{script}</head><body>"
         f'<h1>{html.escape(run.name)}</h1><p class="meta">{html.escape(meta)}</p>'
-        + "\n".join(sections)
-        + "</body></html>\n"
+        f'<nav aria-label="sections">{contents}</nav>\n' + sections + "</body></html>\n"
     )
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
 
 
 def write_report(
@@ -444,7 +586,10 @@ def write_report(
 ) -> Path:
     """Write the report (default `<run dir>/report.html`) and return its path. Raises
     `MissingExtraError` (exit 2) before reading the run if plotly (the `report` extra) is missing."""
-    check_installed(("plotly",), "report", REPORT_PURPOSE)
+    # The basic report draws without plotly now, but the `report` extra stays its documented
+    # condition (a core install skips the report with a pip hint): lifting it is a separate change.
+    if with_map:  # the basic report is drawn in Python: a core install writes it too
+        check_installed(("plotly", "sklearn"), "report", MAP_PURPOSE)
     run = open_run(run_dir)
     page, _ = build_report(run, with_map=with_map, map_model=map_model)
     path = Path(out) if out is not None else run.path / REPORT_FILE
