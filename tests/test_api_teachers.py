@@ -325,7 +325,7 @@ def test_dry_run_counts_cached_requests_and_sends_nothing(tmp_path, server, caps
     assert "user: Explain item 0 in a sentence." in out
 
 
-def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_path, server, capsys):
+def test_dry_run_estimates_data_dependent_steps(tmp_path, server, capsys):
     first = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}, {"step": "judge"}]
     # The fake server's answers are no scores, so every judged row fails (and the run with it): what
     # matters here is that the judge's requests were answered and cached.
@@ -351,14 +351,17 @@ def test_dry_run_estimates_data_dependent_steps_and_says_which_it_cannot(tmp_pat
     assert cells("2:judge")[:4] == ["2:judge", "~8 (max 16)", "8", "~0"]
     # Two rounds of a rewrite and an answer per row (the rewrite may be re-asked).
     assert cells("3:evol_instruct")[:4] == ["3:evol_instruct", "~32 (max 48)", "0", "~32"]
-    assert cells("4:topics")[1] == "not estimated"
-    assert cells("5:label")[:4] == ["5:label", "16", "0", "16"]  # evol's 2 x 8 rows, passed on by topics
+    # A full tree of the defaults (breadth 5, depth 2): 1 + 5 subtopic requests, 25 leaves.
+    assert cells("4:topics")[:4] == ["4:topics", "~31 (max 62)", "0", "~31"]
+    # evol's 2 x 8 rows, then topics' 25 leaves x 5 requests each.
+    assert cells("5:label")[:4] == ["5:label", "141", "0", "141"]
     assert "user: [instruction evolved from" in out  # what the dry run cannot know is marked
-    assert "step 3:evol_instruct, example prompt 1" in out and "not estimated:" in " ".join(out.split())
-    # The total: what can be counted (0 + ~0 + ~32 + 16 to send), and which step it leaves out.
+    assert "step 3:evol_instruct, example prompt 1" in out
+    # The total: 0 + ~0 + ~32 + ~31 + 141 to send, every step counted (tests/test_dry_run_plans.py
+    # checks the "not estimated" of a step without a plan).
     total = next(line for line in out.splitlines() if "total" in line and "│" in line)
-    assert [cell.strip() for cell in total.split("│") if cell.strip()][:2] == ["total", "~48"]
-    assert "The total leaves out 4:topics (not estimated)." in " ".join(out.split())
+    assert [cell.strip() for cell in total.split("│") if cell.strip()][:2] == ["total", "~204"]
+    assert "not estimated" not in out and "The total leaves out" not in out
 
 
 def dry_run_plans(tmp_path, server, steps: list[dict]) -> tuple[dict, dict]:

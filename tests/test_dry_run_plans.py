@@ -1,16 +1,19 @@
-"""Dry-run plans of topics, doc_qa, magpie and tool_calls, each checked against what a run of the
-same recipe then sends, and the dry run's time estimate."""
+"""Dry-run plans of topics, doc_qa, magpie, tool_calls, code_check and recompute, each checked
+against what a run of the same recipe then sends; a step without a plan; and the dry run's time
+estimate."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import pytest
-from helpers import write_jsonl, write_recipe
+from helpers import read_jsonl, write_jsonl, write_recipe
 from tiny_model import build_tiny_model
 
+import synthkd
 from synthkd.cli import main
 from synthkd.dry_run import (
     API_FIRST_TOKEN_S,
@@ -23,7 +26,7 @@ from synthkd.dry_run import (
 )
 from synthkd.pipeline import check, plan, run_recipe
 from synthkd.recipe import load_recipe
-from synthkd.steps.base import StepPlan
+from synthkd.steps.base import Row, StepPlan, TeacherStep
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 
@@ -256,6 +259,194 @@ def test_dry_run_of_these_steps_sends_nothing_and_prints_a_total(tmp_path, serve
     total = next(line for line in out.splitlines() if "total" in line and "│" in line)
     cells = [cell.strip() for cell in total.split("│") if cell.strip()]
     assert cells[0] == "total" and cells[1].startswith("~") and cells[-1].startswith("~")
+
+
+def planned_rows(path: Path) -> list[Row]:
+    """The rows a dry run passes on after the recipe's last step (what its plan stands for)."""
+    loaded = load_recipe(path)
+    check(loaded)
+    rows: list[Row] = []
+    for step in loaded.recipe.steps:
+        rows, _ = step.plan(rows, None)
+    return rows
+
+
+def code_answer(code: str) -> str:
+    return f"Here is a solution.\n\n```python\n{code}```"
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+MUL = "def mul(a, b):\n    return a * b\n"
+CODE_CHECK_SCRIPT = [
+    {"match": "Your answer could not be used", "reply": "```python\nassert mul(2, 3) == 6\n```"},
+    {"match": "(?s)Task:\nWrite mul", "reply": "assert mul(2, 3) == 6"},  # no code block: re-asked
+    {"match": "You are checking an answer", "reply": "```python\nassert add(1, 2) == 3\n```"},
+    {"match": "^Write add", "reply": code_answer(ADD)},  # label's answers
+]
+SANDBOX = {"cpu_seconds": 1, "wall_seconds": 5}
+
+
+def test_code_check_plan_counts_answers_not_written_yet_and_finds_them_cached_after(tmp_path, server):
+    server.configure(script=CODE_CHECK_SCRIPT)
+    write_jsonl(tmp_path / "tasks.jsonl", [{"instruction": f"Write add(a, b), take {i}."} for i in range(3)])
+    steps = [{"step": "load", "path": "tasks.jsonl"}, {"step": "label"}, {"step": "code_check", **SANDBOX}]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    # label's answers are not written yet: each is assumed to hold code and to get one request for
+    # tests, re-asked once at most; the prompt shows where the code will go.
+    assert counts(before)[1:] == [("label", "exact", 3, None), ("code_check", "estimate", 3, 6)]
+    assert "[the answer's code, written by an earlier step]" in before[2][1].sample_prompts[0][-1]["content"]
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[2].rows_dropped == {} and not result.failures  # every answer passed
+    assert sent_by_step(result) == [0, 3, 3]
+
+    # label's cached answers stand in for themselves, so code_check renders its requests from their
+    # code as the run did, and finds every one in the cache.
+    after = plans_of(path)
+    assert [(p.count, p.requests, p.cached) for _, p in after][1:] == [("exact", 3, 3), ("estimate", 3, 3)]
+    assert "def add(a, b):" in after[2][1].sample_prompts[0][-1]["content"]
+
+
+def test_code_check_plan_reads_written_answers_as_the_run_does(tmp_path, server):
+    server.configure(script=CODE_CHECK_SCRIPT)
+    answers = {
+        "add": ("Write add(a, b).", code_answer(ADD)),
+        "mul": ("Write mul(a, b).", code_answer(MUL)),
+        "prose": ("Write add(a, b), no code please.", "Just use the + operator."),
+    }
+    rows = [{"id": key, "instruction": task, "response": text} for key, (task, text) in answers.items()]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "code_check", **SANDBOX}]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    # The answer without code gets no request and is dropped; the other two get one each.
+    assert counts(plans_of(path))[1] == ("code_check", "estimate", 2, 4)
+    assert [row["id"] for row in planned_rows(path)] == ["add", "mul"]
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[1].rows_dropped == {"no_code": 1} and not result.failures
+    assert sent_by_step(result)[1] == server.stats()["requests"] == 2 + 1  # mul's tests re-asked
+    assert [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")] == ["add", "mul"]
+    # Every first request was known in advance, so every one is cached now (the re-ask was not).
+    assert plans_of(path)[1][1].cached == 2
+
+
+def test_code_check_with_a_tests_column_plans_nothing_to_send(tmp_path, server):
+    rows = [{"id": "add", "response": code_answer(ADD), "tests": "assert add(1, 2) == 3\n"}]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    steps = [
+        {"step": "load", "path": "rows.jsonl"},
+        {"step": "code_check", "tests_column": "tests", **SANDBOX},
+    ]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    assert counts(plans_of(path))[1] == ("code_check", "exact", 0, None)
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[1].rows_out == 1 and sent_by_step(result)[1] == server.stats()["requests"] == 0
+
+
+STATEMENT = "Revenue: 1250. Operating costs: 300. Shares outstanding: 50."
+RECOMPUTE_SCRIPT = [
+    {"match": "no commas in numbers", "reply": "Expression: 1250 - 300"},  # the re-ask of "commas"
+    {"match": "(?s)revenue less costs\\?.*Write one arithmetic", "reply": "Expression: 1,250 - 300"},
+    {"match": "(?s)revenue per share\\?.*Write one arithmetic", "reply": "Expression: 1250 / 50"},
+    {"match": "Write one arithmetic", "reply": "Expression: 1250 - 300"},
+    {"match": "profitable\\?", "reply": "It earns more than it spends.\nFinal answer: Yes"},  # rationale's
+    {"match": "operating profit", "reply": "1250 - 300 = 950.\nFinal answer: 950"},
+]
+
+
+def test_recompute_plan_assumes_answers_not_written_yet_are_numbers(tmp_path, server):
+    server.configure(script=RECOMPUTE_SCRIPT)
+    questions = ["What is operating profit?", "What is the operating profit, in euros?", "Is it profitable?"]
+    write_jsonl(tmp_path / "rows.jsonl", [{"input": STATEMENT, "instruction": q} for q in questions])
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "rationale", "n": 1}, {"step": "recompute"}]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    # rationale's answers are not written yet, so each is assumed to be a number and checked; the
+    # requests do not show the answer, so they are rendered in full (and looked up) already.
+    assert counts(before)[1:] == [("rationale", "estimate", 3, 6), ("recompute", "estimate", 3, 6)]
+    assert "Question: What is operating profit?" in before[2][1].sample_prompts[0][-1]["content"]
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert result.reports[2].rows_dropped == {} and not result.failures
+    # "Yes" is not a number: recompute asks nothing for it, one fewer than the estimate.
+    assert sent_by_step(result) == [0, 3, 2]
+    # rationale's answers do not stand in for themselves, so recompute still counts 3; the 2 it
+    # sent are found in the cache: the plan rendered the same requests as the run.
+    assert [(p.requests, p.cached) for _, p in plans_of(path)][2] == (3, 2)
+
+
+RECOMPUTE_ROWS = [
+    {"id": "right", "input": STATEMENT, "instruction": "What is operating profit?", "answer": "950"},
+    {"id": "per-share", "input": STATEMENT, "instruction": "What is revenue per share?", "answer": "$25"},
+    {"id": "commas", "input": STATEMENT, "instruction": "What is revenue less costs?", "answer": "950"},
+    {"id": "words", "input": STATEMENT, "instruction": "Is the company profitable?", "answer": "Yes"},
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected", "sent"),
+    [
+        # Three answers are numbers; each may be re-asked once ("commas" is).
+        ({"reask": 1}, ("estimate", 3, 6), 3 + 1),
+        # Every answer known and nothing re-asked: the count is exact ("commas" fails instead).
+        ({"reask": 0, "drop_non_numeric": True}, ("exact", 3, None), 3),
+    ],
+)
+def test_recompute_plan_of_written_answers(tmp_path, server, options, expected, sent):
+    server.configure(script=RECOMPUTE_SCRIPT)
+    write_jsonl(tmp_path / "rows.jsonl", RECOMPUTE_ROWS)
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "recompute", **options}]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    assert counts(plans_of(path))[1] == ("recompute", *expected)
+    planned = [row["id"] for row in planned_rows(path)]
+
+    result = run_recipe(load_recipe(path))
+    assert sent_by_step(result)[1] == server.stats()["requests"] == sent
+    # The plan's rows are the run's, as if every expression were valid and matched.
+    kept = [row["id"] for row in read_jsonl(tmp_path / "out" / "data.jsonl")]
+    failed = [failure.id for _, failure in result.failures]
+    assert sorted(planned) == sorted(kept + failed)
+    assert plans_of(path)[1][1].cached == 3  # every first request; the re-ask was not known
+
+
+# A step without a plan.
+
+
+class AskAgainStep(TeacherStep):
+    """A custom teacher step with no `plan`: a dry run cannot count its requests (never run here)."""
+
+    step: Literal["ask_again"] = "ask_again"
+
+
+def test_a_teacher_step_without_a_plan_is_not_estimated_and_left_out_of_the_total(tmp_path, server, capsys):
+    synthkd.register_step(AskAgainStep)
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Say {i}."} for i in range(4)])
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "label"},
+        {"step": "ask_again"},
+        {"step": "label"},
+    ]
+    assert main(["run", str(api_recipe(tmp_path, server.base_url, steps)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert server.stats()["requests"] == 0
+    table = {cells[0]: cells for cells in table_rows(out)}
+    assert table["2:ask_again"][1:] == ["not estimated"] + ["-"] * 6
+    assert table["3:label"][:4] == ["3:label", "4", "0", "4"]  # its input rows count as its output
+    assert table["total"][1:4] == ["", "", "8"]  # the two labels; ask_again left out
+    notes = " ".join(out.split())
+    assert "not estimated: a teacher step that cannot count its requests" in notes
+    assert "The total leaves out 2:ask_again." in notes
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The dry-run table's body rows, as lists of cells (the total's has empty ones)."""
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
 
 
 # The time estimate.

@@ -22,27 +22,36 @@ import functools
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.sandbox import IsolationError, Limits, SandboxResult, check_solution, choose_isolation
 from synthkd.steps.base import (
+    SAMPLE_PROMPTS_SHOWN,
     CheckContext,
     Columns,
     Row,
     StepContext,
+    StepPlan,
     StepResult,
     TeacherStep,
+    exact_plan,
+    prompt_tokens,
     require_columns,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
+from synthkd.teachers.base import ChatRequest, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 PYTHON_TAGS = {"python", "py", "python3", "py3"}
 UNTESTABLE = "UNTESTABLE"
+# A dry run's stand-in for the code of an answer an earlier step has not written yet.
+UNWRITTEN_CODE = "[the answer's code, written by an earlier step]"
 EXAMPLES_KEPT = 20  # dropped rows described in the manifest's details
 # sandbox status -> the reason a row is dropped
 DROP_REASONS = {
@@ -178,11 +187,7 @@ class CodeCheckStep(TeacherStep):
         ctx: StepContext,
         result: StepResult,
     ) -> dict[int, str | None]:
-        requests = []
-        for index in indices:
-            row = rows[index]
-            values = {**row, "task": str(row.get(self.task_column) or ""), "code": codes[index]}
-            requests.append(self.chat(self.template("prompt").render(values)))
+        requests = [self._tests_request(rows[index], codes[index] or "") for index in indices]
         ctx.progress.set_total(len(requests))
         answers = await ask_parsed(
             ctx.dispatcher, requests, parse_tests, self.template("reask_prompt"), progress=ctx.progress
@@ -194,6 +199,52 @@ class CodeCheckStep(TeacherStep):
             else:
                 result.failures.append(failure_of(rows[index], answer, reason="unparseable_tests"))
         return tests
+
+    def _tests_request(self, row: Row, code: str) -> ChatRequest:
+        """The request for tests of one answer's code, as the run sends it (and the plan looks up)."""
+        values = {**row, "task": str(row.get(self.task_column) or ""), "code": code}
+        return self.chat(self.template("prompt").render(values))
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """With a tests column nothing is asked. Otherwise one request for tests per answer with
+        code, each re-asked once at most when its tests do not parse.
+
+        An answer already written is read as the run reads it: without code it gets no request
+        (and is dropped, `no_code`); with code its request is rendered and looked up in the cache.
+        An empty answer stands for one an earlier step has not written yet (a dry run's
+        placeholder): it is assumed to hold code, of unknown length, counted as this teacher's
+        max_tokens in the prompt. Rows stand for every answer with code passing its tests; the
+        sandbox runs, which send nothing, are not timed."""
+        if self.tests_column:
+            return rows, StepPlan()
+        texts = [str(row.get(self.response_column) or "") for row in rows]
+        codes = [extract_code(text) for text in texts]
+        written = [self._tests_request(row, code) for row, code in zip(rows, codes, strict=True) if code]
+        unwritten = [
+            self._tests_request(row, UNWRITTEN_CODE)
+            for row, text in zip(rows, texts, strict=True)
+            if not text.strip()
+        ]
+        kept = [
+            {**row, "tests": ""}
+            for row, text, code in zip(rows, texts, codes, strict=True)
+            if code or not text.strip()
+        ]
+        if not kept:  # no answer holds code: nothing to ask, nothing to re-ask
+            return [], StepPlan()
+        plan, _ = exact_plan(self.teacher_config, written, cache)
+        max_tokens = max_completion_tokens(self.teacher_config.params)  # also the unwritten code's
+        requests = len(written) + len(unwritten)
+        plan = replace(
+            plan,
+            requests=requests,
+            prompt_tokens=plan.prompt_tokens + sum(prompt_tokens(r) + max_tokens for r in unwritten),
+            max_completion_tokens=requests * max_tokens,
+            sample_prompts=[list(r.messages) for r in [*written, *unwritten][:SAMPLE_PROMPTS_SHOWN]],
+            count="estimate",
+            requests_max=2 * requests,
+        )
+        return kept, plan
 
     async def _execute(
         self, pairs: list[tuple[str, str]], isolation: str, ctx: StepContext

@@ -17,20 +17,25 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from synthkd.cache import ResponseCache
 from synthkd.steps.base import (
     CheckContext,
     Columns,
     Row,
     StepContext,
+    StepPlan,
     StepResult,
     TeacherStep,
+    exact_plan,
     require_columns,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.teachers.base import ChatRequest
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 1000  # 1.05 ** 30 is compounding; 10 ** 10 ** 10 is not
@@ -256,13 +261,39 @@ class RecomputeStep(TeacherStep):
         require_columns({self.answer_column}, columns, ctx, "answer_column", "recompute")
         return None if columns is None else columns | {"expression", "recomputed"}
 
+    def _expression_request(self, row: Row) -> ChatRequest:
+        """The request for one row's expression, as the run sends it (and the plan looks up). The
+        shipped prompt does not show the answer, so the request is known before the answer is."""
+        return self.chat(self.template("prompt").render({"input": "", **row}), system=self.system)
+
+    def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
+        """One request per row whose answer is one number, each looked up in the cache and
+        re-asked up to `reask` times when its expression is refused; rows whose answer is not a
+        number send nothing. An empty answer stands for one an earlier step has not written yet
+        (a dry run's placeholder) and is assumed to be a number. The count is exact when every
+        answer is known and nothing can be re-asked. Rows stand for every checked answer matching."""
+        answers = [str(row.get(self.answer_column) or "") for row in rows]
+        unwritten = [not answer.strip() for answer in answers]
+        checks = [
+            blank or answer_targets(answer) is not None
+            for answer, blank in zip(answers, unwritten, strict=True)
+        ]
+        checked = [row for row, check in zip(rows, checks, strict=True) if check]
+        plan, _ = exact_plan(self.teacher_config, [self._expression_request(row) for row in checked], cache)
+        if checked and (self.reask or any(unwritten)):
+            reasked = (1 + self.reask) * len(checked)
+            plan = replace(plan, count="estimate", requests_max=reasked if self.reask else None)
+        kept = [
+            {**row, "expression": "", "recomputed": None} if check else row
+            for row, check in zip(rows, checks, strict=True)
+            if check or not self.drop_non_numeric
+        ]
+        return kept, plan
+
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         targets = [answer_targets(str(row.get(self.answer_column) or "")) for row in rows]
         checked = [index for index, target in enumerate(targets) if target is not None]
-        requests = [
-            self.chat(self.template("prompt").render({"input": "", **rows[i]}), system=self.system)
-            for i in checked
-        ]
+        requests = [self._expression_request(rows[i]) for i in checked]
         ctx.progress.set_total(len(requests))
         answers = await ask_parsed(
             ctx.dispatcher,
