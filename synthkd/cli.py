@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -447,5 +448,14 @@ def _cache_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The `synthkd` command: `main`, then an exit without the interpreter's last full collections
+    of every object the run made (0.4 s once `datasets` is loaded). Not for library callers, whose
+    objects must stay collectable."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthkd.atomic import is_disk_full
 from synthkd.errors import StorageFullError
+from synthkd.gc_pause import cycle_collection_paused
 from synthkd.kd.topk import storage_features
 from synthkd.output_folder import staging_folder, swap_into_place
 from synthkd.redaction import redact_value, secret_values
@@ -26,12 +29,37 @@ if TYPE_CHECKING:
     from synthkd.steps.base import Failure, Row
 
 
+_writer_import: threading.Thread | None = None
+
+
+def import_writer_in_background() -> None:
+    """Start importing `datasets`, which writes the dataset, in a background thread (once).
+
+    The import costs about a second of CPU. Met in `write_run`, it comes after the last answer, a
+    second added to the run; started while a step waits on its teacher, it runs in the event
+    loop's idle time and is done by then. An import that fails here is left for `write_run` to
+    meet again, and report, where it always did."""
+    global _writer_import
+    if _writer_import is not None or "datasets" in sys.modules:
+        return
+    _writer_import = threading.Thread(target=_import_datasets, name="synthkd-import-datasets", daemon=True)
+    _writer_import.start()
+
+
+def _import_datasets() -> None:
+    with contextlib.suppress(Exception):
+        import datasets  # noqa: F401
+
+
 def uniform(rows: list[Row]) -> list[Row]:
-    """Same columns on every row (None where a row lacks one), in first-seen order."""
+    """Same columns on every row (None where a row lacks one), in first-seen order. Rows that
+    have them already, in that order, are passed as they are (the usual case: copying every row
+    cost a 200,000-row run a second)."""
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
-    return [{column: row.get(column) for column in columns} for row in rows]
+    order = tuple(columns)
+    return [row if tuple(row) == order else {column: row.get(column) for column in order} for row in rows]
 
 
 def to_dataset(rows: list[Row]) -> Any:
@@ -70,7 +98,7 @@ def _inferred_dataset(rows: list[Row]) -> Any:
         return _typed_dataset(rows, [], Json)
     import pyarrow as pa
 
-    with_text = [{**row, **{c: _arguments_as_text(row[c]) for c in conversations}} for row in rows]
+    with_text = _with_arguments_as_text(rows, conversations)
     try:
         return _typed_dataset(with_text, conversations, Json)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -81,6 +109,20 @@ def _inferred_dataset(rows: list[Row]) -> Any:
             raise
     mixed = [{**row, **{c: rows[index][c] for c in whole}} for index, row in enumerate(with_text)]
     return _typed_dataset(mixed, [c for c in conversations if c not in whole], Json, as_json=whole)
+
+
+def _with_arguments_as_text(rows: list[Row], conversations: list[str]) -> list[Row]:
+    """The rows with tool calls' `arguments` as JSON text in the conversation columns; a row
+    without tool calls is passed as it is, not copied."""
+    result = []
+    for row in rows:
+        changed = None
+        for column in conversations:
+            text = _arguments_as_text(row[column])
+            if text is not row[column]:
+                changed = {**(changed or row), column: text}
+        result.append(changed or row)
+    return result
 
 
 def _typed_dataset(
@@ -97,7 +139,9 @@ def _typed_dataset(
     ]
     if not varied and not conversations:
         return Dataset.from_list(rows)
-    plain = Dataset.from_list([{k: v for k, v in row.items() if k not in varied} for row in rows])
+    plain = Dataset.from_list(
+        [{k: v for k, v in row.items() if k not in varied} for row in rows] if varied else rows
+    )
     features = Features(
         {c: json_type() if c in varied else _json_arguments(plain.features[c], json_type) for c in rows[0]}
     )
@@ -179,18 +223,25 @@ def _keys_vary(values: Any) -> bool:
     """Whether the values differ in shape at the same place: dicts with other keys, or a text
     here and a number there (a user's parser returning either), which Arrow cannot type."""
     shapes: dict[str, object] = {}
+    scalar_shapes: dict[type, object] = {}
+    # Dicts already walked, by place: walking one again can find nothing new. Rows share such
+    # dicts (the provenance entry a step stamps on every row it makes), so each is walked once.
+    walked: dict[str, set[int]] = {}
 
     def walk(value: Any, where: str) -> bool:
         if value is None:
             return False
         if isinstance(value, dict):
+            seen = walked.setdefault(where, set())
+            if id(value) in seen:
+                return False
+            seen.add(id(value))
             shape: object = frozenset(value)
         elif isinstance(value, list):
             shape = "list"
         else:
-            shape = (
-                "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
-            )
+            kind = type(value)
+            shape = scalar_shapes.get(kind) or scalar_shapes.setdefault(kind, _scalar_shape(value))
         if shapes.setdefault(where, shape) != shape:
             return True
         if isinstance(value, dict):
@@ -199,7 +250,23 @@ def _keys_vary(values: Any) -> bool:
             return any(walk(item, where + "[]") for item in value)
         return False
 
-    return any(walk(value, "") for value in values)
+    # A scalar's shape at the top is all there is to it: after one value of a type, the next
+    # values of that type (most columns: every row's text) can be skipped without a call.
+    top_scalars: set[type] = set()
+    for value in values:
+        kind = type(value)
+        if kind in top_scalars:
+            continue
+        if walk(value, ""):
+            return True
+        if not isinstance(value, (dict, list)):
+            top_scalars.add(kind)
+    return False
+
+
+def _scalar_shape(value: Any) -> object:
+    """Ints and floats are one shape ("number"), as Arrow unifies them; any other type its own."""
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -228,7 +295,7 @@ def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # replace the folder it points to, not the link
         out_dir = out_dir.resolve()
-    with _full_disk_is_one_line(out_dir):
+    with _full_disk_is_one_line(out_dir), cycle_collection_paused():
         staging = staging_folder(out_dir)
         try:
             # A teacher that echoed a key, a server error quoting one: no file keeps a secret value.

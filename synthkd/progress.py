@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import (
@@ -21,19 +22,47 @@ from rich.text import Text
 from synthkd.dispatch.dispatcher import DispatchStats
 from synthkd.steps.base import Progress as StepProgressProtocol
 
+# The display redraws 10 times a second; a bar told of every answer (hundreds a second) spent
+# more CPU on the telling than on the drawing, so the rows done are handed over at this pace.
+UPDATE_SECONDS = 0.1
+
 
 class StepBar(StepProgressProtocol):
-    """The bar of one step; reads the step's dispatcher stats when it advances."""
+    """The bar of one step; reads the step's dispatcher stats when it advances.
+
+    Rows advance the bar at most every UPDATE_SECONDS, and at once when the step's total is
+    reached; `flush` hands over any rows still held (the factory does, before the next bar and
+    when the display stops)."""
 
     def __init__(self, progress: Progress, task: TaskID, stats: DispatchStats | None) -> None:
         self._progress = progress
         self._task = task
         self._stats = stats
+        self._total: int | None = None
+        self._done = 0  # rows advanced, held or handed over
+        self._held = 0  # rows not handed to the display yet
+        self._updated_at = 0.0
 
     def set_total(self, total: int) -> None:
+        self.flush()
+        self._total = total
         self._progress.update(self._task, total=total)
 
     def advance(self, rows: int = 1) -> None:
+        self._done += rows
+        self._held += rows
+        now = time.monotonic()
+        if now - self._updated_at >= UPDATE_SECONDS or (
+            self._total is not None and self._done >= self._total
+        ):
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Hand the rows held to the display, with the step's tokens, cost, retries and failures."""
+        if not self._held:
+            return
+        rows, self._held = self._held, 0
+        self._updated_at = time.monotonic() if now is None else now
         fields = {}
         if self._stats is not None:
             stats = self._stats
@@ -77,6 +106,7 @@ class RichProgressFactory:
     def __init__(self, console: Console) -> None:
         self._progress = make_progress(console)
         self._stopped = False
+        self._bars: list[StepBar] = []
 
     def __enter__(self) -> RichProgressFactory:
         self._progress.start()
@@ -89,10 +119,17 @@ class RichProgressFactory:
         """End the live display (what is printed next goes below the final bars); once."""
         if not self._stopped:
             self._stopped = True
+            self._flush_bars()
             self._progress.stop()
 
     def step(self, label: str, stats: DispatchStats | None) -> StepBar:
-        return add_step_bar(self._progress, label, stats)
+        self._flush_bars()  # the step before is done: its bar shows every row it advanced
+        self._bars.append(add_step_bar(self._progress, label, stats))
+        return self._bars[-1]
+
+    def _flush_bars(self) -> None:
+        for bar in self._bars:
+            bar.flush()
 
 
 def quiet_library_progress_bars() -> None:

@@ -111,6 +111,9 @@ class PromptTemplate:
         parsed = _parse(self._env, source, name)
         self.variables = frozenset(self._check(parsed, name, seen={name}))
         self._template = self._env.from_string(parsed)
+        # A plain dict, not Jinja's ChainMap of the environment's globals: every render builds its
+        # context from these, and the ChainMap made that 3x slower (16 vs 5 us a row).
+        self._template.globals = dict(self._template.globals)
 
     def _check(self, parsed: nodes.Template, name: str, seen: set[str]) -> set[str]:
         """Refuse unsafe names and bad includes; the variables read, included templates' too."""

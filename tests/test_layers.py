@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.extras",
             "synthkd.redaction",
             "synthkd.atomic",
+            "synthkd.gc_pause",
             "synthkd.config_base",
             "synthkd.text",
             "synthkd.shipped",

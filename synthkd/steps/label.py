@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.errors import RecipeError
-from synthkd.output import import_writer_in_background
+from synthkd.gc_pause import cycle_collection_paused
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
     CheckContext,
@@ -92,24 +92,25 @@ class LabelStep(TeacherStep):
         )
         slots, requests = [], []
         template = self.template("prompt")
-        for row in rows:
-            prompt = template.render({**OPTIONAL_COLUMNS, **row})
-            for sample in range(self.n):
-                slots.append((row, sample, prompt))
-                requests.append(
-                    self.chat(
-                        prompt, system=self.system_for(row), sample=sample, response_format=response_format
+        with cycle_collection_paused():
+            for row in rows:
+                prompt = template.render({**OPTIONAL_COLUMNS, **row})
+                for sample in range(self.n):
+                    slots.append((row, sample, prompt))
+                    requests.append(
+                        self.chat(
+                            prompt,
+                            system=self.system_for(row),
+                            sample=sample,
+                            response_format=response_format,
+                        )
                     )
-                )
         return slots, requests
 
     def _row_id(self, row: Row, sample: int) -> str:
         return row.get("id") if self.n == 1 else f"{row.get('id')}-{sample}"
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
-        # The run writes its dataset through `datasets` after the last answer: imported meanwhile,
-        # while this step mostly waits on the teacher, the second it takes is not added at the end.
-        import_writer_in_background()
         slots, requests = self._requests(rows)
         ctx.progress.set_total(len(requests))
         if self._schema is None and self.parser is None:
@@ -125,6 +126,11 @@ class LabelStep(TeacherStep):
                 progress=ctx.progress,
                 extra={"schema": json.dumps(self._schema)} if self._schema is not None else None,
             )
+        with cycle_collection_paused():
+            return self._result(slots, answers)
+
+    def _result(self, slots: list[tuple[Row, int, str]], answers: list[Parsed]) -> StepResult:
+        """A row for every answer (a failure for every request that got none)."""
         result = StepResult([])
         for (row, sample, prompt), answer in zip(slots, answers, strict=True):
             out_id = self._row_id(row, sample)

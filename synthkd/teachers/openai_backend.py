@@ -8,8 +8,10 @@ Why not the official `openai` SDK for this one call:
   read as JSON, because the SDK's param transformation and response models cost CPU per request
   at hundreds of requests per second (bench/throughput.py).
 What the SDK did besides is kept: the bearer key, `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID` headers,
-the proxy variables (`trust_env`), certifi's CA bundle, a timeout per request, and errors that
-carry the status, headers and JSON body, classified by `http_errors` as the SDK's were. The one
+the proxy variables (read once per teacher: aiohttp's `trust_env` looks them up, and netrc, in a
+thread for every request, which more than doubled the client's CPU per request), certifi's CA
+bundle, a timeout per request, and errors that carry the status, headers and JSON body, classified
+by `http_errors` as the SDK's were. The one
 retry loop stays synthkd's dispatcher. The SDK itself stays a dependency (litellm is built on it)
 and is what the tests use to check the fake server against the real client.
 """
@@ -23,6 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
 from synthkd.teachers.config import TeacherConfig
@@ -69,6 +73,14 @@ def _api_key(config: TeacherConfig) -> str:
     return api_key or "not-needed"
 
 
+def _env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTP(S)_PROXY / NO_PROXY name for `url`, as httpx and aiohttp's trust_env read them."""
+    try:
+        return get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+
+
 def _headers(api_key: str) -> dict[str, str]:
     headers = {
         "Authorization": f"Bearer {api_key}",
@@ -95,6 +107,7 @@ class OpenAITeacher:
         # Loading a CA bundle takes tens of ms: done here, not on the event loop at the first request.
         self._ssl: ssl.SSLContext | bool = _ssl_context() if self._url.startswith("https:") else True
         # Made on the first request: an aiohttp session belongs to the event loop it was made in.
+        self._proxy, self._proxy_auth = _env_proxy(self._url)
         self._session: aiohttp.ClientSession | None = None
         self._batches: Any = None  # OpenAIBatchJobs, made (with the SDK) only when a recipe batches
 
@@ -103,7 +116,7 @@ class OpenAITeacher:
             # limit=0: the dispatcher already bounds the requests in flight (teacher.concurrency).
             connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=self._timeout, trust_env=True
+                connector=connector, headers=self._headers, timeout=self._timeout
             )
         return self._session
 
@@ -120,7 +133,9 @@ class OpenAITeacher:
         body = request_body(self.model, request)
         session = self._open_session()
         try:
-            async with session.post(self._url, data=json.dumps(body).encode()) as response:
+            async with session.post(
+                self._url, data=json.dumps(body).encode(), proxy=self._proxy, proxy_auth=self._proxy_auth
+            ) as response:
                 raw = await response.read()
                 headers = response.headers
                 if response.status >= 300:
