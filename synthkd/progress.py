@@ -82,6 +82,16 @@ class RowsPerSecondColumn(ProgressColumn):
         return Text(f"{speed:7.1f} rows/s" if speed else "      - rows/s", style="cyan")
 
 
+class WaitingColumn(ProgressColumn):
+    """What the step's requests wait on (`DispatchStats.waiting_on`), read live: a batch job's
+    standing changes while no row advances the bar."""
+
+    def render(self, task: Task) -> Text:
+        stats = task.fields.get("stats")
+        waiting = stats.waiting_on if stats is not None else ""
+        return Text(waiting, style="yellow")
+
+
 def make_progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description:<16}"),
@@ -91,12 +101,13 @@ def make_progress(console: Console) -> Progress:
         TextColumn("tok {task.fields[tokens]}  {task.fields[cost]}"),
         TextColumn("retries {task.fields[retries]}  failed {task.fields[failed]}"),
         TimeElapsedColumn(),
+        WaitingColumn(),
         console=console,
     )
 
 
 def add_step_bar(progress: Progress, label: str, stats: DispatchStats | None) -> StepBar:
-    task = progress.add_task(label, total=None, tokens=0, cost="$0", retries=0, failed=0)
+    task = progress.add_task(label, total=None, tokens=0, cost="$0", retries=0, failed=0, stats=stats)
     return StepBar(progress, task, stats)
 
 

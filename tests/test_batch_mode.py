@@ -4,6 +4,7 @@ Batches endpoints, through the real openai SDK, and come back into the same cach
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -13,14 +14,17 @@ from dataclasses import asdict
 
 import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
+from rich.console import Console
 
-from synthkd.cache import request_key
+from synthkd.cache import ResponseCache, request_key
 from synthkd.cli import main
 from synthkd.dispatch.batch_runner import BatchRunner
 from synthkd.dispatch.batch_store import BatchStore
-from synthkd.dispatch.dispatcher import BATCH_STORE_NAME
+from synthkd.dispatch.dispatcher import BATCH_STORE_NAME, Dispatcher
+from synthkd.dispatch.outcome import DispatchStats
 from synthkd.errors import TeacherFatalError
 from synthkd.pricing import price_for
+from synthkd.progress import add_step_bar, make_progress
 from synthkd.recipe import load_recipe
 from synthkd.teachers.base import BatchState, ChatRequest
 from synthkd.teachers.config import TeacherConfig
@@ -239,3 +243,38 @@ def test_the_dry_run_prices_batch_jobs_at_the_batch_rate_and_gives_no_time(tmp_p
     assert online > 0 and batched == pytest.approx(online / 2, rel=0.02)
     assert "batch jobs answer within 24 hours" in said
     assert server.stats()["requests"] == 0 and server.stats()["batches"]["files_uploaded"] == 0
+
+
+def test_the_bar_says_where_the_batch_jobs_stand_while_no_row_moves(tmp_path, server):
+    """Hours can pass between a job's start and its answers: the step's stats say, as they go,
+    what the requests wait on, and its progress bar shows it."""
+    server.configure(batch_seconds=1.5)
+    config = TeacherConfig(
+        backend="openai", model="fake-model", base_url=server.base_url, api_key_env=None, batch=True,
+        batch_poll_seconds=0.1,
+    )  # fmt: skip
+    dispatcher = Dispatcher(OpenAITeacher(config), config, ResponseCache(tmp_path / "c.sqlite"), price=None)
+    requests = [ChatRequest(({"role": "user", "content": f"Name bird {i}."},)) for i in range(6)]
+    seen = set()
+
+    async def run_and_watch() -> list:
+        job = asyncio.create_task(dispatcher.run(requests))
+        while not job.done():
+            seen.add(dispatcher.stats.waiting_on)
+            await asyncio.sleep(0.05)
+        await dispatcher.teacher.aclose()
+        return job.result()
+
+    outcomes = asyncio.run(run_and_watch())
+    assert all(outcome.completion is not None for outcome in outcomes)
+    assert any(
+        text.startswith("batch jobs: 1 in_progress, ") and text.endswith("/6 done") for text in seen
+    ), seen
+    assert dispatcher.stats.waiting_on == ""  # nothing is waited on once the answers are in
+
+    stats = DispatchStats(waiting_on="batch jobs: 1 in_progress, 2/6 done")
+    console = Console(file=io.StringIO(), width=220)
+    progress = make_progress(console)
+    add_step_bar(progress, "1:label", stats)
+    console.print(progress.get_renderable())
+    assert "batch jobs: 1 in_progress, 2/6 done" in console.file.getvalue()

@@ -79,13 +79,19 @@ class BatchRunner:
         await self._resume()
         covered = {key for record in self.active.values() for key in record.keys}
         await self._submit([key for key in wanted if key not in covered])
-        while self.active:
-            await asyncio.sleep(self.config.batch_poll_seconds)
-            for record in list(self.active.values()):
-                assert record.batch_id is not None
-                state = await self.jobs.state(record.batch_id)
-                if state.over:
-                    await self._collect(record, state)
+        try:
+            while self.active:
+                await asyncio.sleep(self.config.batch_poll_seconds)
+                states = []
+                for record in list(self.active.values()):
+                    assert record.batch_id is not None
+                    state = await self.jobs.state(record.batch_id)
+                    states.append(state)
+                    if state.over:
+                        await self._collect(record, state)
+                self.dispatcher.stats.waiting_on = _waiting_on(states) if self.active else ""
+        finally:
+            self.dispatcher.stats.waiting_on = ""
 
     async def _resume(self) -> None:
         """Take over the jobs a killed run left for this teacher."""
@@ -174,6 +180,14 @@ class BatchRunner:
         reasons = "; ".join(f"{code}: {message}" for code, message in state.errors[:5]) or "no reason given"
         teacher = f"{config.backend} teacher {config.model!r}" if config else "teacher"
         raise TeacherFatalError(f"{teacher}: a batch job failed validation ({reasons})")
+
+
+def _waiting_on(states: list[BatchState]) -> str:
+    """The jobs' standing in words, for the progress bar: "batch jobs: 2 in_progress, 340/1000 done"."""
+    by_status = Counter(state.status for state in states)
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(by_status.items()))
+    done, total = sum(state.done for state in states), sum(state.total for state in states)
+    return f"batch jobs: {statuses}" + (f", {done}/{total} done" if total else "")
 
 
 def _not_run(state: BatchState) -> TeacherError:

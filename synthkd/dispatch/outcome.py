@@ -31,3 +31,6 @@ class DispatchStats:
     completion_tokens: int = 0
     cost_usd: float | None = 0.0  # of the requests sent in this run; None when the price is unknown
     cost_usd_with_cache: float | None = 0.0  # what the completions used would cost to request anew
+    # What the requests wait on, in words, while nothing else moves (batch jobs at the provider's:
+    # "batch jobs: 1 in_progress, 340/1000 done"); "" otherwise. Progress bars show it.
+    waiting_on: str = ""

@@ -138,6 +138,8 @@ class BatchState:
     output_file_id: str | None = None
     error_file_id: str | None = None
     errors: tuple[tuple[str, str], ...] = ()
+    done: int = 0  # items finished so far (answered or failed), of `total`
+    total: int = 0
 
     @property
     def over(self) -> bool:

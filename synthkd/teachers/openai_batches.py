@@ -87,11 +87,14 @@ class OpenAIBatchJobs:
     async def state(self, batch_id: str) -> BatchState:
         batch = await _answer(self._client.batches.retrieve(batch_id))
         failures = batch.errors.data if batch.errors and batch.errors.data else []
+        counts = batch.request_counts
         return BatchState(
             status=batch.status,
             output_file_id=batch.output_file_id,
             error_file_id=batch.error_file_id,
             errors=tuple((error.code or "", error.message or "") for error in failures),
+            done=(counts.completed + counts.failed) if counts else 0,
+            total=counts.total if counts else 0,
         )
 
     async def results(self, state: BatchState) -> dict[str, Completion | TeacherError]:
