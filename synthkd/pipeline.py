@@ -245,7 +245,6 @@ async def _execute_steps(
     reports: list[StepReport] = []
     shortfall: str | None = None
     started = datetime.now(timezone.utc)
-    import_writer_in_background()  # the dataset's writer loads while the teacher answers
     async with TeacherPool(seed=recipe.seed, use_cache=use_cache, max_cost_usd=recipe.max_cost_usd) as pool:
         for index, step in enumerate(recipe.steps):
             report = StepReport(index, step.step, rows_in=len(rows))
@@ -259,6 +258,8 @@ async def _execute_steps(
 
             config = step.step_teacher()
             dispatcher = dispatcher_for(config) if config is not None else None
+            if config is not None:  # the dataset's writer loads in a thread while the teacher answers
+                import_writer_in_background()
             bar = progress.step(f"{index}:{step.step}", dispatcher.stats if dispatcher else None)
             context = StepContext(loaded.base_dir, recipe.seed, dispatcher, bar, dispatcher_for)
             result = await step.run(rows, context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -156,6 +157,7 @@ def quiet_library_progress_bars() -> None:
         "transformers": lambda module: module.utils.logging.disable_progress_bar(),
     }
     for library, switch_off in switches.items():
-        module = sys.modules.get(library)
-        if module is not None:
-            switch_off(module)
+        if library in sys.modules:
+            # Imported again rather than read from sys.modules: another thread may be importing it
+            # still (`output.import_writer_in_background`), and the import waits for it to finish.
+            switch_off(importlib.import_module(library))

@@ -49,3 +49,22 @@ def test_loading_and_checking_a_recipe_imports_no_heavy_library(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_switching_bars_off_waits_for_a_library_another_thread_is_importing():
+    """`datasets` is imported in a thread while the teacher answers; it is in sys.modules long
+    before it is whole, and the bars' switch must not meet it half made."""
+    script = (
+        "import sys, time\n"
+        "from synthkd.output import import_writer_in_background\n"
+        "from synthkd.progress import quiet_library_progress_bars\n"
+        "import_writer_in_background()\n"
+        "while 'datasets' not in sys.modules:\n"
+        "    time.sleep(0.0005)\n"
+        "quiet_library_progress_bars()\n"
+        "import datasets\n"
+        "print(datasets.is_progress_bar_enabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"
