@@ -241,7 +241,7 @@ def _print_plan(plans: list, loaded) -> None:
             f"{about}{plan.prompt_tokens}",
             f"{about}{plan.max_completion_tokens}",
             "-" if not estimate.has_teacher else _money(estimate.cost_usd, about),
-            _minutes(estimate.minutes, about, estimate.time_unknown),
+            _minutes(estimate.minutes, about, estimate.time_unknown is not None),
         )
     total = totals(estimates)
     about = "~" if total.approximate else ""
@@ -254,7 +254,7 @@ def _print_plan(plans: list, loaded) -> None:
         f"{about}{total.prompt_tokens}",
         f"{about}{total.completion_tokens}",
         _money(total.cost_usd, about),
-        _minutes(total.minutes, about, "not estimated" if total.untimed else None),
+        _minutes(total.minutes, about, bool(total.untimed)),
     )
     for estimate in estimates:
         for number, messages in enumerate(estimate.plan.sample_prompts, start=1):
@@ -284,7 +284,8 @@ def _print_plan(plans: list, loaded) -> None:
     out.print(" ".join(notes), highlight=False)
 
 
-def _minutes(minutes: float | None, about: str, unknown: str | None) -> str:
+def _minutes(minutes: float | None, about: str, unknown: bool) -> str:
+    """A step's or the total's time; without one, "not estimated" where it could not be (`unknown`)."""
     if minutes is None:
         return "not estimated" if unknown else "-"
     return f"{about}{minutes:.1f}"

@@ -84,9 +84,9 @@ def _estimate(label: str, step: Step, plan: StepPlan) -> StepEstimate:
     price = price_for(teacher)
     share = to_send / plan.requests if plan.requests else 0
     cost = None if price is None else share * price.cost(plan.prompt_tokens, plan.max_completion_tokens)
-    least = least_minutes(to_send, share * (plan.prompt_tokens + plan.max_completion_tokens), teacher)
     if teacher.batch:
         return StepEstimate(label, plan, to_send, cost, None, True, None, BATCH_TIME_UNKNOWN)
+    least = least_minutes(to_send, share * (plan.prompt_tokens + plan.max_completion_tokens), teacher)
     speed = speed_of(teacher)
     answer_tokens = plan.max_completion_tokens / plan.requests if plan.requests else 0
     concurrent = (

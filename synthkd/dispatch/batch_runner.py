@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Protocol
 
@@ -26,7 +26,6 @@ from synthkd.dispatch.batch_store import BatchRecord, BatchStore
 from synthkd.dispatch.budget import Budget, OverBudget
 from synthkd.dispatch.outcome import DispatchStats, Outcome
 from synthkd.errors import TeacherFatalError
-from synthkd.pricing import Price
 from synthkd.teachers.base import BatchJobs, BatchState, ChatRequest, Completion, TeacherError
 from synthkd.teachers.config import TeacherConfig
 
@@ -41,13 +40,19 @@ class BatchHost(Protocol):
     """What a runner needs of the dispatcher it works for."""
 
     config: TeacherConfig
-    price: Price | None
-    budgets: Sequence[Budget]
     stats: DispatchStats
     over_budget: Budget | None
 
     def reserve(self, request: ChatRequest) -> float:
         """Reserve the request's worst case under every budget, or raise OverBudget."""
+        ...
+
+    def settle(self, reserved: float, completion: Completion | None) -> None:
+        """Settle a reservation at what the answer cost (nothing without one)."""
+        ...
+
+    def fatal(self, error: TeacherError) -> TeacherFatalError:
+        """The run-stopping error for a teacher error no request can get past, secrets redacted."""
         ...
 
     def keep_answer(self, key: str, completion: Completion) -> Completion:
@@ -132,7 +137,10 @@ class BatchRunner:
         again = []
         for key in record.keys:
             outcome = results.get(key)
-            self._settle(key, outcome)
+            # An item of a job a killed run started reserved nothing in this run; it counts all the same.
+            self.dispatcher.settle(
+                self.reserved.pop(key, 0.0), outcome if isinstance(outcome, Completion) else None
+            )
             if isinstance(outcome, Completion):
                 completion = self.dispatcher.keep_answer(key, outcome)
                 if key in self.open:
@@ -143,8 +151,7 @@ class BatchRunner:
                 continue  # another run's request, left by a killed run: that run asks again itself
             error = outcome if isinstance(outcome, TeacherError) else _not_run(state)
             if error.fatal:
-                teacher = f"{self.config.backend} teacher {self.config.model!r}"
-                raise TeacherFatalError(f"{teacher}: {error}") from error
+                raise self.dispatcher.fatal(error) from error
             if error.retryable and self.attempts[key] < self.config.max_attempts:
                 self.dispatcher.stats.retries[error.reason] += 1
                 again.append(key)
@@ -158,16 +165,6 @@ class BatchRunner:
         elif again:
             for key in again:
                 self.open.discard(key)
-
-    def _settle(self, key: str, outcome: Completion | TeacherError | None) -> None:
-        """Settle the item's reservation at what it cost (nothing unless it was answered). An item
-        of a job a killed run started reserved nothing in this run, and is counted all the same."""
-        cost = 0.0
-        if isinstance(outcome, Completion) and self.dispatcher.price is not None:
-            cost = self.dispatcher.price.cost(outcome.prompt_tokens, outcome.completion_tokens)
-        reserved = self.reserved.pop(key, 0.0)
-        for budget in self.dispatcher.budgets:
-            budget.settle(reserved, cost)
 
     @staticmethod
     def check_failure(state: BatchState, config: TeacherConfig | None) -> None:

@@ -274,9 +274,7 @@ class Dispatcher:
                 completion, hint, estimate = await self._attempt(request)
             except TeacherError as exc:
                 if exc.fatal:
-                    raise TeacherFatalError(
-                        redact(f"{self.config.backend} teacher {self.config.model!r}: {exc}", self._secrets)
-                    ) from exc
+                    raise self.fatal(exc) from exc
                 if not exc.retryable:  # this request cannot succeed (too long, refused): its row fails
                     return self._rejected(exc, attempt + 1)
                 error = exc
@@ -318,6 +316,13 @@ class Dispatcher:
         self._outage_since = None
         return completion
 
+    def fatal(self, error: TeacherError) -> TeacherFatalError:
+        """The error that stops the run for a teacher error no request can get past (a bad key),
+        naming the teacher, with every secret redacted."""
+        return TeacherFatalError(
+            redact(f"{self.config.backend} teacher {self.config.model!r}: {error}", self._secrets)
+        )
+
     def failed(self, error: TeacherError, attempts: int) -> Outcome:
         """The outcome of a request that got no answer after `attempts`, counted."""
         self.stats.failed += 1
@@ -328,17 +333,28 @@ class Dispatcher:
         the request sent; the reservation settled at what the answer cost (nothing for an error).
         Returns the answer, its rate-limit hint and the tokens reserved against the TPM limit."""
         reserved = self.reserve(request)
-        cost = 0.0
+        completion = None
         try:
             estimate = await self._wait_for_capacity(request)
             self.stats.requests_sent += 1
             completion, hint = await self._complete(request)
-            if self.price is not None:
-                cost = self.price.cost(completion.prompt_tokens, completion.completion_tokens)
             return completion, hint, estimate
         finally:
-            for budget in self.budgets:
-                budget.settle(reserved, cost)
+            self.settle(reserved, completion)
+
+    def settle(self, reserved: float, completion: Completion | None) -> None:
+        """An attempt that reserved `reserved` under every budget ended: with `completion` it
+        cost that answer's tokens, without one nothing (providers bill no refused request)."""
+        if not self.budgets:
+            return
+        assert self.price is not None
+        cost = (
+            0.0
+            if completion is None
+            else self.price.cost(completion.prompt_tokens, completion.completion_tokens)
+        )
+        for budget in self.budgets:
+            budget.settle(reserved, cost)
 
     def reserve(self, request: ChatRequest) -> float:
         """Reserve the request's worst-case cost under every budget, or raise `OverBudget` (and

@@ -9,9 +9,10 @@ request (`with_map`: `output.report: full`, `synthkd report --map`): it embeds t
 plotly.js (about 4.6 MB) inlined. Everything comes from the run folder: the manifest (funnel, tokens,
 cost, dedup pairs) and data.jsonl (rows).
 
-plotly and scikit-learn come with the `report` extra: without plotly there is no report (a
-`MissingExtraError`, which `synthkd run` turns into a one-line note); the instruction map also
-needs the `curate` extra's encoder, and without it (or scikit-learn) the page says so in its place.
+plotly and scikit-learn come with the `report` extra, which only the instruction map needs: without
+them a map asked for is a `MissingExtraError` (`synthkd run` then writes the basic report and a
+one-line note); the map also needs the `curate` extra's encoder, and without it the page says so
+in its place.
 """
 
 from __future__ import annotations
@@ -404,11 +405,15 @@ def _cell(value: Any, limit: int = 400) -> str:
 
 @dataclass
 class _Page:
-    """The sections as they are added, the ids of their charts, and whether plotly.js is needed."""
+    """The sections as they are added, and the ids of their charts."""
 
     sections: list[tuple[str, str, str]]  # (id, heading, body)
     plot_ids: list[str]
-    needs_plotly: bool = False
+
+    @property
+    def needs_plotly(self) -> bool:
+        """The instruction map is the one plotly figure."""
+        return "plot-map" in self.plot_ids
 
     def chart(self, name: str, heading: str, figure: str, after: str = "", *, has_id: bool = False) -> None:
         """A section with a chart; `has_id`: the figure's own element is `plot-<name>` already."""
@@ -472,7 +477,6 @@ def _add_map(page: _Page, rows: list[dict[str, Any]], seed: int, model: str, wit
     if found is None:
         page.text("map", "Instruction map", f"<p>{html.escape(reason)}</p>")
         return
-    page.needs_plotly = True
     words = [[c, ", ".join(w)] for c, w in sorted(found.top_words.items())]
     heading = (
         f"Instruction map: {len(found.texts)} instructions embedded, clustered (KMeans) "
@@ -584,10 +588,9 @@ def write_report(
     with_map: bool = False,
     map_model: str = "embedded",
 ) -> Path:
-    """Write the report (default `<run dir>/report.html`) and return its path. Raises
-    `MissingExtraError` (exit 2) before reading the run if plotly (the `report` extra) is missing."""
-    # The basic report draws without plotly now, but the `report` extra stays its documented
-    # condition (a core install skips the report with a pip hint): lifting it is a separate change.
+    """Write the report (default `<run dir>/report.html`) and return its path. With the map, raises
+    `MissingExtraError` (exit 2) before reading the run if plotly or scikit-learn (the `report`
+    extra) is missing; the basic report needs neither."""
     if with_map:  # the basic report is drawn in Python: a core install writes it too
         check_installed(("plotly", "sklearn"), "report", MAP_PURPOSE)
     run = open_run(run_dir)

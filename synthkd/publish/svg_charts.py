@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from synthkd.text import clip
+
 WIDTH = 1100  # viewBox units: the SVG is scaled to the page's width, which is about this
 HEIGHT = 340
 FONT_SIZE = 12
@@ -93,8 +95,9 @@ def escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def clip(text: str, limit: int = LABEL_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _left_margin(ticks: list[float]) -> float:
+    """Room left of the plot for the value axis: its widest tick label, and the axis title."""
+    return 20 + max(text_width(tick_text(t)) for t in ticks) + 14
 
 
 def text_width(text: str, size: float = FONT_SIZE) -> float:
@@ -192,7 +195,7 @@ def _value_axis(frame: Frame, ticks: list[float], label: str) -> list[str]:
 
 def _rotated(categories: Sequence[str], slot: float) -> bool:
     """Category labels that would overlap straight are turned, to read along a slant."""
-    return any(text_width(clip(c)) > slot - 4 for c in categories)
+    return any(text_width(clip(c, LABEL_CHARS)) > slot - 4 for c in categories)
 
 
 def _category_labels(frame: Frame, categories: Sequence[str], slot: float, rotate: bool) -> list[str]:
@@ -200,7 +203,7 @@ def _category_labels(frame: Frame, categories: Sequence[str], slot: float, rotat
     for i, category in enumerate(categories):
         x = frame.left + slot * (i + 0.5)
         y = frame.baseline + 16
-        label = clip(category)
+        label = clip(category, LABEL_CHARS)
         if rotate:
             turn = f' transform="rotate(-{ROTATE_DEGREES} {x:.1f} {y:.1f})"'
             parts.append(_text(x, y, label, anchor="end", extra=turn))
@@ -217,7 +220,7 @@ def _bottom_margin(categories: Sequence[str], rotate: bool, x_label: str) -> flo
     if not rotate:
         room = 26.0
     else:
-        longest = max((text_width(clip(c)) for c in categories), default=0)
+        longest = max((text_width(clip(c, LABEL_CHARS)) for c in categories), default=0)
         room = 20 + longest * math.sin(math.radians(ROTATE_DEGREES))
     return room + (18 if x_label else 0)
 
@@ -247,7 +250,7 @@ def bar_chart(
     tallest = [max((s.values[i] for s in series), default=0) for i in range(len(categories))]
     peaks = totals if stacked else tallest
     ticks = ticks_up_to(max(peaks, default=0))
-    left = 20 + max(text_width(tick_text(t)) for t in ticks) + 14
+    left = _left_margin(ticks)
     right = 16
     rotate = _rotated(categories, (width - left - right) / max(1, len(categories)))
     frame = Frame(
@@ -364,7 +367,7 @@ def histogram(
 ) -> str:
     """Touching bars over a number line of whole-number values (word counts)."""
     ticks = ticks_up_to(max((b.count for b in bins), default=0))
-    left = 20 + max(text_width(tick_text(t)) for t in ticks) + 14
+    left = _left_margin(ticks)
     frame = Frame(width=width, height=height, left=left, right=16, top=14, bottom=44, y_max=ticks[-1])
     parts = _value_axis(frame, ticks, y_label)
     slots = max(1, len(bins))

@@ -148,19 +148,21 @@ def estimate_plan(
 
 def exact_plan(
     teacher: TeacherConfig, requests: list[ChatRequest], cache: ResponseCache | None
-) -> tuple[StepPlan, dict[str, Completion]]:
-    """The plan of a step that knows every request in advance (label, classify), and the cached
-    answers by key, which can stand in for themselves in the rows passed on."""
+) -> tuple[StepPlan, list[Completion | None]]:
+    """The plan of a step that knows every request in advance (label, classify), and each
+    request's cached answer (None where there is none), in request order: they can stand in for
+    themselves in the rows passed on."""
     keys = [request_key(teacher, request) for request in requests]
     cached = cache.get_many(set(keys)) if cache is not None and keys else {}
+    answers = [cached.get(key) for key in keys]
     plan = StepPlan(
         requests=len(requests),
-        cached=sum(1 for key in keys if key in cached),
+        cached=sum(1 for answer in answers if answer is not None),
         prompt_tokens=sum(prompt_tokens(request) for request in requests),
         max_completion_tokens=len(requests) * max_completion_tokens(teacher.params),
         sample_prompts=[list(r.messages) for r in requests[:SAMPLE_PROMPTS_SHOWN]],
     )
-    return plan, cached
+    return plan, answers
 
 
 def prompt_tokens(request: ChatRequest) -> int:

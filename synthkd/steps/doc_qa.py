@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache
 from synthkd.chunking import check_tokenizer_installed, chunk_text, token_counter
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
@@ -157,11 +157,10 @@ class DocQAStep(TeacherStep):
         step's requests about its pairs can be found in the cache too."""
         chunks = self.chunks()
         requests = [self._request(chunk) for chunk in chunks]
-        plan, cached = exact_plan(self.teacher_config, requests, cache)
+        plan, answers = exact_plan(self.teacher_config, requests, cache)
         plan = replace(plan, count="estimate", requests_max=2 * len(requests) or None)
         planned = list(rows)
-        for chunk, request in zip(chunks, requests, strict=True):
-            answer = cached.get(request_key(self.teacher_config, request))
+        for chunk, answer in zip(chunks, answers, strict=True):
             pairs = _parsed_or_none(answer.text) if answer is not None else None
             if pairs is None:  # not asked yet, or re-asked: assume every pair is supported
                 pairs = [self._example_pair(chunk, n) for n in range(self.pairs_per_chunk)]

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.gc_pause import cycle_collection_paused
 from synthkd.shipped import candidate_paths, resolve_path
@@ -193,12 +193,11 @@ class LabelStep(TeacherStep):
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         slots, requests = self._requests(rows)
-        plan, cached = exact_plan(self.teacher_config, requests, cache)
+        plan, answers = exact_plan(self.teacher_config, requests, cache)
         # Cached answers stand in for themselves, so later steps' requests (a judge of these
         # answers) can be found in the cache too.
         placeholder = []
-        for (row, sample, prompt), request in zip(slots, requests, strict=True):
-            answer = cached.get(request_key(self.teacher_config, request))
+        for (row, sample, prompt), answer in zip(slots, answers, strict=True):
             placeholder.append(
                 {
                     **row,

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.steps.base import (
     SAMPLE_PROMPTS_SHOWN,
@@ -68,7 +68,7 @@ class MagpieStep(TeacherStep):
         teacher = self.teacher_config
         requests = self._instruction_requests()
         plan, written = exact_plan(teacher, requests, cache)
-        instructions = self._planned_instructions(requests, written)
+        instructions = self._planned_instructions(written)
         all_written = plan.cached == plan.requests
         if not self.respond:
             plan.count = "exact" if all_written else "estimate"
@@ -77,7 +77,7 @@ class MagpieStep(TeacherStep):
         known = [
             request for (_, written_yet), request in zip(instructions, answers, strict=True) if written_yet
         ]
-        answer_plan, answered = exact_plan(teacher, known, cache)
+        answer_plan, known_answers = exact_plan(teacher, known, cache)
         # An instruction not written yet may be max_tokens long, and its answer's prompt holds it.
         unwritten = len(answers) - len(known)
         unwritten_tokens = unwritten * (
@@ -93,9 +93,10 @@ class MagpieStep(TeacherStep):
             count="exact" if all_written else "estimate",
             rounds=2,  # the answers wait for the instructions
         )
+        answered = iter(known_answers)  # in the order of the instructions written yet
         planned = [
-            self._answered_row(row, answered.get(request_key(teacher, request)))
-            for (row, _), request in zip(instructions, answers, strict=True)
+            self._answered_row(row, next(answered) if written_yet else None)
+            for row, written_yet in instructions
         ]
         return list(rows) + planned, combined
 
@@ -110,16 +111,13 @@ class MagpieStep(TeacherStep):
             for index in range(self.num_rows)
         ]
 
-    def _planned_instructions(
-        self, requests: list[ChatRequest], written: dict[str, Completion]
-    ) -> list[tuple[Row, bool]]:
+    def _planned_instructions(self, written: list[Completion | None]) -> list[tuple[Row, bool]]:
         """The instructions a run would keep, each with whether it is written yet: the cached ones
         screened as the run screens them, the others assumed kept (a placeholder text)."""
         seen: set[str] = set()
         kept = []
-        for index, request in enumerate(requests):
+        for index, answer in enumerate(written):
             row_id = f"magpie-{index:05d}"
-            answer = written.get(request_key(self.teacher_config, request))
             if answer is None:
                 kept.append(
                     ({"id": row_id, "instruction": f"[instruction {row_id} written by magpie]"}, False)

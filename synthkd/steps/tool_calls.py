@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
-from synthkd.cache import ResponseCache, request_key
+from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.shipped import candidate_paths, resolve_path
 from synthkd.steps.base import (
@@ -311,7 +311,7 @@ class ToolCallsStep(TeacherStep):
         teacher = self.teacher_config
         writing = [] if self.request_column else self._writing_requests()
         writing_plan, written = exact_plan(teacher, writing, cache)
-        sources = self._planned_sources(rows, writing, written)
+        sources = self._planned_sources(rows, written)
         first = [self._calls_request(text, [], 1) for _, text in sources if text is not None]
         calls_plan, _ = exact_plan(teacher, first, cache)
         examples = self._example_requests()
@@ -346,7 +346,7 @@ class ToolCallsStep(TeacherStep):
         return (list(rows) if not self.request_column else []) + planned, plan
 
     def _planned_sources(
-        self, rows: list[Row], writing: list[ChatRequest], written: dict[str, Completion]
+        self, rows: list[Row], written: list[Completion | None]
     ) -> list[tuple[Row, str | None]]:
         """The conversations a run would start, each with its request, None where the teacher has
         not written it yet (assumed kept: distinct and parseable after a re-ask)."""
@@ -354,17 +354,17 @@ class ToolCallsStep(TeacherStep):
             return list(self._column_requests(rows))  # the column holds every request: all known
         sources: list[tuple[Row, str | None]] = []
         seen = set()
-        for number, request in enumerate(writing):
+        for number, answer in enumerate(written):
             row = {"id": f"tool-{number:04d}"}
-            answer = written.get(request_key(self.teacher_config, request))
             try:
                 text = written_request(answer.text) if answer is not None else None
             except ParseError:  # re-asked in a run: its text is not known yet
                 text = None
             if text is not None:
-                if _same_request_key(text) in seen:
+                key = _same_request_key(text)
+                if key in seen:
                     continue  # a repeat, dropped as the run drops it
-                seen.add(_same_request_key(text))
+                seen.add(key)
             sources.append((row, text))
         return sources
 

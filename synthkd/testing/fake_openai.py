@@ -213,9 +213,10 @@ class ChatCall:
     top_logprobs: int | None = None  # None: logprobs not asked for
 
 
-def parse_chat(raw: bytes) -> ChatCall:
+def parse_chat(raw: bytes | dict[str, Any]) -> ChatCall:
+    """A chat request from its bytes, or from its body already read (a batch file's line)."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw) if isinstance(raw, bytes) else raw
         messages = body["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("`messages` must be a list of objects")
@@ -470,7 +471,7 @@ class FakeOpenAI:
         `times` included. The online faults, latency, key check and stats do not apply: a batch
         has faults of its own."""
         try:
-            call = parse_chat(json.dumps(body).encode())
+            call = parse_chat(body)
         except BadRequest as error:
             return 400, error_body(str(error), "invalid_request_error", None)
         rule = self.pick_rule(call)
