@@ -6,7 +6,9 @@ transformers folder under the synthkd cache and later loads read that in about a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,13 @@ def embedded_model_dir() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers' GGUF reader draws a tqdm bar of its own on stderr, which its progress switch
+    # does not reach. Under a run's live progress display stderr goes through rich, and in a
+    # Jupyter kernel the two recursed until the run died (the first run of a notebook on a fresh
+    # install); the conversion's bar is not one a user needs.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised weights are plain tensors; the quantizer bookkeeping would block saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
