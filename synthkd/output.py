@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import threading
@@ -269,12 +270,6 @@ def _scalar_shape(value: Any) -> object:
     return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-
-
 @contextlib.contextmanager
 def _no_datasets_bar() -> Iterator[None]:
     """datasets draws a bar for saving shards; the run's own bars and summary say it already (and
@@ -292,28 +287,157 @@ def _no_datasets_bar() -> Iterator[None]:
 
 def write_run(out_dir: Path, rows: list[Row], failures: list[tuple[str, Failure]], manifest: dict) -> None:
     """Write all outputs to a fresh staging folder, then make it the run folder (see the module)."""
-    out_dir = Path(out_dir)
-    if out_dir.is_symlink():  # replace the folder it points to, not the link
-        out_dir = out_dir.resolve()
-    with _full_disk_is_one_line(out_dir), cycle_collection_paused():
-        staging = staging_folder(out_dir)
+    writer = RunWriter(out_dir)
+    try:
+        writer.add(rows, failures)
+        writer.finish(out_dir, manifest)
+    finally:
+        writer.discard()
+
+
+class RunWriter:
+    """Writes a run's outputs as its rows come, in chunks, into a staging folder that `finish`
+    makes the run folder (or the `.incomplete` one beside it).
+
+    Each chunk's rows are appended to data.jsonl and typed into a dataset shard of their own
+    (`to_dataset`), so a run that streams its rows (see `synthkd.streaming`) never holds them all.
+    A run written in one chunk gets exactly the dataset it always did: the one shard is the
+    dataset. Chunks whose column types differ (a column empty in one, text in another) are cast
+    to common types; where Arrow cannot unify them, the dataset is typed again from data.jsonl
+    as a whole, as one chunk would have been."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = _real_folder(out_dir)
+        self.rows_written = 0
+        self._secrets = secret_values()  # a teacher that echoed a key: no file keeps its value
+        self._shards: list[Path] = []
+        with _full_disk_is_one_line(self.out_dir):
+            self.staging = staging_folder(self.out_dir)
+            self._rows_file = (self.staging / "data.jsonl").open("w", encoding="utf-8")
+            self._failures_file = (self.staging / "failures.jsonl").open("w", encoding="utf-8")
+
+    def add(self, rows: list[Row], failures: list[tuple[str, Failure]] = ()) -> None:
+        """Write a chunk of rows (and failures): data.jsonl's lines and one dataset shard."""
+        with _full_disk_is_one_line(self.out_dir), cycle_collection_paused():
+            records = redact_value([{"step": step, **asdict(f)} for step, f in failures], self._secrets)
+            _append_jsonl(self._failures_file, records)
+            if rows:
+                rows = redact_value(uniform(rows), self._secrets)
+                _append_jsonl(self._rows_file, rows)
+                self._add_shard(rows)
+            for handle in (self._rows_file, self._failures_file):
+                handle.flush()  # a chunk is on disk once added, not when a buffer fills
+
+    def _add_shard(self, rows: list[Row]) -> None:
+        shard = self.staging / f".shard-{len(self._shards):05d}"
+        dataset = to_dataset(rows)
+        # One shard even with no rows: datasets writes no arrow file for an empty dataset
+        # otherwise, and then cannot load it back (IndexError in load_from_disk).
+        with _no_datasets_bar():
+            dataset.save_to_disk(str(shard), num_shards=1 if len(dataset) == 0 else None)
+        self._shards.append(shard)
+        self.rows_written += len(rows)
+
+    def finish(self, destination: Path, manifest: dict) -> None:
+        """Write the manifest and the whole dataset, then make the staging folder `destination`
+        (the run folder, or the `.incomplete` folder beside it)."""
+        destination = _real_folder(destination)
+        with _full_disk_is_one_line(destination), cycle_collection_paused():
+            if not self._shards:  # a run of no rows still has a dataset, with no rows
+                self._add_shard([])
+            self._rows_file.close()
+            self._failures_file.close()
+            self._assemble_dataset(self.staging / "dataset")
+            manifest = redact_value(manifest, self._secrets)
+            manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+            (self.staging / "manifest.json").write_text(manifest_text)
+            staging = self.staging
+            if destination != self.out_dir and staging.parent != destination.parent:
+                staging = _moved_to_staging_for(staging, destination)  # staged inside the run folder
+            swap_into_place(staging, destination)
+            self.staging = staging
+
+    def discard(self) -> None:
+        """Remove what is left of the staging folder (all of it, unless `finish` moved it)."""
+        for handle in (self._rows_file, self._failures_file):
+            with contextlib.suppress(OSError):  # a full disk met flushing it: the files go anyway
+                handle.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _assemble_dataset(self, target: Path) -> None:
+        if len(self._shards) == 1:
+            os.rename(self._shards[0], target)
+            return
+        from datasets import concatenate_datasets
+
+        parts = [load_run_dataset(shard) for shard in self._shards]
         try:
-            # A teacher that echoed a key, a server error quoting one: no file keeps a secret value.
-            secrets = secret_values()
-            rows = redact_value(uniform(rows), secrets)
-            failure_records = redact_value([{"step": step, **asdict(f)} for step, f in failures], secrets)
-            manifest = redact_value(manifest, secrets)
-            dataset = to_dataset(rows)
-            # One shard even with no rows: datasets writes no arrow file for an empty dataset otherwise,
-            # and then cannot load it back (IndexError in load_from_disk).
-            with _no_datasets_bar():
-                dataset.save_to_disk(str(staging / "dataset"), num_shards=1 if len(dataset) == 0 else None)
-            write_jsonl(staging / "data.jsonl", rows)
-            write_jsonl(staging / "failures.jsonl", failure_records)
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-            swap_into_place(staging, out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            whole = concatenate_datasets(_with_common_features(parts))
+        except (ValueError, TypeError, NotImplementedError) + _arrow_errors():
+            # Shapes Arrow cannot unify across chunks (a struct here, JSON text there): type the
+            # dataset from all the rows at once, as a run in one chunk is typed.
+            whole = to_dataset(uniform(list(_read_jsonl(self.staging / "data.jsonl"))))
+        with _no_datasets_bar():
+            whole.save_to_disk(str(target), num_shards=1 if len(whole) == 0 else None)
+        del parts, whole
+        for shard in self._shards:
+            shutil.rmtree(shard, ignore_errors=True)
+
+
+def _real_folder(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.resolve() if out_dir.is_symlink() else out_dir  # replace what a link points to
+
+
+def _append_jsonl(handle: Any, records: list[dict[str, Any]]) -> None:
+    handle.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _arrow_errors() -> tuple[type[Exception], ...]:
+    import pyarrow as pa
+
+    return (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _with_common_features(parts: list[Any]) -> list[Any]:
+    """The dataset shards with the same columns, in the same order, and the same types: a column
+    a shard lacks is added empty, and one typed null where it was always empty takes the type
+    another shard gave it. Shards already alike are returned as they are."""
+    from datasets import Features, Value
+
+    columns: dict[str, Any] = {}
+    for part in parts:
+        for name, feature in part.features.items():
+            if columns.get(name) is None or columns[name] == Value("null"):
+                columns[name] = feature
+    features = Features(columns)
+    aligned = []
+    for part in parts:
+        if list(part.features) == list(features) and part.features == features:
+            aligned.append(part)
+            continue
+        for name in features:
+            if name not in part.column_names:
+                part = part.add_column(name, [None] * len(part))
+        aligned.append(part.select_columns(list(features)).cast(features))
+    return aligned
+
+
+def _moved_to_staging_for(staging: Path, destination: Path) -> Path:
+    """The staged outputs moved to a new staging folder beside `destination`: a run folder that
+    cannot be renamed stages inside itself, and its `.incomplete` folder is beside it."""
+    moved = staging_folder(destination)
+    for entry in staging.iterdir():
+        shutil.move(str(entry), str(moved / entry.name))
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import hashlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,13 +20,14 @@ from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError, RunIncompleteError
 from synthkd.extras import recording_extras
 from synthkd.messages import for_trl, with_messages
-from synthkd.output import import_writer_in_background, write_run
+from synthkd.output import RunWriter, import_writer_in_background
 from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
 from synthkd.preflight import check_teacher_environment, redact_url
 from synthkd.pricing import price_for
 from synthkd.recipe import LoadedRecipe, TeacherUse, recipe_teachers
 from synthkd.redaction import register_secret_variables
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
+from synthkd.streaming import CHUNK_ROWS, ChunkedProgress, RowsOnDisk, chunks_of, streamed_tail
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import BACKENDS, backend_spec
@@ -187,7 +188,8 @@ class RunResult:
     # Not in its repr: asyncio's runner reprs a finished task's result (its SIGINT handler's
     # message on exit, on Python 3.11), and every row of a 200,000-row run took 2.5 s.
     out_dir: Path
-    rows: list[Row] = field(repr=False)
+    # A run that streamed its rows (see `synthkd.streaming`) holds them on disk: a RowsOnDisk.
+    rows: Sequence[Row] = field(repr=False)
     failures: list[tuple[str, Failure]] = field(repr=False)
     reports: list[StepReport] = field(repr=False)
     manifest: dict[str, Any] = field(repr=False)
@@ -240,64 +242,174 @@ async def _execute_steps(
     loaded: LoadedRecipe, target: Path, use_cache: bool, progress: ProgressFactory, rows: list[Row]
 ) -> RunResult:
     recipe = loaded.recipe
-    given = len(rows)
-    failures: list[tuple[str, Failure]] = []
-    reports: list[StepReport] = []
-    shortfall: str | None = None
-    started = datetime.now(timezone.utc)
+    run = _RunState(loaded, progress, given=len(rows))
+    tail = streamed_tail(recipe.steps)
     async with TeacherPool(seed=recipe.seed, use_cache=use_cache, max_cost_usd=recipe.max_cost_usd) as pool:
         for index, step in enumerate(recipe.steps):
-            report = StepReport(index, step.step, rows_in=len(rows))
-            clock = time.perf_counter()
-            used: list[Dispatcher] = []  # every dispatcher the step asked for, for its report
-
-            def dispatcher_for(config: TeacherConfig, used: list[Dispatcher] = used) -> Dispatcher:
-                """A dispatcher for another teacher a step needs (a judge), sharing loaded models."""
-                used.append(pool.dispatcher(config))
-                return used[-1]
-
-            config = step.step_teacher()
-            dispatcher = dispatcher_for(config) if config is not None else None
-            if config is not None:  # the dataset's writer loads in a thread while the teacher answers
-                import_writer_in_background()
-            bar = progress.step(f"{index}:{step.step}", dispatcher.stats if dispatcher else None)
-            context = StepContext(loaded.base_dir, recipe.seed, dispatcher, bar, dispatcher_for)
-            result = await step.run(rows, context)
-            rows = _stamp_provenance(step, rows, result.rows) if config is not None else result.rows
-            failures += [(f"{index}:{step.step}", failure) for failure in result.failures]
-            report.rows_out = len(rows)
-            report.rows_failed = len(result.failures)
-            report.rows_dropped = dict(result.dropped)
-            report.details = result.details
-            for used_dispatcher in used:
-                report.absorb(used_dispatcher.stats)
-            report.seconds = round(time.perf_counter() - clock, 3)
-            reports.append(report)
-            # Later steps would pay for requests on data the run cannot keep: stop here.
-            shortfall = too_many_failures(report, recipe.output.max_failure_ratio, result.failures)
-            if shortfall:
+            if index == tail and len(rows) > CHUNK_ROWS:
+                return await _stream(run, pool, tail, rows, target)
+            step_run = run.start_step(index, step, pool)
+            rows = await step_run.run(rows)
+            step_run.close()
+            if run.shortfall_at(step_run):
                 break
     if recipe.output.format == "messages":
         rows = for_trl(with_messages(rows))
-    if not rows and not shortfall:
-        shortfall = _why_no_rows(reports)
-    manifest = build_manifest(loaded, reports, started, len(rows), len(failures))
-    if given:
-        manifest["input_rows"] = given  # rows handed to the run (the Python API's `dataset=`)
-    if shortfall:
-        manifest["incomplete"] = shortfall
-        aside = incomplete_folder(target)
-        write_run(aside, rows, failures, manifest)
-        result = RunResult(aside, rows, failures, reports, manifest)
-        raise RunIncompleteError(
-            f"{shortfall}. The previous outputs in {target} are left as they were; what this run got "
-            f"is in {aside} (failures.jsonl says why each row failed). Every answer received is "
-            "cached, so running again sends only what is missing",
-            result,
+    writer = RunWriter(target)
+    try:
+        writer.add(rows, run.failures)
+        return run.finish(writer, target, rows)
+    finally:
+        writer.discard()
+
+
+async def _stream(run: _RunState, pool: TeacherPool, tail: int, rows: list[Row], target: Path) -> RunResult:
+    """The run's last steps, all row-wise, a chunk of rows at a time: each chunk goes through
+    every one of them and then to the outputs (see `synthkd.streaming`). The rows handed in are
+    taken out of `rows` chunk by chunk."""
+    steps = run.loaded.recipe.steps
+    step_runs = [
+        run.start_step(index, steps[index], pool, total_rows=len(rows)) for index in range(tail, len(steps))
+    ]
+    writer = RunWriter(target)
+    try:
+        run.streamed = {"from_step": tail, "chunk_rows": CHUNK_ROWS, "chunks": 0}
+        for chunk in chunks_of(rows, CHUNK_ROWS):
+            run.streamed["chunks"] += 1
+            added = len(run.failures)
+            for step_run in step_runs:
+                chunk = await step_run.run(chunk)
+                if run.shortfall_at(step_run):
+                    break
+            if run.loaded.recipe.output.format == "messages":
+                chunk = for_trl(with_messages(chunk))
+            writer.add(chunk, run.failures[added:])
+            if run.shortfall:
+                break
+        for step_run in step_runs:
+            step_run.close()
+        return run.finish(writer, target, None)
+    finally:
+        writer.discard()
+
+
+class _RunState:
+    """What a run adds up as its steps go: their reports, the failures, why it stopped short."""
+
+    def __init__(self, loaded: LoadedRecipe, progress: ProgressFactory, given: int) -> None:
+        self.loaded = loaded
+        self.progress = progress
+        self.given = given  # rows handed to the run (the Python API's `dataset=`)
+        self.streamed: dict[str, int] | None = None  # how the last steps streamed, if they did
+        self.failures: list[tuple[str, Failure]] = []
+        self.reports: list[StepReport] = []
+        self.shortfall: str | None = None
+        self.started = datetime.now(timezone.utc)
+
+    def start_step(
+        self, index: int, step: Step, pool: TeacherPool, total_rows: int | None = None
+    ) -> _StepRun:
+        """A step ready to run, on all rows at once or (given `total_rows`) a chunk at a time."""
+        step_run = _StepRun(self, index, step, pool, total_rows)
+        self.reports.append(step_run.report)
+        return step_run
+
+    def shortfall_at(self, step_run: _StepRun) -> bool:
+        """Whether the step has lost too many rows to failed requests (see `too_many_failures`):
+        later steps, and later chunks, would pay for requests on data the run cannot keep."""
+        ratio = self.loaded.recipe.output.max_failure_ratio
+        self.shortfall = too_many_failures(step_run.report, ratio, step_run.failures)
+        return self.shortfall is not None
+
+    def finish(self, writer: RunWriter, target: Path, rows: list[Row] | None) -> RunResult:
+        """Write the manifest and put the outputs in place: the run folder, or beside it when the
+        run fell short (then raise `RunIncompleteError`). `rows`: the rows written, or None for a
+        run that streamed them (the result reads them back from data.jsonl when asked)."""
+        count = writer.rows_written
+        if not count and not self.shortfall:
+            self.shortfall = _why_no_rows(self.reports)
+        manifest = build_manifest(self.loaded, self.reports, self.started, count, len(self.failures))
+        if self.given:
+            manifest["input_rows"] = self.given
+        if self.streamed:
+            manifest["streamed"] = self.streamed
+        if self.shortfall:
+            manifest["incomplete"] = self.shortfall
+        folder = incomplete_folder(target) if self.shortfall else target
+        writer.finish(folder, manifest)
+        kept = RowsOnDisk(folder / "data.jsonl", count) if rows is None else rows
+        result = RunResult(folder, kept, self.failures, self.reports, manifest)
+        if self.shortfall:
+            raise RunIncompleteError(
+                f"{self.shortfall}. The previous outputs in {target} are left as they were; what this run "
+                f"got is in {folder} (failures.jsonl says why each row failed). Every answer received is "
+                "cached, so running again sends only what is missing",
+                result,
+            )
+        shutil.rmtree(incomplete_folder(target), ignore_errors=True)  # a later run made it whole
+        return result
+
+
+class _StepRun:
+    """One step of a run: its teachers' dispatchers and its bar, made once, and the report it
+    adds up, over all the rows at once or chunk after chunk (then the same dispatchers serve
+    every chunk, so the recipe's concurrency, rate limits and stats span them)."""
+
+    def __init__(
+        self, run: _RunState, index: int, step: Step, pool: TeacherPool, total_rows: int | None
+    ) -> None:
+        self.step = step
+        self.label = f"{index}:{step.step}"
+        self.report = StepReport(index, step.step)
+        self.failures: list[Failure] = []
+        self._pool = pool
+        self._dispatchers: dict[str, Dispatcher] = {}  # every teacher the step asked for, by id
+        config = step.step_teacher()
+        own = self.dispatcher_for(config) if config is not None else None
+        if config is not None:  # the dataset's writer loads in a thread while the teacher answers
+            import_writer_in_background()
+        bar = run.progress.step(self.label, own.stats if own else None)
+        self.chunks = ChunkedProgress(bar, total_rows) if total_rows is not None else None
+        recipe = run.loaded
+        self.context = StepContext(
+            recipe.base_dir, recipe.recipe.seed, own, self.chunks or bar, self.dispatcher_for
         )
-    write_run(target, rows, failures, manifest)
-    shutil.rmtree(incomplete_folder(target), ignore_errors=True)  # a later run made it whole
-    return RunResult(target, rows, failures, reports, manifest)
+        self._run = run
+
+    def dispatcher_for(self, config: TeacherConfig) -> Dispatcher:
+        """The dispatcher of a teacher the step talks to (its own, a judge), sharing loaded models."""
+        key = teacher_id(config)
+        if key not in self._dispatchers:
+            self._dispatchers[key] = self._pool.dispatcher(config)
+        return self._dispatchers[key]
+
+    async def run(self, rows: list[Row]) -> list[Row]:
+        """Run the step on `rows` (all of them, or one chunk) and count what it made of them."""
+        clock = time.perf_counter()
+        if self.chunks is not None:
+            self.chunks.begin_chunk(len(rows))
+        result = await self.step.run(rows, self.context)
+        made = _stamp_provenance(self.step, rows, result.rows) if self.step.step_teacher() else result.rows
+        report = self.report
+        report.rows_in += len(rows)
+        report.rows_out += len(made)
+        report.rows_failed += len(result.failures)
+        report.rows_dropped = dict(Counter(report.rows_dropped) + result.dropped)
+        report.details = (
+            self.step.merge_details(report.details, result.details) if report.details else result.details
+        )
+        report.seconds += time.perf_counter() - clock
+        self.failures += result.failures
+        self._run.failures += [(self.label, failure) for failure in result.failures]
+        return made
+
+    def close(self) -> None:
+        """The step is done: its teachers' spend goes into its report."""
+        if self.chunks is not None:
+            self.chunks.end()
+        for dispatcher in self._dispatchers.values():
+            self.report.absorb(dispatcher.stats)
+        self.report.seconds = round(self.report.seconds, 3)
 
 
 def too_many_failures(report: StepReport, max_ratio: float, failures: list[Failure]) -> str | None:

@@ -55,6 +55,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "synthkd.output",
             "synthkd.output_folder",
+            "synthkd.streaming",
             "synthkd.progress",
             "synthkd.training.config",
         ],

@@ -178,6 +178,10 @@ class Step(StrictModel):
     # Where the step sits in the survey's elicitation taxonomy (Xu et al., 2024): labeling,
     # expansion, curation, feature, feedback or self-knowledge; None for plumbing (load).
     taxonomy: ClassVar[str | None] = None
+    # Whether the step handles each row on its own: what it makes of a row depends on that row
+    # alone, never on the others or their order. The run's last such steps take the rows a chunk
+    # at a time, and each chunk is written as it is done (`synthkd.streaming`).
+    row_wise: ClassVar[bool] = False
 
     @classmethod
     def type_name(cls) -> str:
@@ -260,6 +264,12 @@ class Step(StrictModel):
 
     async def run(self, rows: list[Row], ctx: StepContext) -> StepResult:
         raise NotImplementedError
+
+    def merge_details(self, so_far: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+        """A row-wise step's manifest details over two chunks of rows. By default the later
+        chunk's stand (details that describe the step, not its rows); a step whose details count
+        rows adds them up."""
+        return {**so_far, **chunk}
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
         """What a dry run reports, and rows standing for what the step would output. By default a

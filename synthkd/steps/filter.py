@@ -18,6 +18,7 @@ class FilterStep(Step):
 
     step: Literal["filter"] = "filter"
     taxonomy: ClassVar[str] = "curation"  # rows selected by rules
+    row_wise: ClassVar[bool] = True
     column: str = Field("response", description="the text column the checks look at")
     min_chars: int | None = Field(None, ge=0, description="drop shorter texts (after stripping)")
     max_chars: int | None = Field(None, ge=1, description="drop longer texts")

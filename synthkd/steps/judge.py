@@ -40,6 +40,7 @@ class JudgeStep(TeacherStep):
 
     step: Literal["judge"] = "judge"
     taxonomy: ClassVar[str] = "feedback"  # the teacher grades the data
+    row_wise: ClassVar[bool] = True
     mode: Literal["pointwise", "pairwise"] = Field(
         "pointwise", description="score one response, or compare two"
     )

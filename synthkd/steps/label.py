@@ -44,6 +44,7 @@ class LabelStep(TeacherStep):
 
     step: Literal["label"] = "label"
     taxonomy: ClassVar[str] = "labeling"  # the teacher answers given inputs
+    row_wise: ClassVar[bool] = True
     prompt: str = Field("prompts/label.jinja", description="Jinja template of the user message")
     system: str | None = Field(None, description="system prompt sent with every request")
     systems: list[str] | None = Field(

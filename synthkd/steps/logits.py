@@ -16,9 +16,9 @@ only). Columns added to every row:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from synthkd.chunking import check_tokenizer_installed
 from synthkd.errors import RecipeError
@@ -46,6 +46,7 @@ class LogitsStep(TeacherStep):
 
     step: Literal["logits"] = "logits"
     taxonomy: ClassVar[str] = "feature"  # the teacher's output distributions
+    row_wise: ClassVar[bool] = True
     top_k: int = Field(20, ge=1, le=100, description="tokens kept per position (the rest is one tail bucket)")
     batch_size: int = Field(4, ge=1, description="conversations scored together")
     tokenizer: str | None = Field(
@@ -55,6 +56,8 @@ class LogitsStep(TeacherStep):
     teacher: TeacherConfig | None = Field(
         None, description="the teacher whose distributions are stored; default: the recipe's"
     )
+
+    _tokenizer: Any = PrivateAttr(None)  # the API teacher's tokenizer, once loaded
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         teacher = self.teacher_config
@@ -94,11 +97,7 @@ class LogitsStep(TeacherStep):
             result = await self._score(usable, ctx)
             hashes = ctx.dispatcher.tokenizer_fingerprint()
         else:
-            assert self.tokenizer is not None
-            with needs_extra("local", TOKENIZER_PURPOSE):
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
+            tokenizer = self._api_tokenizer()
             result = await self._ask_api(usable, tokenizer, ctx)
             hashes = tokenizer_fingerprint(tokenizer)
         fingerprint = {
@@ -112,6 +111,20 @@ class LogitsStep(TeacherStep):
             result.dropped["no_answer"] += len(rows) - len(usable)
             ctx.progress.advance(len(rows) - len(usable))
         return result
+
+    def merge_details(self, so_far: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+        unmappable = so_far.get("unmappable_rows", 0) + chunk.get("unmappable_rows", 0)
+        return {**so_far, **chunk} | ({"unmappable_rows": unmappable} if "unmappable_rows" in chunk else {})
+
+    def _api_tokenizer(self) -> Any:
+        """The tokenizer that maps an API teacher's tokens to ids: loaded once, not per chunk."""
+        if self._tokenizer is None:
+            assert self.tokenizer is not None
+            with needs_extra("local", TOKENIZER_PURPOSE):
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
+        return self._tokenizer
 
     async def _score(self, rows: list[Row], ctx: StepContext) -> StepResult:
         """A teacher that scores given text: its top-k over each row's own answer, through the
