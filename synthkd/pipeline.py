@@ -30,7 +30,7 @@ from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, St
 from synthkd.streaming import CHUNK_ROWS, ChunkedProgress, RowsOnDisk, chunks_of, streamed_tail
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.http_errors import is_transient_reason
-from synthkd.teachers.registry import BACKENDS, backend_spec
+from synthkd.teachers.registry import backend_spec, batch_refusal
 from synthkd.version import __version__
 from synthkd.yaml_source import KeyPath
 
@@ -96,13 +96,8 @@ def preflight(
 
 
 def _check_batch_support(loaded: LoadedRecipe, use: TeacherUse) -> None:
-    if use.config.batch and not backend_spec(use.config.backend).capabilities.batch_submission:
-        able = [name for name, spec in BACKENDS.items() if spec.capabilities.batch_submission]
-        raise RecipeError(
-            f"the {use.config.backend} backend has no batch jobs; batch: true needs one of: "
-            + ", ".join(able),
-            where=teacher_where(loaded, use.key, "batch"),
-        )
+    if use.config.batch and (refusal := batch_refusal(use.config)) is not None:
+        raise RecipeError(refusal.message, where=teacher_where(loaded, use.key, *refusal.key))
 
 
 def _check_price_for_cap(loaded: LoadedRecipe, use: TeacherUse) -> None:

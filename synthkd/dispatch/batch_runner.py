@@ -2,9 +2,10 @@
 batch jobs at the batch price, and their answers come back into the same request cache.
 
 1. Jobs a killed run left for this teacher (`BatchStore`) are collected first, never submitted
-   again; a job whose id was not recorded is looked up by its file (`BatchJobs.find`).
-2. The rest is uploaded in chunks within the provider's limits; each chunk's file id and keys are
-   recorded before its job starts, its job id as soon as it exists.
+   again; a job whose id was not recorded is looked up by its upload (`BatchJobs.find`).
+2. The rest is uploaded in chunks within the provider's limits (`BatchJobs.max_requests`,
+   `max_bytes`); each chunk's upload id and keys are recorded before its job starts, its job id as
+   soon as it exists.
 3. Every `batch_poll_seconds` each job is asked where it stands. A finished job's answers are
    cached and handed on as they would be online; items that failed for a passing reason (a 5xx,
    the job expired or was cancelled before running them, no line at all) go into a later job
@@ -29,9 +30,6 @@ from synthkd.errors import TeacherFatalError
 from synthkd.teachers.base import BatchJobs, BatchState, ChatRequest, Completion, TeacherError
 from synthkd.teachers.config import TeacherConfig
 
-# OpenAI's limits on one batch: 50,000 requests and a 200 MB input file (kept under, with room).
-MAX_REQUESTS_PER_BATCH = 50_000
-MAX_BYTES_PER_BATCH = 180 * 1024 * 1024
 # A batch that failed validation for one of these will pass later: the provider's queue was full.
 QUEUE_FULL_CODES = {"token_limit_exceeded", "request_limit_exceeded"}
 
@@ -100,9 +98,17 @@ class BatchRunner:
 
     async def _resume(self) -> None:
         """Take over the jobs a killed run left for this teacher."""
-        for record in self.store.pending():
+        pending = self.store.pending()
+        recorded = {record.batch_id for record in pending if record.batch_id is not None}
+        for record in pending:
             if record.batch_id is None:
-                batch_id = await self.jobs.find(record.file_id) or await self.jobs.create(record.file_id)
+                batch_id = await self.jobs.find(record.file_id, recorded)
+                if batch_id is None and not self.jobs.keeps_uploads:
+                    # Its requests lived in the killed process and never reached the provider:
+                    # they go into a new job with the rest (`_submit`).
+                    self.store.collected(record.file_id)
+                    continue
+                batch_id = batch_id or await self.jobs.create(record.file_id)
                 self.store.started(record.file_id, batch_id)
                 record = replace(record, batch_id=batch_id)
             self.active[record.file_id] = record
@@ -118,7 +124,7 @@ class BatchRunner:
                 self.dispatcher.over_budget = self.dispatcher.over_budget or over.budget
                 break
             fitting.append(key)
-        for chunk in _chunks(fitting, self.wanted):
+        for chunk in _chunks(fitting, self.wanted, self.jobs.max_requests, self.jobs.max_bytes):
             file_id = await self.jobs.upload({key: self.wanted[key] for key in chunk})
             self.store.uploaded(file_id, chunk)
             batch_id = await self.jobs.create(file_id)
@@ -193,13 +199,15 @@ def _not_run(state: BatchState) -> TeacherError:
     return TeacherError(message, retryable=True, reason=f"batch_{state.status}")
 
 
-def _chunks(keys: list[str], requests: dict[str, ChatRequest]) -> Iterator[list[str]]:
-    """`keys` in runs that fit one batch (request count and file size)."""
+def _chunks(
+    keys: list[str], requests: dict[str, ChatRequest], max_requests: int, max_bytes: int
+) -> Iterator[list[str]]:
+    """`keys` in runs that fit one batch of the provider's (`BatchJobs.max_requests`, `max_bytes`)."""
     chunk: list[str] = []
     size = 0
     for key in keys:
         line = len(json.dumps(list(requests[key].messages), ensure_ascii=False).encode()) + 512
-        if chunk and (len(chunk) >= MAX_REQUESTS_PER_BATCH or size + line > MAX_BYTES_PER_BATCH):
+        if chunk and (len(chunk) >= max_requests or size + line > max_bytes):
             yield chunk
             chunk, size = [], 0
         chunk.append(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,7 +92,9 @@ class Capabilities:
     # answer either way; this says whether a re-ask is likely to be needed.
     structured_output: bool = False
     continues_prefix: bool = False  # can continue a raw, open last message (`continue_final`, Magpie)
-    # Accepts provider batch jobs (cheaper, slower): its teacher has `batches`, a `BatchJobs`.
+    # Accepts provider batch jobs (cheaper, slower): its teacher has `batches`, a `BatchJobs`. A
+    # backend's spec says whether it has any; `registry.capabilities_of(config)`, whether for the
+    # config's model (litellm: only anthropic/ models).
     batch_submission: bool = False
     needs_gpu: bool = False  # cannot run on a CPU-only machine: preflight refuses it there
     # Requests of this backend all start at once (a local model batches them) rather than ramping up.
@@ -125,8 +128,9 @@ class ScoreRequest:
     top_k: int
 
 
-# A batch that ends in one of these statuses will not change again.
-BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# A batch that ends in one of these statuses will not change again: OpenAI's four, and Anthropic's
+# one ("ended", whatever became of its items).
+BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ class BatchState:
     errors: tuple[tuple[str, str], ...] = ()
     done: int = 0  # items finished so far (answered or failed), of `total`
     total: int = 0
+    # Where the answers of an API without result files are read (Anthropic's `results_url`).
+    results_url: str | None = None
 
     @property
     def over(self) -> bool:
@@ -147,20 +153,36 @@ class BatchState:
 
 
 class BatchJobs(Protocol):
-    """A provider's batch API (OpenAI's files + batches): requests go up as one file, the answers
-    come back as files hours later at a lower price. Calls raise TeacherError like `complete`."""
+    """A provider's batch API: requests go up as one job, the answers come back hours later at a
+    lower price. Calls raise TeacherError like `complete`.
+
+    `upload` then `create` start a job, and the runner records the id `upload` returns before it
+    calls `create`, so a run killed between the two can look the job up (`find`). OpenAI uploads a
+    file that outlives the run and that `create` and `find` name; Anthropic takes the requests
+    with the job itself, so its `upload` only builds them and returns a local id, which lives as
+    long as the process (`keeps_uploads` False).
+    """
+
+    # The most requests, and bytes of requests, one job may hold (the provider's limits, with room).
+    max_requests: int
+    max_bytes: int
+    # Whether an upload outlives the process: a job whose start a killed run cannot find is then
+    # started from it; otherwise its requests never reached the provider and go into a new job.
+    keeps_uploads: bool
 
     async def upload(self, requests: dict[str, ChatRequest]) -> str:
-        """Upload the requests (by custom id) as a batch input file; return the file's id."""
+        """Make the requests (by custom id) ready as one job; return the id `create` takes (the
+        provider's file id, or a local one)."""
         ...
 
     async def create(self, file_id: str) -> str:
-        """Start a batch job on an uploaded file; return the batch's id."""
+        """Start a batch job on what `upload` made ready; return the batch's id."""
         ...
 
-    async def find(self, file_id: str) -> str | None:
-        """The id of a batch already started on this file, if any (a crash between `create` and
-        recording its id must not start a second, paid one)."""
+    async def find(self, file_id: str, recorded: Collection[str] = ()) -> str | None:
+        """The id of a batch already started on this upload, if any (a crash between `create` and
+        recording its id must not start a second, paid one). `recorded`: the ids of batches known
+        to belong to other uploads, which an API that cannot name a batch's upload must pass over."""
         ...
 
     async def state(self, batch_id: str) -> BatchState: ...

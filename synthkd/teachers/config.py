@@ -48,8 +48,10 @@ class TeacherConfig(StrictModel):
     )
     batch: bool = Field(
         False,
-        description="send the requests as provider batch jobs (OpenAI Batch API: half price, answers "
-        "within 24 hours); a killed run resumes by polling the jobs it started",
+        description="send the requests as provider batch jobs (half price, answers within 24 hours): "
+        "OpenAI's Batch API with the openai backend, Anthropic's Message Batches API with the litellm "
+        "backend and an anthropic/ model (params limited to max_tokens, max_completion_tokens, "
+        "temperature, top_p, top_k and stop); a killed run resumes by polling the jobs it started",
     )
     batch_poll_seconds: float = Field(
         30.0, gt=0, description="how often batch jobs are asked where they stand"

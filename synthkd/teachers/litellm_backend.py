@@ -6,6 +6,8 @@ import os
 import re
 from typing import Any
 
+from synthkd.teachers.anthropic_batches import AnthropicBatchJobs
+from synthkd.teachers.anthropic_params import is_anthropic_model
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, TeacherError
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.http_errors import (
@@ -25,6 +27,7 @@ def _import_litellm() -> Any:
     return litellm
 
 
+ANTHROPIC_KEY_VARIABLE = "ANTHROPIC_API_KEY"  # where litellm (and Anthropic's SDK) look for the key
 _MISSING_KEY = re.compile(r"missing credentials|api_key client option must be set|no api key", re.IGNORECASE)
 
 
@@ -37,6 +40,9 @@ class LiteLLMTeacher:
         self.base_url = config.base_url
         self._timeout = config.timeout
         self._api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        # Anthropic's Message Batches API for `batch: true` (preflight refused it for other models);
+        # None otherwise, so nothing else changes.
+        self.batches = _anthropic_batches(config, self._api_key) if config.batch else None
 
     async def complete(self, request: ChatRequest) -> tuple[Completion, RateLimitHint | None]:
         litellm = self._litellm
@@ -101,7 +107,17 @@ class LiteLLMTeacher:
         return completion, _litellm_rate_hint(headers)
 
     async def aclose(self) -> None:
+        if self.batches is not None:
+            await self.batches.aclose()
+
+
+def _anthropic_batches(config: TeacherConfig, api_key: str | None) -> AnthropicBatchJobs | None:
+    """The batch jobs of an `anthropic/` model, with the key litellm would send it online: the
+    variable api_key_env names, else ANTHROPIC_API_KEY."""
+    if not is_anthropic_model(config.model):
         return None
+    key = api_key or os.environ.get(ANTHROPIC_KEY_VARIABLE)
+    return AnthropicBatchJobs(config.model, config.base_url, key, config.timeout)
 
 
 def _litellm_rate_hint(headers: dict[str, Any] | None) -> RateLimitHint | None:

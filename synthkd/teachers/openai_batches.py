@@ -10,6 +10,7 @@ the multipart upload and the file and batch objects. Its own retries are on for 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import openai
@@ -35,6 +36,11 @@ UNRUN_CODES = {"batch_expired", "batch_cancelled"}
 
 class OpenAIBatchJobs:
     """`BatchJobs` (see `teachers.base`) over OpenAI's /files and /batches endpoints."""
+
+    # OpenAI's limits on one batch: 50,000 requests and a 200 MB input file (kept under, with room).
+    max_requests = 50_000
+    max_bytes = 180 * 1024 * 1024
+    keeps_uploads = True  # the input file stays on OpenAI's side: a batch can be started from it later
 
     def __init__(self, model: str, base_url: str | None, api_key: str, timeout: float | None) -> None:
         self.model = model
@@ -71,7 +77,8 @@ class OpenAIBatchJobs:
         )
         return batch.id
 
-    async def find(self, file_id: str) -> str | None:
+    async def find(self, file_id: str, recorded: Collection[str] = ()) -> str | None:
+        # A batch names its input file, so `recorded` is not needed to tell batches apart.
         try:
             seen = 0
             async for batch in self._client.batches.list(limit=100):

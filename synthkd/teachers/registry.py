@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from synthkd.errors import RecipeError
 from synthkd.extras import LOCAL_MODEL, check_installed, is_installed, needs_extra
+from synthkd.teachers.anthropic_params import ANTHROPIC_PREFIX, refused_param
 from synthkd.teachers.base import Capabilities, Teacher
 from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
 from synthkd.teachers.embedded import GGUF_PACKAGE, INSTALL_HINT
@@ -31,6 +32,32 @@ def _local_param_check(params: dict[str, Any], where: Callable[..., str]) -> Non
     # Point at the first unsupported param itself: it may come from the recipe's teacher while
     # the step's own teacher sets other params.
     check_local_params(params, where(unknown[0]) if unknown else where())
+
+
+def _carries_every_param(params: dict[str, Any]) -> tuple[str, str] | None:
+    """A batch API whose items are the online request itself (OpenAI's) carries every param."""
+    return None
+
+
+@dataclass(frozen=True)
+class BatchAPI:
+    """A provider's batch API that a backend sends `teacher.batch: true` requests to, for the
+    models whose name starts with `model_prefix` ("": every model)."""
+
+    name: str  # in messages
+    model_prefix: str = ""
+    # The first param (and why) that its items cannot carry as the online request would.
+    refused_param: Callable[[dict[str, Any]], tuple[str, str] | None] = _carries_every_param
+    # Whether its answers carry log-probabilities and honour a JSON schema, as online.
+    top_logprobs: bool = True
+    structured_output: bool = True
+
+    def serves(self, model: str) -> bool:
+        return model.startswith(self.model_prefix)
+
+    def describe(self, backend: str) -> str:
+        models = f"an {self.model_prefix} model" if self.model_prefix else "any model"
+        return f"{backend} with {models} ({self.name})"
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,9 @@ class BackendSpec:
     # modules it imports from it: preflight looks for them before any request (synthkd.extras).
     extra: str | None = None
     modules: tuple[str, ...] = ()
+    # The batch APIs it reaches (`teacher.batch: true`); `capabilities.batch_submission` says
+    # whether it has any, `capabilities_of(config)` whether the config's model has one.
+    batch_apis: tuple[BatchAPI, ...] = ()
 
     def build(self, config: TeacherConfig, seed: int = 0) -> Teacher:
         module_name, class_name = self.factory.split(":")
@@ -79,11 +109,23 @@ BACKENDS: dict[str, BackendSpec] = {
             Capabilities(local=False, top_logprobs=True, structured_output=True, batch_submission=True),
             factory="synthkd.teachers.openai_backend:OpenAITeacher",
             default_base_url="https://api.openai.com/v1",
+            batch_apis=(BatchAPI("OpenAI's Batch API"),),
         ),
         BackendSpec(
             "litellm",
-            Capabilities(local=False, top_logprobs=True, structured_output=True),
+            Capabilities(local=False, top_logprobs=True, structured_output=True, batch_submission=True),
             factory="synthkd.teachers.litellm_backend:LiteLLMTeacher",
+            # Anthropic's Message Batches API, spoken directly (teachers.anthropic_batches): litellm
+            # has no batch path for it. Other providers' models have no batch jobs here.
+            batch_apis=(
+                BatchAPI(
+                    "Anthropic's Message Batches API",
+                    ANTHROPIC_PREFIX,
+                    refused_param,
+                    top_logprobs=False,
+                    structured_output=False,
+                ),
+            ),
         ),
         BackendSpec(
             "transformers",
@@ -104,8 +146,54 @@ def backend_spec(backend: str) -> BackendSpec:
 
 
 def capabilities_of(config: TeacherConfig) -> Capabilities:
-    """What the teacher a config names can do, known without building it."""
-    return backend_spec(config.backend).capabilities
+    """What the teacher a config names can do, known without building it: with `batch: true`,
+    what its batch API's items can carry."""
+    capabilities = backend_spec(config.backend).capabilities
+    api = batch_api_of(config)
+    if api is None:
+        return replace(capabilities, batch_submission=False)
+    if not config.batch:
+        return capabilities
+    return replace(
+        capabilities,
+        top_logprobs=capabilities.top_logprobs and api.top_logprobs,
+        structured_output=capabilities.structured_output and api.structured_output,
+    )
+
+
+def batch_api_of(config: TeacherConfig) -> BatchAPI | None:
+    """The batch API the config's backend reaches for its model, if any."""
+    return next((api for api in backend_spec(config.backend).batch_apis if api.serves(config.model)), None)
+
+
+@dataclass(frozen=True)
+class BatchRefusal:
+    """Why a teacher section cannot have `batch: true`, and the key (under the section) to blame."""
+
+    message: str
+    key: tuple[str, ...] = ("batch",)
+
+
+def batch_refusal(config: TeacherConfig) -> BatchRefusal | None:
+    """Why the config's requests cannot go as batch jobs (None: they can): no batch API for its
+    backend and model, or a param its batch API's items cannot carry. Requests the steps shape
+    themselves (a label step's schema:) are checked when they are made ready, before any is sent."""
+    api = batch_api_of(config)
+    if api is None:
+        able = [other.describe(name) for name, spec in BACKENDS.items() for other in spec.batch_apis]
+        return BatchRefusal(
+            f"the {config.backend} backend has no batch jobs for model {config.model!r}; batch: true "
+            f"needs one of: {'; '.join(able)}"
+        )
+    refused = api.refused_param(config.params)
+    if refused is not None:
+        name, why = refused
+        return BatchRefusal(
+            f"{api.name} cannot carry param {name!r} ({why}): remove it, or set batch: false to send "
+            "the requests online",
+            ("params", name),
+        )
+    return None
 
 
 def check_backend_installed(config: TeacherConfig, where: Callable[[str], str]) -> None:

@@ -74,6 +74,12 @@ class BatchConfig(Protocol):
 ItemAnswerer = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
+def failure_draw(seed: int, custom_id: str, attempt: int) -> float:
+    """The draw that decides whether an item fails (below the failure rate): fixed per submission
+    of a custom_id, fresh for its next one. Anthropic's fake batches draw the same way."""
+    return random.Random(f"{seed}:{custom_id}:{attempt}").random()
+
+
 def error_body(message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
@@ -507,7 +513,7 @@ class BatchEndpoints:
         for index, request in enumerate(requests):
             attempt = self.stats.submissions[request.custom_id]
             self.stats.submissions[request.custom_id] += 1
-            draw = random.Random(f"{self.seed}:{request.custom_id}:{attempt}").random()
+            draw = failure_draw(self.seed, request.custom_id, attempt)
             never = finishing is not None and index >= finishing
             done_at = None if never else start + span * (index + 1) / len(requests)
             items.append(

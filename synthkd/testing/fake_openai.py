@@ -19,6 +19,8 @@ It also serves OpenAI's Files and Batches endpoints (`/v1/files`, `/v1/batches`;
 fake_batches.py): a batch's items get the same answers as the chat endpoint gives, on a timeline of
 `--batch-seconds`, with their own faults (`--batch-item-failure-rate`, `--batch-expire`,
 `--batch-fail-validation`). `GET /batch_submissions` counts how often each custom_id was submitted.
+And it serves Anthropic's Message Batches endpoints (`/v1/messages/batches`; see
+fake_anthropic_batches.py) on the same clock and faults, answering their items the same way.
 
 Tests and benchmarks start it in a subprocess through `FakeOpenAIServer`.
 """
@@ -50,6 +52,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from synthkd.testing.fake_anthropic_batches import AnthropicBatchEndpoints
 from synthkd.testing.fake_batches import MAX_UPLOAD_BYTES, BatchEndpoints
 
 Z99 = 2.3263  # the 99th percentile of a standard normal: p99 = median * exp(Z99 * sigma)
@@ -367,6 +370,9 @@ class FakeOpenAI:
         self.ids = itertools.count(1)
         self.rule_uses: Counter[int] = Counter()  # requests answered by each rule with `times`
         self.batches = BatchEndpoints(self.answer_batch_item, lambda: self.config, seed=seed)
+        self.anthropic_batches = AnthropicBatchEndpoints(
+            self.answer_batch_item, lambda: self.config, lambda: self.config.require_key, seed=seed
+        )
 
     def pick_rule(self, call: ChatCall) -> Rule | None:
         """The first matching rule that has not used up its `times`; counts the use."""
@@ -483,7 +489,13 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     async def get_stats(self, _request: web.Request) -> web.Response:
-        return web.json_response({**self.stats.as_json(), "batches": self.batches.stats.as_json()})
+        return web.json_response(
+            {
+                **self.stats.as_json(),
+                "batches": self.batches.stats.as_json(),
+                "anthropic_batches": self.anthropic_batches.stats.as_json(),
+            }
+        )
 
     async def get_batch_submissions(self, _request: web.Request) -> web.Response:
         return web.json_response({"submissions": self.batches.submissions_json()})
@@ -495,6 +507,7 @@ class FakeOpenAI:
         self.stats = Stats()
         self.rule_uses.clear()
         self.batches.reset()
+        self.anthropic_batches.reset()
         return web.json_response({"ok": True})
 
     async def configure(self, request: web.Request) -> web.Response:
@@ -517,6 +530,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         self.batches.add_routes(app)
+        self.anthropic_batches.add_routes(app)
         app.router.add_get("/stats", self.get_stats)
         app.router.add_get("/batch_submissions", self.get_batch_submissions)
         app.router.add_get("/arrivals", self.get_arrivals)
@@ -728,7 +742,8 @@ class FakeOpenAIServer:
         of the chat endpoint (batch items are not chat requests and count in none of them), and
         `batches`: files_uploaded, batches_created, items_submitted (the items of batches that passed
         validation), items_resubmitted (submissions of a custom_id already submitted before) and
-        custom_ids_resubmitted (custom_ids submitted more than once)."""
+        custom_ids_resubmitted (custom_ids submitted more than once); `anthropic_batches`: the same
+        counts for Anthropic's Message Batches (files_uploaded stays 0: Anthropic has no files)."""
         return self._call("GET", "/stats")
 
     def batch_submissions(self) -> dict[str, int]:
