@@ -11,11 +11,14 @@ meets the damage, which for the usual cases is the constructor; `clear_cache` se
 aside and starts a new one. A write lock held past the busy timeout raises `CacheLockedError`. A
 full disk raises `StorageFullError` at the first answer that does not fit: SQLite rolls back only
 that answer's transaction, so every answer committed before stays, and a rerun sends only the rest.
+A cache (or folder) that cannot be written raises `UnwritableFileError`. `sqlite_errors_as` makes
+these one-line errors, for this file and for the other SQLite files beside it (`batches.sqlite`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -23,12 +26,18 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from synthkd.atomic import is_disk_full, process_running
-from synthkd.errors import CacheDamagedError, CacheLockedError, StorageFullError
+from synthkd.errors import (
+    CacheDamagedError,
+    CacheLockedError,
+    StorageFullError,
+    SynthkdError,
+    UnwritableFileError,
+)
 from synthkd.kd.topk import TopK
 from synthkd.paths import cache_root
 from synthkd.teachers.base import ChatRequest, Completion, ScoreRequest
@@ -39,6 +48,8 @@ BUSY_TIMEOUT_SECONDS = 30.0  # how long a write waits for another process's lock
 # The files SQLite keeps beside a database; a damaged database is set aside with them, so a
 # stale journal is never applied to the new, empty cache.
 COMPANIONS = ("-wal", "-shm", "-journal")
+# A folder that cannot be made: it, or one above it, is read-only or another user's.
+UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def request_key(teacher: TeacherConfig, request: ChatRequest) -> str:
@@ -112,17 +123,16 @@ class ResponseCache:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """SQLite's damage, lock and full-disk errors as one-line errors naming the file; others
-        unchanged."""
-        with full_disk_as(self.path, cache_full_error):
-            try:
-                yield
-            except sqlite3.DatabaseError as exc:
-                if is_damage(exc):
-                    raise CacheDamagedError(self.path, str(exc)) from exc
-                if is_lock(exc):
-                    raise CacheLockedError(self.path, self.timeout) from exc
-                raise
+        """SQLite's damage, lock, full-disk and read-only errors as one-line errors naming the file;
+        others unchanged."""
+        errors = FileErrors(
+            full=cache_full_error,
+            damaged=CacheDamagedError,
+            locked=lambda path: CacheLockedError(path, self.timeout),
+            unwritable=cache_unwritable_error,
+        )
+        with sqlite_errors_as(self.path, errors):
+            yield
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         return {key: Completion(**value) for key, value in self._get_values(keys).items()}
@@ -236,6 +246,51 @@ def open_database(
     return db
 
 
+@dataclass(frozen=True)
+class FileErrors:
+    """The one-line errors that SQLite's errors on one file become (see `sqlite_errors_as`), each
+    made from the file's path and, for `damaged` and `unwritable`, the error's own words."""
+
+    full: Callable[[Path], StorageFullError]
+    damaged: Callable[[Path, str], SynthkdError]
+    locked: Callable[[Path], SynthkdError]
+    unwritable: Callable[[Path, str], SynthkdError]
+
+
+@contextmanager
+def sqlite_errors_as(path: Path, errors: FileErrors) -> Iterator[None]:
+    """A full disk, damage, a lock held past the busy timeout, or a read-only file or folder, met
+    by SQLite on the file at `path` or by making its folder, raised as `errors` says; other errors
+    unchanged."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, OSError) as exc:
+        one_line = _one_line_error(exc, path, errors)
+        if one_line is None:
+            raise
+        raise one_line from exc
+
+
+def _one_line_error(
+    exc: sqlite3.DatabaseError | OSError, path: Path, errors: FileErrors
+) -> SynthkdError | None:
+    # A full disk first: SQLite reports one met while opening the file as a file it cannot open.
+    if is_full(exc, path):
+        return errors.full(path)
+    if isinstance(exc, sqlite3.DatabaseError) and is_damage(exc):
+        return errors.damaged(path, str(exc))
+    if isinstance(exc, sqlite3.DatabaseError) and is_lock(exc):
+        return errors.locked(path)
+    if is_unwritable(exc):
+        return errors.unwritable(path, _words(exc))
+    return None
+
+
+def _words(exc: sqlite3.DatabaseError | OSError) -> str:
+    """What went wrong, without the path an OSError repeats (the one-line error names it)."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 @contextmanager
 def full_disk_as(path: Path, error: Callable[[Path], StorageFullError]) -> Iterator[None]:
     """A full disk met by SQLite on the file at `path`, or by creating its folder, raised as
@@ -258,6 +313,17 @@ def cache_full_error(path: Path) -> StorageFullError:
     )
 
 
+def cache_unwritable_error(path: Path, detail: str) -> UnwritableFileError:
+    return UnwritableFileError(
+        path,
+        detail,
+        what="the request cache",
+        outcome="the answers already cached are kept",
+        fix="make it and its folder writable, or point SYNTHKD_CACHE_DIR at a folder that is, and run "
+        "the same command again",
+    )
+
+
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""  # Python 3.11+
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
@@ -269,6 +335,19 @@ def is_damage(exc: sqlite3.DatabaseError) -> bool:
 def is_lock(exc: sqlite3.DatabaseError) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
+def is_unwritable(exc: sqlite3.DatabaseError | OSError) -> bool:
+    """A file SQLite may not write (SQLITE_READONLY: a read-only file or mount) or cannot open (its
+    folder is read-only, so neither it nor its -wal file can be made), or a folder that cannot be
+    made. Asked once a full disk is ruled out (`is_full`), which SQLite reports the same way."""
+    if isinstance(exc, OSError):
+        return exc.errno in UNWRITABLE_ERRNOS
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return True
+    text = str(exc)
+    return "readonly database" in text or "unable to open database file" in text
 
 
 def is_full(exc: sqlite3.DatabaseError | OSError, path: Path) -> bool:

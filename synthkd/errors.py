@@ -60,32 +60,75 @@ class TeacherFatalError(SynthkdError):
     exit_code = 1
 
 
-class CacheDamagedError(SynthkdError):
-    """The request cache file is not a readable SQLite database (truncated, overwritten, a disk
-    fault). Nothing can be sent until it is set aside with `synthkd cache clear`: exit code 2."""
+class DamagedFileError(SynthkdError):
+    """A SQLite file synthkd keeps is not a readable database (truncated, overwritten, a disk
+    fault): what needs it cannot go on until it is set aside. Exit code 2.
+
+    One line: "`what` `path` is damaged (`detail`); `fix`", where `fix` says how to set it aside
+    and what that costs."""
 
     exit_code = 2
 
-    def __init__(self, path: object, detail: str) -> None:
+    def __init__(self, path: object, detail: str, *, what: str, fix: str) -> None:
         self.path = path
-        super().__init__(
-            f"the request cache {path} is damaged ({detail}); run `synthkd cache clear` to set it aside "
-            f"and start a new one (the damaged file is kept as {path}.damaged-<UTC time>)"
-        )
+        super().__init__(f"{what} {path} is damaged ({detail}); {fix}")
 
 
-class CacheLockedError(SynthkdError):
-    """Another process held the request cache's write lock for longer than the busy timeout.
-    Answers received so far are committed, so the same command resumes: exit code 1."""
+class LockedFileError(SynthkdError):
+    """Another process held a SQLite file's write lock for longer than the busy timeout. What was
+    committed before stays, so the same command resumes: exit code 1.
+
+    One line: "`what` `path` is locked: another synthkd run ... for over `timeout` s; `fix`"."""
 
     exit_code = 1
 
-    def __init__(self, path: object, timeout: float) -> None:
+    def __init__(self, path: object, timeout: float, *, what: str, fix: str) -> None:
         self.path = path
         super().__init__(
-            f"the request cache {path} is locked: another synthkd run (or another program) has been "
-            f"writing to it for over {timeout:g} s; wait for it to finish and run the same command again "
-            "(answers received so far are kept), or give this run a cache of its own with SYNTHKD_CACHE_DIR"
+            f"{what} {path} is locked: another synthkd run (or another program) has been writing to it "
+            f"for over {timeout:g} s; {fix}"
+        )
+
+
+class UnwritableFileError(SynthkdError):
+    """A SQLite file synthkd must write cannot be opened or written: it, or its folder, is
+    read-only (a read-only mount, another user's file). What was committed before stays; nothing
+    goes on until it is writable: exit code 2.
+
+    One line: "cannot write `what` `path` (`detail`): `outcome`; `fix`"."""
+
+    exit_code = 2
+
+    def __init__(self, path: object, detail: str, *, what: str, outcome: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"cannot write {what} {path} ({detail}): {outcome}; {fix}")
+
+
+class CacheDamagedError(DamagedFileError):
+    """The request cache file is not a readable SQLite database (truncated, overwritten, a disk
+    fault). Nothing can be sent until it is set aside with `synthkd cache clear`: exit code 2."""
+
+    def __init__(self, path: object, detail: str) -> None:
+        super().__init__(
+            path,
+            detail,
+            what="the request cache",
+            fix="run `synthkd cache clear` to set it aside and start a new one (the damaged file is kept "
+            f"as {path}.damaged-<UTC time>)",
+        )
+
+
+class CacheLockedError(LockedFileError):
+    """Another process held the request cache's write lock for longer than the busy timeout.
+    Answers received so far are committed, so the same command resumes: exit code 1."""
+
+    def __init__(self, path: object, timeout: float) -> None:
+        super().__init__(
+            path,
+            timeout,
+            what="the request cache",
+            fix="wait for it to finish and run the same command again (answers received so far are kept), "
+            "or give this run a cache of its own with SYNTHKD_CACHE_DIR",
         )
 
 

@@ -119,10 +119,11 @@ class SmallDisk:
                 self._holder.wait()
 
 
-def one_error_line(process: subprocess.CompletedProcess) -> str:
-    """The command's error: stderr holds no traceback and exactly one `error:` line (progress lines
-    from before the error may precede it)."""
-    assert "Traceback" not in process.stderr, process.stderr
-    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, process.stderr
+def one_error_line(process: subprocess.CompletedProcess | str) -> str:
+    """The command's error: stderr (the process's, or as captured from `synthkd.cli.main`) holds no
+    traceback and exactly one `error:` line (progress lines from before the error may precede it)."""
+    stderr = process if isinstance(process, str) else process.stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
     return errors[0]

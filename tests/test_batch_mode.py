@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +16,11 @@ from dataclasses import asdict
 import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 from rich.console import Console
+from small_disk import one_error_line
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.cli import main
-from synthkd.dispatch.batch_runner import BatchRunner
+from synthkd.dispatch.batch_runner import QUEUE_FULL_MAX_WAIT_SECONDS, BatchRunner, QueueWait
 from synthkd.dispatch.batch_store import BatchStore
 from synthkd.dispatch.dispatcher import BATCH_STORE_NAME, Dispatcher
 from synthkd.dispatch.outcome import DispatchStats
@@ -139,14 +141,89 @@ def test_items_an_expiring_batch_never_ran_are_sent_again_until_max_attempts(tmp
     assert failure["reason"] == "batch_expired" and failure["attempts"] == 5
 
 
-def test_a_batch_refused_for_a_full_queue_is_sent_again_until_max_attempts(tmp_path, server, capsys):
-    """The fake server fails the batch at validation with token_limit_exceeded (OpenAI's queue of
-    enqueued tokens is full): a later batch may pass, so it is sent again, within max_attempts."""
-    server.configure(batch_fail_validation=True)
-    assert main(["run", str(recipe(tmp_path, server, max_attempts=2))]) == 3
-    assert batch_stats(server)["batches_created"] == 2
-    failures = read_jsonl(tmp_path / "out.incomplete" / "failures.jsonl")
-    assert len(failures) == ROWS and {failure["reason"] for failure in failures} == {"batch_failed"}
+def test_a_full_queue_is_waited_out_without_using_up_attempts(tmp_path, server):
+    """The fake server refuses the first three batches at validation with token_limit_exceeded
+    (OpenAI's queue of enqueued tokens is full), then accepts. The job is started again from the
+    same upload each time; with max_attempts 2 every row still gets its answer."""
+    server.configure(batch_fail_validation=True, batch_fail_validation_times=3)
+    assert main(["run", str(recipe(tmp_path, server, max_attempts=2))]) == 0
+    stats = batch_stats(server)
+    assert stats["batches_refused"] == 3 and stats["batches_created"] == 4
+    assert stats["files_uploaded"] == 1  # started again from its upload, never uploaded again
+    assert stats["items_resubmitted"] == 0  # refused batches run no item
+    assert len(answers(tmp_path)) == ROWS
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert '"batch_queue_full"' in manifest  # the restarts are counted, under their own reason
+
+
+def test_the_bar_says_the_requests_wait_for_the_providers_queue(tmp_path, server):
+    server.configure(batch_fail_validation=True, batch_fail_validation_times=2)
+    dispatcher = batch_dispatcher(tmp_path, server)
+    requests = [ChatRequest(({"role": "user", "content": f"Name fish {i}."},)) for i in range(4)]
+    outcomes, seen = asyncio.run(run_and_watch(dispatcher, requests))
+    assert all(outcome.completion is not None for outcome in outcomes)
+    assert any(
+        text.startswith("waiting for the provider's batch queue to free: 4 requests, next try in")
+        for text in seen
+    ), seen
+    assert dispatcher.stats.waiting_on == ""
+
+
+def test_a_queue_that_never_frees_stops_the_run_with_one_line_and_the_same_command_resumes(
+    tmp_path, server, private_cache
+):
+    server.configure(batch_fail_validation=True)  # every batch
+    path = recipe(tmp_path, server, batch_queue_wait_seconds=1)
+    env = {**os.environ, "SYNTHKD_CACHE_DIR": str(private_cache), "COLUMNS": "400"}
+    began = time.monotonic()
+    stopped = subprocess.run(
+        [sys.executable, "-m", "synthkd.cli", "run", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stopped.returncode == 1, stopped.stderr
+    assert time.monotonic() - began < 60  # 1 s of waiting, and the start of a Python process
+    message = one_error_line(stopped)
+    assert re.search(
+        r"openai teacher 'fake-model': the provider's batch queue has been full for \d+ s", message
+    )
+    assert "token_limit_exceeded: Enqueued token limit reached" in message
+    assert "answers received so far are cached and the jobs started are recorded" in message
+    assert "the same command resumes" in message and "teacher.batch_queue_wait_seconds" in message
+    refused = batch_stats(server)["batches_refused"]
+    assert refused >= 2 and batch_stats(server)["files_uploaded"] == 1
+    assert not (tmp_path / "out").exists()
+
+    server.configure(batch_fail_validation=False)  # the queue frees
+    assert main(["run", str(path)]) == 0
+    stats = batch_stats(server)
+    assert stats["files_uploaded"] == 1  # the recorded upload is started again
+    assert stats["batches_created"] == refused + 1 and stats["items_submitted"] == ROWS
+    assert len(answers(tmp_path)) == ROWS
+
+
+def test_the_wait_for_a_full_queue_doubles_starts_over_and_never_passes_the_limit():
+    queue = QueueWait(first=30.0, limit=3600.0)
+    starts = []
+    for now in (0.0, 40.0, 110.0):
+        assert queue.refused(now) == now  # the queue has been full since the first refusal
+        starts.append(queue.next_start - now)
+    assert starts == [30.0, 60.0, 120.0]
+    for _ in range(10):
+        queue.refused(200.0)
+    assert queue.wait == QUEUE_FULL_MAX_WAIT_SECONDS  # doubled up to the cap
+
+    queue.accepted(new=False)  # a job of this run still runs: the clock stops, the wait stays
+    assert queue.since is None and queue.wait == QUEUE_FULL_MAX_WAIT_SECONDS
+    queue.accepted(new=True)  # a job got into the queue: there is room again
+    assert queue.refused(5000.0) == 0.0 and queue.next_start == 5030.0
+
+    queue.refused(5000.0 + 3590.0)
+    assert queue.next_start == 5000.0 + 3600.0  # no start past the limit
+    assert queue.refused(5000.0 + 3600.0) >= queue.limit  # ... and there the run stops
 
 
 def test_a_batch_failed_for_its_contents_stops_the_run_with_the_providers_reasons():
@@ -249,27 +326,32 @@ def test_the_dry_run_prices_batch_jobs_at_the_batch_rate_and_gives_no_time(tmp_p
     assert server.stats()["requests"] == 0 and server.stats()["batches"]["files_uploaded"] == 0
 
 
-def test_the_bar_says_where_the_batch_jobs_stand_while_no_row_moves(tmp_path, server):
-    """Hours can pass between a job's start and its answers: the step's stats say, as they go,
-    what the requests wait on, and its progress bar shows it."""
-    server.configure(batch_seconds=1.5)
+def batch_dispatcher(tmp_path, server) -> Dispatcher:
     config = TeacherConfig(
         backend="openai", model="fake-model", base_url=server.base_url, api_key_env=None, batch=True,
         batch_poll_seconds=0.1,
     )  # fmt: skip
-    dispatcher = Dispatcher(OpenAITeacher(config), config, ResponseCache(tmp_path / "c.sqlite"), price=None)
-    requests = [ChatRequest(({"role": "user", "content": f"Name bird {i}."},)) for i in range(6)]
+    return Dispatcher(OpenAITeacher(config), config, ResponseCache(tmp_path / "c.sqlite"), price=None)
+
+
+async def run_and_watch(dispatcher: Dispatcher, requests: list[ChatRequest]) -> tuple[list, set[str]]:
+    """The dispatcher's outcomes, and every `waiting_on` text seen while it ran."""
     seen = set()
+    job = asyncio.create_task(dispatcher.run(requests))
+    while not job.done():
+        seen.add(dispatcher.stats.waiting_on)
+        await asyncio.sleep(0.02)
+    await dispatcher.teacher.aclose()
+    return job.result(), seen
 
-    async def run_and_watch() -> list:
-        job = asyncio.create_task(dispatcher.run(requests))
-        while not job.done():
-            seen.add(dispatcher.stats.waiting_on)
-            await asyncio.sleep(0.05)
-        await dispatcher.teacher.aclose()
-        return job.result()
 
-    outcomes = asyncio.run(run_and_watch())
+def test_the_bar_says_where_the_batch_jobs_stand_while_no_row_moves(tmp_path, server):
+    """Hours can pass between a job's start and its answers: the step's stats say, as they go,
+    what the requests wait on, and its progress bar shows it."""
+    server.configure(batch_seconds=1.5)
+    dispatcher = batch_dispatcher(tmp_path, server)
+    requests = [ChatRequest(({"role": "user", "content": f"Name bird {i}."},)) for i in range(6)]
+    outcomes, seen = asyncio.run(run_and_watch(dispatcher, requests))
     assert all(outcome.completion is not None for outcome in outcomes)
     assert any(
         text.startswith("batch jobs: 1 in_progress, ") and text.endswith("/6 done") for text in seen

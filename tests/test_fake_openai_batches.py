@@ -241,6 +241,16 @@ def test_batch_fail_validation_fails_a_good_file_with_token_limit_exceeded(serve
     assert wait_until_over(client, submit(client, {"a": chat_body("fine")}).id).status == "completed"
 
 
+def test_batch_fail_validation_times_refuses_only_the_first_batches(server, client):
+    """A queue that frees after a while: the first two batches since the reset are refused."""
+    server.configure(batch_fail_validation=True, batch_fail_validation_times=2)
+    statuses = [wait_until_over(client, submit(client, {"a": chat_body("x")}).id).status for _ in range(3)]
+    assert statuses == ["failed", "failed", "completed"]
+    assert server.stats()["batches"]["batches_refused"] == 2
+    server.reset()  # the count starts again
+    assert wait_until_over(client, submit(client, {"a": chat_body("x")}).id).status == "failed"
+
+
 def test_bad_requests_get_openai_errors(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.batches.create(input_file_id="file-missing", endpoint=ENDPOINT, completion_window="24h")
@@ -306,6 +316,7 @@ def test_stats_count_submissions_keep_batches_off_the_chat_counters_and_reset_cl
     assert stats["batches"] == {
         "files_uploaded": 2,
         "batches_created": 2,
+        "batches_refused": 0,
         "items_submitted": 4,
         "items_resubmitted": 1,
         "custom_ids_resubmitted": 1,
@@ -328,3 +339,6 @@ def test_batch_settings_are_validated(server):
     with pytest.raises(ValueError, match="batch_expire must be true or false"):
         server.configure(batch_expire="sometimes")
     assert server.configure(batch_expire="true")["batch_expire"] is True
+    with pytest.raises(ValueError, match="batch_fail_validation_times must be >= 0"):
+        server.configure(batch_fail_validation_times=-1)
+    assert server.configure(batch_fail_validation_times="3")["batch_fail_validation_times"] == 3

@@ -11,6 +11,10 @@ batch jobs at the batch price, and their answers come back into the same request
    the job expired or was cancelled before running them, no line at all) go into a later job
    until `max_attempts`; items refused for what they contain fail their rows; an item error that
    no request could get past (a bad key) stops the run, as online.
+4. A job the provider refused because its queue was full (`QUEUE_FULL_CODES`) is no fault of its
+   items: it is started again from the same upload, using up none of their `max_attempts`, after
+   a wait that doubles from `batch_poll_seconds` up to `QUEUE_FULL_MAX_WAIT_SECONDS` and starts
+   over once a job is accepted; the progress bar says so meanwhile (see `QueueWait`).
 A spending cap reserves each item's worst case when it is submitted, as online.
 """
 
@@ -18,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from synthkd.dispatch.batch_store import BatchRecord, BatchStore
@@ -32,6 +37,11 @@ from synthkd.teachers.config import TeacherConfig
 
 # A batch that failed validation for one of these will pass later: the provider's queue was full.
 QUEUE_FULL_CODES = {"token_limit_exceeded", "request_limit_exceeded"}
+# The longest wait between two starts of a job refused for a full queue: the queue frees as other
+# jobs finish, which takes minutes to hours; asking more often than this buys nothing.
+QUEUE_FULL_MAX_WAIT_SECONDS = 600.0
+# Job states past the provider's validation: the job was accepted into the queue.
+NOT_ACCEPTED = frozenset({"validating", "failed"})
 
 
 class BatchHost(Protocol):
@@ -62,6 +72,60 @@ class BatchHost(Protocol):
         ...
 
 
+@dataclass
+class QueueWait:
+    """Jobs the provider refused because its queue was full, waiting to be started again.
+
+    The wait between two starts doubles from `first` up to `QUEUE_FULL_MAX_WAIT_SECONDS`, and
+    starts over once a job is accepted (the queue has room again). A queue that never frees must
+    not keep the run waiting forever, but one that this run's own jobs fill frees as they finish
+    (within the provider's 24 hours): so the time waited counts only from the first refusal after
+    the last poll that found a job of this run accepted, and once it reaches `limit`
+    (`teacher.batch_queue_wait_seconds`) the run stops (`BatchRunner._back_off`). No start is put
+    off past that moment."""
+
+    first: float
+    limit: float
+    held: list[BatchRecord] = field(default_factory=list)
+    reasons: str = ""  # the provider's words for the last refusal
+    wait: float = 0.0  # the last wait between starts; 0: none since a job was accepted
+    next_start: float = 0.0  # time.monotonic() of the next start of the held jobs
+    since: float | None = None  # the first refusal since a job of this run was last seen accepted
+
+    def accepted(self, new: bool) -> None:
+        """A poll found a job of this run past validation, `new`ly so or still running."""
+        self.since = None
+        if new:
+            self.wait = 0.0
+
+    def refused(self, now: float) -> float:
+        """Jobs were refused at `now`: set when they start again; returns how long the queue has
+        been full so far (see the class)."""
+        self.since = now if self.since is None else self.since
+        waited = now - self.since
+        self.wait = min(QUEUE_FULL_MAX_WAIT_SECONDS, self.wait * 2 or self.first)
+        self.next_start = now + min(self.wait, max(0.0, self.limit - waited))
+        return waited
+
+    def due(self, now: float) -> list[BatchRecord]:
+        """The held jobs, taken, once their wait is over."""
+        if not self.held or now < self.next_start:
+            return []
+        due, self.held = self.held, []
+        return due
+
+    def describe(self, now: float) -> str:
+        """For the progress bar, while the queue is full: "waiting for the provider's batch queue to
+        free: 12 requests, next try in 40 s", or, while a refused job is tried again, that it is."""
+        if not self.held:
+            return "" if self.since is None else "the provider's batch queue was full: trying again"
+        requests = sum(len(record.keys) for record in self.held)
+        return (
+            f"waiting for the provider's batch queue to free: {requests} requests, "
+            f"next try in {_duration(self.next_start - now)}"
+        )
+
+
 class BatchRunner:
     """Answers one dispatcher's requests through provider batch jobs (see the module docstring)."""
 
@@ -73,6 +137,8 @@ class BatchRunner:
         self.attempts: Counter[str] = Counter()  # jobs each key was sent in
         self.reserved: dict[str, float] = {}  # budget reserved per key submitted in this run
         self.active: dict[str, BatchRecord] = {}  # by file id
+        self.queue = QueueWait(self.config.batch_poll_seconds, self.config.batch_queue_wait_seconds)
+        self.accepted_ids: set[str] = set()  # of the jobs seen past validation
 
     async def run(self, wanted: dict[str, ChatRequest], finish: Callable[[str, Outcome], None]) -> None:
         """Answer every request in `wanted` (by cache key), calling `finish` for each."""
@@ -83,18 +149,73 @@ class BatchRunner:
         covered = {key for record in self.active.values() for key in record.keys}
         await self._submit([key for key in wanted if key not in covered])
         try:
-            while self.active:
+            while self.active or self.queue.held:
                 await asyncio.sleep(self.config.batch_poll_seconds)
-                states = []
-                for record in list(self.active.values()):
-                    assert record.batch_id is not None
-                    state = await self.jobs.state(record.batch_id)
-                    states.append(state)
-                    if state.over:
-                        await self._collect(record, state)
-                self.dispatcher.stats.waiting_on = _waiting_on(states) if self.active else ""
+                states = await self._poll()
+                for record in self.queue.due(time.monotonic()):
+                    await self._restart(record)
+                self.dispatcher.stats.waiting_on = self._waiting_on(states)
         finally:
             self.dispatcher.stats.waiting_on = ""
+
+    async def _poll(self) -> list[BatchState]:
+        """Ask each job where it stands; collect those that are over and hold those refused for a
+        full queue. Returns the states of the jobs the provider accepted."""
+        states, refused = [], False
+        for record in list(self.active.values()):
+            assert record.batch_id is not None
+            state = await self.jobs.state(record.batch_id)
+            if state.status == "failed":
+                self.check_failure(state, self.config)  # unless the queue was full, the run stops
+                self._hold(record, state)
+                refused = True
+                continue
+            if state.status not in NOT_ACCEPTED:
+                self.queue.accepted(new=record.batch_id not in self.accepted_ids)
+                self.accepted_ids.add(record.batch_id)
+            states.append(state)
+            if state.over:
+                await self._collect(record, state)
+        if refused:
+            self._back_off()
+        return states
+
+    def _hold(self, record: BatchRecord, state: BatchState) -> None:
+        """A job refused for a full queue waits to be started again from its upload. Only OpenAI
+        refuses jobs so, and its uploads outlive them (`BatchJobs.keeps_uploads`). Its items keep
+        their attempts and their reservations under the spending caps: they are still to be sent."""
+        self.store.refused(record.file_id)
+        del self.active[record.file_id]
+        self.queue.held.append(record)
+        self.queue.reasons = _reasons(state)
+
+    def _back_off(self) -> None:
+        """Jobs were refused for a full queue: set their next start, or stop the run once the queue
+        has been full for `batch_queue_wait_seconds` (see `QueueWait`) rather than wait without end.
+        Answers are cached and the held jobs recorded, so the same command resumes."""
+        waited = self.queue.refused(time.monotonic())
+        if waited < self.queue.limit:
+            return
+        message = (
+            f"the provider's batch queue has been full for {_duration(waited)} ({self.queue.reasons}); "
+            "answers received so far are cached and the jobs started are recorded, so the same command "
+            "resumes (teacher.batch_queue_wait_seconds sets how long a full queue is waited out; a job "
+            "never accepted may be larger than the organization's limit for this model)"
+        )
+        raise self.dispatcher.fatal(TeacherError(message, retryable=False, reason="batch_queue_full"))
+
+    async def _restart(self, record: BatchRecord) -> None:
+        """Start a job refused for a full queue again, from the same upload."""
+        self.dispatcher.stats.retries["batch_queue_full"] += len(record.keys)
+        batch_id = await self.jobs.create(record.file_id)
+        self.store.started(record.file_id, batch_id)
+        self.active[record.file_id] = replace(record, batch_id=batch_id)
+
+    def _waiting_on(self, states: list[BatchState]) -> str:
+        """What the requests wait on, for the progress bar (`DispatchStats.waiting_on`)."""
+        parts = [_waiting_on(states)] if states and self.active else []
+        parts.append(self.queue.describe(time.monotonic()))
+        return "; ".join(part for part in parts if part)
 
     async def _resume(self) -> None:
         """Take over the jobs a killed run left for this teacher."""
@@ -135,11 +256,7 @@ class BatchRunner:
 
     async def _collect(self, record: BatchRecord, state: BatchState) -> None:
         """A job is over: cache its answers, settle its items, and send again what may pass later."""
-        if state.status == "failed":
-            self.check_failure(state, self.config)
-            results: dict[str, Completion | TeacherError] = {}
-        else:
-            results = await self.jobs.results(state)
+        results = await self.jobs.results(state)
         again = []
         for key in record.keys:
             outcome = results.get(key)
@@ -177,12 +294,27 @@ class BatchRunner:
         """A job that failed as a whole: its items are sent again later if the provider's queue
         was full, else the run stops with the provider's reasons (a bad file is this program's
         fault or the recipe's, and would fail again). `config` names the teacher in the message."""
-        codes = {code for code, _ in state.errors}
-        if codes and codes <= QUEUE_FULL_CODES:
+        if _queue_was_full(state):
             return
-        reasons = "; ".join(f"{code}: {message}" for code, message in state.errors[:5]) or "no reason given"
+        reasons = _reasons(state)
         teacher = f"{config.backend} teacher {config.model!r}" if config else "teacher"
         raise TeacherFatalError(f"{teacher}: a batch job failed validation ({reasons})")
+
+
+def _queue_was_full(state: BatchState) -> bool:
+    """Whether a failed job was refused only because the provider's queue was full."""
+    codes = {code for code, _ in state.errors}
+    return bool(codes) and codes <= QUEUE_FULL_CODES
+
+
+def _reasons(state: BatchState) -> str:
+    """Why a job failed as a whole, in the provider's words."""
+    return "; ".join(f"{code}: {message}" for code, message in state.errors[:5]) or "no reason given"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _waiting_on(states: list[BatchState]) -> str:

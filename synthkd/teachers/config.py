@@ -56,6 +56,14 @@ class TeacherConfig(StrictModel):
     batch_poll_seconds: float = Field(
         30.0, gt=0, description="how often batch jobs are asked where they stand"
     )
+    batch_queue_wait_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="how long a full batch queue at the provider (OpenAI's token_limit_exceeded or "
+        "request_limit_exceeded) is waited out while none of the run's own jobs is running: a refused "
+        "job is started again, from batch_poll_seconds later up to every 10 minutes, without using up "
+        "max_attempts; then the run stops, and the same command resumes it",
+    )
     max_cost_usd: float | None = Field(
         None,
         gt=0,

@@ -15,8 +15,10 @@ Faults (settings of the server's config):
 - `batch_expire`: the batch expires at its deadline (D after creation; `expires_at` says so) with
   only the first `batch_expire_fraction` of its items done; the rest go to the error file with
   `batch_expired`, as OpenAI writes them.
-- `batch_fail_validation`: the batch fails at validation with OpenAI's `token_limit_exceeded`.
-  A malformed input file fails at validation by itself, with the line numbers.
+- `batch_fail_validation`: the batch fails at validation with OpenAI's `token_limit_exceeded` (the
+  organization's queue of enqueued tokens is full); with `batch_fail_validation_times` N > 0 only
+  the first N batches since the reset do, as a queue that frees after a while. A malformed input
+  file fails at validation by itself, with the line numbers.
 
 The output and error files list their lines in a seeded shuffled order, as OpenAI does not keep
 the input order either: a client must match lines by `custom_id`.
@@ -68,6 +70,7 @@ class BatchConfig(Protocol):
     batch_expire: bool
     batch_expire_fraction: float
     batch_fail_validation: bool
+    batch_fail_validation_times: int
 
 
 # Answers one request body as the online chat endpoint would: (HTTP status, JSON body).
@@ -357,6 +360,7 @@ def page_limit(request: web.Request) -> int:
 class BatchStats:
     files_uploaded: int = 0
     batches_created: int = 0
+    batches_refused: int = 0  # failed at validation by `batch_fail_validation`
     # How many times each custom_id was submitted in a batch that passed validation.
     submissions: Counter[str] = field(default_factory=Counter)
 
@@ -364,6 +368,7 @@ class BatchStats:
         return {
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
+            "batches_refused": self.batches_refused,
             "items_submitted": sum(self.submissions.values()),
             "items_resubmitted": sum(count - 1 for count in self.submissions.values()),
             "custom_ids_resubmitted": sum(count > 1 for count in self.submissions.values()),
@@ -481,8 +486,9 @@ class BatchEndpoints:
         now, span = self.clock(), config.batch_seconds
         requests, errors = validate_input(stored.content)
         model = requests[0].body["model"] if requests else None
-        if not errors and config.batch_fail_validation:
+        if not errors and self.queue_full(config):
             errors = [token_limit_error(model)]
+            self.stats.batches_refused += 1
         validated, finalizing, ends = now + span / 4, now + 3 * span / 4, now + span
         items = [] if errors else self.new_items(requests, config, validated, finalizing - validated)
         self.sequence += 1
@@ -502,6 +508,12 @@ class BatchEndpoints:
             errors=errors,
             cancel_s=span / 4,
         )
+
+    def queue_full(self, config: BatchConfig) -> bool:
+        """Whether `batch_fail_validation` refuses the batch being created: every one, or only the
+        first `batch_fail_validation_times` since the reset."""
+        times = config.batch_fail_validation_times
+        return config.batch_fail_validation and (times == 0 or self.stats.batches_refused < times)
 
     def new_items(
         self, requests: list[Request], config: BatchConfig, start: float, span: float

@@ -18,7 +18,8 @@ once it accepts connections.
 It also serves OpenAI's Files and Batches endpoints (`/v1/files`, `/v1/batches`; see
 fake_batches.py): a batch's items get the same answers as the chat endpoint gives, on a timeline of
 `--batch-seconds`, with their own faults (`--batch-item-failure-rate`, `--batch-expire`,
-`--batch-fail-validation`). `GET /batch_submissions` counts how often each custom_id was submitted.
+`--batch-fail-validation`, `--batch-fail-validation-times`). `GET /batch_submissions` counts how
+often each custom_id was submitted.
 And it serves Anthropic's Message Batches endpoints (`/v1/messages/batches`; see
 fake_anthropic_batches.py) on the same clock and faults, answering their items the same way.
 
@@ -89,6 +90,7 @@ class ServerConfig:
     batch_expire: bool = False  # batches expire at their deadline with part of their items done
     batch_expire_fraction: float = 0.5  # the part done before an expiry
     batch_fail_validation: bool = False  # batches fail at validation (token_limit_exceeded)
+    batch_fail_validation_times: int = 0  # ... only the first that many since the reset (0: all)
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         """A copy with `changes` applied; raises ValueError on unknown keys or bad values."""
@@ -100,7 +102,14 @@ class ServerConfig:
         return new
 
     def validate(self) -> None:
-        for name in (*DRAWN_FAULTS, "retry_after", "hang_seconds", "latency_ms", "batch_seconds"):
+        for name in (
+            *DRAWN_FAULTS,
+            "retry_after",
+            "hang_seconds",
+            "latency_ms",
+            "batch_seconds",
+            "batch_fail_validation_times",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch_item_failure_rate", "batch_expire_fraction"):
@@ -116,6 +125,7 @@ SETTING_NAMES = frozenset(f.name for f in fields(ServerConfig))
 _TEXT_SETTINGS = frozenset({"latency_dist", "require_key"})
 _OPTIONAL_SETTINGS = frozenset({"p99_ms", "require_key"})
 _SWITCH_SETTINGS = frozenset({"batch_expire", "batch_fail_validation"})
+_COUNT_SETTINGS = frozenset({"batch_fail_validation_times"})
 _TRUE, _FALSE = frozenset({"true", "1", "1.0", "yes", "on"}), frozenset({"false", "0", "0.0", "no", "off"})
 
 
@@ -125,6 +135,8 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name in _SWITCH_SETTINGS:
         return _switch(name, value)
+    if name in _COUNT_SETTINGS:
+        return int(float(value))
     return str(value) if name in _TEXT_SETTINGS else float(value)
 
 
