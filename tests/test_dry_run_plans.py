@@ -1,6 +1,6 @@
-"""Dry-run plans of topics, doc_qa, magpie, tool_calls, code_check and recompute, each checked
-against what a run of the same recipe then sends; a step without a plan; and the dry run's time
-estimate."""
+"""Dry-run plans of topics, doc_qa, magpie, tool_calls, code_check, recompute and logits, each
+checked against what a run of the same recipe then sends; a step without a plan; and the dry run's
+time estimate, code_check's sandbox runs and logits' forward passes included."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from synthkd.dry_run import (
     API_FIRST_TOKEN_S,
     API_TOKENS_PER_S,
     EMBEDDED_BATCH_START_S,
+    EMBEDDED_SECONDS_PER_READ_TOKEN,
     EMBEDDED_SECONDS_PER_TOKEN,
     LOCAL_TIME_UNKNOWN,
+    concurrency_minutes,
     estimate_steps,
     totals,
 )
@@ -506,3 +508,202 @@ def test_api_time_assumption_is_printed(tmp_path, server, capsys):
     assumed = f"~{API_FIRST_TOKEN_S:g} s to its first token, then ~{API_TOKENS_PER_S:g} tokens/s"
     assert f"an API request takes {assumed}" in notes
     assert "price unknown" in notes  # fake-model has no price
+
+
+# logits: a local teacher scores each conversation in forward passes; an API teacher is asked each
+# prompt again with log-probs on.
+
+ANSWERED = [
+    {"id": f"q{i}", "prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."}
+    for i in range(10)
+]
+
+
+def local_recipe(tmp_path: Path, model: str, steps: list[dict], **teacher) -> Path:
+    return write_recipe(tmp_path / "r.yaml", {
+        "name": "logits",
+        "teacher": {"backend": "transformers", "model": model, **teacher},
+        "steps": steps,
+        "output": {"dir": str(tmp_path / "out")},
+    })  # fmt: skip
+
+
+def estimates_of(path: Path) -> list:
+    loaded = load_recipe(path)
+    check(loaded)
+    return estimate_steps(plan(loaded))
+
+
+def record_forward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the forward passes the transformers teacher runs when scoring, as they run:
+    `teacher_top_k` runs one per `batch_size` conversations it is given."""
+    import synthkd.teachers.transformers_backend as backend
+
+    sizes: list[int] = []
+    score = backend.teacher_top_k
+
+    def recording(model, tokenizer, conversations, k, batch_size=4):  # noqa: ANN001, ANN202
+        sizes.extend(
+            len(conversations[start : start + batch_size])
+            for start in range(0, len(conversations), batch_size)
+        )
+        return score(model, tokenizer, conversations, k, batch_size)
+
+    monkeypatch.setattr(backend, "teacher_top_k", recording)
+    return sizes
+
+
+def refuse_to_load_a_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    raise AssertionError("a dry run loaded a model")
+
+
+def test_logits_plan_of_a_local_teacher_counts_its_forward_passes_and_finds_them_cached_after(
+    tmp_path, tiny_model, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    write_jsonl(tmp_path / "rows.jsonl", ANSWERED)
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "logits", "top_k": 5, "batch_size": 4}]
+    path = local_recipe(tmp_path, str(tiny_model), steps, batch_size=3)
+    with monkeypatch.context() as dry:
+        dry.setattr(AutoModelForCausalLM, "from_pretrained", refuse_to_load_a_model)
+        [_, estimate] = estimates_of(path)
+    logits = estimate.plan
+    # 10 conversations, handed to the teacher 4 at a time (4, 4, 2), which runs them 3 at a time:
+    # 2 + 2 + 1 forward passes, one after another. Nothing is generated; a local model is free.
+    assert (logits.count, logits.requests, logits.cached, logits.rounds) == ("exact", 10, 0, 5)
+    assert logits.max_completion_tokens == 0 and logits.read_tokens == logits.prompt_tokens > 0
+    assert logits.sample_prompts[0][-1] == {"role": "assistant", "content": "It is 0."}
+    assert estimate.cost_usd == 0.0
+    assert estimate.minutes is None and estimate.time_unknown == LOCAL_TIME_UNKNOWN  # not the embedded model
+
+    passes = record_forward_passes(monkeypatch)
+    result = run_recipe(load_recipe(path))
+    assert result.reports[1].requests_sent == 10 and passes == [3, 1, 3, 1, 2]
+
+    # The score keys name the tokenizer's vocabulary, read without the model: all found now.
+    with monkeypatch.context() as dry:
+        dry.setattr(AutoModelForCausalLM, "from_pretrained", refuse_to_load_a_model)
+        after = plans_of(path)[1][1]
+    assert (after.requests, after.cached, after.time_note) == (10, 10, "")
+
+
+def test_logits_plan_counts_answers_not_written_yet_and_finds_their_scores_cached_after(
+    tmp_path, tiny_model, monkeypatch
+):
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Say {i} in words."} for i in range(6)])
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}, {"step": "logits", "top_k": 5}]
+    params = {"temperature": 1.0, "max_tokens": 8}
+    path = local_recipe(tmp_path, str(tiny_model), steps, batch_size=8, params=params)
+    before = plans_of(path)
+    # label's answers are not written yet: each is assumed to be, then scored 4 at a time.
+    assert counts(before)[1:] == [("label", "exact", 6, None), ("logits", "exact", 6, None)]
+    assert before[2][1].rounds == 2
+    assert before[2][1].sample_prompts[0][-1]["content"] == "[the answer, written by an earlier step]"
+
+    passes = record_forward_passes(monkeypatch)
+    result = run_recipe(load_recipe(path))
+    assert result.reports[2].rows_dropped == {} and not result.failures
+    assert sent_by_step(result) == [0, 6, 6] and passes == [4, 2]
+
+    # label's cached answers stand in for themselves, so logits scores the conversations the run
+    # scored, and finds every one in the cache.
+    assert [(p.requests, p.cached) for _, p in plans_of(path)][1:] == [(6, 6), (6, 6)]
+
+
+LOGPROBS_SCRIPT = [{"match": "Say", "reply": "The quick brown fox."}]
+
+
+def test_logits_plan_of_an_api_teacher_is_the_requests_the_run_sends(tmp_path, server, tiny_model):
+    server.configure(script=LOGPROBS_SCRIPT)
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": f"Say {i}."} for i in range(4)])
+    steps = [
+        {"step": "load", "path": "seeds.jsonl"},
+        {"step": "label"},
+        {"step": "logits", "top_k": 4, "tokenizer": str(tiny_model)},
+    ]
+    path = api_recipe(tmp_path, server.base_url, steps)
+    before = plans_of(path)
+    # One request per row, its prompt asked again: known although label has not answered yet.
+    assert counts(before)[1:] == [("label", "exact", 4, None), ("logits", "exact", 4, None)]
+    logits = before[2][1]
+    assert logits.max_completion_tokens == 4 * 100 and logits.read_tokens == 0
+    assert [message["role"] for message in logits.sample_prompts[0]] == ["user"]
+    assert "Say 0." in logits.sample_prompts[0][0]["content"]
+    assert server.stats()["requests"] == 0
+
+    result = run_recipe(load_recipe(path))
+    assert sent_by_step(result) == [0, 4, 4] and server.stats()["requests"] == 8
+    assert all(row["kd_input_ids"] for row in result.rows)  # asked with logprobs, mapped to ids
+    # The plan rendered the requests the run sent (logprobs and all): every one is cached now.
+    assert [(p.requests, p.cached) for _, p in plans_of(path)][1:] == [(4, 4), (4, 4)]
+
+
+def test_embedded_logits_time_counts_forward_passes_and_the_tokens_read(tmp_path, capsys):
+    write_jsonl(tmp_path / "rows.jsonl", ANSWERED)
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "logits", "batch_size": 4}]
+    path = local_recipe(tmp_path, "embedded", steps, batch_size=8)
+    [_, logits] = estimates_of(path)
+    # 4, 4 and 2 conversations: 3 passes (the teacher's batch of 8 holds each), every token read.
+    assert logits.plan.rounds == 3 and logits.speed == "embedded"
+    reading = logits.plan.read_tokens * EMBEDDED_SECONDS_PER_READ_TOKEN
+    assert logits.minutes == pytest.approx((3 * EMBEDDED_BATCH_START_S + reading) / 60)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows_by_label(out)["1:logits"][1:4] == ["10", "0", "10"]
+    notes = " ".join(out.split())
+    assert f"~{EMBEDDED_SECONDS_PER_READ_TOKEN:g} s a token of every text it scores" in notes
+    assert "1:logits: 10 conversation(s) scored in 3 forward pass(es) of up to 4" in notes
+
+
+def table_rows_by_label(out: str) -> dict[str, list[str]]:
+    return {cells[0]: cells for cells in table_rows(out)}
+
+
+# code_check's sandbox runs: added to its time at their most.
+
+
+def test_code_check_dry_run_adds_the_sandbox_runs_at_their_most(tmp_path, server, capsys):
+    rows = [
+        {"id": f"a{i}", "response": code_answer(ADD), "tests": "assert add(1, 2) == 3\n"} for i in range(5)
+    ]
+    rows.append({"id": "prose", "response": "Use +.", "tests": "assert add(1, 2) == 3\n"})  # no code: not run
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    sandbox = {"tests_column": "tests", "workers": 2, "cpu_seconds": 1, "wall_seconds": 6}
+    steps = [{"step": "load", "path": "rows.jsonl"}, {"step": "code_check", **sandbox}]
+    assert main(["run", str(api_recipe(tmp_path, server.base_url, steps)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    table = table_rows_by_label(out)
+    # Nothing is asked, but 5 answers are run 2 at a time: 3 waves of at most 6 s = 0.3 min.
+    assert table["1:code_check"][1:4] == ["0", "0", "0"] and table["1:code_check"][-1] == "0.3"
+    assert table["total"][-1] == "0.3"
+    notes = " ".join(out.split())
+    assert "plus the most a step's own local work may take" in notes
+    assert (
+        "1:code_check: 5 sandboxed check(s), 2 at a time (`workers`), each killed after 6 s "
+        "(`wall_seconds`): at most 0.3 min" in notes
+    )
+    assert [row["id"] for row in planned_rows(tmp_path / "r.yaml")] == [f"a{i}" for i in range(5)]
+
+
+def test_code_recipe_dry_run_adds_the_sandbox_runs_to_code_checks_time(capsys):
+    loaded = load_recipe("recipes/code/python.yaml")
+    check(loaded)
+    estimates = estimate_steps(plan(loaded))
+    [code_check] = [estimate for estimate in estimates if estimate.label.endswith(":code_check")]
+    step = loaded.recipe.steps[int(code_check.label.split(":")[0])]
+    checks = code_check.plan.requests  # each answer asked for tests is then run
+    assert step.workers == 4 and step.limits.wall == 2 * 10 + 5  # the recipe's; wall_seconds' default
+    sandbox = math.ceil(checks / 4) * 25
+    asking = concurrency_minutes(checks, 800, step.teacher_config, "api")  # its max_tokens
+    assert code_check.minutes == pytest.approx(asking + sandbox / 60)
+    assert totals(estimates).minutes == pytest.approx(sum(e.minutes for e in estimates if e.minutes))
+
+    assert main(["run", "recipes/code/python.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows_by_label(out)[code_check.label][-1] == f"~{code_check.minutes:.1f}"
+    notes = " ".join(out.split())
+    assert (
+        f"{code_check.label}: {checks} sandboxed check(s), 4 at a time (`workers`), each killed after 25 s "
+        f"(`wall_seconds`): at most {sandbox / 60:.1f} min, added in full" in notes
+    )

@@ -106,6 +106,12 @@ class StepPlan:
     "unknown" (a teacher step that cannot say; the dry run shows "not estimated"). `rounds`: the
     sets of requests the step sends one after another, each waiting for the answers to the one
     before (a topic tree's levels, then its leaves); the dry run's time counts a round trip each.
+    `read_tokens`: tokens a local teacher reads in forward passes that generate nothing (logits'
+    scoring reads every conversation whole; they are its prompt tokens too), timed at the
+    model's reading speed. `local_seconds_max`: the most seconds of work the step does
+    itself, besides waiting for its teacher (code_check's sandboxed runs); the dry run adds it to
+    the step's time. `time_note`: what the step's time assumes beyond the dry run's general
+    assumptions, printed with them.
     """
 
     requests: int = 0
@@ -116,6 +122,9 @@ class StepPlan:
     count: str = "exact"
     requests_max: int | None = None
     rounds: int = 1
+    read_tokens: int = 0
+    local_seconds_max: float = 0.0
+    time_note: str = ""
 
 
 SAMPLE_PROMPTS_SHOWN = 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -206,17 +207,20 @@ class CodeCheckStep(TeacherStep):
         return self.chat(self.template("prompt").render(values))
 
     def plan(self, rows: list[Row], cache: ResponseCache | None) -> tuple[list[Row], StepPlan]:
-        """With a tests column nothing is asked. Otherwise one request for tests per answer with
-        code, each re-asked once at most when its tests do not parse.
+        """With a tests column nothing is asked (rows without code or tests are dropped, as the
+        run drops them). Otherwise one request for tests per answer with code, each re-asked once
+        at most when its tests do not parse.
 
         An answer already written is read as the run reads it: without code it gets no request
         (and is dropped, `no_code`); with code its request is rendered and looked up in the cache.
         An empty answer stands for one an earlier step has not written yet (a dry run's
         placeholder): it is assumed to hold code, of unknown length, counted as this teacher's
-        max_tokens in the prompt. Rows stand for every answer with code passing its tests; the
-        sandbox runs, which send nothing, are not timed."""
+        max_tokens in the prompt. Rows stand for every answer with code passing its tests. Every
+        answer with code (and tests) is assumed to be run in the sandbox: the step's time adds
+        the most those runs may take (`sandbox_plan`)."""
         if self.tests_column:
-            return rows, StepPlan()
+            tested = [row for row in rows if self._has_code(row) and _as_text(row.get(self.tests_column))]
+            return tested, self.sandbox_plan(StepPlan(), len(tested))
         texts = [str(row.get(self.response_column) or "") for row in rows]
         codes = [extract_code(text) for text in texts]
         written = [self._tests_request(row, code) for row, code in zip(rows, codes, strict=True) if code]
@@ -230,7 +234,7 @@ class CodeCheckStep(TeacherStep):
             for row, text, code in zip(rows, texts, codes, strict=True)
             if code or not text.strip()
         ]
-        if not kept:  # no answer holds code: nothing to ask, nothing to re-ask
+        if not kept:  # no answer holds code: nothing to ask, nothing to re-ask, nothing to run
             return [], StepPlan()
         plan, _ = exact_plan(self.teacher_config, written, cache)
         max_tokens = max_completion_tokens(self.teacher_config.params)  # also the unwritten code's
@@ -244,7 +248,29 @@ class CodeCheckStep(TeacherStep):
             count="estimate",
             requests_max=2 * requests,
         )
-        return kept, plan
+        return kept, self.sandbox_plan(plan, len(kept))
+
+    def _has_code(self, row: Row) -> bool:
+        """Whether a dry run counts the row's answer as holding code: it does, or it is not
+        written yet (empty)."""
+        text = str(row.get(self.response_column) or "")
+        return not text.strip() or extract_code(text) is not None
+
+    def sandbox_plan(self, plan: StepPlan, checks: int) -> StepPlan:
+        """`plan` with the sandbox's time: `checks` runs, `workers` at a time, each killed after
+        `wall_seconds` at the latest. Waves of `workers` runs of that length bound it from above
+        (the run's thread pool starts a check as soon as a worker is free); most checks take far
+        less, so it is an upper bound, and said to be one."""
+        if not checks:
+            return plan
+        waves = math.ceil(checks / self.workers)
+        seconds = waves * self.limits.wall
+        note = (
+            f"{checks} sandboxed check(s), {self.workers} at a time (`workers`), each killed after "
+            f"{self.limits.wall:g} s (`wall_seconds`): at most {seconds / 60:.1f} min, added in full "
+            "(most checks take far less)."
+        )
+        return replace(plan, local_seconds_max=seconds, time_note=note)
 
     async def _execute(
         self, pairs: list[tuple[str, str]], isolation: str, ctx: StepContext
