@@ -376,7 +376,7 @@ class RunWriter:
         except (ValueError, TypeError, NotImplementedError) + _arrow_errors():
             # Shapes Arrow cannot unify across chunks (a struct here, JSON text there): type the
             # dataset from all the rows at once, as a run in one chunk is typed.
-            whole = to_dataset(uniform(list(_read_jsonl(self.staging / "data.jsonl"))))
+            whole = to_dataset(uniform(list(read_jsonl(self.staging / "data.jsonl"))))
         with _no_datasets_bar():
             whole.save_to_disk(str(target), num_shards=1 if len(whole) == 0 else None)
         del parts, whole
@@ -393,7 +393,8 @@ def _append_jsonl(handle: Any, records: list[dict[str, Any]]) -> None:
     handle.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file written here (data.jsonl, failures.jsonl), one at a time."""
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             if line.strip():

@@ -363,11 +363,13 @@ class _StepRun:
         own = self.dispatcher_for(config) if config is not None else None
         if config is not None:  # the dataset's writer loads in a thread while the teacher answers
             import_writer_in_background()
+        # What made a row: stamped on every row the step makes, in every chunk (see `_stamp_provenance`).
+        self._provenance = step.provenance() if config is not None else None
         bar = run.progress.step(self.label, own.stats if own else None)
         self.chunks = ChunkedProgress(bar, total_rows) if total_rows is not None else None
-        recipe = run.loaded
+        loaded = run.loaded
         self.context = StepContext(
-            recipe.base_dir, recipe.recipe.seed, own, self.chunks or bar, self.dispatcher_for
+            loaded.base_dir, loaded.recipe.seed, own, self.chunks or bar, self.dispatcher_for
         )
         self._run = run
 
@@ -384,7 +386,11 @@ class _StepRun:
         if self.chunks is not None:
             self.chunks.begin_chunk(len(rows))
         result = await self.step.run(rows, self.context)
-        made = _stamp_provenance(self.step, rows, result.rows) if self.step.step_teacher() else result.rows
+        made = (
+            result.rows
+            if self._provenance is None
+            else _stamp_provenance(self._provenance, rows, result.rows)
+        )
         report = self.report
         report.rows_in += len(rows)
         report.rows_out += len(made)
@@ -436,11 +442,10 @@ def _why_no_rows(reports: list[StepReport]) -> str:
     )
 
 
-def _stamp_provenance(step: Step, before: list[Row], after: list[Row]) -> list[Row]:
-    """Add the step's provenance to every row it produced. Rows it passed through untouched are
-    the very same objects as its input rows, and keep the provenance they had."""
+def _stamp_provenance(entry: dict[str, str], before: list[Row], after: list[Row]) -> list[Row]:
+    """Add a step's provenance `entry` to every row it produced. Rows it passed through untouched
+    are the very same objects as its input rows, and keep the provenance they had."""
     passed_through = {id(row) for row in before}
-    entry = step.provenance()
     return [
         row if id(row) in passed_through else {**row, "provenance": [*(row.get("provenance") or []), entry]}
         for row in after

@@ -10,11 +10,11 @@ is the tail of its last requests, one round trip per chunk.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from synthkd.output import read_jsonl
 from synthkd.steps.base import Progress, Row, Step
 
 # Rows per chunk: large enough that a chunk's tail (its last round trip) is a small share of its
@@ -88,10 +88,7 @@ class RowsOnDisk(Sequence[Row]):
         if self._rows is not None:
             yield from self._rows
             return
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        yield from read_jsonl(self.path)
 
     def __getitem__(self, index: Any) -> Any:
         if self._rows is None:  # read once, on the first look at one row

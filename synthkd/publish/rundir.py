@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import SynthkdError
-from synthkd.output import load_run_dataset
+from synthkd.output import load_run_dataset, read_jsonl
 
 
 class PublishInputError(SynthkdError):
@@ -44,12 +44,8 @@ class RunDir:
     def rows(self) -> Iterator[dict[str, Any]]:
         """The rows, streamed from data.jsonl (the dataset's rows, as plain JSON)."""
         path = self.path / "data.jsonl"
-        if not path.exists():
-            return
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        if path.exists():
+            yield from read_jsonl(path)
 
     def dataset(self):
         """The `datasets` Dataset or DatasetDict of dataset/ (save_to_disk)."""

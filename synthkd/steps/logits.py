@@ -132,8 +132,10 @@ class LogitsStep(TeacherStep):
         return result
 
     def merge_details(self, so_far: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
-        unmappable = so_far.get("unmappable_rows", 0) + chunk.get("unmappable_rows", 0)
-        return {**so_far, **chunk} | ({"unmappable_rows": unmappable} if "unmappable_rows" in chunk else {})
+        merged = {**so_far, **chunk}  # the teacher's fingerprint and top_k are the same in every chunk
+        if "unmappable_rows" in chunk:  # a count of rows: added up (only the API path counts them)
+            merged["unmappable_rows"] = so_far.get("unmappable_rows", 0) + chunk["unmappable_rows"]
+        return merged
 
     def _api_tokenizer(self) -> Any:
         """The tokenizer that maps an API teacher's tokens to ids: loaded once, not per chunk."""
