@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from synthkd.engines import engine_for
 from synthkd.errors import RecipeError, RunIncompleteError
 from synthkd.pipeline import (
     ProgressFactory,
@@ -162,6 +163,7 @@ async def run_loaded_async(
 
 
 async def _generate(loaded: LoadedRecipe, rows: list[Row] | None, settings: RunSettings) -> RunResult:
+    engine = engine_for(loaded.recipe.engine, use_cache=settings.use_cache)
     try:
         result = await execute(
             loaded,
@@ -169,10 +171,14 @@ async def _generate(loaded: LoadedRecipe, rows: list[Row] | None, settings: RunS
             progress=settings.progress,
             out_dir=settings.out_dir,
             rows=rows,
+            engine=engine,
         )
     except RunIncompleteError as incomplete:
         settings.reporter.generated(incomplete.result)
         raise
+    finally:
+        if engine is not None:
+            engine.close()
     settings.reporter.generated(result)
     return result
 

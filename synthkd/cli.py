@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the request cache")
     run.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
     run.add_argument("--no-train", action="store_true", help="skip the recipe's train: section")
+    run.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        help="where the row-wise steps run: this process, or a Ray cluster (overrides engine.name)",
+    )
+    run.add_argument(
+        "--address", metavar="ADDR", help="a running Ray cluster, e.g. auto (overrides engine.address)"
+    )
     run.set_defaults(handler=_run)
 
     train = commands.add_parser("train", help="train the recipe's student on its finished run's dataset")
@@ -123,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
 
     loaded = load_recipe(args.recipe, overrides=args.overrides)
+    with_engine_flags(loaded, args.engine, args.address)
     check(loaded)
     if args.dry_run:
         _print_plan(plan(loaded, use_cache=not args.no_cache), loaded)
@@ -139,6 +149,17 @@ def _run(args: argparse.Namespace) -> int:
         )
         run_loaded(loaded, settings=settings)
     return 0
+
+
+def with_engine_flags(loaded: LoadedRecipe, name: str | None, address: str | None) -> None:
+    """`--engine` and `--address` over the recipe's `engine:` (an address means Ray)."""
+    if name is None and address is None:
+        return
+    engine = loaded.recipe.engine
+    update = {"name": name or ("ray" if address else engine.name)}
+    if address is not None:
+        update["address"] = address
+    loaded.recipe.engine = engine.model_copy(update=update)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -422,9 +443,11 @@ def _show(args: argparse.Namespace) -> int:
 
 def _cache_clear(args: argparse.Namespace) -> int:
     from synthkd.cache import ResponseCache, clear_cache
+    from synthkd.engines.ray_engine import shard_folder_root
 
     path = ResponseCache.default_path()
     removed, set_aside = clear_cache(path)
+    shutil.rmtree(shard_folder_root(), ignore_errors=True)  # engine: ray's shards of unfinished runs
     if set_aside:
         kept = ", ".join(str(moved) for moved in set_aside)
         console.print(

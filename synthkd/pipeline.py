@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from synthkd.cache import ResponseCache
+from synthkd.curate.embeddings import Encoder
 from synthkd.dispatch.dispatcher import Dispatcher, DispatchStats
 from synthkd.dispatch.pool import TeacherPool, teacher_id
 from synthkd.errors import RecipeError, RunIncompleteError
-from synthkd.extras import recording_extras
+from synthkd.extras import check_installed, recording_extras
 from synthkd.messages import for_trl, with_messages
 from synthkd.output import RunWriter, import_writer_in_background
 from synthkd.output_folder import check_output_folder, incomplete_folder, output_lock
@@ -27,7 +28,14 @@ from synthkd.pricing import price_for
 from synthkd.recipe import LoadedRecipe, TeacherUse, recipe_teachers
 from synthkd.redaction import register_secret_variables
 from synthkd.steps.base import CheckContext, Columns, Failure, Progress, Row, Step, StepContext, StepPlan
-from synthkd.streaming import CHUNK_ROWS, ChunkedProgress, RowsOnDisk, chunks_of, streamed_tail
+from synthkd.streaming import (
+    CHUNK_ROWS,
+    ChunkedProgress,
+    RowsOnDisk,
+    chunks_of,
+    row_wise_run_end,
+    streamed_tail,
+)
 from synthkd.teachers import TeacherConfig
 from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import backend_spec, batch_refusal
@@ -92,7 +100,33 @@ def preflight(
             )
             _check_price_for_cap(loaded, use)
             _check_batch_support(loaded, use)
+        if loaded.recipe.engine.name == "ray" and data:
+            _check_ray_engine(loaded)
     loaded.extras |= needed
+
+
+def _check_ray_engine(loaded: LoadedRecipe) -> None:
+    """What `engine: ray` needs: its extra, and row-wise steps whose teachers keep no state that
+    must span the actors: a spending cap counts the spend in one process, and batch jobs are
+    already run by the provider."""
+    where = loaded.at("engine", "name")
+    check_installed(("ray",), "ray", "engine: ray", where)
+    if loaded.recipe.max_cost_usd is not None:
+        raise RecipeError(
+            "engine: ray cannot hold a spending cap (max_cost_usd is counted in one process): remove "
+            "max_cost_usd, or run with engine: local",
+            where=loaded.at("max_cost_usd"),
+        )
+    for use in recipe_teachers(loaded.recipe, training=False):
+        if not loaded.recipe.steps[use.step_index].row_wise:
+            continue
+        for key, why in (("max_cost_usd", "is counted in one process"), ("batch", "runs as provider jobs")):
+            if getattr(use.config, key):
+                raise RecipeError(
+                    f"engine: ray cannot run this teacher ({key} {why}): remove {key}, or run with "
+                    "engine: local",
+                    where=teacher_where(loaded, use.key, key),
+                )
 
 
 def _check_batch_support(loaded: LoadedRecipe, use: TeacherUse) -> None:
@@ -166,16 +200,28 @@ class StepReport:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
-    def absorb(self, stats: DispatchStats) -> None:
+    def absorb(self, stats: DispatchStats | StepReport) -> None:
+        """Add a teacher's spend (or the spend in another report) to this report's."""
         self.requests_sent += stats.requests_sent
         self.cache_hits += stats.cache_hits
-        self.retries = dict(Counter(self.retries) + stats.retries)
+        self.retries = dict(Counter(self.retries) + Counter(stats.retries))
         self.prompt_tokens += stats.prompt_tokens
         self.completion_tokens += stats.completion_tokens
         # An unknown price anywhere makes the step's cost unknown.
         for name in ("cost_usd", "cost_usd_with_cache"):
             mine, theirs = getattr(self, name), getattr(stats, name)
             setattr(self, name, None if mine is None or theirs is None else mine + theirs)
+
+    def add(self, other: StepReport, merge_details: Callable[[dict, dict], dict]) -> None:
+        """Add the report of the same step over other rows (a shard): counts, spend, time, and
+        details as the step merges them (`Step.merge_details`)."""
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.rows_failed += other.rows_failed
+        self.rows_dropped = dict(Counter(self.rows_dropped) + Counter(other.rows_dropped))
+        self.absorb(other)
+        self.seconds += other.seconds
+        self.details = merge_details(self.details, other.details) if self.details else other.details
 
 
 @dataclass
@@ -188,6 +234,24 @@ class RunResult:
     failures: list[tuple[str, Failure]] = field(repr=False)
     reports: list[StepReport] = field(repr=False)
     manifest: dict[str, Any] = field(repr=False)
+
+
+class StepsEngine(Protocol):
+    """Runs a run of consecutive row-wise steps somewhere other than this process (a Ray cluster),
+    adding each step's report and failures to `run` as running it here would."""
+
+    async def run_steps(self, run: RunState, start: int, stop: int, rows: list[Row]) -> list[Row]:
+        """Steps start..stop-1 on `rows`; the rows they make, in order."""
+        ...
+
+    def encoder_for(self, run: RunState) -> Encoder | None:
+        """Where the steps that run here encode sentence embeddings (dedup, decontaminate), or
+        None for this process."""
+        ...
+
+    def close(self) -> None:
+        """The run is over: let go of what the engine started."""
+        ...
 
 
 class ProgressFactory:
@@ -204,8 +268,10 @@ async def execute(
     progress: ProgressFactory | None = None,
     out_dir: Path | None = None,
     rows: list[Row] | None = None,
+    engine: StepsEngine | None = None,
 ) -> RunResult:
-    """Run every step and write the outputs. The recipe must have passed `check` (given the
+    """Run every step and write the outputs: here, or the runs of row-wise steps on `engine`
+    (the recipe's `engine:`; see `synthkd.engines`). The recipe must have passed `check` (given the
     columns of `rows`, the rows the first step gets; none by default) and `preflight`.
 
     Raises `RunIncompleteError` (outputs left in place, what the run got beside them) when a step
@@ -213,7 +279,9 @@ async def execute(
     target = out_dir or loaded.recipe.output_dir()
     register_recipe_secrets(loaded)
     with hold_output(loaded, out_dir):
-        return await _execute_steps(loaded, target, use_cache, progress or ProgressFactory(), rows or [])
+        return await _execute_steps(
+            loaded, target, use_cache, progress or ProgressFactory(), rows or [], engine
+        )
 
 
 @contextlib.contextmanager
@@ -234,20 +302,36 @@ def hold_output(loaded: LoadedRecipe, out_dir: Path | None = None) -> Iterator[N
 
 
 async def _execute_steps(
-    loaded: LoadedRecipe, target: Path, use_cache: bool, progress: ProgressFactory, rows: list[Row]
+    loaded: LoadedRecipe,
+    target: Path,
+    use_cache: bool,
+    progress: ProgressFactory,
+    rows: list[Row],
+    engine: StepsEngine | None,
 ) -> RunResult:
     recipe = loaded.recipe
-    run = _RunState(loaded, progress, given=len(rows))
-    tail = streamed_tail(recipe.steps)
+    run = RunState(loaded, progress, given=len(rows))
+    if engine is not None:
+        run.encode = engine.encoder_for(run)
+    steps = recipe.steps
+    tail = streamed_tail(steps)
     async with TeacherPool(seed=recipe.seed, use_cache=use_cache, max_cost_usd=recipe.max_cost_usd) as pool:
-        for index, step in enumerate(recipe.steps):
+        index = 0
+        while index < len(steps) and not run.shortfall:
+            stop = row_wise_run_end(steps, index)
+            if engine is not None and any(step.step_teacher() for step in steps[index:stop]):
+                # A run of row-wise steps that asks a teacher goes to the engine whole; the other
+                # steps, and row-wise ones that ask none (a regex filter), run here.
+                rows = await engine.run_steps(run, index, stop, rows)
+                index = stop
+                continue
             if index == tail and len(rows) > CHUNK_ROWS:
                 return await _stream(run, pool, tail, rows, target)
-            step_run = run.start_step(index, step, pool)
+            step_run = run.start_step(index, steps[index], pool)
             rows = await step_run.run(rows)
             step_run.close()
-            if run.shortfall_at(step_run):
-                break
+            run.shortfall_at(step_run)
+            index += 1
     if recipe.output.format == "messages":
         rows = for_trl(with_messages(rows))
     writer = RunWriter(target)
@@ -258,7 +342,7 @@ async def _execute_steps(
         writer.discard()
 
 
-async def _stream(run: _RunState, pool: TeacherPool, tail: int, rows: list[Row], target: Path) -> RunResult:
+async def _stream(run: RunState, pool: TeacherPool, tail: int, rows: list[Row], target: Path) -> RunResult:
     """The run's last steps, all row-wise, a chunk of rows at a time: each chunk goes through
     every one of them and then to the outputs (see `synthkd.streaming`). The rows handed in are
     taken out of `rows` chunk by chunk."""
@@ -288,7 +372,7 @@ async def _stream(run: _RunState, pool: TeacherPool, tail: int, rows: list[Row],
         writer.discard()
 
 
-class _RunState:
+class RunState:
     """What a run adds up as its steps go: their reports, the failures, why it stopped short."""
 
     def __init__(self, loaded: LoadedRecipe, progress: ProgressFactory, given: int) -> None:
@@ -296,20 +380,20 @@ class _RunState:
         self.progress = progress
         self.given = given  # rows handed to the run (the Python API's `dataset=`)
         self.streamed: dict[str, int] | None = None  # how the last steps streamed, if they did
+        self.engine: list[dict[str, Any]] = []  # what an engine ran, and how (the manifest)
+        self.encode: Encoder | None = None  # where embeddings are encoded (None: here)
         self.failures: list[tuple[str, Failure]] = []
         self.reports: list[StepReport] = []
         self.shortfall: str | None = None
         self.started = datetime.now(timezone.utc)
 
-    def start_step(
-        self, index: int, step: Step, pool: TeacherPool, total_rows: int | None = None
-    ) -> _StepRun:
+    def start_step(self, index: int, step: Step, pool: TeacherPool, total_rows: int | None = None) -> StepRun:
         """A step ready to run, on all rows at once or (given `total_rows`) a chunk at a time."""
-        step_run = _StepRun(self, index, step, pool, total_rows)
+        step_run = StepRun(self, index, step, pool, total_rows)
         self.reports.append(step_run.report)
         return step_run
 
-    def shortfall_at(self, step_run: _StepRun) -> bool:
+    def shortfall_at(self, step_run: StepRun) -> bool:
         """Whether the step has lost too many rows to failed requests (see `too_many_failures`):
         later steps, and later chunks, would pay for requests on data the run cannot keep."""
         ratio = self.loaded.recipe.output.max_failure_ratio
@@ -328,6 +412,8 @@ class _RunState:
             manifest["input_rows"] = self.given
         if self.streamed:
             manifest["streamed"] = self.streamed
+        if self.engine:
+            manifest["engine"] = self.engine
         if self.shortfall:
             manifest["incomplete"] = self.shortfall
         folder = incomplete_folder(target) if self.shortfall else target
@@ -345,13 +431,13 @@ class _RunState:
         return result
 
 
-class _StepRun:
+class StepRun:
     """One step of a run: its teachers' dispatchers and its bar, made once, and the report it
     adds up, over all the rows at once or chunk after chunk (then the same dispatchers serve
     every chunk, so the recipe's concurrency, rate limits and stats span them)."""
 
     def __init__(
-        self, run: _RunState, index: int, step: Step, pool: TeacherPool, total_rows: int | None
+        self, run: RunState, index: int, step: Step, pool: TeacherPool, total_rows: int | None
     ) -> None:
         self.step = step
         self.label = f"{index}:{step.step}"
@@ -369,7 +455,7 @@ class _StepRun:
         self.chunks = ChunkedProgress(bar, total_rows) if total_rows is not None else None
         loaded = run.loaded
         self.context = StepContext(
-            loaded.base_dir, loaded.recipe.seed, own, self.chunks or bar, self.dispatcher_for
+            loaded.base_dir, loaded.recipe.seed, own, self.chunks or bar, self.dispatcher_for, run.encode
         )
         self._run = run
 

@@ -57,6 +57,25 @@ class OutputConfig(StrictModel):
     hub: HubConfig | None = Field(None, description="push the finished run to this Hub dataset repository")
 
 
+class EngineConfig(StrictModel):
+    """What runs the row-wise steps (label, filter, judge, logits): this process, or a Ray cluster
+    (see `synthkd.engines.ray_engine`). `engine: ray` is short for `engine: {name: ray}`."""
+
+    name: Literal["local", "ray"] = Field("local", description="local: this process; ray: a Ray cluster")
+    address: str | None = Field(
+        None, description="ray: a running cluster (auto, ray://host:10001); default: start a local one"
+    )
+    workers: int | None = Field(
+        None, ge=1, description="ray: actors per run of row-wise steps; default: the cluster's CPUs (GPUs)"
+    )
+    shard_rows: int = Field(1000, ge=1, description="ray: rows per shard (the unit of retry and resume)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run and its folder")
     seed: int = Field(42, description="seeds sampling wherever synthkd samples")
@@ -71,6 +90,7 @@ class Recipe(StrictModel):
         gt=0,
         description="stop sending before the run's spend on its steps' teachers could pass this many USD",
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="what runs the row-wise steps")
 
     # Around validation: a recipe built from a dict or from objects gets its steps' teachers like
     # one read from YAML, and each step remembers the teacher keys it was given itself, so a step

@@ -31,6 +31,14 @@ def streamed_tail(steps: Sequence[Step]) -> int:
     return start
 
 
+def row_wise_run_end(steps: Sequence[Step], start: int) -> int:
+    """The index after the run of row-wise steps that begins at `start`."""
+    stop = start
+    while stop < len(steps) and steps[stop].row_wise:
+        stop += 1
+    return stop
+
+
 def chunks_of(rows: list[Row], size: int) -> Iterator[list[Row]]:
     """`rows` a chunk at a time, each taken out of the list as it is handed on, so the list does
     not keep the rows of the chunks done."""

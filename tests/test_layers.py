@@ -62,7 +62,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("publish: the card, the report, the push (given plain values, not the recipe)", ["synthkd.publish"]),
     ("recipe: the schema and loader", ["synthkd.recipe"]),
-    ("what runs a recipe", ["synthkd.pipeline", "synthkd.dry_run", "synthkd.training"]),
+    ("what runs a recipe", ["synthkd.pipeline", "synthkd.dry_run", "synthkd.training", "synthkd.engines"]),
     (
         "the public Python API: synthkd.run and the names `import synthkd` offers",
         ["synthkd", "synthkd.api", "synthkd.reporter"],

@@ -74,7 +74,7 @@ def test_bad_value_names_key_and_choices(recipe_dir, capsys, listening_port):
     text = GOOD.format(port=listening_port, prompt="x").replace("backend: openai", "backend: opena")
     code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
     assert code == 2
-    assert "recipe.yaml:3: teacher.backend" in out and "'openai', 'litellm' or 'transformers'" in out
+    assert "recipe.yaml:3: teacher.backend" in out and "'openai', 'litellm', 'transformers' or 'vllm'" in out
 
 
 def test_missing_data_file(recipe_dir, capsys, listening_port):

@@ -162,13 +162,32 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+# How texts become unit-length float32 vectors: (texts, model, batch_size) -> one row each. By
+# default in this process (`encode_here`); an engine may encode elsewhere (engine: ray, on actors).
+Encoder = Callable[[list[str], str, int], "np.ndarray"]
+
+
+def encode_here(texts: list[str], model: str, batch_size: int) -> np.ndarray:
+    """Encode `texts` with `model` in this process (loaded once, kept for the next call)."""
+    return load_encoder(model).encode(
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+
+
 def embed(
     texts: Sequence[str],
     model: str = EMBEDDED_ENCODER,
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
+    encode: Encoder | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Unit-length float32 vectors for `texts` (one row each), and how many had to be encoded.
+    """Unit-length float32 vectors for `texts` (one row each), and how many had to be encoded
+    (by `encode`, default `encode_here`): the cached ones are read, each distinct text is encoded
+    once.
 
     No texts give a (0, 0) array without loading the model.
     """
@@ -180,14 +199,7 @@ def embed(
     known = cache.get_many(model, sorted(set(hashes))) if cache is not None else {}
     missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
     if missing:
-        encoder = load_encoder(model)
-        vectors = encoder.encode(
-            [text for _, text in missing],
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        vectors = (encode or encode_here)([text for _, text in missing], model, batch_size)
         fresh = {text_hash: vector for (text_hash, _), vector in zip(missing, vectors, strict=True)}
         if cache is not None:
             cache.put_many(model, fresh)

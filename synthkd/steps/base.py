@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache, request_key
 from synthkd.config_base import StrictModel
+from synthkd.curate.embeddings import Encoder
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.errors import RecipeError
 from synthkd.teachers.base import ChatRequest, Completion, estimate_prompt_tokens, max_completion_tokens
@@ -53,6 +54,8 @@ class StepContext:
     progress: Progress = field(default_factory=Progress)
     # A dispatcher for another teacher (e.g. a judge); the pipeline shares loaded models between them.
     dispatcher_for: Callable[[TeacherConfig], Dispatcher] | None = None
+    # Where sentence embeddings are encoded (`curate.embeddings.Encoder`); None: in this process.
+    encode: Encoder | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:

@@ -8,7 +8,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.config_base import StrictModel
 from synthkd.curate.decontamination import NgramIndex
-from synthkd.curate.embeddings import encoder_modules
+from synthkd.curate.embeddings import Encoder, encoder_modules
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
@@ -87,7 +87,7 @@ class DecontaminateStep(Step):
         result = StepResult([])
         removed = []
         texts = ["\n".join(str(row.get(c) or "") for c in self.columns) for row in rows]
-        similar = self._embedding_matches(texts) if self.embedding_threshold else {}
+        similar = self._embedding_matches(texts, ctx.encode) if self.embedding_threshold else {}
         for index, row in enumerate(rows):
             hit = self._index.match(texts[index]) or similar.get(index)
             if hit is None:
@@ -103,7 +103,7 @@ class DecontaminateStep(Step):
         result.details["removed"] = removed
         return result
 
-    def _embedding_matches(self, texts: list[str]) -> dict[int, tuple[str, str]]:
+    def _embedding_matches(self, texts: list[str], encode: Encoder | None) -> dict[int, tuple[str, str]]:
         """{row index: (evaluation set, the evaluation text)} for rows close to an evaluation text."""
         from synthkd.curate.embeddings import EmbeddingCache, embed
 
@@ -113,7 +113,7 @@ class DecontaminateStep(Step):
         cache = EmbeddingCache()
         try:
             eval_vectors, _ = embed([text for text, _ in self._eval_texts], self.model, cache=cache)
-            row_vectors, _ = embed(texts, self.model, cache=cache)
+            row_vectors, _ = embed(texts, self.model, cache=cache, encode=encode)
         finally:
             cache.close()
         index = faiss.IndexFlatIP(eval_vectors.shape[1])

@@ -79,7 +79,7 @@ class DedupStep(Step):
         else:
             cache = EmbeddingCache()
             try:
-                vectors, _ = embed(texts, self.model, self.batch_size, cache)
+                vectors, _ = embed(texts, self.model, self.batch_size, cache, ctx.encode)
             finally:
                 cache.close()
             from synthkd.curate.semantic import semantic_duplicates  # numpy: when used

@@ -24,9 +24,10 @@ class TokenPrice(StrictModel):
 class TeacherConfig(StrictModel):
     """Which model answers, where it lives, and how hard synthkd may push it."""
 
-    backend: Literal["openai", "litellm", "transformers"] = "openai"
+    backend: Literal["openai", "litellm", "transformers", "vllm"] = "openai"
     model: str = Field(
-        min_length=1, description="API model name; for transformers a local folder, a Hub id or `embedded`"
+        min_length=1,
+        description="API model name; for transformers and vllm a local folder, a Hub id or `embedded`",
     )
     base_url: str | None = Field(None, description="any OpenAI-compatible endpoint (vLLM, Ollama, ...)")
     api_key_env: str | None = Field(
@@ -75,6 +76,13 @@ class TeacherConfig(StrictModel):
     # Local (transformers) teachers only.
     device: str = Field("auto", description="transformers: cpu, cuda, cuda:1, mps or auto")
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together")
+    # vllm only.
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="vllm: the share of the GPU's memory the engine takes (weights, activations, KV cache)",
+    )
 
     @field_validator("params")
     @classmethod

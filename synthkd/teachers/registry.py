@@ -15,23 +15,30 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from synthkd.errors import RecipeError
-from synthkd.extras import LOCAL_MODEL, check_installed, is_installed, needs_extra
+from synthkd.extras import LOCAL_MODEL, VLLM_MODEL, check_installed, is_installed, needs_extra
 from synthkd.teachers.anthropic_params import ANTHROPIC_PREFIX, refused_param
 from synthkd.teachers.base import Capabilities, Teacher
-from synthkd.teachers.config import EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig
 from synthkd.teachers.embedded import GGUF_PACKAGE, INSTALL_HINT
 from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
+from synthkd.teachers.vllm_backend import VLLM_PARAMS, check_vllm_params
 
 
 def _no_param_check(params: dict[str, Any], where: Callable[..., str]) -> None:
     """API backends send params as they are; the provider is the judge of them."""
 
 
-def _local_param_check(params: dict[str, Any], where: Callable[..., str]) -> None:
-    unknown = sorted(set(params) - set(LOCAL_PARAMS))
-    # Point at the first unsupported param itself: it may come from the recipe's teacher while
-    # the step's own teacher sets other params.
-    check_local_params(params, where(unknown[0]) if unknown else where())
+def _local_param_check(
+    valid: frozenset[str], check: Callable[[dict[str, Any], str], None]
+) -> Callable[[dict[str, Any], Callable[..., str]], None]:
+    """A local backend's param check, pointed at the first param it refuses: that param may come
+    from the recipe's teacher while the step's own teacher sets other params."""
+
+    def check_at(params: dict[str, Any], where: Callable[..., str]) -> None:
+        unknown = sorted(set(params) - valid)
+        check(params, where(unknown[0]) if unknown else where())
+
+    return check_at
 
 
 def _carries_every_param(params: dict[str, Any]) -> tuple[str, str] | None:
@@ -131,10 +138,26 @@ BACKENDS: dict[str, BackendSpec] = {
             "transformers",
             Capabilities(local=True, scores_text=True, continues_prefix=True, ramp_up=False),
             factory="synthkd.teachers.transformers_backend:TransformersTeacher",
-            check_params=_local_param_check,
+            check_params=_local_param_check(LOCAL_PARAMS, check_local_params),
             seeded_from_recipe=True,
             extra="local",
             modules=LOCAL_MODEL,
+        ),
+        BackendSpec(
+            "vllm",
+            Capabilities(
+                local=True,
+                scores_text=True,
+                structured_output=True,
+                continues_prefix=True,
+                needs_gpu=True,
+                ramp_up=False,
+            ),
+            factory="synthkd.teachers.vllm_backend:VLLMTeacher",
+            check_params=_local_param_check(VLLM_PARAMS, check_vllm_params),
+            seeded_from_recipe=True,
+            extra="vllm",
+            modules=VLLM_MODEL,
         ),
     )
 }
@@ -205,8 +228,9 @@ def check_backend_installed(config: TeacherConfig, where: Callable[[str], str]) 
     if spec.extra is None:
         return
     embedded = spec.capabilities.local and config.model == EMBEDDED_MODEL
+    default = "; a recipe without teacher: uses it" if spec.name == DEFAULT_LOCAL_BACKEND else ""
     purpose = (
-        f"the embedded teacher (on the {spec.name} backend; a recipe without teacher: uses it)"
+        f"the embedded teacher (on the {spec.name} backend{default})"
         if embedded
         else f"the {spec.name} backend"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from synthkd.errors import RecipeError
@@ -30,15 +30,52 @@ SAMPLING_PARAMS = ("temperature", "top_k", "top_p", "min_p")  # applied by synth
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def check_local_params(params: dict[str, Any], where: str) -> None:
-    """Refuse generation params a local model cannot honour, before anything runs."""
-    unknown = sorted(set(params) - set(_PARAM_NAMES))
+def check_params(params: dict[str, Any], where: str, backend: str, valid: Collection[str]) -> None:
+    """Refuse generation params a local backend cannot honour, before anything runs."""
+    unknown = sorted(set(params) - set(valid))
     if unknown:
         raise RecipeError(
-            f"{', '.join(unknown)} not supported by the transformers backend; "
-            f"valid: {', '.join(sorted(_PARAM_NAMES))}",
+            f"{', '.join(unknown)} not supported by the {backend} backend; valid: {', '.join(sorted(valid))}",
             where=where,
         )
+
+
+def check_local_params(params: dict[str, Any], where: str) -> None:
+    check_params(params, where, "transformers", LOCAL_PARAMS)
+
+
+def generation_setting(params: dict[str, Any], generation_config: Any, name: str, default: Any) -> Any:
+    """A generation setting as generate() resolves it: the request's value, else the model's
+    generation config (None: the model has none), else transformers' default."""
+    if params.get(name) is not None:
+        return params[name]
+    value = getattr(generation_config, name, None)
+    return default if value is None else value
+
+
+def render_prompt(tokenizer: Any, request: ChatRequest) -> str:
+    """The text a local model continues: the chat up to the assistant's turn, or, with
+    `continue_final`, up to and including the last message's content, left open."""
+    messages = list(request.messages)
+    if not request.continue_final:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Render with a sentinel as the last content and cut there: this works for any template,
+    # where transformers' own continue_final_message cannot find an empty message.
+    sentinel = "\u2063SYNTHKD_CONTINUE\u2063"
+    last = messages[-1]
+    rendered = tokenizer.apply_chat_template(
+        messages[:-1] + [{**last, "content": sentinel}], add_generation_prompt=False, tokenize=False
+    )
+    return rendered[: rendered.index(sentinel)] + last["content"]
+
+
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the generation config's end tokens and the tokenizer's."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 def request_seed(seed: int, request: ChatRequest) -> int:
@@ -209,15 +246,10 @@ class TransformersTeacher:
         )
 
         config = self._model.generation_config
-
-        def setting(name: str, default: Any) -> Any:
-            if params.get(name) is not None:
-                return params[name]
-            value = getattr(config, name, None)
-            return default if value is None else value
-
-        temperature, top_k = setting("temperature", 1.0), setting("top_k", 50)
-        top_p, min_p = setting("top_p", 1.0), setting("min_p", None)
+        temperature = generation_setting(params, config, "temperature", 1.0)
+        top_k = generation_setting(params, config, "top_k", 50)
+        top_p = generation_setting(params, config, "top_p", 1.0)
+        min_p = generation_setting(params, config, "min_p", None)
         processors = LogitsProcessorList()
         if temperature > 0 and temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))
@@ -231,28 +263,10 @@ class TransformersTeacher:
         return processors
 
     def render_prompt(self, request: ChatRequest) -> str:
-        """The text the model continues: the chat up to the assistant's turn, or, with
-        `continue_final`, up to and including the last message's content, left open."""
-        messages = list(request.messages)
-        if not request.continue_final:
-            return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # Render with a sentinel as the last content and cut there: this works for any template,
-        # where transformers' own continue_final_message cannot find an empty message.
-        sentinel = "\u2063SYNTHKD_CONTINUE\u2063"
-        last = messages[-1]
-        rendered = self._tokenizer.apply_chat_template(
-            messages[:-1] + [{**last, "content": sentinel}], add_generation_prompt=False, tokenize=False
-        )
-        return rendered[: rendered.index(sentinel)] + last["content"]
+        return render_prompt(self._tokenizer, request)
 
     def _eos_ids(self) -> set[int]:
-        configured = self._model.generation_config.eos_token_id
-        ids = set(
-            configured if isinstance(configured, list) else [configured] if configured is not None else []
-        )
-        if self._tokenizer.eos_token_id is not None:
-            ids.add(self._tokenizer.eos_token_id)
-        return ids
+        return eos_token_ids(self._model.generation_config, self._tokenizer)
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[TopK]:
         """The top-k log-probabilities over each conversation's answer, from forward passes run
