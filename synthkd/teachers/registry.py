@@ -18,7 +18,7 @@ from synthkd.errors import RecipeError
 from synthkd.extras import LOCAL_MODEL, VLLM_MODEL, check_installed, is_installed, needs_extra
 from synthkd.teachers.anthropic_params import ANTHROPIC_PREFIX, refused_param
 from synthkd.teachers.base import Capabilities, Teacher
-from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig, is_embedded
 from synthkd.teachers.embedded import GGUF_PACKAGE, INSTALL_HINT
 from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
 from synthkd.teachers.vllm_backend import VLLM_PARAMS, check_vllm_params
@@ -227,7 +227,7 @@ def check_backend_installed(config: TeacherConfig, where: Callable[[str], str]) 
     spec = backend_spec(config.backend)
     if spec.extra is None:
         return
-    embedded = spec.capabilities.local and config.model == EMBEDDED_MODEL
+    embedded = spec.capabilities.local and is_embedded(config.model)
     default = "; a recipe without teacher: uses it" if spec.name == DEFAULT_LOCAL_BACKEND else ""
     purpose = (
         f"the embedded teacher (on the {spec.name} backend{default})"

@@ -9,7 +9,13 @@ from pydantic import Field, field_validator
 
 from synthkd.config_base import StrictModel
 from synthkd.extras import TRAINING, check_installed
-from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig
+from synthkd.teachers.config import (
+    DEFAULT_LOCAL_BACKEND,
+    EMBEDDED_MODEL,
+    TeacherConfig,
+    embedded_layers,
+    is_embedded,
+)
 
 
 class LoraSettings(StrictModel):
@@ -27,7 +33,10 @@ class TrainConfig(StrictModel):
         description="sft on `messages`; dpo on prompt/chosen/rejected; distill: on-policy, live teacher; "
         "kd: offline, from the top-k log-probabilities a `logits` step stored",
     )
-    student: str = Field(description="a Hub id, a local folder, or `embedded` (SmolLM2-135M-Instruct)")
+    student: str = Field(
+        description="a Hub id, a local folder, `embedded` (SmolLM2-135M-Instruct), or a smaller model "
+        "cut from it: `embedded:layers=N` keeps N of its 30 decoder layers (15: every other one)"
+    )
     teacher: TeacherConfig | None = Field(
         None,
         description="distill: a local (transformers) teacher sharing the student's tokenizer; a teacher "
@@ -54,6 +63,13 @@ class TrainConfig(StrictModel):
     output_dir: str | None = Field(None, description="where the student is saved; default <run dir>/student")
     push_to_hub: str | None = Field(None, description="a Hub repo id to push the student to")
 
+    @field_validator("student")
+    @classmethod
+    def _pruned_embedded_is_well_formed(cls, value: str) -> str:
+        if value.startswith(f"{EMBEDDED_MODEL}:") and embedded_layers(value) is None:
+            raise ValueError(f"{value!r}: a model cut from the embedded one is written embedded:layers=N")
+        return value
+
     @field_validator("teacher", mode="before")
     @classmethod
     def _model_string_is_local(cls, value: Any) -> Any:
@@ -66,7 +82,7 @@ class TrainConfig(StrictModel):
         extra), before any request or weight is loaded. Imports nothing. `where(*key)` names a key
         of the train: section in messages (`where()` the section itself)."""
         # The embedded student is read from a GGUF file, which transformers reads with gguf.
-        modules = (*TRAINING, "gguf") if self.student == EMBEDDED_MODEL else TRAINING
+        modules = (*TRAINING, "gguf") if is_embedded(self.student) else TRAINING
         check_installed(modules, "train", f"training a student (train.method {self.method})", where())
         if self.lora is not None:
             check_installed(("peft",), "train", "LoRA adapters", where("lora"))
