@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +54,16 @@ def server():
         yield running
 
 
+STEPS = [
+    {"step": "load", "path": "seeds.jsonl"},
+    {"step": "label"},  # row-wise: on Ray
+    {"step": "dedup", "method": "exact", "columns": ["response"]},  # in the driver
+    # Row-wise again: filter (no teacher) and judge go to Ray together.
+    {"step": "filter", "drop_regex": r"item 1\d\b"},
+    {"step": "judge", "min_score": 5},
+]
+
+
 def recipe(tmp_path: Path, server: FakeOpenAIServer, **engine) -> Path:
     # Every fifth instruction repeats an earlier one: exact dedup (in the driver) drops them.
     seeds = [{"instruction": f"Describe item {i if i % 5 else i - 3}."} for i in range(ROWS)]
@@ -69,14 +80,7 @@ def recipe(tmp_path: Path, server: FakeOpenAIServer, **engine) -> Path:
                 "max_attempts": 1,
                 "concurrency": 2,
             },
-            "steps": [
-                {"step": "load", "path": "seeds.jsonl"},
-                {"step": "label"},  # row-wise: on Ray
-                {"step": "dedup", "method": "exact", "columns": ["response"]},  # in the driver
-                # Row-wise again: filter (no teacher) and judge go to Ray together.
-                {"step": "filter", "drop_regex": r"item 1\d\b"},
-                {"step": "judge", "min_score": 5},
-            ],
+            "steps": STEPS,
             "output": {"report": "none", "max_failure_ratio": 0.5},
             "engine": {"name": "ray", "shard_rows": SHARD_ROWS, **engine},
         },
@@ -154,9 +158,10 @@ def test_a_worker_killed_mid_run_loses_and_doubles_no_row(tmp_path, server, clus
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
             workers = _shard_workers()
-            if any(shard_folder_root().glob("*/*.json")) and workers:
+            done = len(list(shard_folder_root().glob("*/*.json")))
+            if done and workers:
                 os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
+                killed.append(done)
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_a_worker_once_a_shard_is_done)
@@ -164,6 +169,7 @@ def test_a_worker_killed_mid_run_loses_and_doubles_no_row(tmp_path, server, clus
     code, out = run_cli(["run", str(path), "--output", "on-ray"], capsys)
     killer.join()
     assert killed, "no shard worker was found to kill"
+    assert killed[0] < ROWS // SHARD_ROWS  # killed while shards were left to run
     assert code == 0, out
     rows = run_folder_rows(tmp_path / "on-ray")
     ids = [row["id"] for row in rows]
@@ -217,6 +223,8 @@ def test_limits_are_split_among_the_actors(tmp_path, server):
     label.teacher.rpm, label.teacher.tpm = 600, 90_000
     split = shared_limits(label, 4).teacher
     assert (split.concurrency, split.rpm, split.tpm) == (1, 150, 22_500)
+    wide = label.model_copy(update={"teacher": label.teacher.model_copy(update={"concurrency": 10})})
+    assert shared_limits(wide, 4).teacher.concurrency * 4 <= 10  # never more in flight than allowed
     assert shared_limits(label, 1) is label
     assert label.teacher.concurrency == 2  # the recipe's own step is left as it was
 
@@ -225,7 +233,12 @@ def test_placement_follows_the_teachers(tmp_path, server):
     loaded = load_recipe(recipe(tmp_path, server))
     api_steps = loaded.recipe.steps[1:2]
     config = EngineConfig(name="ray")
-    assert vars(actor_placement(api_steps, {"CPU": 8.0}, config)) == {"workers": 8, "cpus": 1, "gpus": 0}
+    # An actor per CPU, but never more actors than requests the recipe lets fly (concurrency 2).
+    assert vars(actor_placement(api_steps, {"CPU": 8.0}, config)) == {"workers": 2, "cpus": 1, "gpus": 0}
+    wide = api_steps[0].model_copy(
+        update={"teacher": api_steps[0].teacher.model_copy(update={"concurrency": 64})}
+    )
+    assert vars(actor_placement([wide], {"CPU": 8.0}, config))["workers"] == 8
     local = api_steps[0].model_copy(
         update={"teacher": api_steps[0].teacher.model_copy(update={"backend": "transformers"})}
     )
@@ -236,7 +249,7 @@ def test_placement_follows_the_teachers(tmp_path, server):
         "gpus": 1,
     }
     pinned = EngineConfig(name="ray", workers=3)
-    assert vars(actor_placement(api_steps, {"CPU": 8.0}, pinned))["workers"] == 3
+    assert vars(actor_placement([wide], {"CPU": 8.0}, pinned))["workers"] == 3
 
 
 def test_ray_engine_refusals(tmp_path, server, capsys):
@@ -296,3 +309,56 @@ def test_embedding_dedup_encodes_on_the_actors(tmp_path, server, cluster, capsys
     assert run_folder_rows(tmp_path / "on-ray") == run_folder_rows(tmp_path / "local")
     assert manifest["steps"][2]["details"] == local_manifest["steps"][2]["details"]
     assert manifest["steps"][2]["rows_dropped"] == {"duplicate_embedding": 7}
+
+
+@pytest.mark.slow
+def test_a_run_short_of_answers_is_made_whole_by_running_it_again(tmp_path, cluster, capsys):
+    """Rows lost to an outage are not kept as done: the rerun asks them again, as the local
+    engine's rerun would."""
+    # Nine rows ask "item 3N" (31-34, 35 repeating 32, 36-39): each gets one 503, then answers.
+    outage = [{"match": r"^Describe item 3\d\.", "status": 503, "message": "scripted outage", "times": 9}]
+    with FakeOpenAIServer(script=outage) as flaky:
+        path = recipe(tmp_path, flaky)
+        short = [
+            "run",
+            str(path),
+            "--set",
+            "output.max_failure_ratio=0.1",
+            "--set",
+            "steps=" + json.dumps(STEPS[:2]),
+        ]
+        code, out = run_cli(short, capsys)
+        assert code == 3 and "lost 9 of 40 rows" in out
+        code, out = run_cli(short, capsys)
+        assert code == 0, out
+        assert len(run_folder_rows(tmp_path / "runs" / "ray-run")) == ROWS  # every row, this time
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_ray_run_promptly(tmp_path, server):
+    """Interrupted, the driver stops taking shards, stops the cluster it started and exits 130."""
+    path = recipe(tmp_path, server)
+    command = [sys.executable, "-m", "synthkd.cli", "run", str(path), "--output", "stopped"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(shard_folder_root().glob("*/*.json")):
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    clock = time.monotonic()
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert time.monotonic() - clock < 30
+    assert "Traceback" not in err and "interrupted" in err
+
+
+def test_an_unreachable_cluster_is_one_line(tmp_path, server, capsys):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = recipe(tmp_path, server)
+    # In a process of its own: this one is connected to the tests' cluster.
+    command = [sys.executable, "-m", "synthkd.cli", "run", str(path), "--address", f"127.0.0.1:{port}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out
+    assert "engine.address" in out and "cannot reach the Ray cluster" in out and "Traceback" not in out

@@ -32,8 +32,11 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -41,15 +44,19 @@ from typing import Any
 
 from synthkd.atomic import atomic_write_text
 from synthkd.curate.embeddings import Encoder
-from synthkd.errors import SynthkdError, causes
+from synthkd.errors import RecipeError, SynthkdError, causes
 from synthkd.extras import require
 from synthkd.paths import cache_root
 from synthkd.pipeline import ProgressFactory, RunState, StepReport, too_many_failures
 from synthkd.recipe import EngineConfig, LoadedRecipe
+from synthkd.redaction import redact_value
 from synthkd.steps.base import Failure, Progress, Row, Step
+from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import capabilities_of
 from synthkd.version import __version__
 
+# How often Ray restarts an actor that died (and retries its shard) before the run stops.
+ACTOR_RESTARTS = 3
 # Variables an actor needs as the driver has them: where the cache and the models are, offline
 # switches. A local cluster's workers inherit the driver's environment; a running cluster's do not.
 PASSED_VARIABLES = (
@@ -69,11 +76,17 @@ class RayEngine:
     def __init__(self, config: EngineConfig, *, use_cache: bool = True) -> None:
         self.config = config
         self.use_cache = use_cache
-        self._started_ray = False
+        self._connected = False  # whether this engine called ray.init (then close() lets go)
+        self._stop = threading.Event()  # set when the run is cancelled
 
     async def run_steps(self, run: RunState, start: int, stop: int, rows: list[Row]) -> list[Row]:
         self._connect()  # in this thread: ray.init installs signal handlers
-        return await asyncio.to_thread(self._run_steps, run, start, stop, rows)
+        self._stop.clear()
+        try:
+            return await asyncio.to_thread(self._run_steps, run, start, stop, rows)
+        except asyncio.CancelledError:  # Ctrl-C: the thread stops taking results; close() stops Ray
+            self._stop.set()
+            raise
 
     def encoder_for(self, run: RunState) -> Encoder:
         """Sentence embeddings encoded by a pool of `TextEncoder` actors (one per GPU, else one
@@ -106,20 +119,13 @@ class RayEngine:
         size = self.config.shard_rows
         workers = min(placement.workers, math.ceil(len(texts) / size))
         items = [{"index": index, "text": text} for index, text in enumerate(texts)]
-        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(texts) / size)).map_batches(
-            TextEncoder,
-            fn_constructor_kwargs={
-                "model": model,
-                "batch_size": batch_size,
-                "device": "cuda" if placement.gpus else "cpu",
-                "environment": actor_environment(None),
-            },
-            batch_size=size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=placement.cpus,
-            num_gpus=placement.gpus,
-        )
+        constructor = {
+            "model": model,
+            "batch_size": batch_size,
+            "device": "cuda" if placement.gpus else "cpu",
+            "environment": actor_environment(None),
+        }
+        dataset = _on_actors(items, size, TextEncoder, constructor, placement, workers, batch_format="numpy")
         vectors: list[Any] = [None] * len(texts)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -130,12 +136,13 @@ class RayEngine:
         return np.stack(vectors).astype(np.float32), workers
 
     def close(self) -> None:
-        """Stop the local cluster this engine started, if it did."""
-        if self._started_ray:
+        """Let go of Ray if this engine connected to it: a local cluster it started stops; on a
+        running cluster, the run's actors end with its job."""
+        if self._connected:
             import ray
 
             ray.shutdown()
-            self._started_ray = False
+            self._connected = False
 
     def _connect(self) -> None:
         # The bars are synthkd's; Ray's own lines are noise here. Ray Data sets its loggers up
@@ -143,19 +150,30 @@ class RayEngine:
         # for every actor pool, about restarting actors whose arguments the driver keeps).
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        # Ray starts a cluster of its own wherever Ray is used unconnected; after close() (Ctrl-C)
+        # the thread still iterating must fail at once instead.
+        os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
         ray = require("ray", "ray", "engine: ray")
         require("ray.data", "ray", "engine: ray")
         logging.getLogger("ray").setLevel(logging.ERROR)
         if ray.is_initialized():
             return
-        with _stderr_silenced():  # Ray's core says, on stderr, that it read RAY_BACKEND_LOG_LEVEL
-            ray.init(
-                address=self.config.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
-        self._started_ray = self.config.address is None
+        _check_reachable(self.config.address)
+        try:
+            with _stderr_silenced():  # Ray's core says, on stderr, that it read RAY_BACKEND_LOG_LEVEL
+                ray.init(
+                    address=self.config.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise RecipeError(
+                f"cannot reach the Ray cluster at {self.config.address}: {exc}; start one (ray start "
+                "--head) or leave engine.address out to start a local one",
+                where="engine.address",
+            ) from None
+        self._connected = True
 
     def _run_steps(self, run: RunState, start: int, stop: int, rows: list[Row]) -> list[Row]:
         loaded = run.loaded
@@ -215,28 +233,25 @@ class RayEngine:
         placement = actor_placement(loaded.recipe.steps[start:stop], ray.cluster_resources(), self.config)
         workers = min(placement.workers, len(todo))
         items = [{"shard": index, "rows": json.dumps(shards[index], ensure_ascii=False)} for index in todo]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ShardRunner,
-            fn_constructor_kwargs={
-                "loaded": loaded,
-                "start": start,
-                "stop": stop,
-                "workers": workers,
-                "use_cache": self.use_cache,
-                "environment": actor_environment(loaded),
-            },
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=placement.cpus,
-            num_gpus=placement.gpus,
-        )
+        constructor = {
+            "loaded": loaded,
+            "start": start,
+            "stop": stop,
+            "workers": workers,
+            "use_cache": self.use_cache,
+            "environment": actor_environment(loaded),
+        }
+        dataset = _on_actors(items, 1, ShardRunner, constructor, placement, workers)
         try:
             for answer in dataset.iter_rows():
+                if self._stop.is_set():
+                    break
                 if answer["error"]:
                     raise pickle.loads(answer["error"])
                 index = int(answer["shard"])
                 result = json.loads(answer["result"])
-                store.write(keys[index], result)
+                if not _lost_rows(result):  # a shard whose rows a rerun may still get is not done
+                    store.write(keys[index], result)
                 results[index] = result
                 bars.shard_done(result, len(shards) - len(results))
         except SynthkdError:
@@ -276,7 +291,7 @@ class ShardStore:
     def write(self, key: str, result: dict[str, Any]) -> None:
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(result, ensure_ascii=False)
+            text = json.dumps(redact_value(result), ensure_ascii=False)
             atomic_write_text(self.folder / f"{key}.json", text, what="a finished shard")
 
     def remove(self) -> None:
@@ -300,7 +315,9 @@ class ShardRunner:
     ) -> None:
         os.environ.update(environment)
         from synthkd.dispatch.pool import TeacherPool
+        from synthkd.pipeline import register_recipe_secrets
 
+        register_recipe_secrets(loaded)  # redacted from what the actor caches and returns, as here
         self.loaded = loaded
         self.start = start
         self.steps = [shared_limits(step, workers) for step in loaded.recipe.steps[start:stop]]
@@ -368,7 +385,8 @@ def actor_placement(steps: list[Step], resources: dict[str, float], config: Engi
     ]
     if local:
         return model_placement(resources, config, on_gpu=all(teacher.device != "cpu" for teacher in local))
-    return ActorPlacement(config.workers or max(1, int(resources.get("CPU", 1))), 1, 0)
+    allowed = min(teacher.concurrency for step in steps for teacher in step.teacher_fields().values())
+    return ActorPlacement(min(config.workers or max(1, int(resources.get("CPU", 1))), allowed), 1, 0)
 
 
 def model_placement(
@@ -393,7 +411,9 @@ def shared_limits(step: Step, workers: int) -> Step:
     for key, config in step.teacher_fields().items():
         update[key] = config.model_copy(
             update={
-                "concurrency": max(1, math.ceil(config.concurrency / workers)),
+                # Never more in flight than the recipe allows: actor_placement keeps workers at most
+                # the concurrency, so each gets at least one.
+                "concurrency": max(1, config.concurrency // workers),
                 "rpm": config.rpm / workers if config.rpm else None,
                 "tpm": config.tpm / workers if config.tpm else None,
             }
@@ -469,15 +489,82 @@ def _spread_seconds(reports: list[StepReport], wall: float) -> None:
         report.seconds = round(wall * (report.seconds / spent if spent else 1 / len(reports)), 3)
 
 
+def _on_actors(
+    items: list[dict[str, Any]],
+    batch_size: int,
+    actor: type,
+    constructor: dict[str, Any],
+    placement: ActorPlacement,
+    workers: int,
+    **options: Any,
+) -> Any:
+    """A Ray Data dataset of `items` mapped `batch_size` at a time by a pool of `workers` actors
+    of class `actor`, each placed as `placement` says.
+
+    A shard that kills its actor every time (a crash in a native library, memory) stops the run
+    after ACTOR_RESTARTS restarts instead of being retried forever (Ray Data's default); a task on
+    a restarted actor is retried as often as it takes. Ray 2.60 takes these only as
+    `ray_remote_args`, which it warns are deprecated (the extra pins ray below 2.64, where they
+    go); that warning is not the user's to act on."""
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        return ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / batch_size)).map_batches(
+            actor,
+            fn_constructor_kwargs=constructor,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=placement.cpus,
+            num_gpus=placement.gpus,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,
+            **options,
+        )
+
+
+def _lost_rows(result: dict[str, Any]) -> bool:
+    """Whether a shard lost rows to failed requests that a later run may still get answered (the
+    failures that count against output.max_failure_ratio): such a shard is run again."""
+    return any(is_transient_reason(failure["reason"]) for _, failure in result["failures"])
+
+
+class ClusterError(SynthkdError):
+    """Ray could not run a shard: its actor kept dying, or the cluster went away."""
+
+
 def _our_error(exc: BaseException) -> BaseException:
     """The error to raise for a failure inside Ray: synthkd's own (a fatal teacher error, a full
-    disk, a spending cap), which Ray wraps in its task errors, else Ray's."""
+    disk), which Ray wraps in its task errors, else one line saying what Ray reported."""
     for cause in causes(exc):
         original = getattr(cause, "cause", None)
         for candidate in (original, cause):
             if isinstance(candidate, SynthkdError) and type(candidate).__module__.startswith("synthkd"):
                 return candidate
-    return exc
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return ClusterError(
+        f"engine: ray could not run the steps (after {ACTOR_RESTARTS} restarts of an actor, if it died): "
+        f"{type(exc).__name__}: {first_line}. Answers received are cached and finished shards kept: "
+        "the same command goes on from there"
+    )
+
+
+def _check_reachable(address: str | None) -> None:
+    """A `host:port` (or ray://host:port) address must accept a connection: Ray itself retries a
+    refused one for a minute before it says so."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RecipeError(
+            f"cannot reach the Ray cluster at {address}: {exc}; start one (ray start --head) or leave "
+            "engine.address out to start a local one",
+            where="engine.address",
+        ) from None
 
 
 @contextlib.contextmanager

@@ -256,8 +256,13 @@ class Step(StrictModel):
         self._template_files[key] = path
 
     def template_sources(self) -> dict[str, str]:
-        """Prompt templates used, file as named -> source text (hashed into the manifest)."""
-        return {self._template_files[key]: template.source for key, template in self._templates.items()}
+        """Prompt templates used, file as named -> source text (hashed into the manifest and the
+        provenance), with the templates they include, import or extend."""
+        sources = {}
+        for key, template in self._templates.items():
+            sources.update(template.included_sources)
+            sources[self._template_files[key]] = template.source
+        return sources
 
     def provenance(self) -> dict[str, str]:
         """What made a row: appended to the `provenance` list of every row this step produces."""

@@ -64,6 +64,12 @@ class LabelStep(TeacherStep):
 
     _schema: dict[str, Any] | None = PrivateAttr(None)
 
+    def template_sources(self) -> dict[str, str]:
+        # A schema read from a file shapes every request as a template does.
+        if isinstance(self.output_schema, str) and self._schema is not None:
+            return super().template_sources() | {self.output_schema: json.dumps(self._schema, sort_keys=True)}
+        return super().template_sources()
+
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         needed = set(self.template("prompt").variables) - set(OPTIONAL_COLUMNS)
         require_columns(needed, columns, ctx, "prompt", f"template {self.prompt}")
