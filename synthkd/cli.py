@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
     train.set_defaults(handler=_train)
 
+    experiment = commands.add_parser(
+        "experiment",
+        help="train the recipe's experiment: arms at one budget and compare them on held-out rows",
+    )
+    _recipe_arguments(experiment)
+    experiment.add_argument("--output", metavar="DIR", help="run folder (overrides output.dir)")
+    experiment.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the request cache"
+    )
+    experiment.add_argument("--docs", metavar="DIR", help="also copy results.md and kl.svg there")
+    experiment.set_defaults(handler=_experiment)
+
     validate = commands.add_parser(
         "validate", help="check a recipe's keys, files and templates; send nothing"
     )
@@ -148,6 +160,30 @@ def _run(args: argparse.Namespace) -> int:
             reporter=ConsoleReporter(progress),
         )
         run_loaded(loaded, settings=settings)
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from synthkd.api import load_recipe
+    from synthkd.experiment.run import check_experiment, run_experiment
+    from synthkd.pipeline import hold_output
+    from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
+
+    loaded = load_recipe(args.recipe, overrides=args.overrides)
+    check_experiment(loaded)
+    quiet_library_progress_bars()
+    out_dir = Path(args.output) if args.output else None
+    with hold_output(loaded, out_dir), RichProgressFactory(console) as progress:
+        result = run_experiment(
+            loaded,
+            out_dir=out_dir,
+            use_cache=not args.no_cache,
+            progress=progress,
+            say=lambda line: console.print(line, highlight=False, markup=False),
+            docs=Path(args.docs) if args.docs else None,
+        )
+    console.print((result.run_dir / "experiment" / "results.md").read_text(encoding="utf-8"), markup=False)
+    console.print(f"results -> {result.run_dir / 'experiment'}", highlight=False, markup=False)
     return 0
 
 

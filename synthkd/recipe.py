@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from synthkd.config_base import StrictModel
 from synthkd.errors import RecipeError
+from synthkd.experiment.config import ExperimentConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.shipped import resolve_path
@@ -91,6 +92,9 @@ class Recipe(StrictModel):
         description="stop sending before the run's spend on its steps' teachers could pass this many USD",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig, description="what runs the row-wise steps")
+    experiment: ExperimentConfig | None = Field(
+        None, description="synthkd experiment: train a student several ways on the run's rows and compare"
+    )
 
     # Around validation: a recipe built from a dict or from objects gets its steps' teachers like
     # one read from YAML, and each step remembers the teacher keys it was given itself, so a step

@@ -58,11 +58,15 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.streaming",
             "synthkd.progress",
             "synthkd.training.config",
+            "synthkd.experiment.config",
         ],
     ),
     ("publish: the card, the report, the push (given plain values, not the recipe)", ["synthkd.publish"]),
     ("recipe: the schema and loader", ["synthkd.recipe"]),
-    ("what runs a recipe", ["synthkd.pipeline", "synthkd.dry_run", "synthkd.training", "synthkd.engines"]),
+    (
+        "what runs a recipe",
+        ["synthkd.pipeline", "synthkd.dry_run", "synthkd.training", "synthkd.engines", "synthkd.experiment"],
+    ),
     (
         "the public Python API: synthkd.run and the names `import synthkd` offers",
         ["synthkd", "synthkd.api", "synthkd.reporter"],

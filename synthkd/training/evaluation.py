@@ -14,6 +14,18 @@ def _prompt_and_answer(messages: list[dict[str, str]]) -> tuple[list[dict[str, s
     return messages[:-1], messages[-1]["content"]
 
 
+def conversation_ids(
+    tokenizer: Any, messages: list[dict[str, str]], tools: list[dict] | None = None
+) -> tuple[Any, int]:
+    """The conversation's token ids (a 1 x n tensor) and where its final (assistant) message
+    starts: the length of the rendered prompt that asks for it."""
+    prompt, _ = _prompt_and_answer(messages)
+    prefix = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"], prefix_ids.shape[1]
+
+
 def response_loss(
     model: Any, tokenizer: Any, messages: list[dict[str, str]], tools: list[dict] | None = None
 ) -> tuple[float, int]:
@@ -21,13 +33,10 @@ def response_loss(
     (and the tool schemas the conversation may call, rendered by the chat template)."""
     import torch
 
-    prompt, _ = _prompt_and_answer(messages)
-    prefix = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    full_ids, prompt_length = conversation_ids(tokenizer, messages, tools)
+    full_ids = full_ids.to(model.device)
     labels = full_ids.clone()
-    labels[:, : prefix_ids.shape[1]] = -100  # only the answer's tokens count
+    labels[:, :prompt_length] = -100  # only the answer's tokens count
     answer_tokens = int((labels != -100).sum())
     if answer_tokens == 0:
         return 0.0, 0
@@ -100,3 +109,35 @@ def evaluate(
     if agreements and short_answers == len(agreements):
         metrics["accuracy"] = mean_agreement
     return metrics
+
+
+def forward_kl(
+    teacher: Any, student: Any, tokenizer: Any, conversations: list[list[dict[str, str]]]
+) -> float:
+    """KL(teacher || student) over the whole vocabulary, per token of the teacher's answers, averaged
+    over every answer token: how far the student's next-token distribution is from the teacher's
+    where the teacher wrote. Both models share `tokenizer`."""
+    import torch
+
+    total, tokens = 0.0, 0
+    teacher.eval()
+    student.eval()
+    for messages in conversations:
+        ids, prompt_length = conversation_ids(tokenizer, messages)
+        if ids.shape[1] <= prompt_length:
+            continue
+        # Position p predicts token p + 1: the answer's tokens are predicted from prompt_length - 1 on.
+        answer = slice(prompt_length - 1, ids.shape[1] - 1)
+        with torch.inference_mode():
+            teacher_logprobs = (
+                teacher(input_ids=ids.to(teacher.device)).logits[0, answer].float().log_softmax(-1)
+            )
+            student_logprobs = (
+                student(input_ids=ids.to(student.device)).logits[0, answer].float().log_softmax(-1)
+            )
+        kl = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs.to(teacher_logprobs.device))).sum(
+            -1
+        )
+        total += float(kl.sum())
+        tokens += kl.numel()
+    return total / tokens if tokens else float("nan")

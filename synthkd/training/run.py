@@ -37,6 +37,8 @@ class TrainResult:
     before: dict[str, Any]
     after: dict[str, Any]
     train_losses: list[float]
+    train_tokens: int = 0  # tokens the student trained on (padding aside)
+    train_seconds: float = 0.0
 
 
 def _device_settings() -> dict[str, Any]:
@@ -89,29 +91,37 @@ def train_student(
     seed: int,
     run_name: str,
     recipe_dir: Path | None = None,
+    evaluate: bool = True,
 ) -> TrainResult:
     """Train, evaluate and save the student; returns where it is and the before/after metrics.
-    `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones)."""
+    `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones).
+    Without `evaluate` every row trains and no before/after metrics are made (an experiment
+    evaluates on prompts of its own)."""
     _check_before_loading(config, dataset_dir)
     dataset = _load_dataset(config, dataset_dir)
-    train_rows, held_out = _split(config, dataset, seed)
+    train_rows, held_out = _split(config, dataset, seed) if evaluate else (dataset, dataset.select([]))
     student = _load_student(config)
     evaluation = _held_out_set(config, held_out)
-    before = _evaluate(config, student.model, student.tokenizer, evaluation)
+    before = _evaluate(config, student.model, student.tokenizer, evaluation) if evaluate else {}
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
     trainer = _build_trainer(config, student, train_rows, _trainer_values(config, output_dir, seed, student))
     progress = _train(trainer)
     trained = trainer.model.merge_and_unload() if config.lora is not None else trainer.model
-    after = _evaluate_trained(config, trained, student.tokenizer, evaluation, recipe_dir or Path.cwd(), seed)
+    after = (
+        _evaluate_trained(config, trained, student.tokenizer, evaluation, recipe_dir or Path.cwd(), seed)
+        if evaluate
+        else {}
+    )
     _save(trained, student.tokenizer, output_dir)
     metrics = _metrics(
         config, student, progress, len(train_rows), len(evaluation.conversations), before, after
     )
-    _write_eval(output_dir, metrics)
-    write_model_card(output_dir, run_name, metrics)
+    if evaluate:  # what the card and eval.json are written from
+        _write_eval(output_dir, metrics)
+        write_model_card(output_dir, run_name, metrics)
     if config.push_to_hub:
         push_student(output_dir, config.push_to_hub, run_name)
-    return TrainResult(output_dir, before, after, progress.losses)
+    return TrainResult(output_dir, before, after, progress.losses, progress.tokens, progress.seconds)
 
 
 @dataclass
@@ -335,8 +345,10 @@ def _train(trainer: Any) -> _Progress:
     trainer.train()
     seconds = time.perf_counter() - clock
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their own.
-    return _Progress(losses, seconds, int(getattr(trainer, "_total_train_tokens", 0)))
+    # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their
+    # own, in the logs (`num_tokens`, prompts and the completions they generated).
+    logged = max((int(entry.get("num_tokens", 0)) for entry in trainer.state.log_history), default=0)
+    return _Progress(losses, seconds, int(getattr(trainer, "_total_train_tokens", 0)) or logged)
 
 
 def _save(model: Any, tokenizer: Any, output_dir: Path) -> None:
