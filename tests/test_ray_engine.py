@@ -250,6 +250,9 @@ def test_placement_follows_the_teachers(tmp_path, server):
     }
     pinned = EngineConfig(name="ray", workers=3)
     assert vars(actor_placement([wide], {"CPU": 8.0}, pinned))["workers"] == 3
+    # Never more actors than the cluster holds at once.
+    assert actor_placement([wide], {"CPU": 2.0}, pinned).fitting({"CPU": 2.0}) == 2
+    assert actor_placement([local], {"CPU": 8.0, "GPU": 2.0}, pinned).fitting({"CPU": 8.0, "GPU": 2.0}) == 2
 
 
 def test_ray_engine_refusals(tmp_path, server, capsys):

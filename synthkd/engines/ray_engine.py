@@ -115,9 +115,10 @@ class RayEngine:
         import ray
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        placement = model_placement(ray.cluster_resources(), self.config)
+        resources = ray.cluster_resources()
+        placement = model_placement(resources, self.config)
         size = self.config.shard_rows
-        workers = min(placement.workers, math.ceil(len(texts) / size))
+        workers = min(placement.fitting(resources), math.ceil(len(texts) / size))
         items = [{"index": index, "text": text} for index, text in enumerate(texts)]
         constructor = {
             "model": model,
@@ -230,8 +231,9 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-        placement = actor_placement(loaded.recipe.steps[start:stop], ray.cluster_resources(), self.config)
-        workers = min(placement.workers, len(todo))
+        resources = ray.cluster_resources()
+        placement = actor_placement(loaded.recipe.steps[start:stop], resources, self.config)
+        workers = min(placement.fitting(resources), len(todo))
         items = [{"shard": index, "rows": json.dumps(shards[index], ensure_ascii=False)} for index in todo]
         constructor = {
             "loaded": loaded,
@@ -375,6 +377,14 @@ class ActorPlacement:
 
     def __init__(self, workers: int, cpus: float, gpus: float) -> None:
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
+
+    def fitting(self, resources: dict[str, float]) -> int:
+        """`workers`, but no more actors than the cluster can hold at once (more would wait for
+        resources that never come, `engine.workers` above the cluster's CPUs)."""
+        room = [self.workers, int(resources.get("CPU", 0) // self.cpus) if self.cpus else self.workers]
+        if self.gpus:
+            room.append(int(resources.get("GPU", 0) // self.gpus))
+        return max(1, min(room))
 
 
 def actor_placement(steps: list[Step], resources: dict[str, float], config: EngineConfig) -> ActorPlacement:
