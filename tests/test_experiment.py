@@ -15,6 +15,7 @@ from helpers import run_cli, write_jsonl, write_recipe
 from tiny_model import build_tiny_model
 
 from synthkd.experiment.run import mean_and_interval
+from synthkd.testing.fake_openai import FakeOpenAIServer
 
 ARMS = [
     {"name": "sft", "method": "sft"},
@@ -32,7 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny_model(folder / "teacher", seed=1), build_tiny_model(folder / "student", seed=2)
 
 
-def experiment_recipe(tmp_path: Path, teacher: Path, student: Path) -> Path:
+def experiment_recipe(tmp_path: Path, teacher: Path, student: Path, judge: dict | None = None) -> Path:
     write_jsonl(
         tmp_path / "seeds.jsonl", [{"instruction": f"Describe the fox number {i}."} for i in range(24)]
     )
@@ -60,6 +61,7 @@ def experiment_recipe(tmp_path: Path, teacher: Path, student: Path) -> Path:
                 # Curation here: drop the prompts ending in an odd number (about half the rows).
                 "curate": [{"step": "filter", "column": "instruction", "drop_regex": "[13579]\\.$"}],
                 "max_new_tokens": 4,
+                **({"judge": judge} if judge else {}),
             },
         },
     )
@@ -67,9 +69,18 @@ def experiment_recipe(tmp_path: Path, teacher: Path, student: Path) -> Path:
 
 def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, models, capsys):
     teacher, student = models
-    recipe = experiment_recipe(tmp_path, teacher, student)
-    code, out = run_cli(["experiment", str(recipe), "--output", "run", "--docs", "docs-out"], capsys)
-    assert code == 0, out
+    # A judge that always prefers the first answer shown: the swapped order makes every pair a tie.
+    with FakeOpenAIServer(script=[{"match": ".", "reply": '{"winner": "A"}'}]) as judge_server:
+        judge = {
+            "backend": "openai",
+            "model": "judge",
+            "base_url": judge_server.base_url,
+            "api_key_env": None,
+        }
+        recipe = experiment_recipe(tmp_path, teacher, student, judge)
+        code, out = run_cli(["experiment", str(recipe), "--output", "run", "--docs", "docs-out"], capsys)
+        assert code == 0, out
+        assert judge_server.stats()["requests"] > 0  # the same pair twice is asked once (the cache)
     work = tmp_path / "run" / "experiment"
     results = json.loads((work / "results.json").read_text())
 
@@ -79,6 +90,8 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
     )
     for run in results["runs"]:
         assert all(math.isfinite(run["metrics"][name]) for name in ("kl", "loss", "perplexity", "agreement"))
+        # Each of the 6 held-out pairs judged in both orders: always "A" is a tie every time.
+        assert run["metrics"]["win_rate"] == 0.5 and run["metrics"]["judge"]["ties"] == 6
         assert run["metrics"]["rows"] == 6 and run["metrics"]["kl"] >= 0
         assert run["tokens"] > 0  # on-policy runs count the tokens they generated
     assert results["before"]["kl"] > 0  # two different random models
@@ -108,7 +121,7 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
     table = (work / "results.md").read_text()
     for arm in ARMS:
         assert f"| {arm['name']} | {arm['method']} |" in table
-    assert "student before training" in table and "±" in table
+    assert "student before training" in table and "±" in table and "judge win rate" in table
     assert (work / "kl.svg").read_text().startswith("<svg")
     assert (tmp_path / "docs-out" / "results.md").read_text() == table
 

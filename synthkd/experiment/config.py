@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from synthkd.config_base import StrictModel
+from synthkd.teachers.config import TeacherConfig
 
 # What an arm trains on, of the rows the recipe's steps made (less the held-out ones):
 #   all         every row
@@ -53,6 +54,10 @@ class ExperimentConfig(StrictModel):
         description="steps (as in steps:) that make the `curated` rows from the training rows",
     )
     max_new_tokens: int = Field(64, ge=1, description="tokens a student may write for the agreement metric")
+    judge: TeacherConfig | None = Field(
+        None,
+        description="a teacher that judges each student's held-out answers against the teacher's (win rate)",
+    )
 
     @field_validator("arms")
     @classmethod

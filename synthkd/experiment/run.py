@@ -77,7 +77,7 @@ class ExperimentResult:
             }
             line["rows"] = round(statistics.mean(run.rows for run in runs))
             line["tokens"] = round(statistics.mean(run.tokens for run in runs))
-            for metric in METRICS:
+            for metric in (*METRICS, *(["win_rate"] if config.judge is not None else [])):
                 line[metric] = mean_and_interval([run.metrics[metric] for run in runs])
             lines.append(line)
         return lines
@@ -120,7 +120,7 @@ def run_experiment(
     """Make the rows, train every arm once per seed, evaluate, write the results (see the module)."""
     config = check_experiment(loaded)
     check(loaded)
-    preflight(loaded, training=False)
+    preflight(loaded)  # the experiment's judge too
     made = asyncio.run(execute(loaded, use_cache=use_cache, progress=progress, out_dir=out_dir))
     dataset = load_run_dataset(made.out_dir / "dataset")
     if "messages" not in dataset.column_names:
@@ -254,6 +254,7 @@ class Evaluator:
 
         self.config = config
         self.conversations = conversations
+        self.recipe_dir = loaded.base_dir
         self.teacher = AutoModelForCausalLM.from_pretrained(resolve_model_source(loaded.recipe.teacher.model))
         student_source = resolve_model_source(config.student)
         self.tokenizer = AutoTokenizer.from_pretrained(student_source)
@@ -271,8 +272,16 @@ class Evaluator:
         from synthkd.training.evaluation import evaluate, forward_kl
 
         student = AutoModelForCausalLM.from_pretrained(resolve_model_source(model))
-        metrics = evaluate(student, self.tokenizer, self.conversations, self.config.max_new_tokens)
+        answers: list[str] = []
+        metrics = evaluate(student, self.tokenizer, self.conversations, self.config.max_new_tokens, answers)
         metrics["kl"] = round(forward_kl(self.teacher, student, self.tokenizer, self.conversations), 5)
+        if self.config.judge is not None:
+            from synthkd.training.win_rate import judge_win_rate
+
+            metrics["judge"] = judge_win_rate(
+                self.config.judge, self.conversations, answers, self.recipe_dir, 0
+            )
+            metrics["win_rate"] = metrics["judge"]["win_rate"]
         return metrics
 
 
@@ -311,6 +320,7 @@ def _shown(value: tuple[float, float], digits: int) -> str:
 def results_table(result: ExperimentResult, config: ExperimentConfig, summary: list[dict[str, Any]]) -> str:
     """The experiment as a Markdown table: per arm, mean ± 95% CI over the seeds."""
     sizes = result.sizes
+    judged = config.judge is not None
     lines = [
         f"Student: {config.student}, {sizes['student'] / 1e6:.1f}M parameters "
         f"({sizes['student'] / sizes['teacher']:.0%} of the teacher's {sizes['teacher'] / 1e6:.1f}M). "
@@ -318,19 +328,21 @@ def results_table(result: ExperimentResult, config: ExperimentConfig, summary: l
         + ", ".join(f"{kind} {count} rows" for kind, count in result.rows.items() if kind != "held_out")
         + f". Every run: {json.dumps(config.args)}; seeds {config.seeds}. Mean ± 95% CI over the seeds.",
         "",
-        "| arm | method | data | rows | tokens seen | KL(teacher ‖ student) | NLL | perplexity | agreement |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | method | data | rows | tokens seen | KL(teacher ‖ student) | NLL | perplexity | agreement |"
+        + (" judge win rate |" if judged else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else ""),
     ]
     before = result.before
     lines.append(
         f"| {BEFORE} | - | - | 0 | 0 | {before['kl']:.4f} | {before['loss']:.4f} | "
         f"{before['perplexity']:.3f} | {before['agreement']:.4f} |"
+        + (f" {before['win_rate']:.4f} |" if judged else "")
     )
     for line in summary:
         lines.append(
             f"| {line['arm']} | {line['method']} | {line['data']} | {line['rows']} | {line['tokens']} | "
             f"{_shown(line['kl'], 4)} | {_shown(line['loss'], 4)} | {_shown(line['perplexity'], 3)} | "
-            f"{_shown(line['agreement'], 4)} |"
+            f"{_shown(line['agreement'], 4)} |" + (f" {_shown(line['win_rate'], 4)} |" if judged else "")
         )
     return "\n".join(lines) + "\n"
 
