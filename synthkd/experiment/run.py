@@ -248,30 +248,41 @@ class Evaluator:
     """The held-out evaluation, with the teacher loaded once."""
 
     def __init__(self, loaded: LoadedRecipe, config: ExperimentConfig, conversations: list[Any]) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import torch
+        from transformers import AutoTokenizer
 
         from synthkd.teachers.embedded import resolve_model_source
 
         self.config = config
         self.conversations = conversations
         self.recipe_dir = loaded.base_dir
-        self.teacher = AutoModelForCausalLM.from_pretrained(resolve_model_source(loaded.recipe.teacher.model))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = self._load(loaded.recipe.teacher.model)
         student_source = resolve_model_source(config.student)
         self.tokenizer = AutoTokenizer.from_pretrained(student_source)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        student = AutoModelForCausalLM.from_pretrained(student_source)
-        self.sizes = {"teacher": _parameters(self.teacher), "student": _parameters(student)}
+        self.sizes = {
+            "teacher": _parameters(self.teacher),
+            "student": _parameters(self._load(config.student)),
+        }
+
+    def _load(self, model: str) -> Any:
+        """A model as the evaluation runs it: float32 (bfloat16 on a GPU, as it trained there)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from synthkd.teachers.embedded import resolve_model_source
+
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        return AutoModelForCausalLM.from_pretrained(resolve_model_source(model), dtype=dtype).to(self.device)
 
     def evaluate(self, model: str) -> dict[str, Any]:
         """A student's held-out figures: KL to the teacher, NLL and perplexity of its answers,
         agreement of greedy answers."""
-        from transformers import AutoModelForCausalLM
-
-        from synthkd.teachers.embedded import resolve_model_source
         from synthkd.training.evaluation import evaluate, forward_kl
 
-        student = AutoModelForCausalLM.from_pretrained(resolve_model_source(model))
+        student = self._load(model)
         answers: list[str] = []
         metrics = evaluate(student, self.tokenizer, self.conversations, self.config.max_new_tokens, answers)
         metrics["kl"] = round(forward_kl(self.teacher, student, self.tokenizer, self.conversations), 5)
