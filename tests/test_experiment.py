@@ -118,6 +118,7 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
     raw_words = [len(m[-1]["content"].split()) for m in raw["messages"]]
     assert sum(raw_words) >= curated_words and sum(raw_words) - max(raw_words) < curated_words
 
+    assert not (work / "sft" / "seed-1").exists()  # students are not kept unless asked (keep_students)
     table = (work / "results.md").read_text()
     for arm in ARMS:
         assert f"| {arm['name']} | {arm['method']} |" in table

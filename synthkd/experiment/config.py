@@ -54,6 +54,10 @@ class ExperimentConfig(StrictModel):
         description="steps (as in steps:) that make the `curated` rows from the training rows",
     )
     max_new_tokens: int = Field(64, ge=1, description="tokens a student may write for the agreement metric")
+    keep_students: bool = Field(
+        False,
+        description="keep every trained student's weights (one model per arm and seed) after its evaluation",
+    )
     judge: TeacherConfig | None = Field(
         None,
         description="a teacher that judges each student's held-out answers against the teacher's (win rate)",

@@ -151,7 +151,10 @@ def run_experiment(
     for arm in config.arms:
         for seed in config.seeds:
             trained = _train(loaded, config, arm, seed, folders[arm.data], work)
-            trained.metrics = evaluator.evaluate(str(work / arm.name / f"seed-{seed}"))
+            student_dir = work / arm.name / f"seed-{seed}"
+            trained.metrics = evaluator.evaluate(str(student_dir))
+            if not config.keep_students:  # a model per arm and seed adds up (0.3 GB each here)
+                shutil.rmtree(student_dir, ignore_errors=True)
             result.runs.append(trained)
             say(
                 f"  {arm.name} seed {seed}: {trained.rows} rows, {trained.tokens} tokens in "
