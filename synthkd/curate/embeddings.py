@@ -167,9 +167,9 @@ def _warn(message: str) -> None:
 Encoder = Callable[[list[str], str, int], "np.ndarray"]
 
 
-def encode_here(texts: list[str], model: str, batch_size: int) -> np.ndarray:
+def encode_here(texts: list[str], model: str, batch_size: int, device: str = "cpu") -> np.ndarray:
     """Encode `texts` with `model` in this process (loaded once, kept for the next call)."""
-    return load_encoder(model).encode(
+    return load_encoder(model, device).encode(
         texts,
         batch_size=batch_size,
         normalize_embeddings=True,

@@ -358,17 +358,13 @@ class TextEncoder:
         os.environ.update(environment)
         from synthkd.curate.embeddings import load_encoder
 
-        self.encoder = load_encoder(model, device)
-        self.batch_size = batch_size
+        load_encoder(model, device)  # loaded once, before the first batch (encode_here keeps it)
+        self.model, self.batch_size, self.device = model, batch_size, device
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        vectors = self.encoder.encode(
-            list(batch["text"]),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        from synthkd.curate.embeddings import encode_here
+
+        vectors = encode_here(list(batch["text"]), self.model, self.batch_size, self.device)
         return {"index": batch["index"], "vector": vectors}
 
 
