@@ -273,7 +273,8 @@ def test_a_fatal_teacher_error_in_an_actor_is_the_runs_one_line_error(tmp_path, 
         server.configure(require_key=None)
     assert code == 1
     assert "HTTP 401" in out and "api_key_env" in out
-    assert "ray" not in out.lower().replace("ray.yaml", "")  # synthkd's error, not Ray's wrapping
+    # synthkd's error, not Ray's wrapping of it (Ray's own notes on actors it stops may print too)
+    assert "RayTaskError" not in out and "UserCodeException" not in out
     assert not (tmp_path / "refused").exists()
 
 
