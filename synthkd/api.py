@@ -203,9 +203,7 @@ def publish_run(
     recipe has `output.hub`. Returns (files written, the push)."""
     from synthkd.publish.finish import finish_run, url_passwords
 
-    templates: dict[str, str] = {}
-    for step in loaded.recipe.steps:
-        templates.update(step.template_sources())
+    templates = loaded.recipe.template_sources()
     passwords = url_passwords(use.config for use in recipe_teachers(loaded.recipe))
     output = loaded.recipe.output
     return finish_run(run_dir, templates, output.hub, passwords, warn or Reporter().warn, output.report)

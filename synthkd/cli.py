@@ -168,6 +168,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from synthkd.experiment.run import check_experiment, run_experiment
     from synthkd.pipeline import hold_output
     from synthkd.progress import RichProgressFactory, quiet_library_progress_bars
+    from synthkd.publish.report import EXPERIMENT_DIR
 
     loaded = load_recipe(args.recipe, overrides=args.overrides)
     check_experiment(loaded)
@@ -182,8 +183,9 @@ def _experiment(args: argparse.Namespace) -> int:
             say=lambda line: console.print(line, highlight=False, markup=False),
             docs=Path(args.docs) if args.docs else None,
         )
-    console.print((result.run_dir / "experiment" / "results.md").read_text(encoding="utf-8"), markup=False)
-    console.print(f"results -> {result.run_dir / 'experiment'}", highlight=False, markup=False)
+    folder = result.run_dir / EXPERIMENT_DIR
+    console.print((folder / "results.md").read_text(encoding="utf-8"), markup=False)
+    console.print(f"results -> {folder}", highlight=False, markup=False)
     return 0
 
 

@@ -112,6 +112,13 @@ class Recipe(StrictModel):
     def output_dir(self) -> Path:
         return Path(self.output.dir or f"runs/{self.name}")
 
+    def template_sources(self) -> dict[str, str]:
+        """Every prompt template the steps use, as named -> its text (the card shows them)."""
+        templates: dict[str, str] = {}
+        for step in self.steps:
+            templates.update(step.template_sources())
+        return templates
+
 
 @dataclass
 class LoadedRecipe:

@@ -5,6 +5,7 @@ tokenizer), so the whole code path runs in CI in well under a minute; the real e
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -51,7 +52,7 @@ def experiment_recipe(tmp_path: Path, teacher: Path, student: Path, judge: dict 
                 {"step": "label"},
                 {"step": "logits", "top_k": 5},
             ],
-            "output": {"report": "none"},
+            "output": {"report": "basic"},
             "experiment": {
                 "student": str(student),
                 "held_out": 6,
@@ -125,6 +126,15 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
     assert "student before training" in table and "±" in table and "judge win rate" in table
     assert (work / "kl.svg").read_text().startswith("<svg")
     assert (tmp_path / "docs-out" / "results.md").read_text() == table
+
+    # The run's report shows the same table, and the chart, in its experiment section.
+    page = (tmp_path / "run" / "report.html").read_text()
+    section = page[page.index('<section id="experiment">') :]
+    section = section[: section.index("</section>")]
+    assert (work / "kl.svg").read_text() in section
+    for line in results["table"]["rows"]:
+        assert "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in line) + "</tr>" in section
+    assert len(results["table"]["rows"]) == len(ARMS) + 1  # and the student before training
 
 
 def test_forward_kl_is_zero_against_itself_and_positive_against_another(models):

@@ -11,7 +11,8 @@
    the NLL and perplexity of those answers, and the ROUGE-L agreement of the student's greedy
    answers with them. Each arm's figures are the mean over seeds with a 95% confidence interval.
 5. Written to `<run folder>/experiment/`: results.json (every run), results.md (the table) and
-   kl.svg (the plot); with `docs`, results.md and kl.svg are copied there too.
+   kl.svg (the plot); with `docs`, results.md and kl.svg are copied there too. The run folder's
+   report.html shows the table and the plot (unless `output.report: none`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from synthkd.errors import RecipeError
 from synthkd.experiment.config import ExperimentArm, ExperimentConfig
 from synthkd.output import load_run_dataset
 from synthkd.pipeline import ProgressFactory, check, execute, preflight
+from synthkd.publish.finish import finish_run
+from synthkd.publish.report import EXPERIMENT_DIR
 from synthkd.publish.svg_charts import Series, bar_chart
 from synthkd.recipe import LoadedRecipe, recipe_from_data
 from synthkd.teachers.registry import capabilities_of
@@ -135,7 +138,7 @@ def run_experiment(
         )
     order = random.Random(loaded.recipe.seed).sample(range(len(dataset)), len(dataset))
     held_out, pool = sorted(order[: config.held_out]), sorted(order[config.held_out :])
-    work = made.out_dir / "experiment"
+    work = made.out_dir / EXPERIMENT_DIR
     subsets = _subsets(loaded, config, dataset, pool, work)
     conversations = [dataset[index]["messages"] for index in held_out]
     evaluator = Evaluator(loaded, config, conversations)
@@ -163,6 +166,9 @@ def run_experiment(
                 f"agreement {trained.metrics['agreement']:.4f}"
             )
     write_results(result, config, work, docs)
+    # The run folder's card, and its report with the experiment's table and chart (`output.report`).
+    # Nothing is pushed: an experiment compares ways of training, it does not publish its rows.
+    finish_run(made.out_dir, loaded.recipe.template_sources(), None, [], say, loaded.recipe.output.report)
     return result
 
 
@@ -314,6 +320,7 @@ def write_results(result: ExperimentResult, config: ExperimentConfig, work: Path
         "before": result.before,
         "held_out_ids": result.held_out_ids,
         "summary": summary,
+        "table": results_cells(result, config, summary),
         "runs": [asdict(run) for run in result.runs],
     }
     work.mkdir(parents=True, exist_ok=True)
@@ -331,34 +338,49 @@ def _shown(value: tuple[float, float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {interval:.{digits}f}"
 
 
-def results_table(result: ExperimentResult, config: ExperimentConfig, summary: list[dict[str, Any]]) -> str:
-    """The experiment as a Markdown table: per arm, mean ± 95% CI over the seeds."""
+def results_cells(
+    result: ExperimentResult, config: ExperimentConfig, summary: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The table once, as text cells: results.md renders it as Markdown, and the run's report as
+    HTML from results.json (the report reads files, it does not import the experiment)."""
     sizes = result.sizes
     judged = config.judge is not None
-    lines = [
+    caption = (
         f"Student: {config.student}, {sizes['student'] / 1e6:.1f}M parameters "
         f"({sizes['student'] / sizes['teacher']:.0%} of the teacher's {sizes['teacher'] / 1e6:.1f}M). "
         f"Held out: {result.rows['held_out']} rows; trained on: "
         + ", ".join(f"{kind} {count} rows" for kind, count in result.rows.items() if kind != "held_out")
-        + f". Every run: {json.dumps(config.args)}; seeds {config.seeds}. Mean ± 95% CI over the seeds.",
-        "",
-        "| arm | method | data | rows | tokens seen | KL(teacher ‖ student) | NLL | perplexity | agreement |"
-        + (" judge win rate |" if judged else ""),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else ""),
-    ]
-    before = result.before
-    lines.append(
-        f"| {BEFORE} | - | - | 0 | 0 | {before['kl']:.4f} | {before['loss']:.4f} | "
-        f"{before['perplexity']:.3f} | {before['agreement']:.4f} |"
-        + (f" {before['win_rate']:.4f} |" if judged else "")
+        + f". Every run: {json.dumps(config.args)}; seeds {config.seeds}. Mean ± 95% CI over the seeds."
     )
+    headers = ["arm", "method", "data", "rows", "tokens seen", "KL(teacher ‖ student)", "NLL"]
+    headers += ["perplexity", "agreement", *(["judge win rate"] if judged else [])]
+    before = result.before
+    rows = [
+        [BEFORE, "-", "-", "0", "0", f"{before['kl']:.4f}", f"{before['loss']:.4f}"]
+        + [f"{before['perplexity']:.3f}", f"{before['agreement']:.4f}"]
+        + ([f"{before['win_rate']:.4f}"] if judged else [])
+    ]
     for line in summary:
-        lines.append(
-            f"| {line['arm']} | {line['method']} | {line['data']} | {line['rows']} | {line['tokens']} | "
-            f"{_shown(line['kl'], 4)} | {_shown(line['loss'], 4)} | {_shown(line['perplexity'], 3)} | "
-            f"{_shown(line['agreement'], 4)} |" + (f" {_shown(line['win_rate'], 4)} |" if judged else "")
+        rows.append(
+            [line["arm"], line["method"], line["data"], str(line["rows"]), str(line["tokens"])]
+            + [_shown(line["kl"], 4), _shown(line["loss"], 4), _shown(line["perplexity"], 3)]
+            + [_shown(line["agreement"], 4), *([_shown(line["win_rate"], 4)] if judged else [])]
         )
+    return {"caption": caption, "headers": headers, "rows": rows, "numeric_from": 3}
+
+
+def results_table(result: ExperimentResult, config: ExperimentConfig, summary: list[dict[str, Any]]) -> str:
+    """The experiment as a Markdown table: per arm, mean ± 95% CI over the seeds."""
+    cells = results_cells(result, config, summary)
+    headers = cells["headers"]
+    align = ["---" if index < cells["numeric_from"] else "---:" for index in range(len(headers))]
+    lines = [cells["caption"], "", _markdown_row(headers), _markdown_row(align)]
+    lines += [_markdown_row(row) for row in cells["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def kl_chart(result: ExperimentResult, summary: list[dict[str, Any]]) -> str:

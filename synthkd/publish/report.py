@@ -36,6 +36,7 @@ from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
 REPORT_FILE = "report.html"
+EXPERIMENT_DIR = "experiment"  # `synthkd experiment` writes results.json and kl.svg here
 MAP_PURPOSE = "the report's instruction map"
 MAP_MAX_ROWS = 2000  # the embedding map samples this many rows at most: t-SNE grows as n log n
 SAMPLE_ROWS = 10
@@ -458,6 +459,7 @@ def build_report(
     _add_map(page, rows, seed, map_model, with_map)
     _add_dedup(page, rows, steps)
     page.chart("cost", "Tokens and estimated cost per step", cost_chart(steps), _cost_table(run))
+    _add_experiment(page, run.path / EXPERIMENT_DIR)
     sample = random.Random(seed).sample(rows, min(SAMPLE_ROWS, len(rows)))
     sample_table = [
         [row.get("id"), instruction_of(row) or "", response_of(row) or "", row.get("score", "")]
@@ -507,6 +509,19 @@ def _add_dedup(page: _Page, rows: list[dict[str, Any]], steps: list[dict[str, An
     if not any(p.get("text") for p in pairs[:TOP_PAIRS]):  # the manifest has ids only: no empty column
         headers, table = headers[:2] + headers[3:], [row[:2] + row[3:] for row in table]
     page.chart("dedup", "Most similar dropped pairs (dedup)", pairs_chart(pairs), _table(headers, table))
+
+
+def _add_experiment(page: _Page, folder: Path) -> None:
+    """The experiment's table and KL chart, where `synthkd experiment` ran on this run's rows.
+    Both come from its files (results.json holds the table as text cells, kl.svg the chart), so
+    the page shows what results.md shows."""
+    results, chart = folder / "results.json", folder / "kl.svg"
+    if not (results.is_file() and chart.is_file()):
+        return
+    table = json.loads(results.read_text(encoding="utf-8"))["table"]
+    after = f'<p class="note">{html.escape(table["caption"])}</p>' + _table(table["headers"], table["rows"])
+    heading = "Experiment: KL(teacher || student) per arm on held-out rows (mean, 95% CI over seeds)"
+    page.chart("experiment", heading, chart.read_text(encoding="utf-8"), after)
 
 
 def _cost_table(run: RunDir) -> str:
