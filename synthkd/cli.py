@@ -247,11 +247,14 @@ class ConsoleReporter(Reporter):
 
     def trained(self, result: Any) -> None:
         table = Table(title=f"student -> {result.output_dir} (held-out rows)", title_justify="left")
-        agreement = "accuracy against teacher" if "accuracy" in result.after else "agreement with teacher"
-        for column in ("", "loss", "perplexity", agreement):
-            table.add_column(column, justify="right" if column else "left")
+        from synthkd.publish.model_card import shown_metrics
+
+        shown = shown_metrics(result.after)
+        table.add_column("", justify="left")
+        for _, _, short_label in shown:
+            table.add_column(short_label, justify="right")
         for label, metrics in (("before", result.before), ("after", result.after)):
-            table.add_row(label, str(metrics["loss"]), str(metrics["perplexity"]), str(metrics["agreement"]))
+            table.add_row(label, *(str(metrics.get(key)) for key, _, _ in shown))
         console.print(table)
         if "judge" in result.after:
             judged = result.after["judge"]

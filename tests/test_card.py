@@ -93,6 +93,9 @@ def test_every_step_type_has_a_category_of_the_survey():
     categories = taxonomy()
     assert set(categories) == set(STEP_TYPES) - {"load"}
     assert set(categories.values()) <= set(TAXONOMY_MEANING)
+    # The teacher critiques and revises answers in the data: feedback; self-knowledge is a model
+    # refining what it wrote itself.
+    assert categories["critique_revise"] == "feedback"
 
 
 def test_validate_metadata_finds_what_the_hub_rejects():

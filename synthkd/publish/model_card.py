@@ -14,6 +14,24 @@ from synthkd.atomic import atomic_write_text
 CARD_FILE = "README.md"
 
 
+# The held-out figures a trained student may have (which ones depends on the method), in the order
+# they are shown: (key in eval.json, the card's label, the terminal table's short label).
+HELD_OUT_METRICS = (
+    ("loss", "loss on the teacher's answers", "loss"),
+    ("perplexity", "perplexity", "perplexity"),
+    ("agreement", "agreement with the teacher (exact / ROUGE-L)", "agreement with teacher"),
+    ("accuracy", "accuracy against the teacher (every answer compared exactly)", "accuracy against teacher"),
+    ("reward", "mean reward of its greedy answers", "reward"),
+    ("pair_accuracy", "pairs whose chosen answer it scores above the rejected one", "pair accuracy"),
+    ("mean_margin", "mean score of chosen minus rejected", "mean margin"),
+)
+
+
+def shown_metrics(after: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The HELD_OUT_METRICS that `after` (a student's held-out figures) has."""
+    return [metric for metric in HELD_OUT_METRICS if after.get(metric[0]) is not None]
+
+
 def write_model_card(output_dir: Path, run_name: str, metrics: dict[str, Any]) -> Path:
     """Write the card beside the saved student; `metrics` is what eval.json holds (method, student,
     train_rows, and the held-out metrics before and after, with the judge's verdicts if any)."""
@@ -38,17 +56,7 @@ def model_card(run_name: str, metrics: dict[str, Any]) -> str:
         "",
         "| held-out metric | before | after |",
         "|---|---:|---:|",
-        f"| loss on the teacher's answers | {before['loss']} | {after['loss']} |",
-        f"| perplexity | {before['perplexity']} | {after['perplexity']} |",
-        f"| agreement with the teacher (exact / ROUGE-L) | {before['agreement']} | {after['agreement']} |",
-        *(
-            [
-                f"| accuracy against the teacher (every answer compared exactly) | {before['accuracy']} | "
-                f"{after['accuracy']} |"
-            ]
-            if "accuracy" in after
-            else []
-        ),
+        *(f"| {label} | {before.get(key)} | {after[key]} |" for key, label, _ in shown_metrics(after)),
         "",
     ]
     if "judge" in after:

@@ -81,7 +81,9 @@ class CritiqueReviseStep(TeacherStep):
     """Critique each response against principles, revise it, and pair revision with original."""
 
     step: Literal["critique_revise"] = "critique_revise"
-    taxonomy: ClassVar[str] = "self-knowledge"  # the model critiques and revises its own answers
+    # Feedback, not self-knowledge: the teacher critiques and corrects answers in the data (the
+    # teacher's own, as label wrote them), not a model refining what it wrote itself in training.
+    taxonomy: ClassVar[str] = "feedback"
     principles: list[str] = Field(min_length=1, description="what a good response does (the constitution)")
     prompt_column: str = Field("prompt", description="the user's request (as the `label` step writes it)")
     response_column: str = Field("response", description="the response to critique")

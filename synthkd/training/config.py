@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthkd.config_base import StrictModel
 from synthkd.extras import TRAINING, check_installed
@@ -25,13 +25,45 @@ class LoraSettings(StrictModel):
     target_modules: list[str] | str = Field("all-linear", description="modules adapted (peft's names)")
 
 
+class VerifierReward(StrictModel):
+    """Reward 1 where the student's answer matches the row's gold answer, else 0."""
+
+    column: str = Field(description="the column holding each row's gold answer, e.g. answer_gold")
+    match: Literal["final_answer", "exact", "contains", "regex"] = Field(
+        "final_answer",
+        description="final_answer: the answer's last 'Final answer: ...' line equals the gold (as the "
+        "rationale step compares: case, spacing, number format aside); exact: the whole answer equals "
+        "it; contains: the gold appears in the answer as a word; regex: the gold is a regular "
+        "expression found in the answer (a format check)",
+    )
+
+
+class RewardSource(StrictModel):
+    """What scores the student's own answers in RL (`train.method: grpo`): one of these."""
+
+    verifier: VerifierReward | None = Field(None, description="a gold-answer check, no model needed")
+    model: str | None = Field(
+        None,
+        description="a reward model: the folder a `train.method: reward` run wrote (its student "
+        "folder), another local folder or a Hub id of a sequence-classification model",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RewardSource:
+        given = [name for name in ("verifier", "model") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of verifier or model, not {given or 'neither'}")
+        return self
+
+
 class TrainConfig(StrictModel):
     """Which student, which method, and TRL's own arguments passed through as they are."""
 
-    method: Literal["sft", "dpo", "distill", "kd"] = Field(
+    method: Literal["sft", "dpo", "distill", "kd", "reward", "grpo"] = Field(
         "sft",
         description="sft on `messages`; dpo on prompt/chosen/rejected; distill: on-policy, live teacher; "
-        "kd: offline, from the top-k log-probabilities a `logits` step stored",
+        "kd: offline, from the top-k log-probabilities a `logits` step stored; reward: a reward model "
+        "from prompt/chosen/rejected; grpo: RL on the student's own answers, scored by `reward`",
     )
     student: str = Field(
         description="a Hub id, a local folder, `embedded` (SmolLM2-135M-Instruct), or a smaller model "
@@ -47,6 +79,9 @@ class TrainConfig(StrictModel):
     )
     kd_weight: float = Field(0.5, ge=0, description="kd: weight of the KL term added to the cross-entropy")
     kd_temperature: float = Field(1.0, gt=0, description="kd: softens both distributions; KL scaled by T^2")
+    reward: RewardSource | None = Field(
+        None, description="grpo: what scores the student's answers (a verifier or a reward model)"
+    )
     lora: LoraSettings | None = Field(
         None, description="train LoRA adapters through peft instead of all weights"
     )
@@ -69,6 +104,14 @@ class TrainConfig(StrictModel):
         if value.startswith(f"{EMBEDDED_MODEL}:") and embedded_layers(value) is None:
             raise ValueError(f"{value!r}: a model cut from the embedded one is written embedded:layers=N")
         return value
+
+    @model_validator(mode="after")
+    def _reward_goes_with_grpo(self) -> TrainConfig:
+        if self.method == "grpo" and self.reward is None:
+            raise ValueError("method grpo needs a reward: {verifier: {column: ...}} or {model: FOLDER}")
+        if self.method != "grpo" and self.reward is not None:
+            raise ValueError(f"reward scores the student's answers in method grpo, not in {self.method}")
+        return self
 
     @field_validator("teacher", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ REQUIRED_COLUMNS = {
     "dpo": ["prompt", "chosen", "rejected"],
     "distill": ["messages"],
     "kd": ["messages", *KD_COLUMNS],
+    "reward": ["prompt", "chosen", "rejected"],
+    "grpo": ["messages"],  # the prompts; the student writes the answers (and a verifier's gold column)
 }
+PAIR_METHODS = ("dpo", "reward")  # trained on preference pairs rather than conversations
 DIVERGENCE_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": 0.5}
 
 
@@ -39,6 +42,7 @@ class TrainResult:
     train_losses: list[float]
     train_tokens: int = 0  # tokens the student trained on (padding aside)
     train_seconds: float = 0.0
+    train_rewards: list[float] = field(default_factory=list)  # grpo: the mean reward of each step
 
 
 def _device_settings() -> dict[str, Any]:
@@ -79,9 +83,9 @@ def _tools(dataset: Any, limit: int) -> list[list[dict] | None] | None:
 def _conversations(dataset: Any, method: str, limit: int) -> list[list[dict[str, str]]]:
     """Held-out conversations ending in the answer the student should give."""
     rows = dataset.select(range(min(limit, len(dataset))))
-    if method in ("sft", "distill", "kd"):
-        return [list(row["messages"]) for row in rows]
-    return [list(row["prompt"]) + list(row["chosen"]) for row in rows]
+    if method in PAIR_METHODS:
+        return [list(row["prompt"]) + list(row["chosen"]) for row in rows]
+    return [list(row["messages"]) for row in rows]
 
 
 def train_student(
@@ -121,7 +125,9 @@ def train_student(
         write_model_card(output_dir, run_name, metrics)
     if config.push_to_hub:
         push_student(output_dir, config.push_to_hub, run_name)
-    return TrainResult(output_dir, before, after, progress.losses, progress.tokens, progress.seconds)
+    return TrainResult(
+        output_dir, before, after, progress.losses, progress.tokens, progress.seconds, progress.rewards
+    )
 
 
 @dataclass
@@ -137,10 +143,12 @@ class _Student:
 
 @dataclass
 class _HeldOut:
-    """The held-out conversations (each ending in the teacher's answer) and their tool schemas."""
+    """The held-out conversations (each ending in the teacher's answer), their tool schemas, and
+    the rows themselves (a reward model's pairs, a verifier's gold answers)."""
 
     conversations: list[list[dict[str, str]]]
     tools: list[list[dict] | None] | None
+    rows: list[dict[str, Any]]
 
 
 @dataclass
@@ -150,6 +158,7 @@ class _Progress:
     losses: list[float]
     seconds: float
     tokens: int
+    rewards: list[float]  # an RL trainer's mean reward per logged step
 
 
 def _check_before_loading(config: TrainConfig, dataset_dir: Path) -> None:
@@ -198,7 +207,8 @@ def _load_dataset(config: TrainConfig, dataset_dir: Path) -> Any:
             "for why every row was dropped, or run with --no-train",
             where="train",
         )
-    missing = [c for c in REQUIRED_COLUMNS[config.method] if c not in dataset.column_names]
+    required = [*REQUIRED_COLUMNS[config.method], *_gold_column(config)]
+    missing = [c for c in required if c not in dataset.column_names]
     if missing:
         hint = (
             " (add a `logits` step to store the teacher's log-probabilities)" if config.method == "kd" else ""
@@ -208,8 +218,14 @@ def _load_dataset(config: TrainConfig, dataset_dir: Path) -> Any:
             where="train.method",
         )
     # TRL's SFTTrainer renders a `tools` column (function schemas) into the chat template.
-    kept = [*REQUIRED_COLUMNS[config.method], *(["tools"] if config.method == "sft" else [])]
+    kept = [*required, *(["tools"] if config.method == "sft" else [])]
     return dataset.select_columns([column for column in kept if column in dataset.column_names])
+
+
+def _gold_column(config: TrainConfig) -> list[str]:
+    """The column of gold answers a verifier reward checks the student against, if any."""
+    verifier = config.reward.verifier if config.reward is not None else None
+    return [verifier.column] if verifier is not None else []
 
 
 def _split(config: TrainConfig, dataset: Any, seed: int) -> tuple[Any, Any]:
@@ -225,7 +241,7 @@ def _load_student(config: TrainConfig) -> _Student:
     """The student and its tokenizer, on the GPU in bf16 where there is one; the memory check runs
     between reading the tokenizer and loading the weights, so what cannot fit never loads."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from synthkd.teachers.embedded import resolve_model_source
 
@@ -237,27 +253,44 @@ def _load_student(config: TrainConfig) -> _Student:
     memory = _check_memory(
         config, source, bytes_per_value=2 if device["bf16"] else 4, on_gpu=not device["use_cpu"]
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.bfloat16 if device["bf16"] else torch.float32
-    )
+    dtype = torch.bfloat16 if device["bf16"] else torch.float32
+    if config.method == "reward":  # the student's body with a score head: one number per answer
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=dtype)
+        model.config.pad_token_id = tokenizer.pad_token_id  # a batch's scores are read at each end
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     if not device["use_cpu"]:
         model = model.to("cuda")
     return _Student(model, tokenizer, device, memory)
 
 
 def _held_out_set(config: TrainConfig, held_out: Any) -> _HeldOut:
+    limit = config.eval_max_rows
     return _HeldOut(
-        _conversations(held_out, config.method, config.eval_max_rows), _tools(held_out, config.eval_max_rows)
+        _conversations(held_out, config.method, limit),
+        _tools(held_out, limit),
+        list(held_out.select(range(min(limit, len(held_out))))),
     )
 
 
 def _evaluate(
     config: TrainConfig, model: Any, tokenizer: Any, held_out: _HeldOut, answers: list[str] | None = None
 ) -> dict[str, Any]:
-    """Held-out metrics of `model`; its generated answers are appended to `answers` if given."""
-    return evaluate(
-        model, tokenizer, held_out.conversations, config.eval_max_new_tokens, answers, held_out.tools
+    """Held-out metrics of `model`; its generated answers are appended to `answers` if given. A
+    reward model is measured on pairs; an RL student also by the mean reward of its answers."""
+    from synthkd.training.rewards import held_out_reward, pair_accuracy
+
+    if config.method == "reward":
+        return pair_accuracy((model, tokenizer), held_out.rows)
+    written = [] if answers is None else answers
+    metrics = evaluate(
+        model, tokenizer, held_out.conversations, config.eval_max_new_tokens, written, held_out.tools
     )
+    if config.reward is not None:
+        golds = [row[column] for row in held_out.rows for column in _gold_column(config)] or None
+        prompts = [conversation[:-1] for conversation in held_out.conversations]
+        metrics["reward"] = held_out_reward(config.reward, prompts, written, golds)
+    return metrics
 
 
 def _evaluate_trained(
@@ -297,7 +330,7 @@ def _peft_config(config: TrainConfig) -> Any:
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if config.method == "reward" else "CAUSAL_LM",
     )
 
 
@@ -308,6 +341,8 @@ def _build_trainer(config: TrainConfig, student: _Student, rows: Any, values: di
         "dpo": _dpo_trainer,
         "distill": _distillation_trainer,
         "kd": _kd_trainer,
+        "reward": _reward_trainer,
+        "grpo": _grpo_trainer,
     }
     return builders[config.method](
         config, student.model, student.tokenizer, rows, values, _peft_config(config)
@@ -319,21 +354,22 @@ def _sft_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, val
 
     # Train only on the teacher's answers when the chat template marks them.
     values.setdefault("assistant_only_loss", "{% generation %}" in (tokenizer.chat_template or ""))
-    return SFTTrainer(
-        model=model,
-        args=_trl_config(SFTConfig, values),
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=peft,
-    )
+    return _plain_trainer(SFTTrainer, SFTConfig, model, tokenizer, rows, values, peft)
 
 
 def _dpo_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
     from trl import DPOConfig, DPOTrainer
 
-    return DPOTrainer(
+    return _plain_trainer(DPOTrainer, DPOConfig, model, tokenizer, rows, values, peft)
+
+
+def _plain_trainer(
+    trainer_class: type, config_class: type, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any
+) -> Any:
+    """A TRL trainer that takes the rows as they are (SFT, DPO, reward)."""
+    return trainer_class(
         model=model,
-        args=_trl_config(DPOConfig, values),
+        args=_trl_config(config_class, values),
         train_dataset=rows,
         processing_class=tokenizer,
         peft_config=peft,
@@ -344,11 +380,13 @@ def _train(trainer: Any) -> _Progress:
     clock = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - clock
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    rewards = [entry["reward"] for entry in history if "reward" in entry]
     # Tokens the student saw (padding aside), as TRL counts them; on-policy trainers count their
     # own, in the logs (`num_tokens`, prompts and the completions they generated).
-    logged = max((int(entry.get("num_tokens", 0)) for entry in trainer.state.log_history), default=0)
-    return _Progress(losses, seconds, int(getattr(trainer, "_total_train_tokens", 0)) or logged)
+    logged = max((int(entry.get("num_tokens", 0)) for entry in history), default=0)
+    return _Progress(losses, seconds, int(getattr(trainer, "_total_train_tokens", 0)) or logged, rewards)
 
 
 def _save(model: Any, tokenizer: Any, output_dir: Path) -> None:
@@ -376,6 +414,7 @@ def _metrics(
         "before": before,
         "after": after,
         "train_losses": progress.losses,
+        **({"train_rewards": progress.rewards} if progress.rewards else {}),
         "train_seconds": round(progress.seconds, 3),
         "train_tokens": progress.tokens,
         "train_tokens_per_second": round(progress.tokens / progress.seconds, 1) if progress.seconds else None,
@@ -402,14 +441,58 @@ def _distillation_trainer(
             where="train.teacher",
         )
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts
-    # The student answers each prompt itself (on-policy); the teacher's answer is not used.
-    prompts = rows.map(lambda row: {"prompt": list(row["messages"])[:-1]}, remove_columns=rows.column_names)
+    prompts = _prompts(rows)
     values.setdefault("beta", DIVERGENCE_BETA[config.divergence])
     return DistillationTrainer(
         model=model,
         teacher_model=teacher_source,
         args=_trl_config(DistillationConfig, values),
         train_dataset=prompts,
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+
+
+def _prompts(rows: Any, keep: list[str] | None = None) -> Any:
+    """The rows as prompts for an on-policy trainer: each conversation without its final answer,
+    which the student writes itself; `keep` columns go along (TRL hands them to reward functions)."""
+    kept = keep or []
+    return rows.map(
+        lambda row: {"prompt": list(row["messages"])[:-1]},
+        remove_columns=[column for column in rows.column_names if column not in kept],
+    )
+
+
+def _reward_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any
+) -> Any:
+    """A reward model (TRL's RewardTrainer): the student with a score head, trained so that each
+    chosen answer scores above its rejected one (Bradley-Terry)."""
+    from trl import RewardConfig, RewardTrainer
+
+    return _plain_trainer(RewardTrainer, RewardConfig, model, tokenizer, rows, values, peft)
+
+
+def _grpo_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
+    """RL on the student's own answers (TRL's GRPOTrainer): it samples a group of answers per prompt,
+    `train.reward` scores each, and each answer is pushed up or down by how it beats its group."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from synthkd.teachers.embedded import resolve_model_source
+    from synthkd.training.rewards import verifier_reward
+
+    assert config.reward is not None  # TrainConfig refuses grpo without one
+    tokenizer.padding_side = "left"  # the student generates from left-padded prompts
+    verifier = config.reward.verifier
+    # A reward model's folder is loaded by TRL itself, as a sequence classifier with its tokenizer.
+    reward = (
+        verifier_reward(verifier) if verifier is not None else resolve_model_source(str(config.reward.model))
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=_trl_config(GRPOConfig, values),
+        train_dataset=_prompts(rows, _gold_column(config)),
         processing_class=tokenizer,
         peft_config=peft,
     )
