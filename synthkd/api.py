@@ -45,6 +45,7 @@ from synthkd.teachers.config import TeacherConfig
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
+    from synthkd.loop.run import LoopResult
     from synthkd.publish.push import PushResult
     from synthkd.training.run import TrainResult
 
@@ -123,7 +124,7 @@ class RunOutcome:
     result: RunResult
     written: list[Path] = field(default_factory=list)
     pushed: PushResult | None = None
-    trained: TrainResult | None = None
+    trained: TrainResult | LoopResult | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _after_generating(loaded: LoadedRecipe, result: RunResult, settings: RunSett
         reporter.published(outcome.written, outcome.pushed)
     if settings.train and loaded.recipe.train is not None:
         reporter.training(loaded, result.out_dir / "dataset")
-        outcome.trained = train_run(loaded, result.out_dir)
+        outcome.trained = train_run(loaded, result.out_dir, reporter)
         reporter.trained(outcome.trained)
     return outcome
 
@@ -209,13 +210,20 @@ def publish_run(
     return finish_run(run_dir, templates, output.hub, passwords, warn or Reporter().warn, output.report)
 
 
-def train_run(loaded: LoadedRecipe, run_dir: Path) -> TrainResult:
-    """Train the recipe's student on a finished run's dataset (the recipe's `train:` section)."""
+def train_run(
+    loaded: LoadedRecipe, run_dir: Path, reporter: Reporter | None = None
+) -> TrainResult | LoopResult:
+    """Train the recipe's student on a finished run's dataset (the recipe's `train:` section), or,
+    with a `loop:` section, run its rounds (each one's line goes to `reporter.round_finished`)."""
     from synthkd.training.run import train_student
 
     if loaded.recipe.train is None:
         raise RecipeError("the recipe has no train: section", where=loaded.origin)
     recipe = loaded.recipe
+    if recipe.loop is not None:
+        from synthkd.loop.run import run_loop
+
+        return run_loop(loaded, run_dir, (reporter or Reporter()).round_finished)
     return train_student(
         recipe.train, run_dir / "dataset", run_dir, recipe.seed, recipe.name, loaded.base_dir
     )

@@ -216,7 +216,7 @@ def _train(args: argparse.Namespace) -> int:
     with hold_output(loaded, out_dir):
         run_dir = out_dir or loaded.recipe.output_dir()
         reporter.training(loaded, run_dir / "dataset")
-        reporter.trained(train_run(loaded, run_dir))
+        reporter.trained(train_run(loaded, run_dir, reporter))
     return 0
 
 
@@ -264,6 +264,9 @@ class ConsoleReporter(Reporter):
                 f"(win rate {judged['win_rate']})",
                 highlight=False,
             )
+
+    def round_finished(self, line: str) -> None:
+        console.print(line, highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
         console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from synthkd.config_base import StrictModel
 from synthkd.errors import RecipeError
 from synthkd.experiment.config import ExperimentConfig
+from synthkd.loop.config import LoopConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.shipped import resolve_path
@@ -92,6 +93,11 @@ class Recipe(StrictModel):
         description="stop sending before the run's spend on its steps' teachers could pass this many USD",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig, description="what runs the row-wise steps")
+    loop: LoopConfig | None = Field(
+        None,
+        description="rounds of: the student answers, the teacher gives feedback, the student trains "
+        "(with the train: section) on what that makes; run by synthkd run in place of one training",
+    )
     experiment: ExperimentConfig | None = Field(
         None, description="synthkd experiment: train a student several ways on the run's rows and compare"
     )

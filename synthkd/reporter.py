@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from synthkd.redaction import redact
 
 if TYPE_CHECKING:
+    from synthkd.loop.run import LoopResult
     from synthkd.pipeline import RunResult
     from synthkd.publish.push import PushResult
     from synthkd.recipe import LoadedRecipe
@@ -30,8 +31,12 @@ class Reporter:
     def training(self, recipe: LoadedRecipe, dataset_dir: Path) -> None:
         """Training the student is about to start."""
 
-    def trained(self, result: TrainResult) -> None:
-        """The student is trained and saved; its before/after metrics."""
+    def round_finished(self, line: str) -> None:
+        """A round of the recipe's loop is finished (or was, before a rerun): one line on it."""
+
+    def trained(self, result: TrainResult | LoopResult) -> None:
+        """The student is trained and saved; its before/after metrics (a loop's: the first
+        checkpoint's and the last round's student's, on the same held-out rows)."""
 
     def warn(self, message: str) -> None:
         print(f"warning: {redact(message)}", file=sys.stderr)

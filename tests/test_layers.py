@@ -59,13 +59,21 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.progress",
             "synthkd.training.config",
             "synthkd.experiment.config",
+            "synthkd.loop.config",
         ],
     ),
     ("publish: the card, the report, the push (given plain values, not the recipe)", ["synthkd.publish"]),
     ("recipe: the schema and loader", ["synthkd.recipe"]),
     (
         "what runs a recipe",
-        ["synthkd.pipeline", "synthkd.dry_run", "synthkd.training", "synthkd.engines", "synthkd.experiment"],
+        [
+            "synthkd.pipeline",
+            "synthkd.dry_run",
+            "synthkd.training",
+            "synthkd.engines",
+            "synthkd.experiment",
+            "synthkd.loop",
+        ],
     ),
     (
         "the public Python API: synthkd.run and the names `import synthkd` offers",

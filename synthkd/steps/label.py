@@ -51,6 +51,11 @@ class LabelStep(TeacherStep):
         None, min_length=1, description="Orca-style: one of these system prompts per row, picked by its id"
     )
     n: int = Field(1, ge=1, description="samples per prompt")
+    response_column: str = Field(
+        "response",
+        description="where the answer goes: another column (e.g. student_response) keeps the row's "
+        "response, so a second model's answer can sit beside the teacher's",
+    )
     output_schema: dict[str, Any] | str | None = Field(
         None, alias="schema", description="JSON schema (inline or a .json file) the response must match"
     )
@@ -85,7 +90,7 @@ class LabelStep(TeacherStep):
                 "synthkd.register_parser(name, function) before the recipe runs",
                 where=ctx.at("parser"),
             )
-        added = {"prompt", "response", "finish_reason"} | (
+        added = {"prompt", self.response_column, "finish_reason"} | (
             {"system"} if self.system or self.systems else set()
         )
         added |= {"parsed"} if self.parser is not None else set()
@@ -158,7 +163,7 @@ class LabelStep(TeacherStep):
                 labelled["system"] = system
             if self.n > 1:
                 labelled["sample"] = sample
-            labelled["response"] = completion.text
+            labelled[self.response_column] = completion.text
             labelled["finish_reason"] = completion.finish_reason
             if self.parser is not None:
                 labelled["parsed"] = answer.value
@@ -210,7 +215,7 @@ class LabelStep(TeacherStep):
                     **row,
                     "id": self._row_id(row, sample),
                     "prompt": prompt,
-                    "response": answer.text if answer is not None else "",
+                    self.response_column: answer.text if answer is not None else "",
                     "finish_reason": answer.finish_reason if answer is not None else None,
                 }
             )

@@ -1,0 +1,1 @@
+"""Iterative distillation with the student in the loop (`loop:`, `synthkd loop RECIPE`)."""
