@@ -115,9 +115,12 @@ def test_two_rounds_each_answered_by_the_checkpoint_before_it(tmp_path: Path, st
     for (row, _, _), key in zip(slots, keys, strict=True):
         assert cached[key].text == answers[1][row["id"]]
 
-    # The run's report shows the rounds.
+    # The run's report and dataset card show the rounds.
     page = (tmp_path / "run" / "report.html").read_text()
     assert '<section id="loop">' in page and Path(second.trained).name in page
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "## The student in the loop" in card
+    assert f"| 2 | {Path(first.trained).name} | {Path(second.trained).name} | 12 of 12 |" in card
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ from synthkd.errors import RecipeError
 from synthkd.loop.config import STUDENT, LoopConfig
 from synthkd.output import load_run_dataset
 from synthkd.pipeline import run_recipe
-from synthkd.publish.report import LOOP_DIR, LOOP_FILE
+from synthkd.publish.finish import finish_run
+from synthkd.publish.loop_table import LOOP_DIR, LOOP_FILE
 from synthkd.recipe import LoadedRecipe, recipe_from_data
 from synthkd.steps import STEP_TYPES
 from synthkd.training.config import TrainConfig
@@ -114,10 +115,8 @@ def run_loop(loaded: LoadedRecipe, run_dir: Path, say: Callable[[str], None] = p
         checkpoint = finished.trained
     result = LoopResult(Path(checkpoint), before, rounds[-1].after, rounds)
     atomic_write_text(rounds_dir / LOOP_FILE, json.dumps(asdict(result), indent=2, default=str) + "\n")
-    if loaded.recipe.output.report != "none":  # the report's loop section, from the files above
-        from synthkd.publish.report import write_report
-
-        write_report(run_dir, with_map=loaded.recipe.output.report == "full")
+    # The card and report again, now with their loop sections (read from the files above).
+    finish_run(run_dir, loaded.recipe.template_sources(), None, [], say, loaded.recipe.output.report)
     if train.push_to_hub:
         from synthkd.publish.push_model import push_student
 

@@ -16,6 +16,7 @@ import yaml
 
 from synthkd.atomic import atomic_write_text
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
+from synthkd.publish.loop_table import loop_table, read_loop
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
 from synthkd.shipped import resolve_path
@@ -218,6 +219,7 @@ def _prose(run: RunDir, splits: dict[str, Any], templates: dict[str, str]) -> st
         _steps_section(run),
         _templates_section(manifest, templates),
         _funnel_section(run),
+        _loop_section(run),
         _cost_section(run),
         _decontamination_section(run),
         _dedup_section(run),
@@ -321,6 +323,27 @@ def _funnel_section(run: RunDir) -> str:
             f"| {step['index']}:{step['step']} | {step.get('rows_in', 0)} | {step.get('rows_out', 0)} | "
             f"{step.get('rows_failed', 0)} | {dropped or '-'} |"
         )
+    return "\n".join(lines)
+
+
+def _loop_section(run: RunDir) -> str:
+    """The recipe's loop, where it has one: the student's rounds after the dataset was made."""
+    loop = read_loop(run.path)
+    if loop is None:
+        return ""
+    headers, rows = loop_table(loop)
+    lines = [
+        "## The student in the loop",
+        "",
+        f"After these rows were made, the student trained in {len(loop['rounds'])} rounds: each round it "
+        "answered prompts of this dataset, the teacher's feedback on those answers (the steps below) "
+        "made its training data, and the next round started from the student it trained. Held-out "
+        "figures are on the same rows for every student, none of them trained on.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
     return "\n".join(lines)
 
 

@@ -32,13 +32,12 @@ from synthkd.errors import MissingExtraError
 from synthkd.extras import check_installed, require
 from synthkd.messages import TEACHER_PROMPT
 from synthkd.publish import svg_charts as svg
+from synthkd.publish.loop_table import loop_table, read_loop
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.text import clip
 
 REPORT_FILE = "report.html"
 EXPERIMENT_DIR = "experiment"  # `synthkd experiment` writes results.json and kl.svg here
-LOOP_DIR = "rounds"  # a recipe's loop: writes each round here, and loop.json with all of them
-LOOP_FILE = "loop.json"
 MAP_PURPOSE = "the report's instruction map"
 MAP_MAX_ROWS = 2000  # the embedding map samples this many rows at most: t-SNE grows as n log n
 SAMPLE_ROWS = 10
@@ -462,7 +461,7 @@ def build_report(
     _add_dedup(page, rows, steps)
     page.chart("cost", "Tokens and estimated cost per step", cost_chart(steps), _cost_table(run))
     _add_experiment(page, run.path / EXPERIMENT_DIR)
-    _add_loop(page, run.path / LOOP_DIR / LOOP_FILE)
+    _add_loop(page, run.path)
     sample = random.Random(seed).sample(rows, min(SAMPLE_ROWS, len(rows)))
     sample_table = [
         [row.get("id"), instruction_of(row) or "", response_of(row) or "", row.get("score", "")]
@@ -527,34 +526,14 @@ def _add_experiment(page: _Page, folder: Path) -> None:
     page.chart("experiment", heading, chart.read_text(encoding="utf-8"), after)
 
 
-def _add_loop(page: _Page, path: Path) -> None:
-    """The loop's rounds, where the recipe has one: per round the model that answered, the rows the
-    feedback steps kept of those given (and why they dropped the rest), the mean reward of its
-    training steps (RL) and the trained student's held-out figures, with the first checkpoint's
-    above for comparison; a chart of the held-out loss per round."""
-    if not path.is_file():
+def _add_loop(page: _Page, run_dir: Path) -> None:
+    """The loop's rounds (`loop_table`), where the recipe has one, and a chart of the held-out loss
+    of the first checkpoint and of each round's student."""
+    loop = read_loop(run_dir)
+    if loop is None:
         return
-    from synthkd.publish.model_card import shown_metrics
-
-    loop = json.loads(path.read_text(encoding="utf-8"))
     rounds = loop["rounds"]
-    shown = shown_metrics(loop["after"])
-    headers = ["round", "answered by", "trained", "rows kept", "feedback", "train reward"]
-    headers += [label for _, _, label in shown]
-    table = [["start", "-", "-", "-", "-", "-", *(loop["before"].get(key) for key, _, _ in shown)]]
-    for done in rounds:
-        rewards = done.get("train_rewards") or []
-        table.append(
-            [
-                done["number"],
-                Path(done["checkpoint"]).name,
-                Path(done["trained"]).name,
-                f"{done['rows_out']} of {done['rows_in']}",
-                "; ".join(_funnel_line(step) for step in done["steps"]),
-                round(sum(rewards) / len(rewards), 4) if rewards else "-",
-                *(done["after"].get(key) for key, _, _ in shown),
-            ]
-        )
+    headers, rows = loop_table(loop)
     losses = [loop["before"].get("loss") or 0.0, *((done["after"].get("loss") or 0.0) for done in rounds)]
     chart = svg.bar_chart(
         "loop-loss",
@@ -565,13 +544,7 @@ def _add_loop(page: _Page, path: Path) -> None:
         y_label="loss (nats per token)",
     )
     heading = f"Loop: {len(rounds)} rounds of student answers, teacher feedback and training"
-    page.chart("loop", heading, chart, _table(headers, table))
-
-
-def _funnel_line(step: dict[str, Any]) -> str:
-    dropped = ", ".join(f"{reason} {count}" for reason, count in (step.get("rows_dropped") or {}).items())
-    line = f"{step['step']} {step['rows_in']}→{step['rows_out']}"
-    return f"{line} ({dropped})" if dropped else line
+    page.chart("loop", heading, chart, _table(headers, rows))
 
 
 def _cost_table(run: RunDir) -> str:
