@@ -197,3 +197,31 @@ def test_a_loop_step_with_a_wrong_key_is_refused_when_the_recipe_loads(tmp_path:
     assert code == 2
     assert "loop.steps: steps.0.samples: Extra inputs are not permitted" in out
     assert f"{recipe}:" in out  # the file and line of the loop's steps
+
+
+@pytest.mark.slow
+def test_a_star_round_that_verifies_no_answer_leaves_the_student_unchanged(
+    tmp_path: Path, student: Path, capsys
+):
+    """STaR: the student samples rationales and only those whose final answer matches the gold
+    are kept. A tiny random student never writes one, so nothing is trained on, and it says so."""
+    from synthkd.testing.fake_openai import FakeOpenAIServer
+
+    write_jsonl(tmp_path / "problems.jsonl", [{"instruction": q, "answer_gold": "4"} for q in QUESTIONS])
+    with FakeOpenAIServer() as server:
+        recipe = loop_recipe(tmp_path, server.base_url, student)
+        data = load_recipe(recipe).recipe.model_dump(mode="json", exclude_unset=True)
+        data["steps"][0]["path"] = "problems.jsonl"
+        data["loop"]["steps"] = [
+            {"step": "rationale", "teacher": "student", "gold_column": "answer_gold", "n": 2}
+        ]
+        data["train"]["method"] = "sft"
+        write_recipe(recipe, data)
+        code, out = run_cli(["run", str(recipe)], capsys)
+    assert code == 0, out
+    first = read_round(tmp_path / "run" / "rounds" / "round-1")
+    assert first is not None and first.rows_in == 12 and first.rows_out == 0
+    assert first.trained == first.checkpoint == str(student)  # nothing to train on: unchanged
+    dropped = first.steps[0]["rows_dropped"]
+    assert sum(dropped.values()) + first.steps[0]["rows_failed"] == 12
+    assert "round 1: 12 rows -> none kept to train on, the student is unchanged" in out

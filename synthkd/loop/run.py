@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.atomic import atomic_write_text
-from synthkd.errors import RecipeError
+from synthkd.errors import RecipeError, RunIncompleteError
 from synthkd.loop.config import STUDENT, LoopConfig
 from synthkd.output import load_run_dataset
 from synthkd.pipeline import run_recipe
@@ -241,11 +241,23 @@ def _run_round(
             "seed": loaded.recipe.seed,
             "teacher": teacher,
             "steps": student_steps(config.steps, checkpoint, config.student_params, teacher),
-            "output": {"dir": str(folder / "data"), "format": loaded.recipe.output.format, "report": "none"},
+            "output": {
+                "dir": str(folder / "data"),
+                "format": loaded.recipe.output.format,
+                "report": "none",
+                # Feedback steps drop and fail answers as their job (a wrong final answer is a
+                # failed row of `rationale`): the round trains on what is left, and its funnel
+                # in round.json says what was lost and why.
+                "max_failure_ratio": 1.0,
+            },
         },
         base_dir=loaded.base_dir,
     )
-    made = run_recipe(recipe, rows=[{k: v for k, v in row.items() if k != "messages"} for row in rows])
+    given = [{key: value for key, value in row.items() if key != "messages"} for row in rows]
+    try:
+        made = run_recipe(recipe, rows=given)
+    except RunIncompleteError as incomplete:  # no row kept: an ordinary round (every answer wrong)
+        made = incomplete.result
     losses: list[float] = []
     rewards: list[float] = []
     if made.rows:
