@@ -185,6 +185,9 @@ def recipe_teachers(recipe: Recipe, *, training: bool = True) -> list[TeacherUse
             config = getattr(recipe.train, key)
             if config is not None:
                 uses.append(TeacherUse(("train", key), config))
+        reward = recipe.train.reward
+        if reward is not None and reward.judge is not None:
+            uses.append(TeacherUse(("train", "reward", "judge"), reward.judge))
     if training and recipe.experiment is not None and recipe.experiment.judge is not None:
         uses.append(TeacherUse(("experiment", "judge"), recipe.experiment.judge))
     return uses

@@ -181,3 +181,27 @@ def test_grpo_with_a_trained_reward_model_raises_its_score(tmp_path: Path, tiny_
     rewards = result.train_rewards
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3  # the reward model's score rises
     assert result.after["reward"] > result.before["reward"]  # on held-out prompts, greedy answers
+
+
+# A judge that likes answers with an x in them: the toy task again, scored by a teacher over HTTP.
+JUDGE_SCRIPT = [
+    {"match": "(?s)Response:\n(?:(?!Reply with only).)*x", "reply": '{"score": 10, "justification": "x"}'},
+    {"match": "(?s)Rate the response", "reply": '{"score": 1, "justification": "no x"}'},
+]
+
+
+@pytest.mark.slow
+def test_grpo_with_a_teacher_judge_raises_the_reward_and_caches_its_scores(tmp_path: Path, tiny_model: Path):
+    from synthkd.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(script=JUDGE_SCRIPT) as server:
+        judge = {"backend": "openai", "model": "judge", "base_url": server.base_url, "api_key_env": None}
+        result = run_grpo(tmp_path / "first", tiny_model, {"judge": judge})
+        asked = server.stats()["requests"]
+        # The same training again: the same answers, every score from the cache, none asked again.
+        again = run_grpo(tmp_path / "again", tiny_model, {"judge": judge})
+        assert server.stats()["requests"] == asked
+    rewards = result.train_rewards
+    assert max(rewards[:2]) < 0.5 and min(rewards[-3:]) > 0.9  # scores 1 and 10, scaled to 0..1
+    assert result.before["reward"] == 0.0 and result.after["reward"] == 1.0
+    assert again.train_rewards == rewards

@@ -47,12 +47,18 @@ class RewardSource(StrictModel):
         description="a reward model: the folder a `train.method: reward` run wrote (its student "
         "folder), another local folder or a Hub id of a sequence-classification model",
     )
+    judge: TeacherConfig | None = Field(
+        None,
+        description="a teacher that scores each answer pointwise (the judge step's rubric), through "
+        "the dispatcher and its cache; the reward is the score scaled to 0..1",
+    )
+    scale: tuple[int, int] = Field((1, 10), description="judge: the lowest and highest score it gives")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RewardSource:
-        given = [name for name in ("verifier", "model") if getattr(self, name) is not None]
+        given = [name for name in ("verifier", "model", "judge") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of verifier or model, not {given or 'neither'}")
+            raise ValueError(f"give exactly one of verifier, model or judge, not {given or 'none'}")
         return self
 
 
@@ -80,7 +86,7 @@ class TrainConfig(StrictModel):
     kd_weight: float = Field(0.5, ge=0, description="kd: weight of the KL term added to the cross-entropy")
     kd_temperature: float = Field(1.0, gt=0, description="kd: softens both distributions; KL scaled by T^2")
     reward: RewardSource | None = Field(
-        None, description="grpo: what scores the student's answers (a verifier or a reward model)"
+        None, description="grpo: what scores the student's answers (a verifier, a reward model, a judge)"
     )
     lora: LoraSettings | None = Field(
         None, description="train LoRA adapters through peft instead of all weights"

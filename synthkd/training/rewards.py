@@ -4,13 +4,18 @@ held-out prompts before and after training.
 A verifier is a plain function of the answer and the row's gold answer: TRL's GRPOTrainer calls
 it with each batch of completions and the batch's dataset columns. A reward model is a
 sequence-classification model (what `train.method: reward` trains): TRL loads and runs it itself
-from its folder, and `score_conversations` runs it here for the held-out figure.
+from its folder, and `score_conversations` runs it here for the held-out figure. A judge is a
+teacher asked to score each answer with the `judge` step's pointwise rubric, through the
+dispatcher and its cache (an answer scored once is never paid for again); its score is scaled to
+0..1, and an answer it gave no valid score for gets None, which TRL leaves out of the group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from synthkd.steps.parsing import ParseError
@@ -58,14 +63,75 @@ def verifier_reward(config: VerifierReward) -> Callable[..., list[float]]:
     return reward
 
 
+def prompt_text(prompt: Any) -> str:
+    """What the user asked, as one text for a judge: a chat prompt's system and user messages."""
+    if isinstance(prompt, list):
+        return "\n\n".join(str(m.get("content") or "") for m in prompt if m.get("role") != "assistant")
+    return str(prompt)
+
+
+class JudgeReward:
+    """Scores answers with a teacher, as the pointwise `judge` step does (same rubric, same parsing,
+    one re-ask of an unparseable score), through the dispatcher and its cache."""
+
+    def __init__(self, source: RewardSource, recipe_dir: Path, seed: int) -> None:
+        from synthkd.steps.base import CheckContext
+        from synthkd.steps.judge import JudgeStep
+
+        assert source.judge is not None
+        self.judge, self.seed, self.recipe_dir = source.judge, seed, recipe_dir
+        self.low, self.high = source.scale
+        self.step = JudgeStep(step="judge", teacher=source.judge, scale=source.scale)
+        self.step.check(
+            {"instruction", "response"}, CheckContext(recipe_dir, lambda key: f"train.reward.{key}")
+        )
+        self.__name__ = "judge"  # TRL logs each reward under its function's name
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
+        return self.scores([prompt_text(p) for p in prompts], [answer_text(c) for c in completions])
+
+    def scores(self, instructions: list[str], answers: list[str]) -> list[float | None]:
+        rows = [
+            {"id": f"answer-{index}", "instruction": instruction, "response": answer}
+            for index, (instruction, answer) in enumerate(zip(instructions, answers, strict=True))
+        ]
+        scored = asyncio.run(self._score(rows))
+        span = self.high - self.low
+        return [None if score is None else (score - self.low) / span for score in scored]
+
+    async def _score(self, rows: list[dict[str, Any]]) -> list[float | None]:
+        from synthkd.dispatch.pool import TeacherPool
+        from synthkd.steps.base import StepContext
+
+        async with TeacherPool(seed=self.seed) as pool:
+            result = await self.step.run(
+                rows, StepContext(self.recipe_dir, self.seed, pool.dispatcher(self.judge))
+            )
+        by_id = {row["id"]: row.get("score") for row in result.rows}
+        return [by_id.get(row["id"]) for row in rows]
+
+
 def held_out_reward(
-    source: RewardSource, prompts: list[list[dict[str, str]]], answers: list[str], golds: list[Any] | None
+    source: RewardSource,
+    prompts: list[list[dict[str, str]]],
+    answers: list[str],
+    golds: list[Any] | None,
+    recipe_dir: Path | None = None,
+    seed: int = 0,
 ) -> float | None:
-    """The mean reward of the student's greedy `answers` to held-out `prompts` (None without any)."""
+    """The mean reward of the student's greedy `answers` to held-out `prompts` (None without any,
+    or when a judge scored none of them)."""
     if not answers:
         return None
     if source.verifier is not None:
         scores = [verify(a, g, source.verifier.match) for a, g in zip(answers, golds or [], strict=True)]
+    elif source.judge is not None:
+        judged = JudgeReward(source, recipe_dir or Path.cwd(), seed).scores(
+            [prompt_text(p) for p in prompts], answers
+        )
+        scores = [score for score in judged if score is not None]
+        if not scores:
+            return None
     else:
         assert source.model is not None
         conversations = [

@@ -6,6 +6,7 @@ field surfaces as a clear error rather than being silently dropped.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -105,17 +106,14 @@ def train_student(
     dataset = _load_dataset(config, dataset_dir)
     train_rows, held_out = _split(config, dataset, seed) if evaluate else (dataset, dataset.select([]))
     student = _load_student(config)
-    evaluation = _held_out_set(config, held_out)
+    evaluation = _held_out_set(config, held_out, recipe_dir or Path.cwd(), seed)
     before = _evaluate(config, student.model, student.tokenizer, evaluation) if evaluate else {}
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
-    trainer = _build_trainer(config, student, train_rows, _trainer_values(config, output_dir, seed, student))
+    values = _trainer_values(config, output_dir, seed, student)
+    trainer = _build_trainer(config, student, train_rows, values, recipe_dir or Path.cwd())
     progress = _train(trainer)
     trained = trainer.model.merge_and_unload() if config.lora is not None else trainer.model
-    after = (
-        _evaluate_trained(config, trained, student.tokenizer, evaluation, recipe_dir or Path.cwd(), seed)
-        if evaluate
-        else {}
-    )
+    after = _evaluate_trained(config, trained, student.tokenizer, evaluation) if evaluate else {}
     _save(trained, student.tokenizer, output_dir)
     metrics = _metrics(
         config, student, progress, len(train_rows), len(evaluation.conversations), before, after
@@ -144,11 +142,14 @@ class _Student:
 @dataclass
 class _HeldOut:
     """The held-out conversations (each ending in the teacher's answer), their tool schemas, and
-    the rows themselves (a reward model's pairs, a verifier's gold answers)."""
+    the rows themselves (a reward model's pairs, a verifier's gold answers); where a judge's
+    templates are looked for, and its seed."""
 
     conversations: list[list[dict[str, str]]]
     tools: list[list[dict] | None] | None
     rows: list[dict[str, Any]]
+    recipe_dir: Path
+    seed: int
 
 
 @dataclass
@@ -264,12 +265,14 @@ def _load_student(config: TrainConfig) -> _Student:
     return _Student(model, tokenizer, device, memory)
 
 
-def _held_out_set(config: TrainConfig, held_out: Any) -> _HeldOut:
+def _held_out_set(config: TrainConfig, held_out: Any, recipe_dir: Path, seed: int) -> _HeldOut:
     limit = config.eval_max_rows
     return _HeldOut(
         _conversations(held_out, config.method, limit),
         _tools(held_out, limit),
         list(held_out.select(range(min(limit, len(held_out))))),
+        recipe_dir,
+        seed,
     )
 
 
@@ -289,20 +292,22 @@ def _evaluate(
     if config.reward is not None:
         golds = [row[column] for row in held_out.rows for column in _gold_column(config)] or None
         prompts = [conversation[:-1] for conversation in held_out.conversations]
-        metrics["reward"] = held_out_reward(config.reward, prompts, written, golds)
+        metrics["reward"] = held_out_reward(
+            config.reward, prompts, written, golds, held_out.recipe_dir, held_out.seed
+        )
     return metrics
 
 
-def _evaluate_trained(
-    config: TrainConfig, model: Any, tokenizer: Any, held_out: _HeldOut, recipe_dir: Path, seed: int
-) -> dict[str, Any]:
+def _evaluate_trained(config: TrainConfig, model: Any, tokenizer: Any, held_out: _HeldOut) -> dict[str, Any]:
     """The trained student's held-out metrics, with the judge's verdicts when `train.judge` is set."""
     answers: list[str] = []
     after = _evaluate(config, model, tokenizer, held_out, answers)
     if config.judge is not None:
         from synthkd.training.win_rate import judge_win_rate
 
-        after["judge"] = judge_win_rate(config.judge, held_out.conversations, answers, recipe_dir, seed)
+        after["judge"] = judge_win_rate(
+            config.judge, held_out.conversations, answers, held_out.recipe_dir, held_out.seed
+        )
     return after
 
 
@@ -334,15 +339,17 @@ def _peft_config(config: TrainConfig) -> Any:
     )
 
 
-def _build_trainer(config: TrainConfig, student: _Student, rows: Any, values: dict[str, Any]) -> Any:
-    """The TRL trainer of the recipe's method."""
+def _build_trainer(
+    config: TrainConfig, student: _Student, rows: Any, values: dict[str, Any], recipe_dir: Path
+) -> Any:
+    """The TRL trainer of the recipe's method (`recipe_dir`: where a judge reward's templates are)."""
     builders = {
         "sft": _sft_trainer,
         "dpo": _dpo_trainer,
         "distill": _distillation_trainer,
         "kd": _kd_trainer,
         "reward": _reward_trainer,
-        "grpo": _grpo_trainer,
+        "grpo": functools.partial(_grpo_trainer, recipe_dir=recipe_dir),
     }
     return builders[config.method](
         config, student.model, student.tokenizer, rows, values, _peft_config(config)
@@ -473,21 +480,25 @@ def _reward_trainer(
     return _plain_trainer(RewardTrainer, RewardConfig, model, tokenizer, rows, values, peft)
 
 
-def _grpo_trainer(config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any) -> Any:
+def _grpo_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, rows: Any, values: dict, peft: Any, recipe_dir: Path
+) -> Any:
     """RL on the student's own answers (TRL's GRPOTrainer): it samples a group of answers per prompt,
     `train.reward` scores each, and each answer is pushed up or down by how it beats its group."""
     from trl import GRPOConfig, GRPOTrainer
 
     from synthkd.teachers.embedded import resolve_model_source
-    from synthkd.training.rewards import verifier_reward
+    from synthkd.training.rewards import JudgeReward, verifier_reward
 
-    assert config.reward is not None  # TrainConfig refuses grpo without one
+    source = config.reward
+    assert source is not None  # TrainConfig refuses grpo without one
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts
-    verifier = config.reward.verifier
-    # A reward model's folder is loaded by TRL itself, as a sequence classifier with its tokenizer.
-    reward = (
-        verifier_reward(verifier) if verifier is not None else resolve_model_source(str(config.reward.model))
-    )
+    if source.verifier is not None:
+        reward: Any = verifier_reward(source.verifier)
+    elif source.judge is not None:
+        reward = JudgeReward(source, recipe_dir, int(values["seed"]))
+    else:  # a reward model's folder is loaded by TRL itself, as a sequence classifier
+        reward = resolve_model_source(str(source.model))
     return GRPOTrainer(
         model=model,
         reward_funcs=reward,

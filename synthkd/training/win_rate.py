@@ -15,6 +15,7 @@ from synthkd.dispatch.pool import TeacherPool
 from synthkd.steps.base import CheckContext, StepContext
 from synthkd.steps.judge import JudgeStep
 from synthkd.teachers import TeacherConfig
+from synthkd.training.rewards import prompt_text
 
 
 def judge_win_rate(
@@ -28,7 +29,7 @@ def judge_win_rate(
     rows = [
         {
             "id": f"held-out-{index}",
-            "instruction": "\n\n".join(m["content"] for m in messages[:-1] if m["role"] != "assistant"),
+            "instruction": prompt_text(messages[:-1]),
             "student": student,
             "teacher": messages[-1]["content"],
         }
