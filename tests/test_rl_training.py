@@ -97,7 +97,7 @@ def test_a_reward_goes_with_grpo_and_grpo_needs_one(tiny_model: Path):
         TrainConfig(method="grpo", student=str(tiny_model))
     with pytest.raises(ValidationError, match="not in sft"):
         TrainConfig(student=str(tiny_model), reward={"verifier": {"column": "gold"}})
-    with pytest.raises(ValidationError, match="exactly one of verifier or model"):
+    with pytest.raises(ValidationError, match="exactly one of verifier, model or judge"):
         TrainConfig(
             method="grpo", student=str(tiny_model), reward={"verifier": {"column": "gold"}, "model": "m"}
         )
