@@ -16,6 +16,7 @@ from helpers import run_cli, write_jsonl, write_recipe
 from tiny_model import build_tiny_model
 
 from synthkd.experiment.run import mean_and_interval
+from synthkd.publish.svg_charts import count_text
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 ARMS = [
@@ -124,7 +125,14 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
     for arm in ARMS:
         assert f"| {arm['name']} | {arm['method']} |" in table
     assert "student before training" in table and "±" in table and "judge win rate" in table
-    assert (work / "kl.svg").read_text().startswith("<svg")
+    chart = (work / "kl.svg").read_text()
+    assert chart.startswith("<svg")
+    # Each arm's bar has its 95% CI as an error bar (a line and two caps) and one label, mean ± CI.
+    assert chart.count('stroke="#222"') == 3 * sum(line["kl"][1] > 0 for line in results["summary"])
+    for line in results["summary"]:
+        mean, interval = line["kl"]
+        assert f">{mean:.3f} ± {interval:.3f}<" in chart
+        assert f">{count_text(mean)}<" not in chart  # not a second label, the bare mean, beside it
     assert (tmp_path / "docs-out" / "results.md").read_text() == table
 
     # The run's report shows the same table, and the chart, in its experiment section.

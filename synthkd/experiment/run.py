@@ -396,4 +396,5 @@ def kl_chart(result: ExperimentResult, summary: list[dict[str, Any]]) -> str:
         stacked=False,
         y_label="nats per token",
         top_labels=labels,
+        errors=[0.0, *(line["kl"][1] for line in summary)],  # the 95% CI over the seeds
     )

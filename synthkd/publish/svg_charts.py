@@ -238,17 +238,22 @@ def bar_chart(
     y_label: str,
     x_label: str = "",
     top_labels: Sequence[Sequence[str]] | None = None,
+    errors: Sequence[float] | None = None,
     width: float = WIDTH,
     height: float = HEIGHT,
 ) -> str:
     """Vertical bars per category: `stacked` (bottom to top in `series` order) or side by side.
 
-    `top_labels`: lines written above each category's bars (e.g. a total and a cost); by default a
-    stacked bar gets no total and side-by-side bars get their values, where they fit."""
+    `top_labels`: lines written above each category's bars (e.g. a total and a cost; side-by-side
+    bars then get no value of their own above them); by default a stacked bar gets no total and
+    side-by-side bars get their values, where they fit. `errors`: for one series, each bar's error
+    bar half-width (e.g. a 95% CI)."""
     top_lines = max((len(lines) for lines in top_labels or []), default=0)
     totals = [sum(s.values[i] for s in series) for i in range(len(categories))]
     tallest = [max((s.values[i] for s in series), default=0) for i in range(len(categories))]
     peaks = totals if stacked else tallest
+    if errors is not None:  # labels and the scale clear the whiskers too
+        peaks = [peak + error for peak, error in zip(peaks, errors, strict=True)]
     ticks = ticks_up_to(max(peaks, default=0))
     left = _left_margin(ticks)
     right = 16
@@ -265,7 +270,9 @@ def bar_chart(
     slot = frame.plot_width / max(1, len(categories))
     parts = _value_axis(frame, ticks, y_label)
     for i, category in enumerate(categories):
-        parts += _category_bars(frame, i, category, slot, series, stacked)
+        parts += _category_bars(frame, i, category, slot, series, stacked, labelled=not top_labels)
+        if errors is not None and errors[i] > 0:
+            parts += _whisker(frame, frame.left + slot * (i + 0.5), series[0].values[i], errors[i], slot)
         lines = top_labels[i] if top_labels else []
         parts += _lines_above(frame, frame.left + slot * (i + 0.5), frame.y(peaks[i]), lines, slot)
     parts += _category_labels(frame, categories, slot, rotate)
@@ -274,8 +281,26 @@ def bar_chart(
     return _svg(chart_id, title, _describe_bars(categories, series), width, height, parts)
 
 
+def _whisker(frame: Frame, x: float, value: float, error: float, slot: float) -> list[str]:
+    """An error bar from value - error to value + error, with caps."""
+    top, bottom, cap = frame.y(value + error), frame.y(max(value - error, 0.0)), slot * 0.08
+    color = "#222"
+    return [
+        _line(x, top, x, bottom, color),
+        _line(x - cap, top, x + cap, top, color),
+        _line(x - cap, bottom, x + cap, bottom, color),
+    ]
+
+
 def _category_bars(
-    frame: Frame, index: int, category: str, slot: float, series: Sequence[Series], stacked: bool
+    frame: Frame,
+    index: int,
+    category: str,
+    slot: float,
+    series: Sequence[Series],
+    stacked: bool,
+    *,
+    labelled: bool = True,  # side by side: each bar's value above it (unless the caller has lines there)
 ) -> list[str]:
     parts = []
     group = slot * 0.72  # the rest of the slot is the gap between categories
@@ -296,7 +321,7 @@ def _category_bars(
         if stacked and fits_inside:
             middle = (top + bottom) / 2 + FONT_SIZE / 2 - 2
             parts.append(_text(x + bar_width / 2, middle, label, fill=text_color_on(one.color)))
-        elif not stacked and text_width(label) <= bar_width + 2:
+        elif not stacked and labelled and text_width(label) <= bar_width + 2:
             parts.append(_text(x + bar_width / 2, top - 4, label))
         if stacked:
             level += value
