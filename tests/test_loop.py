@@ -225,3 +225,27 @@ def test_a_star_round_that_verifies_no_answer_leaves_the_student_unchanged(
     dropped = first.steps[0]["rows_dropped"]
     assert sum(dropped.values()) + first.steps[0]["rows_failed"] == 12
     assert "round 1: 12 rows -> none kept to train on, the student is unchanged" in out
+
+
+def test_pair_prefers_the_first_answer_and_drops_what_cannot_be_a_pair():
+    import asyncio
+
+    from synthkd.steps.base import CheckContext, StepContext
+    from synthkd.steps.pair import PairStep
+
+    rows = [
+        {"id": "a", "system": "Be brief.", "prompt": "2+2?", "response": "4", "student_response": "5"},
+        {"id": "b", "instruction": "Say hi", "response": "Hi.", "student_response": " Hi. "},
+        {"id": "c", "instruction": "Say no", "response": "No.", "student_response": ""},
+    ]
+    step = PairStep(step="pair")
+    assert step.check(set(rows[0]), CheckContext(Path.cwd(), lambda key: key)) >= {"chosen", "rejected"}
+    result = asyncio.run(step.run(rows, StepContext(Path.cwd(), 0, None)))
+    assert [row["id"] for row in result.rows] == ["a"]
+    pair = result.rows[0]
+    assert pair["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "4"}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "5"}]
+    assert result.dropped == {"identical_answers": 1, "empty_answer": 1}
+    with pytest.raises(RecipeError, match="pair needs column"):
+        step.check({"id", "response"}, CheckContext(Path.cwd(), lambda key: key))

@@ -23,6 +23,7 @@ from synthkd.steps.label import LabelStep
 from synthkd.steps.load import LoadStep
 from synthkd.steps.logits import LogitsStep
 from synthkd.steps.magpie import MagpieStep
+from synthkd.steps.pair import PairStep
 from synthkd.steps.preference import PreferenceStep
 from synthkd.steps.quality import QualityStep
 from synthkd.steps.rationale import RationaleStep
@@ -49,6 +50,7 @@ STEP_CLASSES: tuple[type[Step], ...] = (
     QualityStep,
     JudgeStep,
     PreferenceStep,
+    PairStep,
     CodeCheckStep,
     ClassifyStep,
     CritiqueReviseStep,
