@@ -11,7 +11,7 @@ from synthkd.pipeline import run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.critique_revise import parse_critique, parse_revision, revision_parser
 from synthkd.steps.parsing import ParseError
-from synthkd.steps.preference import preference_row
+from synthkd.steps.preference_rows import preference_row
 from synthkd.testing.fake_openai import FakeOpenAIServer
 
 PRINCIPLES = [

@@ -198,7 +198,7 @@ class CritiqueReviseStep(TeacherStep):
         result.failures.append(failure_of(row, parsed, reason=reason))
 
     def _pair(self, row: Row, original: str, final: str, critiques: list[str], revisions: int) -> Row:
-        """The `preference` step's conversational format (see preference.preference_row), plus the
+        """The `preference` step's conversational format (see preference_rows.preference_row), plus the
         critique and revision."""
         system = _text(row.get("system"))
         prompt = ([{"role": "system", "content": system}] if system else []) + [

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
-from synthkd.steps.preference import preference_row
+from synthkd.steps.preference_rows import preference_row
 
 
 class PairStep(Step):

@@ -9,7 +9,7 @@ are dropped and counted. Rows follow TRL's conversational preference format.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,7 @@ from synthkd.steps.base import (
     require_columns,
 )
 from synthkd.steps.parsing import ask_parsed
+from synthkd.steps.preference_rows import preference_row
 from synthkd.steps.scoring import score_parser
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
@@ -168,22 +169,3 @@ def choose_pair(
     if best[0] - worst[0] < min_margin or best[0] == worst[0]:
         return "tie"
     return best, worst
-
-
-def preference_row(
-    row: Row,
-    conversation: list[dict[str, str]],
-    chosen: str,
-    rejected: str,
-    chosen_score: float,
-    rejected_score: float,
-) -> dict[str, Any]:
-    """TRL's conversational preference format, plus the flat columns."""
-    return {
-        **{key: value for key, value in row.items() if key not in ("messages", "response")},
-        "prompt": conversation,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "chosen_score": chosen_score,
-        "rejected_score": rejected_score,
-    }
