@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--docs", metavar="DIR", help="also copy results.md and kl.svg there")
     experiment.set_defaults(handler=_experiment)
 
+    recipes = commands.add_parser("recipes", help="list the shipped recipes, a line each")
+    recipes.set_defaults(handler=_recipes)
+
     validate = commands.add_parser(
         "validate", help="check a recipe's keys, files and templates; send nothing"
     )
@@ -104,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     info = cache_commands.add_parser("info", help="where the cache is and how many responses it holds")
     info.set_defaults(handler=_cache_info)
     return parser
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    """The shipped recipes on stdout (the command's answer): the path to run, and what it makes."""
+    from synthkd.shipped import shipped_recipes
+
+    found = shipped_recipes()
+    width = max(len(path) for path, _ in found)
+    for path, summary in found:
+        print(f"{path:<{width}}  {summary}")
+    return 0
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:

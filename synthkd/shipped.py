@@ -43,3 +43,26 @@ def resolve_path(relative: str | Path, base_dir: Path | None) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+SUMMARY_CHARS = 110  # a recipe's line in `synthkd recipes`
+
+
+def shipped_recipes() -> list[tuple[str, str]]:
+    """Every shipped recipe as (path to give `synthkd run`, e.g. recipes/quickstart.yaml, and one
+    line on what it makes: the first sentence of the comment it opens with)."""
+    recipes = shipped_root() / "recipes"
+    found = []
+    for path in sorted(recipes.rglob("*.yaml")):
+        found.append((f"recipes/{path.relative_to(recipes).as_posix()}", _summary(path)))
+    return found
+
+
+def _summary(path: Path) -> str:
+    comment = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(part for part in comment if part).split(". ", 1)[0]  # its first sentence
+    return text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + " …"

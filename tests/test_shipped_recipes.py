@@ -76,3 +76,14 @@ def test_quickstart_end_to_end_offline(tmp_path: Path, capsys: pytest.CaptureFix
     evaluation = json.loads((tmp_path / "qs" / "student" / "eval.json").read_text())
     assert evaluation["method"] == "sft" and evaluation["held_out_rows"] >= 4
     assert evaluation["train_losses"] and evaluation["after"]["loss"] > 0
+
+
+def test_recipes_lists_every_shipped_recipe_with_a_line_on_it(capsys: pytest.CaptureFixture):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert set(listed) == {
+        f"recipes/{path.relative_to(shipped_root() / 'recipes').as_posix()}" for path in RECIPES
+    }
+    assert listed["recipes/quickstart.yaml"].startswith("The quickstart: runs offline with no API key")
+    assert all(len(summary) <= 112 and summary.strip() for summary in listed.values())
