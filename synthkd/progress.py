@@ -77,9 +77,16 @@ class StepBar(StepProgressProtocol):
         self._progress.update(self._task, advance=rows, **fields)
 
 
+RATE_MIN_SECONDS = 1.0  # a step younger than this has no rate worth showing
+
+
 class RowsPerSecondColumn(ProgressColumn):
+    """Rows per second over the whole step so far. Over less than a second (a step answered from
+    the cache at once) a rate means nothing and once read 224,208 rows/s: it shows as -."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        elapsed = task.elapsed or 0.0
+        speed = task.completed / elapsed if elapsed >= RATE_MIN_SECONDS else 0.0
         return Text(f"{speed:7.1f} rows/s" if speed else "      - rows/s", style="cyan")
 
 
