@@ -207,7 +207,15 @@ def publish_run(
     templates = loaded.recipe.template_sources()
     passwords = url_passwords(use.config for use in recipe_teachers(loaded.recipe))
     output = loaded.recipe.output
-    return finish_run(run_dir, templates, output.hub, passwords, warn or Reporter().warn, output.report)
+    return finish_run(
+        run_dir,
+        templates,
+        output.hub,
+        passwords,
+        warn or Reporter().warn,
+        output.report,
+        data_files=loaded.recipe.data_files(),
+    )
 
 
 def train_run(

@@ -145,6 +145,15 @@ def _validate(args: argparse.Namespace) -> int:
         raise  # an error wherever it is found, as a step's own check reports it
     except RecipeError as exc:  # the recipe is fine; this machine is not ready to run it yet
         console.print(f"[yellow]warning:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
+    output = loaded.recipe.output
+    if output.hub is not None and output.license is None:  # the push at the end would be refused
+        console.print(
+            f"[yellow]warning:[/] {escape(loaded.at('output'))}: output.hub is set but output.license is "
+            "not: the push after the run will be refused (a card with no license grants no rights "
+            "to reuse the data); add a Hub license id, e.g. license: apache-2.0",
+            highlight=False,
+            soft_wrap=True,
+        )
     for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow, strict=True)):
         shown = ", ".join(sorted(columns)) if columns is not None else "(known at run time)"
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
@@ -423,7 +432,14 @@ def _publish_parsers(commands) -> None:
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--token-env", metavar="VAR", help="variable holding the Hub token (default HF_TOKEN)")
     push.add_argument(
-        "--dry-run", metavar="DIR", help="write the exact folder that would be uploaded; send nothing"
+        "--dry-run",
+        nargs="?",
+        const=True,
+        metavar="DIR",
+        help="write the exact folder that would be uploaded (default RUN_DIR/push-dry-run); send nothing",
+    )
+    push.add_argument(
+        "--license", metavar="ID", help="the dataset's Hub license id, for a run whose recipe set none"
     )
     push.set_defaults(handler=_push)
 
@@ -461,11 +477,16 @@ def _push(args: argparse.Namespace) -> int:
 
     datasets.disable_progress_bars()  # writing parquet draws a bar per split
     result = push(
-        args.run_dir, args.repo_id, private=args.private, token_env=args.token_env, dry_run=args.dry_run
+        args.run_dir,
+        args.repo_id,
+        private=args.private,
+        token_env=args.token_env,
+        dry_run=args.dry_run,
+        license=args.license,
     )
-    if args.dry_run:
+    if result.folder is not None:
         console.print(
-            f"dry run: {args.dry_run} holds what would be uploaded to {result.repo_id}:", highlight=False
+            f"dry run: {result.folder} holds what would be uploaded to {result.repo_id}:", highlight=False
         )
     else:
         console.print(f"pushed to {result.repo_id} in one commit: {result.commit_url}", highlight=False)

@@ -575,6 +575,8 @@ def build_manifest(
         "recipe": _redacted_recipe(loaded),
         "teachers": teachers,
         "templates": templates,
+        # The data files and folders the steps read from disk, as named (the rest came from the Hub).
+        "data_files": sorted(recipe.data_files()),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,

@@ -125,6 +125,14 @@ class Recipe(StrictModel):
             templates.update(step.template_sources())
         return templates
 
+    def data_files(self) -> dict[str, Path]:
+        """Every data file or folder the steps read (after `pipeline.check`), as named -> where
+        found: with the templates, what a pushed recipe needs beside it to rerun."""
+        files: dict[str, Path] = {}
+        for step in self.steps:
+            files.update(step.data_files())
+        return files
+
 
 @dataclass
 class LoadedRecipe:

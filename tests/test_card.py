@@ -13,9 +13,12 @@ from publish_run import CANARY_KEY, CANARY_PASSWORD, make_run, plant_url_credent
 
 from synthkd.api import load_recipe as load_any
 from synthkd.cli import main
+from synthkd.hub_ids import HUB_LICENSES
 from synthkd.pipeline import build_manifest, check, preflight
 from synthkd.publish.card import TAXONOMY_MEANING, taxonomy, validate_metadata, write_card
+from synthkd.publish.recipe_files import keep_recipe_files
 from synthkd.recipe import load_recipe
+from synthkd.shipped import shipped_root
 from synthkd.steps import STEP_TYPES
 
 
@@ -133,3 +136,79 @@ def test_a_recipe_records_the_extras_its_checks_asked_for(tmp_path: Path, listen
     preflight(loaded, network=False)
     assert loaded.extras == {"curate", "train"}
     assert build_manifest(loaded, [], datetime.now(timezone.utc), 0, 0)["extras"] == ["curate", "train"]
+
+
+SHIPPED = sorted((shipped_root() / "recipes").rglob("*.yaml"))
+LONG = "x" * 2000  # clipped in the example record
+
+
+def plant_run(recipe: Path, folder: Path) -> Path:
+    """A run folder as `synthkd run` leaves it, without running the teacher: the manifest built
+    from the checked recipe, a two-row dataset, and the recipe's files kept beside it."""
+    from datasets import Dataset
+
+    loaded = load_recipe(recipe)
+    check(loaded)
+    manifest = build_manifest(loaded, [], datetime.now(timezone.utc), 2, 0)
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rows = {"id": ["a", "b"], "instruction": ["Name a colour.", "Say hi."], "response": [LONG, "hi"]}
+    Dataset.from_dict(rows).save_to_disk(str(folder / "dataset"))
+    keep_recipe_files(folder, loaded.recipe.data_files(), loaded.recipe.template_sources())
+    return folder
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: str(p.relative_to(shipped_root() / "recipes")))
+def test_a_card_from_every_shipped_recipe_is_complete(recipe: Path, tmp_path: Path):
+    run = plant_run(recipe, tmp_path / "run")
+    card = DatasetCard.load(write_card(run))
+    metadata = card.data.to_dict()
+    assert validate_metadata(metadata) == []
+    assert metadata["license"] in HUB_LICENSES
+    assert metadata["language"] == ["en"]
+    assert metadata["source_datasets"]  # every seed file says where it comes from
+    for source in metadata["source_datasets"]:
+        assert source == "original" or source.startswith("https://") or "/" in source
+    # The example record: the first row, its long answer clipped.
+    example = card.text.split("## Example record", 1)[1].split("```json\n", 1)[1].split("\n```", 1)[0]
+    row = json.loads(example)
+    assert row["id"] == "a" and row["instruction"] == "Name a colour."
+    assert row["response"].startswith("x" * 300) and row["response"].endswith("(1700 more characters)")
+    # Every step that implements a published method cites it, with the survey.
+    bibtex = card.text.split("```bibtex\n", 1)[1]
+    assert "@article{xu2024survey" in bibtex
+    for step in load_recipe(recipe).recipe.steps:
+        if type(step).citation:
+            assert type(step).citation.splitlines()[0] in bibtex
+    assert "synthkd run hf://datasets/<this repository>/recipe.yaml" in card.text
+
+
+def test_the_self_instruct_seeds_are_attributed(tmp_path: Path):
+    run = plant_run(shipped_root() / "recipes" / "quickstart.yaml", tmp_path / "run")
+    card = DatasetCard.load(write_card(run))
+    assert card.data.to_dict()["source_datasets"] == ["https://github.com/yizhongw/self-instruct"]
+    line = (
+        "| 0:load | `quickstart/seed_tasks.jsonl` | https://github.com/yizhongw/self-instruct | apache-2.0 |"
+    )
+    assert line in card.text
+
+
+def test_a_seed_file_without_a_source_is_named_not_attributed(tmp_path: Path, listening_port: int):
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "hi"}\n')
+    (tmp_path / "recipe.yaml").write_text(
+        "name: mine\nteacher: {backend: openai, model: m, api_key_env: null, "
+        f"base_url: 'http://127.0.0.1:{listening_port}/v1'}}\n"
+        "steps:\n  - {step: load, path: seeds.jsonl}\n  - {step: label}\n"
+    )
+    run = plant_run(tmp_path / "recipe.yaml", tmp_path / "run")
+    card = DatasetCard.load(write_card(run))
+    assert "source_datasets" not in card.data.to_dict()
+    assert "| 0:load | `seeds.jsonl` | not stated (the step has no `source:`) | not stated |" in card.text
+    assert "@article{xu2024survey" in card.text and "@inproceedings{wang2023selfinstruct" not in card.text
+
+
+def test_magpie_reads_no_seeds_so_its_data_is_original(tmp_path: Path):
+    run = plant_run(shipped_root() / "recipes" / "magpie.yaml", tmp_path / "run")
+    card = DatasetCard.load(write_card(run))
+    assert card.data.to_dict()["source_datasets"] == ["original"]
+    assert "@article{xu2024magpie" in card.text

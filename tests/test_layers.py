@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.atomic",
             "synthkd.gc_pause",
             "synthkd.config_base",
+            "synthkd.hub_ids",
             "synthkd.text",
             "synthkd.shipped",
             "synthkd.yaml_source",
@@ -149,6 +150,7 @@ SHARED_STEP_MODULES = {
     "synthkd.steps.parsing",
     "synthkd.steps.scoring",
     "synthkd.steps.preference_rows",
+    "synthkd.steps.sources",
 }
 
 

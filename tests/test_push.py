@@ -24,6 +24,16 @@ from synthkd.publish.card import validate_metadata
 
 CANARIES = (CANARY_KEY, CANARY_PASSWORD, CANARY_HF_TOKEN)
 DATA_FILE = "data/train-00000-of-00001.parquet"
+# What the recipe reads, uploaded beside recipe.yaml under the names it gives them.
+RECIPE_FILES = [
+    "eval.jsonl",
+    "prompts/judge/pairwise.jinja",
+    "prompts/judge/pointwise.jinja",
+    "prompts/label.jinja",
+    "prompts/reask.jinja",
+    "seeds.jsonl",
+]
+UPLOADED = sorted(["README.md", DATA_FILE, "recipe.yaml", *RECIPE_FILES])
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +75,8 @@ def test_push_creates_the_repo_and_commits_once(planted: Path, hub: FakeHub, cap
     assert repo["private"] is True
     assert len(hub.commits) == 1
     (commit,) = hub.commits
-    assert sorted(commit["added"]) == ["README.md", DATA_FILE, "recipe.yaml"]
-    assert sorted(repo["files"]) == [".gitattributes", "README.md", DATA_FILE, "recipe.yaml"]
+    assert sorted(commit["added"]) == UPLOADED
+    assert sorted(repo["files"]) == sorted([".gitattributes", *UPLOADED])
     # The token went to the Hub, in the header only.
     assert all(auth == f"Bearer {CANARY_HF_TOKEN}" for _, _, auth in hub.requests)
     assert_no_canary(commit["added"])
@@ -92,7 +102,7 @@ def test_a_second_push_replaces_stale_data_in_one_commit(planted: Path, hub: Fak
         "data/train-00000-of-00002.parquet",
         "data/train-00001-of-00002.parquet",
     ]
-    assert sorted(hub.repos["datasets/me/kd-data"]["files"]) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert sorted(hub.repos["datasets/me/kd-data"]["files"]) == UPLOADED
 
 
 def test_dry_run_folder_loads_with_datasets(planted: Path, tmp_path: Path, monkeypatch):
@@ -102,7 +112,7 @@ def test_dry_run_folder_loads_with_datasets(planted: Path, tmp_path: Path, monke
     folder = tmp_path / "upload"
     assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 0
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert sorted(files) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert sorted(files) == UPLOADED
     assert_no_canary(files)
     loaded = load_dataset(str(folder))
     original = load_from_disk(str(planted / "dataset"))
@@ -120,7 +130,7 @@ def test_run_with_output_hub_pushes_at_the_end(tmp_path: Path, hub: FakeHub):
     assert (run / "report.html").exists() and (run / "README.md").exists()
     (commit,) = hub.commits
     assert commit["repo"] == "datasets/me/auto"
-    assert sorted(commit["added"]) == ["README.md", DATA_FILE, "recipe.yaml"]
+    assert sorted(commit["added"]) == UPLOADED
     assert_no_canary(commit["added"])
 
 

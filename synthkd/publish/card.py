@@ -15,8 +15,15 @@ from typing import Any
 import yaml
 
 from synthkd.atomic import atomic_write_text
+from synthkd.publish.card_sources import (
+    citations_section,
+    source_datasets,
+    source_section,
+    step_types,
+)
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.loop_table import loop_table, read_loop
+from synthkd.publish.recipe_files import FILES_DIR, read_names
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
 from synthkd.shipped import resolve_path
@@ -31,15 +38,6 @@ REPO_PLACEHOLDER = "<this repository>"  # replaced by the repo id when the card 
 # Knowledge Distillation of Large Language Models", section 3.1. Filtering steps select among
 # what was elicited, which the survey files under data curation; `load` elicits nothing. Each step
 # class carries its category (`Step.taxonomy`).
-def step_types() -> dict[str, Any]:
-    """The step classes by name. Imported when a card is written, not with this module: the steps
-    bring their libraries (datasketch, scipy; about a second), which `synthkd push` and `show`
-    otherwise never need."""
-    from synthkd.steps import STEP_TYPES
-
-    return STEP_TYPES
-
-
 def taxonomy() -> dict[str, str]:
     """Each step's category in the survey's taxonomy, by step name (`load` has none)."""
     return {name: cls.taxonomy for name, cls in step_types().items() if cls.taxonomy}
@@ -65,6 +63,7 @@ SIZE_CATEGORIES = [
     (1_000_000_000, "100M<n<1B"),
 ]
 
+EXAMPLE_CHARS = 300  # a string in the example record is clipped to this many characters
 TEMPLATE_KEYS = ("prompt", "_prompt")  # step keys naming template files (prompt, judge_prompt, ...)
 
 
@@ -82,7 +81,7 @@ def build_card(run: RunDir, templates: dict[str, str] | None = None):
 
     splits = run.splits()
     metadata = card_metadata(run, splits)
-    templates = templates if templates is not None else find_templates(run.manifest)
+    templates = templates if templates is not None else find_templates(run.manifest, run.path)
     body = _prose(run, splits, templates)
     return DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}")
 
@@ -97,14 +96,15 @@ def write_card(run_dir: str | Path, templates: dict[str, str] | None = None) -> 
     return path
 
 
-def write_recipe(run: RunDir, path: Path) -> Path:
-    """The recipe as run (defaults filled in, teachers merged into steps), safe to publish."""
+def write_recipe(run: RunDir, path: Path, recipe: dict[str, Any] | None = None) -> Path:
+    """The recipe as run (defaults filled in, teachers merged into steps), safe to publish; or
+    `recipe`, the run's recipe as changed for a push."""
     header = (
         f"# The recipe that made this dataset (synthkd {run.manifest.get('synthkd_version', '?')}, "
         f"sha256 {run.manifest.get('recipe_sha256', '?')}).\n"
         "# Keys are named by their environment variables only. Rerun: synthkd run recipe.yaml\n"
     )
-    text = yaml.safe_dump(clean_recipe(run.recipe), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(clean_recipe(recipe or run.recipe), sort_keys=False, allow_unicode=True)
     atomic_write_text(path, header + text, what="the recipe")
     return path
 
@@ -123,6 +123,7 @@ def card_metadata(run: RunDir, splits: dict[str, Any]):
         pretty_name=run.name,
         license=output.get("license"),  # None: left out, never assumed
         language=output.get("language") or _languages_from_steps(run),
+        source_datasets=source_datasets(run) or None,  # none known: left out, never assumed
         task_categories=output.get("task_categories") or _infer_tasks(run),
         size_categories=[size_category(rows)],
         tags=["synthetic", "synthkd", "knowledge-distillation", *(f"kd-{kind}" for kind in kinds)],
@@ -188,15 +189,20 @@ def _infer_tasks(run: RunDir) -> list[str]:
     return ["question-answering", "text-generation"] if "doc_qa" in names else ["text-generation"]
 
 
-def find_templates(manifest: dict[str, Any]) -> dict[str, str]:
-    """Template texts for the manifest's template hashes, from the shipped prompts."""
+def find_templates(manifest: dict[str, Any], run_path: Path | None = None) -> dict[str, str]:
+    """Template texts for the manifest's template hashes: those kept in the run folder
+    (`recipe_files`), else the shipped prompts."""
+    kept = read_names(run_path) if run_path is not None else {}
     found = {}
     for name, digest in (manifest.get("templates") or {}).items():
-        path = resolve_path(name, None)
-        if path is not None and path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if hashlib.sha256(text.encode("utf-8")).hexdigest() == digest:
-                found[name] = text
+        candidates = [run_path / FILES_DIR / kept[name]] if run_path is not None and name in kept else []
+        candidates += [path] if (path := resolve_path(name, None)) is not None else []
+        for path in candidates:
+            if path.is_file():
+                text = path.read_text(encoding="utf-8")
+                if hashlib.sha256(text.encode("utf-8")).hexdigest() == digest:
+                    found[name] = text
+                    break
     return found
 
 
@@ -214,6 +220,8 @@ def _prose(run: RunDir, splits: dict[str, Any], templates: dict[str, str]) -> st
         f"generated {manifest.get('started', '?')} to {manifest.get('finished', '?')}. Every row was "
         "written or selected by the teacher models below; read this card before training on it.",
         f'```python\nfrom datasets import load_dataset\n\ndataset = load_dataset("{REPO_PLACEHOLDER}")\n```',
+        source_section(run),
+        _example_section(splits),
         _teachers_section(run),
         _taxonomy_section(run),
         _steps_section(run),
@@ -230,6 +238,7 @@ def _prose(run: RunDir, splits: dict[str, Any], templates: dict[str, str]) -> st
         "local model's weights): some forbid using their outputs to develop competing models, or "
         "restrict commercial use. synthkd does not check this for you.",
         _reproduce_section(run),
+        citations_section(run),
     ]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -448,10 +457,34 @@ def _reproduce_section(run: RunDir) -> str:
     return (
         "## Reproduce\n\n"
         f"`{RECIPE_FILE}`, beside the data, is the recipe as it ran (sha256 "
-        f"`{run.manifest.get('recipe_sha256', '?')}`), with every default filled in. It names API keys "
-        "only by their environment variables; credentials and tokens are removed.\n\n"
-        f"```bash\npip install {_install_target(run)}\nsynthkd run recipe.yaml\n```\n\n"
-        "Data files and templates it names resolve relative to the recipe, then to those shipped with "
-        "synthkd; the templates' texts are above. A rerun with the same teacher replays synthkd's request "
-        "cache where present; a sampled (temperature > 0) API teacher may answer differently."
+        f"`{run.manifest.get('recipe_sha256', '?')}`), with every default filled in, and the seed files "
+        "and prompt templates it reads are beside it. It names API keys only by their environment "
+        "variables; credentials and tokens are removed. Run it straight from the Hub:\n\n"
+        f"```bash\npip install {_install_target(run)}\n"
+        f"synthkd run hf://datasets/{REPO_PLACEHOLDER}/{RECIPE_FILE}\n```\n\n"
+        "or, in a clone of this repository, `synthkd run recipe.yaml`. A rerun with the same teacher "
+        "replays synthkd's request cache where present; a sampled (temperature > 0) API teacher may "
+        "answer differently."
     )
+
+
+def _example_section(splits: dict[str, Any]) -> str:
+    """The first row of each split, as JSON with long strings clipped: what a row looks like."""
+    parts = ["## Example record", ""]
+    for name, split in splits.items():
+        if len(split) == 0:
+            parts.append(f"The `{name}` split has no rows.")
+            continue
+        text = json.dumps(_clipped(split[0]), indent=2, ensure_ascii=False, default=str)
+        parts += [f"The first row of `default`/`{name}`:", "", f"```json\n{text}\n```", ""]
+    return "\n".join(parts).strip()
+
+
+def _clipped(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > EXAMPLE_CHARS:
+        return value[:EXAMPLE_CHARS] + f"... ({len(value) - EXAMPLE_CHARS} more characters)"
+    if isinstance(value, dict):
+        return {key: _clipped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clipped(item) for item in value]
+    return value

@@ -14,6 +14,7 @@ from synthkd.errors import MissingExtraError, SynthkdError
 from synthkd.publish.card import write_card
 from synthkd.publish.config import HubConfig
 from synthkd.publish.push import PushResult, push
+from synthkd.publish.recipe_files import FILES_DIR, keep_recipe_files
 from synthkd.publish.report import REPORT_FILE, write_report
 from synthkd.teachers.config import TeacherConfig
 
@@ -35,13 +36,16 @@ def finish_run(
     extra_secrets: list[str],
     warn: Callable[[str], None] = print,
     report: str = "basic",
+    data_files: dict[str, Path] | None = None,
 ) -> tuple[list[Path], PushResult | None]:
     """Write recipe.yaml, README.md and report.html into the run folder, then push if `hub`.
 
     `templates`: the prompt templates' texts as the run used them (file as named -> source; the
     card shows them, the manifest has their hashes). `extra_secrets`: values that must not be
     pushed besides the key variables (see `url_passwords`). `report`: basic, full (with the
-    instruction map) or none (`output.report`).
+    instruction map) or none (`output.report`). `data_files`: the files the steps read (as named ->
+    where found), kept with the templates in the run folder for a push to upload beside the
+    recipe; None leaves those kept earlier (a loop rewriting its card).
 
     The dataset is already safely written: a card or report that fails is a warning, not a failed run.
     A report whose instruction map needs an extra this install lacks (`report: full` without
@@ -50,6 +54,8 @@ def finish_run(
     """
     written = []
     writers = [("dataset card", lambda: write_card(run_dir, templates))]
+    if data_files is not None:  # first: a push (below, or later) uploads them
+        writers.insert(0, ("the recipe's files", lambda: _keep_files(run_dir, data_files, templates)))
     if report != "none":
         writers.append(("report", lambda: _write_report(run_dir, report == "full", warn)))
     for what, writer in writers:
@@ -82,3 +88,8 @@ def _write_report(run_dir: Path, with_map: bool, warn: Callable[[str], None]) ->
             raise
         warn(f"{REPORT_FILE} written without its instruction map: {exc}")
         return write_report(run_dir)
+
+
+def _keep_files(run_dir: Path, data_files: dict[str, Path], templates: dict[str, str]) -> Path:
+    keep_recipe_files(run_dir, data_files, templates)
+    return run_dir / FILES_DIR

@@ -17,6 +17,7 @@ from synthkd.config_base import StrictModel
 from synthkd.curate.embeddings import Encoder
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.errors import RecipeError
+from synthkd.shipped import resolve_path
 from synthkd.teachers.base import ChatRequest, Completion, estimate_prompt_tokens, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import teacher_label
@@ -190,6 +191,9 @@ class Step(StrictModel):
     # Where the step sits in the survey's elicitation taxonomy (Xu et al., 2024): labeling,
     # expansion, curation, feature, feedback or self-knowledge; None for plumbing (load).
     taxonomy: ClassVar[str | None] = None
+    # BibTeX of the method the step implements, cited by the dataset card of a run that used it;
+    # None for a step that is plumbing or synthkd's own.
+    citation: ClassVar[str | None] = None
     # Whether the step handles each row on its own: what it makes of a row depends on that row
     # alone, never on the others or their order. The run's last such steps take the rows a chunk
     # at a time, and each chunk is written as it is done (`synthkd.streaming`).
@@ -203,6 +207,7 @@ class Step(StrictModel):
     _given_teachers: dict[str, Any] | None = PrivateAttr(None)
     _templates: dict[str, PromptTemplate] = PrivateAttr(default_factory=dict)  # by the key naming each
     _template_files: dict[str, str] = PrivateAttr(default_factory=dict)  # key -> the file as named
+    _data_files: dict[str, Path] = PrivateAttr(default_factory=dict)  # file as named -> where found
 
     @property
     def given_teachers(self) -> dict[str, Any] | None:
@@ -263,6 +268,18 @@ class Step(StrictModel):
             sources.update(template.included_sources)
             sources[self._template_files[key]] = template.source
         return sources
+
+    def local_file(self, named: str, ctx: CheckContext) -> Path | None:
+        """The file or folder a key names (recipe folder first, then the shipped ones), remembered
+        as data the recipe needs to rerun (a push uploads it beside the recipe); None if absent."""
+        found = resolve_path(named, ctx.recipe_dir)
+        if found is not None:
+            self._data_files[named] = found
+        return found
+
+    def data_files(self) -> dict[str, Path]:
+        """The data files and folders the step read (found by `local_file`), file as named -> path."""
+        return dict(self._data_files)
 
     def provenance(self) -> dict[str, str]:
         """What made a row: appended to the `provenance` list of every row this step produces."""

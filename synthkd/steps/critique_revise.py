@@ -84,6 +84,15 @@ class CritiqueReviseStep(TeacherStep):
     # Feedback, not self-knowledge: the teacher critiques and corrects answers in the data (the
     # teacher's own, as label wrote them), not a model refining what it wrote itself in training.
     taxonomy: ClassVar[str] = "feedback"
+    citation: ClassVar[str] = """\
+@article{bai2022constitutional,
+  title = {Constitutional AI: Harmlessness from AI Feedback},
+  author = {Bai, Yuntao and Kadavath, Saurav and Kundu, Sandipan and Askell, Amanda and Kernion, Jackson
+    and others},
+  journal = {arXiv preprint arXiv:2212.08073},
+  year = {2022}
+}
+"""
     principles: list[str] = Field(min_length=1, description="what a good response does (the constitution)")
     prompt_column: str = Field("prompt", description="the user's request (as the `label` step writes it)")
     response_column: str = Field("response", description="the response to critique")

@@ -12,7 +12,7 @@ from synthkd.curate.embeddings import Encoder, encoder_modules
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import candidate_paths
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 
 
@@ -28,6 +28,15 @@ class DecontaminateStep(Step):
 
     step: Literal["decontaminate"] = "decontaminate"
     taxonomy: ClassVar[str] = "curation"  # benchmark overlap removed
+    citation: ClassVar[str] = """\
+@inproceedings{brown2020gpt3,
+  title = {Language Models are Few-Shot Learners},
+  author = {Brown, Tom B. and Mann, Benjamin and Ryder, Nick and Subbiah, Melanie and Kaplan, Jared and
+    others},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year = {2020}
+}
+"""
     eval_sets: list[EvalSet] = Field(min_length=1, description="evaluation sets to protect")
     columns: list[str] = Field(
         default_factory=lambda: ["instruction", "response"], description="row texts checked"
@@ -50,7 +59,7 @@ class DecontaminateStep(Step):
             check_installed(needed, "curate", "decontamination by embeddings", ctx.at("embedding_threshold"))
         self._index = NgramIndex(self.ngram, self.min_words)
         for position, eval_set in enumerate(self.eval_sets):
-            source = resolve_path(eval_set.path, ctx.recipe_dir)
+            source = self.local_file(eval_set.path, ctx)
             if source is None:
                 if "/" in eval_set.path and not eval_set.path.endswith(
                     (".jsonl", ".json", ".csv", ".parquet")

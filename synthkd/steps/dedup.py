@@ -31,6 +31,15 @@ class DedupStep(Step):
 
     step: Literal["dedup"] = "dedup"
     taxonomy: ClassVar[str] = "curation"  # duplicates removed
+    citation: ClassVar[str] = """\
+@inproceedings{lee2022deduplicating,
+  title = {Deduplicating Training Data Makes Language Models Better},
+  author = {Lee, Katherine and Ippolito, Daphne and Nystrom, Andrew and Zhang, Chiyuan and Eck, Douglas
+    and Callison-Burch, Chris and Carlini, Nicholas},
+  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics},
+  year = {2022}
+}
+"""
     method: Literal["exact", "minhash", "embedding"] = Field(description="exact | minhash | embedding")
     columns: list[str] = Field(default_factory=lambda: ["instruction"], description="texts compared, joined")
     threshold: float | None = Field(

@@ -22,7 +22,7 @@ from synthkd.cache import ResponseCache
 from synthkd.chunking import check_tokenizer_installed, chunk_text, token_counter
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import candidate_paths
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -34,6 +34,7 @@ from synthkd.steps.base import (
     exact_plan,
 )
 from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.steps.sources import SeedSource
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import EMBEDDED_MODEL
 
@@ -71,7 +72,7 @@ _STOPWORDS = frozenset(
 )
 
 
-class DocQAStep(TeacherStep):
+class DocQAStep(TeacherStep, SeedSource):
     """Chunk documents, ask for grounded QA pairs, keep only the pairs the chunk supports."""
 
     step: Literal["doc_qa"] = "doc_qa"
@@ -98,7 +99,7 @@ class DocQAStep(TeacherStep):
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         check_tokenizer_installed(self.tokenizer, ctx.at("tokenizer"))  # the `local` extra's
-        source = resolve_path(self.documents, ctx.recipe_dir)
+        source = self.local_file(self.documents, ctx)
         if source is None:
             tried = ", ".join(str(p) for p in candidate_paths(self.documents, ctx.recipe_dir))
             raise RecipeError(

@@ -60,6 +60,15 @@ class EvolInstructStep(TeacherStep):
 
     step: Literal["evol_instruct"] = "evol_instruct"
     taxonomy: ClassVar[str] = "expansion"  # instructions rewritten into harder ones
+    citation: ClassVar[str] = """\
+@article{xu2023wizardlm,
+  title = {WizardLM: Empowering Large Language Models to Follow Complex Instructions},
+  author = {Xu, Can and Sun, Qingfeng and Zheng, Kai and Geng, Xiubo and Zhao, Pu and Feng, Jiazhan and
+    Tao, Chongyang and Jiang, Daxin},
+  journal = {arXiv preprint arXiv:2304.12244},
+  year = {2023}
+}
+"""
     rounds: int = Field(3, ge=1, description="rounds of evolution")
     operations: list[str] = Field(
         default_factory=lambda: list(OPERATIONS), description="operations drawn from"

@@ -40,6 +40,16 @@ class JudgeStep(TeacherStep):
 
     step: Literal["judge"] = "judge"
     taxonomy: ClassVar[str] = "feedback"  # the teacher grades the data
+    citation: ClassVar[str] = """\
+@inproceedings{zheng2023judging,
+  title = {Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena},
+  author = {Zheng, Lianmin and Chiang, Wei-Lin and Sheng, Ying and Zhuang, Siyuan and Wu, Zhanghao and
+    Zhuang, Yonghao and Lin, Zi and Li, Zhuohan and Li, Dacheng and Xing, Eric P. and Zhang, Hao and
+    Gonzalez, Joseph E. and Stoica, Ion},
+  booktitle = {Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
+  year = {2023}
+}
+"""
     row_wise: ClassVar[bool] = True
     mode: Literal["pointwise", "pairwise"] = Field(
         "pointwise", description="score one response, or compare two"

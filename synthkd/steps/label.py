@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
@@ -11,7 +13,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.gc_pause import cycle_collection_paused
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import candidate_paths
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -81,7 +83,7 @@ class LabelStep(TeacherStep):
         if self.system and self.systems:
             raise RecipeError("set either system or systems, not both", where=ctx.at("systems"))
         if self.output_schema is not None:
-            self._schema = _load_schema(self.output_schema, ctx)
+            self._schema = _load_schema(self.output_schema, ctx, self.local_file)
             self.load_template_file("json_reask", "prompts/json_reask.jinja", ctx, ctx.at("schema"))
         if self.parser is not None and self.parser not in PARSERS:
             known = ", ".join(sorted(PARSERS)) or "none is registered"
@@ -222,10 +224,12 @@ class LabelStep(TeacherStep):
         return placeholder, plan
 
 
-def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, Any]:
+def _load_schema(
+    value: dict[str, Any] | str, ctx: CheckContext, find: Callable[[str, CheckContext], Path | None]
+) -> dict[str, Any]:
     if isinstance(value, str):
         # Like every recipe path: relative to the recipe's folder (then the shipped files), ~ expanded.
-        path = resolve_path(value, ctx.recipe_dir)
+        path = find(value, ctx)
         if path is None:
             tried = ", ".join(str(p) for p in candidate_paths(value, ctx.recipe_dir))
             raise RecipeError(f"JSON schema file not found (tried {tried})", where=ctx.at("schema"))

@@ -12,13 +12,14 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.data_files import FILE_SUFFIXES, read_rows
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import candidate_paths
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepPlan, StepResult
+from synthkd.steps.sources import SeedSource
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-class LoadStep(Step):
+class LoadStep(Step, SeedSource):
     """Read rows. Self-Instruct's `seed_tasks.jsonl` is recognised and its instances flattened."""
 
     step: Literal["load"] = "load"
@@ -30,7 +31,7 @@ class LoadStep(Step):
     _rows: list[Row] | None = PrivateAttr(None)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        source = resolve_path(self.path, ctx.recipe_dir)
+        source = self.local_file(self.path, ctx)
         if source is None and not (_HUB_ID.match(self.path) and not self.path.endswith(FILE_SUFFIXES)):
             tried = ", ".join(str(p) for p in candidate_paths(self.path, ctx.recipe_dir))
             raise RecipeError(f"file not found: {self.path} (tried {tried})", where=ctx.at("path"))

@@ -65,6 +65,14 @@ class LogitsStep(TeacherStep):
 
     step: Literal["logits"] = "logits"
     taxonomy: ClassVar[str] = "feature"  # the teacher's output distributions
+    citation: ClassVar[str] = """\
+@article{hinton2015distilling,
+  title = {Distilling the Knowledge in a Neural Network},
+  author = {Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+  journal = {arXiv preprint arXiv:1503.02531},
+  year = {2015}
+}
+"""
     row_wise: ClassVar[bool] = True
     top_k: int = Field(20, ge=1, le=100, description="tokens kept per position (the rest is one tail bucket)")
     batch_size: int = Field(4, ge=1, description="conversations scored together")

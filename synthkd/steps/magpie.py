@@ -38,6 +38,15 @@ class MagpieStep(TeacherStep):
 
     step: Literal["magpie"] = "magpie"
     taxonomy: ClassVar[str] = "curation"  # instructions drawn from the model itself, no seeds
+    citation: ClassVar[str] = """\
+@article{xu2024magpie,
+  title = {Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},
+  author = {Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and
+    Choi, Yejin and Lin, Bill Yuchen},
+  journal = {arXiv preprint arXiv:2406.08464},
+  year = {2024}
+}
+"""
     num_rows: int = Field(100, ge=1, description="instructions to sample (before dropping)")
     system: str | None = Field(None, description="system prompt placed in the prefix to steer the domain")
     respond: bool = Field(True, description="also have the teacher answer each instruction")

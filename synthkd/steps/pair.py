@@ -20,6 +20,14 @@ class PairStep(Step):
 
     step: Literal["pair"] = "pair"
     taxonomy: ClassVar[str] = "feedback"  # the teacher's answer is set against the student's
+    citation: ClassVar[str] = """\
+@inproceedings{chen2024spin,
+  title = {Self-Play Fine-Tuning Converts Weak Language Models to Strong Language Models},
+  author = {Chen, Zixiang and Deng, Yihe and Yuan, Huizhuo and Ji, Kaixuan and Gu, Quanquan},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+  year = {2024}
+}
+"""
     row_wise: ClassVar[bool] = True
     chosen_column: str = Field("response", description="the preferred answer (e.g. the teacher's)")
     rejected_column: str = Field("student_response", description="the other (e.g. the student's own)")

@@ -38,6 +38,15 @@ class PreferenceStep(TeacherStep):
 
     step: Literal["preference"] = "preference"
     taxonomy: ClassVar[str] = "feedback"  # the teacher ranks candidates into preference pairs
+    citation: ClassVar[str] = """\
+@article{cui2023ultrafeedback,
+  title = {UltraFeedback: Boosting Language Models with High-quality Feedback},
+  author = {Cui, Ganqu and Yuan, Lifan and Ding, Ning and Yao, Guanming and Zhu, Wei and Ni, Yuan and
+    Xie, Guotong and Liu, Zhiyuan and Sun, Maosong},
+  journal = {arXiv preprint arXiv:2310.01377},
+  year = {2023}
+}
+"""
     n: int = Field(4, ge=1, description="answers sampled per prompt from the teacher")
     candidate_columns: list[str] = Field(
         default_factory=list, description="existing answers that also compete"

@@ -39,6 +39,16 @@ class RationaleStep(TeacherStep):
 
     step: Literal["rationale"] = "rationale"
     taxonomy: ClassVar[str] = "labeling"  # chain-of-thought labels (distilling step-by-step, Orca)
+    citation: ClassVar[str] = """\
+@inproceedings{hsieh2023distilling,
+  title = {Distilling Step-by-Step! Outperforming Larger Language Models with Less Training Data and
+    Smaller Model Sizes},
+  author = {Hsieh, Cheng-Yu and Li, Chun-Liang and Yeh, Chih-Kuan and Nakhost, Hootan and Fujii,
+    Yasuhisa and Ratner, Alexander and Krishna, Ranjay and Lee, Chen-Yu and Pfister, Tomas},
+  booktitle = {Findings of the Association for Computational Linguistics: ACL 2023},
+  year = {2023}
+}
+"""
     prompt: str = Field(
         "prompts/rationale/answer.jinja", description="asks for reasoning, then 'Final answer:'"
     )

@@ -76,6 +76,15 @@ class SelfInstructStep(TeacherStep):
 
     step: Literal["self_instruct"] = "self_instruct"
     taxonomy: ClassVar[str] = "expansion"  # new instructions grown from seed demonstrations
+    citation: ClassVar[str] = """\
+@inproceedings{wang2023selfinstruct,
+  title = {Self-Instruct: Aligning Language Models with Self-Generated Instructions},
+  author = {Wang, Yizhong and Kordi, Yeganeh and Mishra, Swaroop and Liu, Alisa and Smith, Noah A. and
+    Khashabi, Daniel and Hajishirzi, Hannaneh},
+  booktitle = {Proceedings of the 61st Annual Meeting of the Association for Computational Linguistics},
+  year = {2023}
+}
+"""
     num_instructions: int = Field(100, ge=1, description="new tasks to keep")
     seed_examples: int = Field(6, ge=0, description="seed tasks shown per request (paper: 6)")
     generated_examples: int = Field(2, ge=0, description="generated tasks shown per request (paper: 2)")
