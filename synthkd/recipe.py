@@ -18,6 +18,7 @@ from synthkd.experiment.config import ExperimentConfig
 from synthkd.loop.config import LoopConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
+from synthkd.publish.hub_recipe import download_recipe, is_hub_recipe
 from synthkd.shipped import resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep, Step, add_step_class
 from synthkd.steps.parsing import register_parser
@@ -202,7 +203,10 @@ def recipe_teachers(recipe: Recipe, *, training: bool = True) -> list[TeacherUse
 
 
 def find_recipe(path: str | Path) -> Path:
-    """A recipe path as given, else one of the shipped recipes (`recipes/quickstart.yaml`)."""
+    """A recipe path as given, a recipe on the Hub (`hf://datasets/<repo>/recipe.yaml`, downloaded
+    with the files beside it), else one of the shipped recipes (`recipes/quickstart.yaml`)."""
+    if is_hub_recipe(path):
+        return download_recipe(str(path))
     found = resolve_path(path, Path.cwd())
     if found is None or not found.is_file():
         raise RecipeError("recipe file not found", where=str(path))

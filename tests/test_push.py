@@ -15,6 +15,7 @@ from publish_run import (
     CANARY_KEY,
     CANARY_PASSWORD,
     KEY_VARIABLE,
+    SCRIPT,
     make_run,
     plant_url_credentials,
 )
@@ -177,3 +178,97 @@ def test_an_unreachable_hub_is_an_error_not_a_traceback(run_dir: Path, monkeypat
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     assert main(["push", str(run_dir), "me/data"]) == 1
     assert "push to http://127.0.0.1" in capsys.readouterr().err
+
+
+EXISTING_CARD = """---
+pretty_name: Our tidy dataset
+license: mit
+annotations_creators: [machine-generated]
+tags: [ours]
+configs:
+- config_name: extra
+  data_files:
+  - split: train
+    path: data/extra-*
+---
+
+# Old prose about an older version
+"""
+
+
+def test_push_merges_into_the_metadata_of_an_existing_card(planted: Path, hub: FakeHub):
+    hub.repos["datasets/me/kd-data"] = {
+        "private": False,
+        "files": {"README.md": EXISTING_CARD.encode(), "data/extra-00000.parquet": b"theirs"},
+    }
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 0
+    files = hub.repos["datasets/me/kd-data"]["files"]
+    card = DatasetCard(files["README.md"].decode())  # read back from the Hub
+    metadata = card.data.to_dict()
+    assert metadata["pretty_name"] == "Our tidy dataset"  # the author's name for it stays
+    assert metadata["annotations_creators"] == ["machine-generated"]  # a key the run does not set
+    assert metadata["license"] == "apache-2.0"  # the run's own keys win
+    assert metadata["tags"][0] == "ours" and "synthkd" in metadata["tags"]
+    assert [c["config_name"] for c in metadata["configs"]] == ["extra", "default"]
+    assert metadata["dataset_info"]["splits"][0]["num_examples"] == 8
+    assert validate_metadata(metadata) == []
+    assert "Old prose" not in card.text and "## Funnel" in card.text  # the prose is the run's
+    assert files["data/extra-00000.parquet"] == b"theirs"  # the kept config's data is not deleted
+
+
+def test_a_run_without_a_license_is_not_pushed(planted: Path, tmp_path: Path, capsys):
+    manifest = json.loads((planted / "manifest.json").read_text())
+    del manifest["recipe"]["output"]["license"]
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    folder = tmp_path / "upload"
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "no output.license" in err and "--license" in err and not folder.exists()
+    # The license given to the push goes into the card and the recipe.
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder), "--license", "cc-by-4.0"]) == 0
+    assert DatasetCard.load(folder / "README.md").data.license == "cc-by-4.0"
+    assert "`cc-by-4.0`" in (folder / "README.md").read_text()  # the prose says so too
+    assert yaml.safe_load((folder / "recipe.yaml").read_text())["output"]["license"] == "cc-by-4.0"
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder), "--license", "apache2"]) == 2
+
+
+def test_dry_run_without_a_folder_writes_into_the_run_folder(planted: Path, monkeypatch, capsys):
+    monkeypatch.setenv(KEY_VARIABLE, CANARY_KEY)
+    assert main(["push", str(planted), "me/kd-data", "--dry-run"]) == 0
+    folder = planted / "push-dry-run"
+    assert f"dry run: {folder} holds" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == UPLOADED
+    assert "hf://datasets/me/kd-data/recipe.yaml" in (folder / "README.md").read_text()
+
+
+def test_a_pushed_recipe_reruns_from_the_hub(planted: Path, tmp_path: Path, hub: FakeHub, monkeypatch):
+    """`synthkd run hf://datasets/<repo>/recipe.yaml`: the recipe, its seeds, evaluation set and
+    templates come from the (fake) Hub, the answers from a fresh fake teacher, and the rows are the
+    same as the pushed run's."""
+    from helpers import read_jsonl
+
+    from synthkd.testing.fake_openai import FakeOpenAIServer
+
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 0
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("SYNTHKD_CACHE_DIR", str(tmp_path / "fresh-cache"))  # nothing replayed
+    monkeypatch.chdir(tmp_path)  # no seeds.jsonl here: they must come from the Hub
+    with FakeOpenAIServer(script=SCRIPT) as server:
+        teacher_urls = [
+            f"{key}.base_url={server.base_url}" for key in ("teacher", "steps.1.teacher", "steps.4.teacher")
+        ]
+        args = ["run", "hf://datasets/me/kd-data/recipe.yaml", "--output", str(tmp_path / "again")]
+        assert main([*args, *(f"--set={url}" for url in teacher_urls)]) == 0
+        assert server.stats()["requests"] > 0
+    fields = ("id", "instruction", "response", "score")
+    again = [{k: row[k] for k in fields} for row in read_jsonl(tmp_path / "again" / "data.jsonl")]
+    before = [{k: row[k] for k in fields} for row in read_jsonl(planted / "data.jsonl")]
+    assert again == before and len(again) == 8
+    assert not any(path.startswith("data/") for _, path, _ in hub.requests if "/resolve/" in path)
+
+
+def test_a_bad_hub_recipe_address_is_one_clear_error(hub: FakeHub, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert main(["validate", "hf://datasets/me/missing/recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "hf://datasets/me/missing/recipe.yaml" in err and "HTTP 404" in err and "Traceback" not in err

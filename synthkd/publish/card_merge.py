@@ -1,8 +1,9 @@
 """Merge a run's card into the card a Hub repository already has, as `synthkd push` does.
 
-The metadata is merged, the prose replaced: a repository's own keys (`pretty_name` its author
-chose, `annotations_creators`, a `configs` entry for other files) stay; every key the run sets wins,
-since it describes the data this push uploads. Three keys are merged deeper: `configs` and
+The metadata is merged, the prose replaced: a repository's own keys (`annotations_creators`, a
+`configs` entry for other files) stay; every key the run sets wins, since it describes the data
+this push uploads, except `pretty_name`, where the run only offers its recipe's name and a name
+the repository's author chose stays. Three keys are merged deeper: `configs` and
 `dataset_info` by config name (the run's `default` replaces the old one, other configs stay) and
 `tags` (the union, the repository's first). The prose below the metadata describes the pushed data,
 so the run's replaces the old one.
@@ -13,11 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 BY_CONFIG_NAME = ("configs", "dataset_info")
+OFFERED = ("pretty_name",)  # the run's value only where the repository has none
 
 
 def merge_metadata(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     """`existing` with `ours` over it (see the module's docstring); neither is changed."""
     merged = {**existing, **ours}
+    for key in OFFERED:
+        if existing.get(key):
+            merged[key] = existing[key]
     for key in BY_CONFIG_NAME:
         if key in existing and key in ours:
             merged[key] = _by_config_name(existing[key], ours[key])
