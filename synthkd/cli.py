@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="check a recipe's keys, files and templates; send nothing"
     )
     _recipe_arguments(validate)
+    validate.add_argument(
+        "--allow-missing-key",
+        action="store_true",
+        help="a teacher's API key variable may be unset here (only a warning): the run will have it",
+    )
     validate.set_defaults(handler=_validate)
 
     _publish_parsers(commands)
@@ -139,6 +144,8 @@ def _validate(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe, args.overrides)
     flow = check(loaded)
+    if not args.allow_missing_key:
+        _check_keys(loaded)
     try:
         preflight(loaded, network=False)
     except MissingExtraError:
@@ -150,6 +157,21 @@ def _validate(args: argparse.Namespace) -> int:
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
     console.print(f"[green]ok[/] {loaded.path}: {len(loaded.recipe.steps)} steps valid", highlight=False)
     return 0
+
+
+def _check_keys(loaded: LoadedRecipe) -> None:
+    """Every API teacher's key variable is set, as `synthkd run` will need it (each teacher's,
+    not only the first's: another environment problem, a GPU missing, is only a warning here)."""
+    from synthkd.errors import RecipeError
+    from synthkd.pipeline import teacher_where
+    from synthkd.preflight import MissingKeyError, check_key
+    from synthkd.recipe import recipe_teachers
+
+    for use in recipe_teachers(loaded.recipe):
+        try:
+            check_key(use.config, lambda key, u=use: teacher_where(loaded, u.key, key))
+        except MissingKeyError as exc:
+            raise RecipeError(f"{exc}; to validate the recipe without it, add --allow-missing-key") from None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -108,17 +108,21 @@ def test_malformed_data_line(recipe_dir, capsys, listening_port):
     assert "seeds.jsonl:2: invalid JSON" in out
 
 
-def test_missing_api_key_variable_stops_run_but_only_warns_in_validate(
-    recipe_dir, capsys, listening_port, monkeypatch
-):
+def test_missing_api_key_variable_stops_run_and_validate(recipe_dir, capsys, listening_port, monkeypatch):
     monkeypatch.delenv("SYNTHKD_TEST_KEY")
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    expected = "recipe.yaml:5: teacher.api_key_env: environment variable SYNTHKD_TEST_KEY is not set"
     code, out = run_cli(["run", str(path)], capsys)
     assert code == 2
-    assert "recipe.yaml:5: teacher.api_key_env: environment variable SYNTHKD_TEST_KEY is not set" in out
+    assert expected in out
     assert not (recipe_dir / "out").exists()
     code, out = run_cli(["validate", str(path)], capsys)
-    assert code == 0 and "warning" in out and "SYNTHKD_TEST_KEY" in out
+    assert code == 2
+    assert expected in out and "to validate the recipe without it, add --allow-missing-key" in out
+    assert "steps valid" not in out
+    # Told the key will be there when it runs, validate checks the rest and only warns.
+    code, out = run_cli(["validate", str(path), "--allow-missing-key"], capsys)
+    assert code == 0 and f"warning: {path.parent}/{expected}" in out and "3 steps valid" in out
 
 
 def test_unreachable_base_url(recipe_dir, capsys):
@@ -266,9 +270,10 @@ def test_judge_teacher_params_are_checked(recipe_dir, capsys, listening_port):
     assert "recipe.yaml:14: steps.1.judge_teacher.params.stream: cannot be a teacher param" in out
 
 
-def test_judge_teacher_environment_is_preflighted(recipe_dir, capsys, listening_port):
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_judge_teacher_environment_is_preflighted(recipe_dir, capsys, listening_port, command):
     step = "step: preference\n    judge_teacher: {model: judge, api_key_env: SYNTHKD_NO_SUCH_KEY}"
-    code, out = run_cli(["run", str(one_step(recipe_dir, listening_port, step))], capsys)
+    code, out = run_cli([command, str(one_step(recipe_dir, listening_port, step))], capsys)
     assert code == 2
     expected = "steps.1.judge_teacher.api_key_env: environment variable SYNTHKD_NO_SUCH_KEY is not set"
     assert f"recipe.yaml:14: {expected}" in out
