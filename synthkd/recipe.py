@@ -18,7 +18,7 @@ from synthkd.experiment.config import ExperimentConfig
 from synthkd.loop.config import LoopConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
-from synthkd.shipped import resolve_path
+from synthkd.shipped import not_found, resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep, Step, add_step_class
 from synthkd.steps.parsing import register_parser
 from synthkd.teachers.config import TeacherConfig, default_teacher
@@ -197,7 +197,7 @@ def find_recipe(path: str | Path) -> Path:
     """A recipe path as given, else one of the shipped recipes (`recipes/quickstart.yaml`)."""
     found = resolve_path(path, Path.cwd())
     if found is None or not found.is_file():
-        raise RecipeError("recipe file not found", where=str(path))
+        raise RecipeError(not_found("recipe file", path, None))
     return found.resolve() if Path(path).exists() else found
 
 

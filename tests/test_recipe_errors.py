@@ -84,6 +84,65 @@ def test_missing_data_file(recipe_dir, capsys, listening_port):
     assert "recipe.yaml:9: steps.0.path: file not found: nope.jsonl" in out
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("seed.jsonl", "seeds.jsonl"),  # a letter short
+        ("seeds.json", "seeds.jsonl"),  # the suffix
+        ("dta/more_seeds.jsonl", "data/more_seeds.jsonl"),  # a folder
+        ("data/mor_seeds.jsonl", "data/more_seeds.jsonl"),  # a file in a subfolder
+    ],
+)
+def test_a_missing_file_suggests_the_close_names_in_its_folder(
+    recipe_dir, capsys, listening_port, written, meant
+):
+    (recipe_dir / "data").mkdir()
+    write_jsonl(recipe_dir / "data" / "more_seeds.jsonl", [{"instruction": "Say hi."}])
+    write_jsonl(recipe_dir / "data" / "other.jsonl", [{"instruction": "Say hi."}])
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja").replace("seeds.jsonl", written)
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert f"recipe.yaml:9: steps.0.path: file not found: {written}; did you mean {meant}?" in out
+    # What it suggests is written as the recipe would write it: it validates.
+    code, out = run_cli(["validate", str(write(recipe_dir, text.replace(written, meant)))], capsys)
+    assert code == 0, out
+
+
+def test_a_missing_file_with_no_close_name_says_where_it_was_looked_for(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="x").replace("seeds.jsonl", "questions.jsonl")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    expected = (
+        f"steps.0.path: file not found: questions.jsonl (looked in the recipe's folder ({recipe_dir}) "
+        "and synthkd's shipped prompts and recipes)"
+    )
+    assert expected in out and "did you mean" not in out
+
+
+def test_a_mistyped_template_suggests_the_recipe_folders_and_the_shipped_ones(
+    recipe_dir, capsys, listening_port
+):
+    code, out = run_cli(
+        ["validate", str(write(recipe_dir, GOOD.format(port=listening_port, prompt="ask.jnja")))], capsys
+    )
+    assert code == 2
+    assert "recipe.yaml:11: steps.1.prompt: template not found: ask.jnja; did you mean ask.jinja?" in out
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/labl.jinja"))  # a shipped one
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "template not found: prompts/labl.jinja; did you mean prompts/label.jinja?" in out
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("recipes/quikstart.yaml", "recipes/quickstart.yaml"), ("quickstrt.yaml", "quickstart.yaml")],
+)
+def test_a_mistyped_recipe_path_suggests_the_shipped_recipe(capsys, written, meant):
+    code, out = run_cli(["validate", written], capsys)
+    assert code == 2
+    assert f"error: recipe file not found: {written}; did you mean {meant}?" in out
+
+
 def test_missing_template_file(recipe_dir, capsys, listening_port):
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="missing.jinja"))
     code, out = run_cli(["validate", str(path)], capsys)
@@ -314,7 +373,8 @@ def test_label_schema_path_resolves_like_every_recipe_path(recipe_dir, capsys, l
     path = one_step(recipe_dir, listening_port, "step: label\n    schema: missing.json")
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
-    assert f"steps.1.schema: JSON schema file not found (tried {recipe_dir / 'missing.json'}" in out
+    expected = f"JSON schema file not found: missing.json (looked in the recipe's folder ({recipe_dir})"
+    assert f"steps.1.schema: {expected}" in out
 
 
 @pytest.mark.parametrize(

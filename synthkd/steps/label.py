@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.gc_pause import cycle_collection_paused
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import not_found, resolve_path
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -227,8 +227,7 @@ def _load_schema(value: dict[str, Any] | str, ctx: CheckContext) -> dict[str, An
         # Like every recipe path: relative to the recipe's folder (then the shipped files), ~ expanded.
         path = resolve_path(value, ctx.recipe_dir)
         if path is None:
-            tried = ", ".join(str(p) for p in candidate_paths(value, ctx.recipe_dir))
-            raise RecipeError(f"JSON schema file not found (tried {tried})", where=ctx.at("schema"))
+            raise RecipeError(not_found("JSON schema file", value, ctx.recipe_dir), where=ctx.at("schema"))
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.data_files import FILE_SUFFIXES, read_rows
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths, resolve_path
+from synthkd.shipped import not_found, resolve_path
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepPlan, StepResult
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -32,8 +32,7 @@ class LoadStep(Step):
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         source = resolve_path(self.path, ctx.recipe_dir)
         if source is None and not (_HUB_ID.match(self.path) and not self.path.endswith(FILE_SUFFIXES)):
-            tried = ", ".join(str(p) for p in candidate_paths(self.path, ctx.recipe_dir))
-            raise RecipeError(f"file not found: {self.path} (tried {tried})", where=ctx.at("path"))
+            raise RecipeError(not_found("file", self.path, ctx.recipe_dir), where=ctx.at("path"))
         if source is None:
             return None  # a Hub dataset: its columns are known only once it is downloaded
         rows = read_rows(source, self.split)
