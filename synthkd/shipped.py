@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Iterable
 from pathlib import Path
+
+from synthkd.spelling import close_names
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -66,9 +66,6 @@ def not_found(what: str, relative: str | Path, base_dir: Path | None) -> str:
     return f"{what} not found: {relative} (looked in {where} and synthkd's shipped prompts and recipes)"
 
 
-MAX_SUGGESTIONS = 3
-
-
 def close_paths(relative: str | Path, base_dir: Path | None) -> list[str]:
     """Existing paths spelled like `relative`, written as it is (so they resolve the same way):
     each missing folder replaced by the closest name in its parent, the file by the closest names
@@ -113,16 +110,6 @@ def _corrected(base: Path, parts: tuple[str, ...], same_suffix: bool) -> list[st
             entries = [name for name in entries if Path(name).suffix == Path(part).suffix]
         return ["/".join([*written, match]) for match in close_names(part, entries)]
     return ["/".join(written)] if changed else []  # a folder corrected, or nothing missing
-
-
-def close_names(word: str, names: Iterable[str], cutoff: float = 0.7) -> list[str]:
-    """The names spelled most like `word` (a typo of it), best first: at most three, and only
-    those about as close as the best."""
-    matches = difflib.get_close_matches(word, list(names), n=MAX_SUGGESTIONS, cutoff=cutoff)
-    if not matches:
-        return []
-    best = difflib.SequenceMatcher(None, word, matches[0]).ratio()
-    return [name for name in matches if difflib.SequenceMatcher(None, word, name).ratio() >= best - 0.1]
 
 
 SUMMARY_CHARS = 110  # a recipe's line in `synthkd recipes`

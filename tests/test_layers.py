@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.gc_pause",
             "synthkd.config_base",
             "synthkd.text",
+            "synthkd.spelling",
             "synthkd.shipped",
             "synthkd.yaml_source",
             "synthkd.templates",

@@ -277,10 +277,58 @@ def test_unsupported_local_param(recipe_dir, capsys):
     )
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
-    assert (
-        "recipe.yaml:5: teacher.params.frequency_penalty: frequency_penalty not supported by the transformers"
-        in out
+    assert "recipe.yaml:5: teacher.params.frequency_penalty: frequency_penalty (did you mean" in out
+    assert "not supported by the transformers backend; valid: max_new_tokens, max_tokens," in out
+
+
+OPENAI_AT_OPENAI = GOOD.replace("  base_url: http://127.0.0.1:{port}/v1\n", "")  # api.openai.com: closed
+
+
+@pytest.mark.parametrize(
+    ("recipe", "backend", "extra"),
+    [
+        (OPENAI_AT_OPENAI, "openai", []),  # OpenAI's own endpoint: its documented params only
+        (GOOD, "openai", []),  # another OpenAI-compatible server: typos of known params
+        (GOOD, "litellm", ["--set", "teacher.backend=litellm"]),
+        (GOOD, "transformers", ["--set", "teacher.backend=transformers", "--set", "teacher.model=embedded"]),
+    ],
+)
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("temprature", "temperature"), ("max_token", "max_tokens"), ("top-p", "top_p")],
+)
+def test_a_mistyped_teacher_param_is_refused_with_the_name_it_resembles(
+    recipe_dir, capsys, listening_port, recipe, backend, extra, typo, meant
+):
+    path = write(recipe_dir, recipe.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), *extra, "--set", f"teacher.params.{typo}=1"], capsys)
+    assert code == 2, out
+    assert f"--set teacher.params.{typo}: teacher.params.{typo}: {typo} (did you mean {meant}?)" in out
+    assert f"the {backend} backend" in out
+    # Written in the recipe (here a step's own teacher), it is refused at its line, in run too.
+    text = path.read_text().replace(
+        "    prompt: prompts/label.jinja\n",
+        f"    prompt: prompts/label.jinja\n    teacher: {{params: {{{typo}: 1}}}}\n",
     )
+    line = text.splitlines().index(f"    teacher: {{params: {{{typo}: 1}}}}") + 1
+    code, out = run_cli(["run", str(write(recipe_dir, text)), *extra], capsys)
+    assert code == 2, out
+    assert f"recipe.yaml:{line}: steps.1.teacher.params.{typo}: {typo} (did you mean {meant}?)" in out
+    assert not (recipe_dir / "out").exists()
+
+
+def test_openais_endpoint_refuses_any_other_param_and_a_server_takes_its_own(recipe_dir, capsys):
+    path = write(recipe_dir, OPENAI_AT_OPENAI.format(prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), "--set", "teacher.params.guided_json={}"], capsys)
+    assert code == 2
+    assert "teacher.params.guided_json: guided_json not supported by the openai backend; valid: audio," in out
+    # vLLM's own params go to a vLLM server as they are; a typo of one of them does not.
+    server = ["--set", "teacher.base_url=http://127.0.0.1:8000/v1"]
+    for param in ("guided_json={}", "min_tokens=2", "top_k=5", "some_new_param=1"):
+        code, out = run_cli(["validate", str(path), *server, "--set", f"teacher.params.{param}"], capsys)
+        assert code == 0, out
+    code, out = run_cli(["validate", str(path), *server, "--set", "teacher.params.guided_jsn={}"], capsys)
+    assert code == 2 and "guided_jsn (did you mean guided_json?)" in out
 
 
 def test_n_in_teacher_params_points_to_the_step_key(recipe_dir, capsys, listening_port):
