@@ -90,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     recipes = commands.add_parser("recipes", help="list the shipped recipes, a line each")
     recipes.set_defaults(handler=_recipes)
 
+    init = commands.add_parser(
+        "init", help="copy a recipe and the files it names (seeds, templates) into a folder of your own"
+    )
+    init.add_argument(
+        "recipe", help="a shipped recipe as `synthkd recipes` lists it (e.g. quickstart), or a file"
+    )
+    init.add_argument(
+        "dest",
+        nargs="?",
+        metavar="DEST",
+        help="a folder (default ./<recipe name>), or the new recipe's .yaml path; nothing is overwritten",
+    )
+    init.set_defaults(handler=_init)
+
     validate = commands.add_parser(
         "validate", help="check a recipe's keys, files and templates; send nothing"
     )
@@ -123,6 +137,28 @@ def _recipes(args: argparse.Namespace) -> int:
     for path, summary in found:
         print(f"{path:<{width}}  {summary}")
     return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    """The copy, then the commands that check and run it."""
+    from synthkd.recipe_copy import copy_recipe
+
+    copied = copy_recipe(args.recipe, args.dest)
+    shown = _as_typed(copied.recipe)
+    console.print(f"wrote {shown}", highlight=False, markup=False)
+    for _, target in copied.files:
+        console.print(f"  {_as_typed(target)}", highlight=False, markup=False)
+    console.print(
+        f"next: synthkd validate {shown}, then synthkd run {shown} (edit it first: it is yours)",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def _as_typed(path: Path) -> str:
+    """A path as a user would type it: relative to the working directory where it is below it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:

@@ -70,6 +70,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "synthkd.pipeline",
             "synthkd.dry_run",
+            "synthkd.recipe_copy",
             "synthkd.training",
             "synthkd.engines",
             "synthkd.experiment",
