@@ -90,10 +90,29 @@ def _parser() -> argparse.ArgumentParser:
     recipes = commands.add_parser("recipes", help="list the shipped recipes, a line each")
     recipes.set_defaults(handler=_recipes)
 
+    init = commands.add_parser(
+        "init", help="copy a recipe and the files it names (seeds, templates) into a folder of your own"
+    )
+    init.add_argument(
+        "recipe", help="a shipped recipe as `synthkd recipes` lists it (e.g. quickstart), or a file"
+    )
+    init.add_argument(
+        "dest",
+        nargs="?",
+        metavar="DEST",
+        help="a folder (default ./<recipe name>), or the new recipe's .yaml path; nothing is overwritten",
+    )
+    init.set_defaults(handler=_init)
+
     validate = commands.add_parser(
         "validate", help="check a recipe's keys, files and templates; send nothing"
     )
     _recipe_arguments(validate)
+    validate.add_argument(
+        "--allow-missing-key",
+        action="store_true",
+        help="a teacher's API key variable may be unset here (only a warning): the run will have it",
+    )
     validate.set_defaults(handler=_validate)
 
     _publish_parsers(commands)
@@ -120,6 +139,28 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    """The copy, then the commands that check and run it."""
+    from synthkd.recipe_copy import copy_recipe
+
+    copied = copy_recipe(args.recipe, args.dest)
+    shown = _as_typed(copied.recipe)
+    console.print(f"wrote {shown}", highlight=False, markup=False)
+    for _, target in copied.files:
+        console.print(f"  {_as_typed(target)}", highlight=False, markup=False)
+    console.print(
+        f"next: synthkd validate {shown}, then synthkd run {shown} (edit it first: it is yours)",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def _as_typed(path: Path) -> str:
+    """A path as a user would type it: relative to the working directory where it is below it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML file (or a shipped one, e.g. recipes/quickstart.yaml)")
     parser.add_argument(
@@ -139,6 +180,8 @@ def _validate(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe, args.overrides)
     flow = check(loaded)
+    if not args.allow_missing_key:
+        _check_keys(loaded)
     try:
         preflight(loaded, network=False)
     except MissingExtraError:
@@ -159,6 +202,21 @@ def _validate(args: argparse.Namespace) -> int:
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
     console.print(f"[green]ok[/] {loaded.path}: {len(loaded.recipe.steps)} steps valid", highlight=False)
     return 0
+
+
+def _check_keys(loaded: LoadedRecipe) -> None:
+    """Every API teacher's key variable is set, as `synthkd run` will need it (each teacher's,
+    not only the first's: another environment problem, a GPU missing, is only a warning here)."""
+    from synthkd.errors import RecipeError
+    from synthkd.pipeline import teacher_where
+    from synthkd.preflight import MissingKeyError, check_key
+    from synthkd.recipe import recipe_teachers
+
+    for use in recipe_teachers(loaded.recipe):
+        try:
+            check_key(use.config, lambda key, u=use: teacher_where(loaded, u.key, key))
+        except MissingKeyError as exc:
+            raise RecipeError(f"{exc}; to validate the recipe without it, add --allow-missing-key") from None
 
 
 def _run(args: argparse.Namespace) -> int:

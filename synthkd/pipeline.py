@@ -76,7 +76,7 @@ def _check_params(teacher: TeacherConfig, where: Callable[..., str]) -> None:
     for name, hint in RESERVED_PARAMS.items():
         if name in teacher.params:
             raise RecipeError(f"cannot be a teacher param: {hint}", where=where(name))
-    backend_spec(teacher.backend).check_params(teacher.params, where)
+    backend_spec(teacher.backend).check_params(teacher, where)
 
 
 def preflight(

@@ -29,15 +29,31 @@ def check_teacher_environment(teacher: TeacherConfig, where: Callable[[str], str
         )
     if spec.capabilities.local:
         return
-    if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
-        raise RecipeError(
-            f"environment variable {teacher.api_key_env} is not set; export it, or set "
-            f"teacher.api_key_env to the variable that holds the key (null for a server that needs none)",
-            where=where("api_key_env"),
-        )
+    check_key(teacher, where)
     url = teacher.base_url or spec.default_base_url
     if network and url:
         check_reachable(url, where("base_url") if teacher.base_url else where("model"))
+
+
+class MissingKeyError(RecipeError):
+    """An API teacher's key variable is not set: the run could not send a request. `synthkd run`
+    stops on it; `synthkd validate` too, unless told the key will be there (`--allow-missing-key`)."""
+
+    def __init__(self, variable: str, *, where: str) -> None:
+        self.variable = variable
+        super().__init__(
+            f"environment variable {variable} is not set; export it, or set teacher.api_key_env to the "
+            "variable that holds the key (null for a server that needs none)",
+            where=where,
+        )
+
+
+def check_key(teacher: TeacherConfig, where: Callable[[str], str]) -> None:
+    """Raise MissingKeyError if an API teacher names a key variable that is not set."""
+    if backend_spec(teacher.backend).capabilities.local:
+        return
+    if teacher.api_key_env and not os.environ.get(teacher.api_key_env):
+        raise MissingKeyError(teacher.api_key_env, where=where("api_key_env"))
 
 
 def _has_gpu() -> bool:

@@ -19,7 +19,7 @@ from synthkd.loop.config import LoopConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.publish.hub_recipe import download_recipe, is_hub_recipe
-from synthkd.shipped import resolve_path
+from synthkd.shipped import not_found, resolve_path
 from synthkd.steps import STEP_TYPES, AnyStep, Step, add_step_class
 from synthkd.steps.parsing import register_parser
 from synthkd.teachers.config import TeacherConfig, default_teacher
@@ -209,7 +209,7 @@ def find_recipe(path: str | Path) -> Path:
         return download_recipe(str(path))
     found = resolve_path(path, Path.cwd())
     if found is None or not found.is_file():
-        raise RecipeError("recipe file not found", where=str(path))
+        raise RecipeError(not_found("recipe file", path, None))
     return found.resolve() if Path(path).exists() else found
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from synthkd.spelling import close_names
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -26,15 +29,19 @@ def candidate_paths(relative: str | Path, base_dir: Path | None) -> list[Path]:
     path = Path(relative).expanduser()
     if path.is_absolute():
         return [path]
-    root = shipped_root()
-    bases = [base_dir] if base_dir is not None else [Path.cwd()]
-    bases += [root, root / "prompts", root / "recipes"]
     seen: list[Path] = []
-    for base in bases:
+    for base in search_folders(base_dir):
         candidate = base / path
         if candidate not in seen:
             seen.append(candidate)
     return seen
+
+
+def search_folders(base_dir: Path | None) -> list[Path]:
+    """Where a relative recipe path is looked for, in order: the recipe's folder (the working
+    directory for a recipe path itself), the shipped root, its `prompts/` and `recipes/`."""
+    root = shipped_root()
+    return [base_dir if base_dir is not None else Path.cwd(), root, root / "prompts", root / "recipes"]
 
 
 def resolve_path(relative: str | Path, base_dir: Path | None) -> Path | None:
@@ -43,6 +50,66 @@ def resolve_path(relative: str | Path, base_dir: Path | None) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def not_found(what: str, relative: str | Path, base_dir: Path | None) -> str:
+    """The message for a recipe path that resolves nowhere: the close names in the folder it was
+    looked for in ("did you mean quickstart/seed_tasks.jsonl?"), else where it was looked for."""
+    close = close_paths(relative, base_dir)
+    if close:
+        return f"{what} not found: {relative}; did you mean {' or '.join(close)}?"
+    if Path(relative).expanduser().is_absolute():
+        return f"{what} not found: {relative}"
+    where = (
+        f"the working directory ({Path.cwd()})" if base_dir is None else f"the recipe's folder ({base_dir})"
+    )
+    return f"{what} not found: {relative} (looked in {where} and synthkd's shipped prompts and recipes)"
+
+
+def close_paths(relative: str | Path, base_dir: Path | None) -> list[str]:
+    """Existing paths spelled like `relative`, written as it is (so they resolve the same way):
+    each missing folder replaced by the closest name in its parent, the file by the closest names
+    in its folder, from the first place `candidate_paths` looks in that has any (a file with the
+    same suffix is looked for everywhere before any other)."""
+    text = str(relative)
+    if text.startswith("~"):  # keep the user's ~ rather than the expanded home folder
+        prefix, rest, bases = "~/", Path(text[1:].lstrip("/")), [Path.home()]
+    elif Path(text).is_absolute():
+        path = Path(text)
+        prefix, rest, bases = path.anchor, path.relative_to(path.anchor), [Path(path.anchor)]
+    else:
+        prefix, rest, bases = "", Path(text), search_folders(base_dir)
+    for same_suffix in (True, False):
+        for base in bases:
+            found = _corrected(base, rest.parts, same_suffix)
+            if found:
+                return [prefix + path for path in found]
+    return []
+
+
+def _corrected(base: Path, parts: tuple[str, ...], same_suffix: bool) -> list[str]:
+    """`parts` under `base` with each missing folder replaced by the closest entry of its parent
+    and a missing last part by the closest entries of its folder (with `same_suffix`, only those
+    with its suffix); empty if a part has no close entry or nothing was missing."""
+    node, written, changed = base, [], False
+    for position, part in enumerate(parts):
+        if part in ("..", ".") or (node / part).exists():
+            node, written = node / part, [*written, part]
+            continue
+        try:
+            entries = [name for name in os.listdir(node) if not name.startswith(".")]
+        except OSError:
+            return []
+        if position < len(parts) - 1:
+            match = close_names(part, entries)[:1]
+            if not match:
+                return []
+            node, written, changed = node / match[0], [*written, match[0]], True
+            continue
+        if same_suffix:
+            entries = [name for name in entries if Path(name).suffix == Path(part).suffix]
+        return ["/".join([*written, match]) for match in close_names(part, entries)]
+    return ["/".join(written)] if changed else []  # a folder corrected, or nothing missing
 
 
 SUMMARY_CHARS = 110  # a recipe's line in `synthkd recipes`

@@ -24,7 +24,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths, resolve_path, shipped_root
+from synthkd.shipped import not_found, resolve_path, shipped_root
 
 # A recipe's `prompt:` may name a shipped file as `prompts/label.jinja`; an include may too.
 _SHIPPED_PREFIX = "prompts/"
@@ -267,6 +267,5 @@ def load_template(path: str, base_dir: Path, where: str) -> PromptTemplate:
     """Find a template file (recipe folder first, then the shipped prompts) and parse it."""
     found = resolve_path(path, base_dir)
     if found is None or not found.is_file():
-        tried = ", ".join(str(p) for p in candidate_paths(path, base_dir))
-        raise RecipeError(f"template not found: {path} (tried {tried})", where=where)
+        raise RecipeError(not_found("template", path, base_dir), where=where)
     return PromptTemplate(found.read_text(encoding="utf-8"), str(found), base_dir=base_dir)

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.config_base",
             "synthkd.hub_ids",
             "synthkd.text",
+            "synthkd.spelling",
             "synthkd.shipped",
             "synthkd.yaml_source",
             "synthkd.templates",
@@ -70,6 +71,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "synthkd.pipeline",
             "synthkd.dry_run",
+            "synthkd.recipe_copy",
             "synthkd.training",
             "synthkd.engines",
             "synthkd.experiment",

@@ -84,6 +84,65 @@ def test_missing_data_file(recipe_dir, capsys, listening_port):
     assert "recipe.yaml:9: steps.0.path: file not found: nope.jsonl" in out
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("seed.jsonl", "seeds.jsonl"),  # a letter short
+        ("seeds.json", "seeds.jsonl"),  # the suffix
+        ("dta/more_seeds.jsonl", "data/more_seeds.jsonl"),  # a folder
+        ("data/mor_seeds.jsonl", "data/more_seeds.jsonl"),  # a file in a subfolder
+    ],
+)
+def test_a_missing_file_suggests_the_close_names_in_its_folder(
+    recipe_dir, capsys, listening_port, written, meant
+):
+    (recipe_dir / "data").mkdir()
+    write_jsonl(recipe_dir / "data" / "more_seeds.jsonl", [{"instruction": "Say hi."}])
+    write_jsonl(recipe_dir / "data" / "other.jsonl", [{"instruction": "Say hi."}])
+    text = GOOD.format(port=listening_port, prompt="prompts/label.jinja").replace("seeds.jsonl", written)
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    assert f"recipe.yaml:9: steps.0.path: file not found: {written}; did you mean {meant}?" in out
+    # What it suggests is written as the recipe would write it: it validates.
+    code, out = run_cli(["validate", str(write(recipe_dir, text.replace(written, meant)))], capsys)
+    assert code == 0, out
+
+
+def test_a_missing_file_with_no_close_name_says_where_it_was_looked_for(recipe_dir, capsys, listening_port):
+    text = GOOD.format(port=listening_port, prompt="x").replace("seeds.jsonl", "questions.jsonl")
+    code, out = run_cli(["validate", str(write(recipe_dir, text))], capsys)
+    assert code == 2
+    expected = (
+        f"steps.0.path: file not found: questions.jsonl (looked in the recipe's folder ({recipe_dir}) "
+        "and synthkd's shipped prompts and recipes)"
+    )
+    assert expected in out and "did you mean" not in out
+
+
+def test_a_mistyped_template_suggests_the_recipe_folders_and_the_shipped_ones(
+    recipe_dir, capsys, listening_port
+):
+    code, out = run_cli(
+        ["validate", str(write(recipe_dir, GOOD.format(port=listening_port, prompt="ask.jnja")))], capsys
+    )
+    assert code == 2
+    assert "recipe.yaml:11: steps.1.prompt: template not found: ask.jnja; did you mean ask.jinja?" in out
+    path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/labl.jinja"))  # a shipped one
+    code, out = run_cli(["validate", str(path)], capsys)
+    assert code == 2
+    assert "template not found: prompts/labl.jinja; did you mean prompts/label.jinja?" in out
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("recipes/quikstart.yaml", "recipes/quickstart.yaml"), ("quickstrt.yaml", "quickstart.yaml")],
+)
+def test_a_mistyped_recipe_path_suggests_the_shipped_recipe(capsys, written, meant):
+    code, out = run_cli(["validate", written], capsys)
+    assert code == 2
+    assert f"error: recipe file not found: {written}; did you mean {meant}?" in out
+
+
 def test_missing_template_file(recipe_dir, capsys, listening_port):
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="missing.jinja"))
     code, out = run_cli(["validate", str(path)], capsys)
@@ -108,17 +167,21 @@ def test_malformed_data_line(recipe_dir, capsys, listening_port):
     assert "seeds.jsonl:2: invalid JSON" in out
 
 
-def test_missing_api_key_variable_stops_run_but_only_warns_in_validate(
-    recipe_dir, capsys, listening_port, monkeypatch
-):
+def test_missing_api_key_variable_stops_run_and_validate(recipe_dir, capsys, listening_port, monkeypatch):
     monkeypatch.delenv("SYNTHKD_TEST_KEY")
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="prompts/label.jinja"))
+    expected = "recipe.yaml:5: teacher.api_key_env: environment variable SYNTHKD_TEST_KEY is not set"
     code, out = run_cli(["run", str(path)], capsys)
     assert code == 2
-    assert "recipe.yaml:5: teacher.api_key_env: environment variable SYNTHKD_TEST_KEY is not set" in out
+    assert expected in out
     assert not (recipe_dir / "out").exists()
     code, out = run_cli(["validate", str(path)], capsys)
-    assert code == 0 and "warning" in out and "SYNTHKD_TEST_KEY" in out
+    assert code == 2
+    assert expected in out and "to validate the recipe without it, add --allow-missing-key" in out
+    assert "steps valid" not in out
+    # Told the key will be there when it runs, validate checks the rest and only warns.
+    code, out = run_cli(["validate", str(path), "--allow-missing-key"], capsys)
+    assert code == 0 and f"warning: {path.parent}/{expected}" in out and "3 steps valid" in out
 
 
 def test_unreachable_base_url(recipe_dir, capsys):
@@ -214,10 +277,58 @@ def test_unsupported_local_param(recipe_dir, capsys):
     )
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
-    assert (
-        "recipe.yaml:5: teacher.params.frequency_penalty: frequency_penalty not supported by the transformers"
-        in out
+    assert "recipe.yaml:5: teacher.params.frequency_penalty: frequency_penalty (did you mean" in out
+    assert "not supported by the transformers backend; valid: max_new_tokens, max_tokens," in out
+
+
+OPENAI_AT_OPENAI = GOOD.replace("  base_url: http://127.0.0.1:{port}/v1\n", "")  # api.openai.com: closed
+
+
+@pytest.mark.parametrize(
+    ("recipe", "backend", "extra"),
+    [
+        (OPENAI_AT_OPENAI, "openai", []),  # OpenAI's own endpoint: its documented params only
+        (GOOD, "openai", []),  # another OpenAI-compatible server: typos of known params
+        (GOOD, "litellm", ["--set", "teacher.backend=litellm"]),
+        (GOOD, "transformers", ["--set", "teacher.backend=transformers", "--set", "teacher.model=embedded"]),
+    ],
+)
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("temprature", "temperature"), ("max_token", "max_tokens"), ("top-p", "top_p")],
+)
+def test_a_mistyped_teacher_param_is_refused_with_the_name_it_resembles(
+    recipe_dir, capsys, listening_port, recipe, backend, extra, typo, meant
+):
+    path = write(recipe_dir, recipe.format(port=listening_port, prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), *extra, "--set", f"teacher.params.{typo}=1"], capsys)
+    assert code == 2, out
+    assert f"--set teacher.params.{typo}: teacher.params.{typo}: {typo} (did you mean {meant}?)" in out
+    assert f"the {backend} backend" in out
+    # Written in the recipe (here a step's own teacher), it is refused at its line, in run too.
+    text = path.read_text().replace(
+        "    prompt: prompts/label.jinja\n",
+        f"    prompt: prompts/label.jinja\n    teacher: {{params: {{{typo}: 1}}}}\n",
     )
+    line = text.splitlines().index(f"    teacher: {{params: {{{typo}: 1}}}}") + 1
+    code, out = run_cli(["run", str(write(recipe_dir, text)), *extra], capsys)
+    assert code == 2, out
+    assert f"recipe.yaml:{line}: steps.1.teacher.params.{typo}: {typo} (did you mean {meant}?)" in out
+    assert not (recipe_dir / "out").exists()
+
+
+def test_openais_endpoint_refuses_any_other_param_and_a_server_takes_its_own(recipe_dir, capsys):
+    path = write(recipe_dir, OPENAI_AT_OPENAI.format(prompt="prompts/label.jinja"))
+    code, out = run_cli(["validate", str(path), "--set", "teacher.params.guided_json={}"], capsys)
+    assert code == 2
+    assert "teacher.params.guided_json: guided_json not supported by the openai backend; valid: audio," in out
+    # vLLM's own params go to a vLLM server as they are; a typo of one of them does not.
+    server = ["--set", "teacher.base_url=http://127.0.0.1:8000/v1"]
+    for param in ("guided_json={}", "min_tokens=2", "top_k=5", "some_new_param=1"):
+        code, out = run_cli(["validate", str(path), *server, "--set", f"teacher.params.{param}"], capsys)
+        assert code == 0, out
+    code, out = run_cli(["validate", str(path), *server, "--set", "teacher.params.guided_jsn={}"], capsys)
+    assert code == 2 and "guided_jsn (did you mean guided_json?)" in out
 
 
 def test_n_in_teacher_params_points_to_the_step_key(recipe_dir, capsys, listening_port):
@@ -266,9 +377,10 @@ def test_judge_teacher_params_are_checked(recipe_dir, capsys, listening_port):
     assert "recipe.yaml:14: steps.1.judge_teacher.params.stream: cannot be a teacher param" in out
 
 
-def test_judge_teacher_environment_is_preflighted(recipe_dir, capsys, listening_port):
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_judge_teacher_environment_is_preflighted(recipe_dir, capsys, listening_port, command):
     step = "step: preference\n    judge_teacher: {model: judge, api_key_env: SYNTHKD_NO_SUCH_KEY}"
-    code, out = run_cli(["run", str(one_step(recipe_dir, listening_port, step))], capsys)
+    code, out = run_cli([command, str(one_step(recipe_dir, listening_port, step))], capsys)
     assert code == 2
     expected = "steps.1.judge_teacher.api_key_env: environment variable SYNTHKD_NO_SUCH_KEY is not set"
     assert f"recipe.yaml:14: {expected}" in out
@@ -309,7 +421,8 @@ def test_label_schema_path_resolves_like_every_recipe_path(recipe_dir, capsys, l
     path = one_step(recipe_dir, listening_port, "step: label\n    schema: missing.json")
     code, out = run_cli(["validate", str(path)], capsys)
     assert code == 2
-    assert f"steps.1.schema: JSON schema file not found (tried {recipe_dir / 'missing.json'}" in out
+    expected = f"JSON schema file not found: missing.json (looked in the recipe's folder ({recipe_dir})"
+    assert f"steps.1.schema: {expected}" in out
 
 
 @pytest.mark.parametrize(

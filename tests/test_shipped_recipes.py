@@ -25,7 +25,8 @@ MINUTES = re.compile(r"~?\d+\.\d")  # and its time cell
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(shipped_root() / "recipes")))
-def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixture):
+def test_recipe_validates_and_dry_runs(recipe: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # validate stops on a missing key; none is used
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
     assert main(["run", str(recipe), "--dry-run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out  # the dry run is the command's answer: stdout
@@ -87,3 +88,98 @@ def test_recipes_lists_every_shipped_recipe_with_a_line_on_it(capsys: pytest.Cap
     }
     assert listed["recipes/quickstart.yaml"].startswith("The quickstart: runs offline with no API key")
     assert all(len(summary) <= 112 and summary.strip() for summary in listed.values())
+
+
+def _recipe_strings(node, key: str = "") -> list[tuple[str, str]]:
+    """Every (key, string) of a recipe's data."""
+    if isinstance(node, dict):
+        return [item for name, value in node.items() for item in _recipe_strings(value, str(name))]
+    if isinstance(node, list):
+        return [item for value in node for item in _recipe_strings(value, key)]
+    return [(key, node)] if isinstance(node, str) else []
+
+
+@pytest.mark.parametrize(
+    ("name", "copied"),
+    [
+        (
+            "quickstart",
+            {name: name for name in ("quickstart/seed_tasks.jsonl", "quickstart/LICENSE-self-instruct")},
+        ),
+        (
+            "recipes/law/doc_qa.yaml",
+            {name: name for name in ("documents/mutual_nda.md", "generate.jinja", "question.jinja")},
+        ),
+        # Named from outside its folder (../self_instruct/): copied beside it, the recipe rewritten.
+        (
+            "loop/iterative_dpo",
+            {
+                "seed_tasks.jsonl": "../self_instruct/seed_tasks.jsonl",
+                "LICENSE-self-instruct": "../self_instruct/LICENSE-self-instruct",
+            },
+        ),
+        (
+            "medical/qa.yaml",
+            {name: name for name in ("topics.jsonl", "questions.jinja", "judge_safety.jinja")},
+        ),
+        ("tool_use/function_calling", {"tools.json": "tools.json"}),
+    ],
+)
+def test_init_copies_a_recipe_with_its_files_and_the_copy_validates_on_its_own(
+    name, copied, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+):
+    from helpers import run_cli
+
+    from synthkd.recipe_copy import find_source_recipe
+    from synthkd.shipped import resolve_path
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    dest = tmp_path / "mine"
+    code, out = run_cli(["init", name, str(dest)], capsys)
+    assert code == 0, out
+    source = find_source_recipe(name)
+    recipe = dest / source.name
+    assert f"wrote mine/{source.name}" in out and f"next: synthkd validate mine/{source.name}" in out
+    for relative, original in copied.items():
+        assert (dest / relative).read_bytes() == (source.parent / original).read_bytes()
+    # The copy is the user's: every file it names resolves inside it, none to the shipped files.
+    for key, text in _recipe_strings(load_recipe(recipe).data):
+        found = resolve_path(text, dest) if key not in ("name", "step") and " " not in text else None
+        if found is not None and found.is_file():
+            assert found.resolve().is_relative_to(dest), (key, text, found)
+    code, out = run_cli(["validate", str(recipe)], capsys)
+    assert code == 0, out
+    assert "steps valid" in out
+
+
+def test_init_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from helpers import run_cli
+
+    dest = tmp_path / "mine"
+    (dest / "quickstart").mkdir(parents=True)
+    (dest / "quickstart" / "seed_tasks.jsonl").write_text("my own seeds\n")
+    code, out = run_cli(["init", "quickstart", str(dest)], capsys)
+    assert code == 2
+    assert f"{dest / 'quickstart' / 'seed_tasks.jsonl'} already exist(s); init never overwrites" in out
+    # Nothing written, not even the files that were free: no half-made copy.
+    assert sorted(path.name for path in dest.rglob("*")) == ["quickstart", "seed_tasks.jsonl"]
+    assert (dest / "quickstart" / "seed_tasks.jsonl").read_text() == "my own seeds\n"
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".synthkd-init")]
+    # Into a .yaml path: the recipe takes that name, its files go beside it.
+    code, out = run_cli(["init", "quickstart", str(tmp_path / "other" / "mine.yaml")], capsys)
+    assert code == 0, out
+    assert (tmp_path / "other" / "quickstart" / "seed_tasks.jsonl").is_file()
+    code, out = run_cli(["init", "quickstart", str(tmp_path / "other" / "mine.yaml")], capsys)
+    assert code == 2 and "mine.yaml" in out and "already exist(s)" in out
+
+
+def test_init_of_an_unknown_recipe_suggests_the_shipped_one(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from helpers import run_cli
+
+    code, out = run_cli(["init", "law/doc-qa"], capsys)
+    assert code == 2
+    assert (
+        "error: no recipe 'law/doc-qa': did you mean law/doc_qa? `synthkd recipes` lists the shipped ones"
+        in out
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "cache"]  # nothing written (the cache is conftest's)

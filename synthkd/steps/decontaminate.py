@@ -12,7 +12,7 @@ from synthkd.curate.embeddings import Encoder, encoder_modules
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
-from synthkd.shipped import candidate_paths
+from synthkd.shipped import not_found
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 
 
@@ -66,8 +66,9 @@ class DecontaminateStep(Step):
                 ):
                     self._hub_sets.append(eval_set)  # loaded at run time
                     continue
-                tried = ", ".join(str(p) for p in candidate_paths(eval_set.path, ctx.recipe_dir))
-                raise RecipeError(f"evaluation set not found (tried {tried})", where=ctx.at("eval_sets"))
+                raise RecipeError(
+                    not_found("evaluation set", eval_set.path, ctx.recipe_dir), where=ctx.at("eval_sets")
+                )
             self._add(eval_set, read_rows(source, eval_set.split), ctx.at("eval_sets") + f".{position}")
         return columns
 

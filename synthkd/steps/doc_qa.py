@@ -22,7 +22,7 @@ from synthkd.cache import ResponseCache
 from synthkd.chunking import check_tokenizer_installed, chunk_text, token_counter
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths
+from synthkd.shipped import not_found
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -101,9 +101,8 @@ class DocQAStep(TeacherStep, SeedSource):
         check_tokenizer_installed(self.tokenizer, ctx.at("tokenizer"))  # the `local` extra's
         source = self.local_file(self.documents, ctx)
         if source is None:
-            tried = ", ".join(str(p) for p in candidate_paths(self.documents, ctx.recipe_dir))
             raise RecipeError(
-                f"documents not found: {self.documents} (tried {tried})", where=ctx.at("documents")
+                not_found("documents", self.documents, ctx.recipe_dir), where=ctx.at("documents")
             )
         self._documents = self._read(source, ctx)
         added = {

@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
 from synthkd.gc_pause import cycle_collection_paused
-from synthkd.shipped import candidate_paths
+from synthkd.shipped import not_found
 from synthkd.steps.base import (
     CheckContext,
     Columns,
@@ -231,8 +231,7 @@ def _load_schema(
         # Like every recipe path: relative to the recipe's folder (then the shipped files), ~ expanded.
         path = find(value, ctx)
         if path is None:
-            tried = ", ".join(str(p) for p in candidate_paths(value, ctx.recipe_dir))
-            raise RecipeError(f"JSON schema file not found (tried {tried})", where=ctx.at("schema"))
+            raise RecipeError(not_found("JSON schema file", value, ctx.recipe_dir), where=ctx.at("schema"))
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 from synthkd.cache import ResponseCache
 from synthkd.data_files import FILE_SUFFIXES, read_rows
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths
+from synthkd.shipped import not_found
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepPlan, StepResult
 from synthkd.steps.sources import SeedSource
 
@@ -33,8 +33,7 @@ class LoadStep(Step, SeedSource):
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         source = self.local_file(self.path, ctx)
         if source is None and not (_HUB_ID.match(self.path) and not self.path.endswith(FILE_SUFFIXES)):
-            tried = ", ".join(str(p) for p in candidate_paths(self.path, ctx.recipe_dir))
-            raise RecipeError(f"file not found: {self.path} (tried {tried})", where=ctx.at("path"))
+            raise RecipeError(not_found("file", self.path, ctx.recipe_dir), where=ctx.at("path"))
         if source is None:
             return None  # a Hub dataset: its columns are known only once it is downloaded
         rows = read_rows(source, self.split)

@@ -41,7 +41,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache
 from synthkd.errors import RecipeError
-from synthkd.shipped import candidate_paths
+from synthkd.shipped import not_found
 from synthkd.steps.base import (
     SAMPLE_PROMPTS_SHOWN,
     CheckContext,
@@ -283,8 +283,7 @@ class ToolCallsStep(TeacherStep):
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         source = self.local_file(self.tools, ctx)
         if source is None or not source.is_file():
-            tried = ", ".join(str(p) for p in candidate_paths(self.tools, ctx.recipe_dir))
-            raise RecipeError(f"tools file not found: {self.tools} (tried {tried})", where=ctx.at("tools"))
+            raise RecipeError(not_found("tools file", self.tools, ctx.recipe_dir), where=ctx.at("tools"))
         try:
             self._tools = load_tools(source)
         except (OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from synthkd.config_base import StrictModel
+from synthkd.teachers.param_names import KNOWN_PARAMS, typos
 
 EMBEDDED_MODEL = "embedded"
 # A smaller model cut from the embedded one, e.g. a student: `embedded:layers=15` keeps 15 of its
@@ -139,7 +140,9 @@ def _secret_like_keys(value: Any, prefix: str = "") -> list[str]:
     if isinstance(value, dict):
         for key, inner in value.items():
             name = str(key).lower().replace("-", "_")
-            if name.endswith(("_key", "_token", "secret", "password", "credentials")) or name in {
+            if not prefix and typos({name: inner}, KNOWN_PARAMS):
+                pass  # max_token: a typo of max_tokens (the param check says so), not a credential
+            elif name.endswith(("_key", "_token", "secret", "password", "credentials")) or name in {
                 "key",
                 "token",
                 "authorization",

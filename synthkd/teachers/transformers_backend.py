@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from synthkd.errors import RecipeError
@@ -13,6 +13,7 @@ from synthkd.kd.topk import TopK, teacher_top_k, tokenizer_fingerprint
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.embedded import resolve_model_source
+from synthkd.teachers.param_names import check_params
 
 # Recipe params (OpenAI names where one exists) -> generate() arguments.
 _PARAM_NAMES = {
@@ -28,16 +29,6 @@ _PARAM_NAMES = {
 LOCAL_PARAMS = frozenset(_PARAM_NAMES)
 SAMPLING_PARAMS = ("temperature", "top_k", "top_p", "min_p")  # applied by synthkd's own sampler
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-def check_params(params: dict[str, Any], where: str, backend: str, valid: Collection[str]) -> None:
-    """Refuse generation params a local backend cannot honour, before anything runs."""
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise RecipeError(
-            f"{', '.join(unknown)} not supported by the {backend} backend; valid: {', '.join(sorted(valid))}",
-            where=where,
-        )
 
 
 def check_local_params(params: dict[str, Any], where: str) -> None:

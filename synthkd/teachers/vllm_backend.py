@@ -23,10 +23,10 @@ from synthkd.kd.topk import TopK, tokenize_conversation, tokenizer_fingerprint
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest, TeacherError
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.embedded import resolve_model_source
+from synthkd.teachers.param_names import check_params
 from synthkd.teachers.transformers_backend import (
     DEFAULT_MAX_NEW_TOKENS,
     LOCAL_PARAMS,
-    check_params,
     eos_token_ids,
     generation_setting,
     render_prompt,
