@@ -188,7 +188,11 @@ def _after_generating(loaded: LoadedRecipe, result: RunResult, settings: RunSett
     reporter = settings.reporter
     outcome = RunOutcome(result)
     if settings.publish:
-        outcome.written, outcome.pushed = publish_run(loaded, result.out_dir, reporter.warn)
+        from synthkd.publish.finish import finishing_words
+
+        output = loaded.recipe.output
+        with reporter.publishing(finishing_words(output.report, output.hub)):
+            outcome.written, outcome.pushed = publish_run(loaded, result.out_dir, reporter.warn)
         reporter.published(outcome.written, outcome.pushed)
     if settings.train and loaded.recipe.train is not None:
         reporter.training(loaded, result.out_dir / "dataset")

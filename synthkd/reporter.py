@@ -4,7 +4,9 @@ before it knows whether it will run anything."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,11 @@ class Reporter:
 
     def generated(self, result: RunResult) -> None:
         """The dataset is written (or, on `RunIncompleteError`, set aside): its funnel and cost."""
+
+    def publishing(self, what: str) -> AbstractContextManager[None]:
+        """Around writing the card and the report (and the push), which can take a minute:
+        `what` says what is being done ("writing the dataset card and report.html")."""
+        return contextlib.nullcontext()
 
     def published(self, written: list[Path], pushed: PushResult | None) -> None:
         """The card, recipe and report are written; `pushed` when the recipe has `output.hub`."""

@@ -5,7 +5,10 @@ numbers grow, and a bar that never shows more done than its total."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers import write_jsonl, write_recipe
@@ -176,3 +179,38 @@ def test_a_run_against_a_server_that_refuses_shows_its_retries_by_reason(tmp_pat
     label_line = next(line for line in console.file.getvalue().splitlines() if "1:label" in line)
     assert "3/3" in label_line
     assert label_line.rstrip().endswith("retries: 2 rate-limit, 1 server-error")
+
+
+def test_synthkd_run_on_a_terminal_shows_the_retries_then_a_line_while_the_card_and_report_are_written(
+    tmp_path: Path,
+):
+    """The command as a user sees it: a terminal (rich told so by TTY_COMPATIBLE), a 429 retried."""
+    script = [
+        {"match": "^First", "status": 429, "code": "rate_limit_exceeded", "type": "requests", "times": 1}
+    ]
+    write_jsonl(
+        tmp_path / "seeds.jsonl", [{"instruction": "First: name a river."}, {"instruction": "Second."}]
+    )
+    with FakeOpenAIServer(script=script) as server:
+        path = write_recipe(
+            tmp_path / "shown.yaml",
+            {
+                "name": "shown",
+                "teacher": {"backend": "openai", "model": "fake-model", "base_url": server.base_url,
+                            "api_key_env": None},
+                "steps": [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}],
+                "output": {"dir": str(tmp_path / "out")},
+            },
+        )  # fmt: skip
+        env = {**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "160",
+               "SYNTHKD_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "synthkd.cli", "run", str(path)], env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 0, done.stderr
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)  # the terminal's control codes
+    assert "retries: 1 rate-limit" in shown
+    assert re.search(r"1:label +━+ +2/2 .* eta +- ", shown)
+    # The spinner's line while the card and report are written, then what was written and how long it took.
+    assert "writing the dataset card and report.html..." in shown
+    assert re.search(r"README\.md, report\.html -> \S+out \(\d+\.\d s\)", shown), shown[-500:]
