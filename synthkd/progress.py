@@ -64,6 +64,12 @@ class StepBar(StepProgressProtocol):
         ):
             self.flush(now)
 
+    def finish(self) -> None:
+        """The step is done (`StepRun.close`): its rows are shown and its clock stops, so a step
+        that ended short of its total (rows dropped early) shows no time left and keeps its rate."""
+        self.flush()
+        self._progress.stop_task(self._task)
+
     def flush(self, now: float | None = None) -> None:
         """Hand the rows held to the display, with the step's tokens and cost so far."""
         if not self._held:
@@ -119,12 +125,12 @@ class RowsPerSecondColumn(ProgressColumn):
 
 class EtaColumn(ProgressColumn):
     """Time left at the step's rate so far: - where that is not known (no total, a step under a
-    second, nothing done yet) and for a step with nothing left."""
+    second, nothing done yet) and for a step with nothing left or that is done."""
 
     def render(self, task: Task) -> Text:
         speed = step_rate(task)
         left = (task.total or 0) - rows_done(task)
-        if speed is None or task.total is None or left <= 0:
+        if speed is None or task.total is None or left <= 0 or task.stop_time is not None:
             return Text("eta       -", style="progress.remaining")
         minutes, seconds = divmod(round(left / speed), 60)
         hours, minutes = divmod(minutes, 60)

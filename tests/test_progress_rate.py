@@ -88,6 +88,19 @@ def test_time_left_is_shown_only_once_it_can_be_known():
     assert "100/100" in done and "eta       -" in done  # nothing left to wait for
 
 
+def test_a_step_done_short_of_its_total_stops_its_clock():
+    display = Display()
+    bar = add_step_bar(display.progress, "3:dialogue", DispatchStats())
+    bar.set_total(80)
+    display.now = 10.0
+    bar.advance(60)  # rows that ended their dialogue early never come
+    bar.finish()
+    finished = display.lines()[0]
+    display.now = 100.0  # the next steps run
+    assert display.lines()[0] == finished
+    assert "60/80" in finished and "6.0/s" in finished and "eta       -" in finished and "0:00:10" in finished
+
+
 def test_retries_are_shown_by_reason_as_they_happen():
     display = Display()
     stats = DispatchStats()
