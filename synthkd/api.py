@@ -228,9 +228,16 @@ def train_run(
         from synthkd.loop.run import run_loop
 
         return run_loop(loaded, run_dir, (reporter or Reporter()).round_finished)
-    return train_student(
-        recipe.train, run_dir / "dataset", run_dir, recipe.seed, recipe.name, loaded.base_dir
-    )
+    with (reporter or Reporter()).training_bar() as bar:
+        return train_student(
+            recipe.train,
+            run_dir / "dataset",
+            run_dir,
+            recipe.seed,
+            recipe.name,
+            loaded.base_dir,
+            progress=bar,
+        )
 
 
 def in_own_event_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

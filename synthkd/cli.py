@@ -293,6 +293,14 @@ class ConsoleReporter(Reporter):
                 highlight=False,
             )
 
+    @contextlib.contextmanager
+    def training_bar(self) -> Iterator[Any]:
+        """The training steps on a bar like the steps' (not transformers' printed log dicts)."""
+        from synthkd.progress import RichProgressFactory
+
+        with RichProgressFactory(console) as factory:
+            yield factory.step("training", None)
+
     def round_finished(self, line: str) -> None:
         console.print(line, highlight=False, markup=False)
 

@@ -150,6 +150,8 @@ class SpendColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         fields = task.fields
+        if fields.get("stats") is None:  # a step that asks no teacher (load, filter; training)
+            return Text(" " * 20)
         return Text(f"tok {compact_count(fields['tokens']):>6} {fields['cost']:>9}")
 
 

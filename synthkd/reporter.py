@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from synthkd.pipeline import RunResult
     from synthkd.publish.push import PushResult
     from synthkd.recipe import LoadedRecipe
+    from synthkd.steps.base import Progress
     from synthkd.training.run import TrainResult
 
 
@@ -37,6 +38,11 @@ class Reporter:
 
     def training(self, recipe: LoadedRecipe, dataset_dir: Path) -> None:
         """Training the student is about to start."""
+
+    def training_bar(self) -> AbstractContextManager[Progress | None]:
+        """Around training the student: where its steps are shown (None: transformers' own
+        output, as the caller has set it)."""
+        return contextlib.nullcontext()
 
     def round_finished(self, line: str) -> None:
         """A round of the recipe's loop is finished (or was, before a rerun): one line on it."""

@@ -227,3 +227,42 @@ def test_synthkd_run_on_a_terminal_shows_the_retries_then_a_line_while_the_card_
     # The spinner's line while the card and report are written, then what was written and how long it took.
     assert "writing the dataset card and report.html..." in shown
     assert re.search(r"README\.md, report\.html -> \S+out \(\d+\.\d s\)", shown), shown[-500:]
+
+
+def test_training_shows_its_steps_on_a_bar_and_prints_no_log_dicts(tmp_path: Path, capfd):
+    from datasets import Dataset
+    from tiny_model import build_tiny_model
+
+    from synthkd.training.config import TrainConfig
+    from synthkd.training.run import train_student
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {n} plus one?"},
+                {"role": "assistant", "content": "Five."},
+            ]
+        }
+        for n in range(8)
+    ]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "dataset"))
+    config = TrainConfig(
+        student=str(build_tiny_model(tmp_path / "tiny")),
+        args={"max_steps": 3, "per_device_train_batch_size": 4},
+    )
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    with RichProgressFactory(console) as factory:
+        result = train_student(
+            config,
+            tmp_path / "dataset",
+            tmp_path,
+            0,
+            "t",
+            evaluate=False,
+            progress=factory.step("training", None),
+        )
+    assert len(result.train_losses) == 3
+    printed = capfd.readouterr()
+    assert "'loss'" not in printed.out + printed.err  # transformers printed {'loss': ..., 'grad_norm': ...}
+    (line,) = console.file.getvalue().splitlines()
+    assert re.match(r"training +━+ +3/3 ", line), line
