@@ -188,7 +188,11 @@ def _after_generating(loaded: LoadedRecipe, result: RunResult, settings: RunSett
     reporter = settings.reporter
     outcome = RunOutcome(result)
     if settings.publish:
-        outcome.written, outcome.pushed = publish_run(loaded, result.out_dir, reporter.warn)
+        from synthkd.publish.finish import finishing_words
+
+        output = loaded.recipe.output
+        with reporter.publishing(finishing_words(output.report, output.hub)):
+            outcome.written, outcome.pushed = publish_run(loaded, result.out_dir, reporter.warn)
         reporter.published(outcome.written, outcome.pushed)
     if settings.train and loaded.recipe.train is not None:
         reporter.training(loaded, result.out_dir / "dataset")
@@ -232,9 +236,16 @@ def train_run(
         from synthkd.loop.run import run_loop
 
         return run_loop(loaded, run_dir, (reporter or Reporter()).round_finished)
-    return train_student(
-        recipe.train, run_dir / "dataset", run_dir, recipe.seed, recipe.name, loaded.base_dir
-    )
+    with (reporter or Reporter()).training_bar() as bar:
+        return train_student(
+            recipe.train,
+            run_dir / "dataset",
+            run_dir,
+            recipe.seed,
+            recipe.name,
+            loaded.base_dir,
+            progress=bar,
+        )
 
 
 def in_own_event_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,16 +310,27 @@ class ConsoleReporter(Reporter):
 
     def __init__(self, progress: Any = None) -> None:
         self._progress = progress
+        self._publish_seconds: float | None = None
 
     def generated(self, result: Any) -> None:
         if self._progress is not None:
             self._progress.stop()
         _print_summary(result)
 
+    @contextlib.contextmanager
+    def publishing(self, what: str) -> Iterator[None]:
+        """A spinner while the card and report are written (on a terminal); `published` says
+        how long it took."""
+        started = time.perf_counter()
+        with console.status(f"{what}...", spinner="dots"):
+            yield
+        self._publish_seconds = time.perf_counter() - started
+
     def published(self, written: list[Path], pushed: PushResult | None) -> None:
+        took = f" ({self._publish_seconds:.1f} s)" if self._publish_seconds is not None else ""
         if written:
             run_dir = written[0].parent
-            console.print(f"{', '.join(path.name for path in written)} -> {run_dir}", highlight=False)
+            console.print(f"{', '.join(path.name for path in written)} -> {run_dir}{took}", highlight=False)
         if pushed is not None:
             console.print(
                 f"pushed {len(pushed.files)} files to {pushed.repo_id}: {pushed.commit_url}", highlight=False
@@ -345,6 +359,14 @@ class ConsoleReporter(Reporter):
                 f"(win rate {judged['win_rate']})",
                 highlight=False,
             )
+
+    @contextlib.contextmanager
+    def training_bar(self) -> Iterator[Any]:
+        """The training steps on a bar like the steps' (not transformers' printed log dicts)."""
+        from synthkd.progress import RichProgressFactory
+
+        with RichProgressFactory(console) as factory:
+            yield factory.step("training", None)
 
     def round_finished(self, line: str) -> None:
         console.print(line, highlight=False, markup=False)

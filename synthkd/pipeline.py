@@ -451,7 +451,7 @@ class StepRun:
             import_writer_in_background()
         # What made a row: stamped on every row the step makes, in every chunk (see `_stamp_provenance`).
         self._provenance = step.provenance() if config is not None else None
-        bar = run.progress.step(self.label, own.stats if own else None)
+        self.bar = bar = run.progress.step(self.label, own.stats if own else None)
         self.chunks = ChunkedProgress(bar, total_rows) if total_rows is not None else None
         loaded = run.loaded
         self.context = StepContext(
@@ -494,6 +494,11 @@ class StepRun:
         """The step is done: its teachers' spend goes into its report."""
         if self.chunks is not None:
             self.chunks.end()
+        # Its bar stops its clock (a step done short of its total shows no time left); a
+        # factory of the caller's may give bars without `finish`.
+        finish = getattr(self.bar, "finish", None)
+        if finish is not None:
+            finish()
         for dispatcher in self._dispatchers.values():
             self.report.absorb(dispatcher.stats)
         self.report.seconds = round(self.report.seconds, 3)

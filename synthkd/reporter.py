@@ -4,7 +4,9 @@ before it knows whether it will run anything."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from synthkd.pipeline import RunResult
     from synthkd.publish.push import PushResult
     from synthkd.recipe import LoadedRecipe
+    from synthkd.steps.base import Progress
     from synthkd.training.run import TrainResult
 
 
@@ -25,11 +28,21 @@ class Reporter:
     def generated(self, result: RunResult) -> None:
         """The dataset is written (or, on `RunIncompleteError`, set aside): its funnel and cost."""
 
+    def publishing(self, what: str) -> AbstractContextManager[None]:
+        """Around writing the card and the report (and the push), which can take a minute:
+        `what` says what is being done ("writing the dataset card and report.html")."""
+        return contextlib.nullcontext()
+
     def published(self, written: list[Path], pushed: PushResult | None) -> None:
         """The card, recipe and report are written; `pushed` when the recipe has `output.hub`."""
 
     def training(self, recipe: LoadedRecipe, dataset_dir: Path) -> None:
         """Training the student is about to start."""
+
+    def training_bar(self) -> AbstractContextManager[Progress | None]:
+        """Around training the student: where its steps are shown (None: transformers' own
+        output, as the caller has set it)."""
+        return contextlib.nullcontext()
 
     def round_finished(self, line: str) -> None:
         """A round of the recipe's loop is finished (or was, before a rerun): one line on it."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import read_jsonl, write_jsonl, write_recipe
 
-from synthkd.pipeline import run_recipe
+from synthkd.pipeline import ProgressFactory, run_recipe
 from synthkd.recipe import load_recipe
 from synthkd.steps.critique_revise import parse_critique, parse_revision, revision_parser
 from synthkd.steps.parsing import ParseError
@@ -77,7 +77,7 @@ def test_parse_critique_and_revision():
     assert later("Nine is not prime, since 9 = 3 x 3.") == "Nine is not prime, since 9 = 3 x 3."
 
 
-def _run(tmp_path: Path, **step: object):
+def _run(tmp_path: Path, progress: ProgressFactory | None = None, **step: object):
     write_jsonl(tmp_path / "rows.jsonl", ROWS)
     with FakeOpenAIServer(script=SCRIPT) as server:
         path = write_recipe(
@@ -97,7 +97,7 @@ def _run(tmp_path: Path, **step: object):
                 "output": {"dir": str(tmp_path / "out")},
             },
         )
-        result = run_recipe(load_recipe(path))
+        result = run_recipe(load_recipe(path), progress=progress)
     return result, {row["id"]: row for row in read_jsonl(tmp_path / "out" / "data.jsonl")}
 
 
@@ -126,6 +126,43 @@ def test_revised_rows_become_preference_pairs(tmp_path: Path):
         "unchanged_kept": 0,
         "revisions_per_round": [2, 0],  # round 2 found nothing more to fix
     }
+
+
+class RecordedBar:
+    """A step's progress as the step reports it: its totals and what it has advanced."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.done = 0
+        self.past_total: list[tuple[int, int]] = []
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, rows: int = 1) -> None:
+        self.done += rows
+        if self.total is None or self.done > self.total:
+            self.past_total.append((self.done, self.total))
+
+
+class RecordedBars(ProgressFactory):
+    def __init__(self) -> None:
+        self.bars: dict[str, RecordedBar] = {}
+
+    def step(self, label: str, stats: object) -> RecordedBar:
+        self.bars[label] = RecordedBar()
+        return self.bars[label]
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_the_bar_ends_at_its_total_and_never_passes_it(tmp_path: Path, rounds: int):
+    """Rows leave after one critique (nothing to fix), after a revision that changed nothing, or
+    after a later round finds nothing more; 2 rounds once drew 9/8 here."""
+    bars = RecordedBars()
+    _run(tmp_path, bars, rounds=rounds)
+    bar = bars.bars["1:critique_revise"]
+    assert bar.past_total == []
+    assert (bar.done, bar.total) == (len(ROWS) * 2 * rounds,) * 2
 
 
 def test_keep_unchanged(tmp_path: Path):

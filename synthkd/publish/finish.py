@@ -29,6 +29,12 @@ def url_passwords(teachers: Iterable[TeacherConfig]) -> list[str]:
     return found
 
 
+def finishing_words(report: str, hub: HubConfig | None) -> str:
+    """What `finish_run` is about to do, in words, for the line shown while it works."""
+    what = "writing the dataset card" + (f" and {REPORT_FILE}" if report != "none" else "")
+    return what + (f", then pushing to {hub.repo_id}" if hub is not None else "")
+
+
 def finish_run(
     run_dir: Path,
     templates: dict[str, str],

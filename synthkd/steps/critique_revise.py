@@ -136,8 +136,13 @@ class CritiqueReviseStep(TeacherStep):
         active = list(current)
         failed: set[int] = set()
         unrevised: set[int] = set()
-        ctx.progress.set_total(len(rows) * 2)
-        for _ in range(self.rounds):
+        # The bar counts requests: a critique and a revision a row each round, at most. A row
+        # done early (nothing to fix, or failed) advances by the requests it will not need, so the
+        # bar ends at its total, never past it. Re-asks are not counted.
+        per_row = 2 * self.rounds
+        ctx.progress.set_total(len(rows) * per_row)
+        for round_ in range(self.rounds):
+            round_active = active
             requests = [self._ask("critique_prompt", rows[i], response=current[i]) for i in active]
             verdicts = await ask_parsed(
                 ctx.dispatcher, requests, parse_critique, reask, progress=ctx.progress
@@ -162,10 +167,9 @@ class CritiqueReviseStep(TeacherStep):
             parsers = [
                 revision_parser(current[i], _text(rows[i].get(self.response_column))) for i in to_revise
             ]
-            answers = await ask_parsed(ctx.dispatcher, requests, parsers, reask)
+            answers = await ask_parsed(ctx.dispatcher, requests, parsers, reask, progress=ctx.progress)
             active = []
             for index, answer in zip(to_revise, answers, strict=True):
-                ctx.progress.advance()
                 if not answer.ok:
                     if revisions[index]:
                         # A later round's failure keeps the revision so far, and leaves out the
@@ -181,6 +185,13 @@ class CritiqueReviseStep(TeacherStep):
                 current[index] = answer.value
                 revisions[index] += 1
                 active.append(index)
+            revised_now, going_on = set(to_revise), set(active)
+            used = 2 * round_ + 1  # this row's requests so far, its revision this round aside
+            unneeded = sum(
+                per_row - used - (index in revised_now) for index in round_active if index not in going_on
+            )
+            if unneeded:
+                ctx.progress.advance(unneeded)
             if not active:
                 break
         unchanged_kept = 0

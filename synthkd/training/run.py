@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthkd.atomic import atomic_write_text
 from synthkd.errors import RecipeError
@@ -22,6 +22,10 @@ from synthkd.publish.push_model import push_student
 from synthkd.training.config import TrainConfig
 from synthkd.training.evaluation import evaluate
 from synthkd.training.memory import DEFAULT_MAX_LENGTH, MemoryEstimate
+from synthkd.training.steps_bar import show_steps_on
+
+if TYPE_CHECKING:
+    from synthkd.steps.base import Progress
 
 REQUIRED_COLUMNS = {
     "sft": ["messages"],
@@ -97,11 +101,13 @@ def train_student(
     run_name: str,
     recipe_dir: Path | None = None,
     evaluate: bool = True,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train, evaluate and save the student; returns where it is and the before/after metrics.
     `recipe_dir` is where a judge's prompt templates are looked for first (then the shipped ones).
     Without `evaluate` every row trains and no before/after metrics are made (an experiment
-    evaluates on prompts of its own)."""
+    evaluates on prompts of its own). `progress`, if given, shows the training steps in place of
+    transformers' own bar and printed logs."""
     _check_before_loading(config, dataset_dir)
     dataset = _load_dataset(config, dataset_dir)
     train_rows, held_out = _split(config, dataset, seed) if evaluate else (dataset, dataset.select([]))
@@ -111,7 +117,7 @@ def train_student(
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / "student"
     values = _trainer_values(config, output_dir, seed, student)
     trainer = _build_trainer(config, student, train_rows, values, recipe_dir or Path.cwd())
-    progress = _train(trainer)
+    progress = _train(trainer, progress)
     trained = trainer.model.merge_and_unload() if config.lora is not None else trainer.model
     after = _evaluate_trained(config, trained, student.tokenizer, evaluation) if evaluate else {}
     _save(trained, student.tokenizer, output_dir)
@@ -383,7 +389,9 @@ def _plain_trainer(
     )
 
 
-def _train(trainer: Any) -> _Progress:
+def _train(trainer: Any, bar: Progress | None = None) -> _Progress:
+    if bar is not None:
+        show_steps_on(trainer, bar)
     clock = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - clock
