@@ -529,7 +529,8 @@ def _publish_parsers(commands) -> None:
     report.add_argument(
         "--map",
         action="store_true",
-        help="add the instruction map: every instruction embedded, clustered, projected (tens of seconds)",
+        help="add the instruction map: every instruction embedded, clustered, projected (tens of "
+        "seconds); the page then carries plotly.js (about 4.6 MB; the basic report is tens of KB)",
     )
     report.set_defaults(handler=_report)
 
@@ -581,7 +582,9 @@ def _report(args: argparse.Namespace) -> int:
 
     quiet_library_progress_bars()
     path = write_report(args.run_dir, args.output, with_map=args.map)
-    console.print(f"report -> {path}", highlight=False)
+    # The size says what the map costs: plotly.js (~4.6 MB) is inlined only for it.
+    size = f"{path.stat().st_size / 1024:,.0f} KB" + (", with plotly.js for the map" if args.map else "")
+    console.print(f"report -> {path} ({size})", highlight=False, soft_wrap=True)  # a path whole
     return 0
 
 

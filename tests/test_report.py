@@ -1,11 +1,14 @@
 """`synthkd report`: one self-contained HTML file whose every chart a headless Chromium renders.
 
-The basic report draws its charts as inline SVG (no script, well under 1.5 MB); only the instruction
-map, on request, is a plotly figure with plotly.js inlined.
+The basic report draws its charts as inline SVG (no script, tens of KB); only the instruction map,
+on request, is a plotly figure with plotly.js inlined. Runs of three formats (SFT, DPO pairs, tool
+calls: tests/report_runs.py) are rendered and their screenshots inspected: the samples show every
+input and the pair side by side, in the DOM and in the pixels.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -15,13 +18,18 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import write_jsonl
+from png_pixels import read_png, share_of_colour
 from publish_run import make_run
+from report_runs import SFT_SEEDS, make_format_run
 
 from synthkd.cli import main
 from synthkd.output import write_run
-from synthkd.publish.report import build_report, instruction_of, response_of, write_report
+from synthkd.publish import svg_charts as svg
+from synthkd.publish.report import build_report, instruction_of, response_of, score_bins, write_report
+from synthkd.publish.report_samples import DIALOGUE, run_format
 from synthkd.publish.rundir import open_run
 
 PLOTS = {"plot-funnel", "plot-lengths", "plot-scores", "plot-map", "plot-dedup", "plot-cost"}
@@ -129,9 +137,10 @@ def test_report_is_written_after_the_run_and_self_contained(run_dir: Path):
     assert "<th>its text</th>" in page and "<td>explain why the sea has two high tides a day</td>" in page
 
 
-def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path, capsys):
     page = run_dir / "report-full.html"  # with the instruction map: every chart there is
     assert main(["report", str(run_dir), "--map", "--output", str(page)]) == 0
+    assert ", with plotly.js for the map)" in capsys.readouterr().err  # why it is megabytes
     dom = browse(page, tmp_path / "profile-dom", "--virtual-time-budget=20000", "--dump-dom").stdout
     scan = RenderedPlots()
     scan.feed(dom)
@@ -172,6 +181,8 @@ def test_every_plot_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
 def test_report_command(run_dir: Path, tmp_path: Path, capsys):
     out = tmp_path / "again.html"
     assert main(["report", str(run_dir), "--output", str(out)]) == 0
+    size = out.stat().st_size
+    assert f"report -> {out} ({size / 1024:,.0f} KB)\n" in capsys.readouterr().err
     assert out.read_bytes() == (run_dir / "report.html").read_bytes()  # what the run wrote, again
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such run folder" in capsys.readouterr().err
@@ -350,3 +361,228 @@ def test_the_basic_report_of_a_realistic_run_is_small_and_the_full_one_has_the_m
     assert "Plotly.newPlot" in full and '<div id="plot-map" class="plotly-graph-div"' in full
     assert "40 instructions embedded, clustered (KMeans)" in full
     assert INJECTED not in full
+
+
+# ---- the three formats, rendered: samples with their inputs, pairs side by side, tool calls -------
+
+SCREEN = (1300, 2600)  # the window of the format screenshots: the funnel and the samples fit
+WHITE_ENOUGH = 240  # a pixel whose every channel is at least this is page background
+
+
+class SampleRows(HTMLParser):
+    """The sample table of a rendered report: per `tr.sample`, its id, classes and each cell's text
+    (and the text of its `pre` blocks), and the summary lines under the title."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, dict] = {}
+        self.summary: list[str] = []
+        self.sections: list[str] = []
+        self._row: dict | None = None
+        self._in_pre = False
+        self._in_summary = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        classes = (attributes.get("class") or "").split()
+        if tag == "section":
+            self.sections.append(attributes.get("id") or "")
+        if tag == "ul" and attributes.get("id") == "summary":
+            self._in_summary = True
+        if self._in_summary and tag == "li":
+            self.summary.append("")
+        if tag == "tr" and "sample" in classes:
+            self._row = {"classes": classes, "cells": [], "pre": [], "badges": []}
+        elif self._row is not None:
+            if tag == "td":
+                self._row["cells"].append("")
+            self._in_pre = tag == "pre" or self._in_pre
+            if "badge" in classes:
+                self._row["badges"].append(classes)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre":
+            self._in_pre = False
+        if tag == "ul":
+            self._in_summary = False
+        if tag == "tr" and self._row is not None:
+            self.rows[self._row["cells"][0].split()[0]] = self._row  # the first cell opens with the id
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_summary and self.summary:
+            self.summary[-1] += data
+        if self._row is None or not self._row["cells"]:
+            return
+        self._row["cells"][-1] += data + " "
+        if self._in_pre:
+            self._row["pre"].append(data)
+
+
+@pytest.fixture(scope="module")
+def format_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("formats")
+    return {kind: make_format_run(base / kind, kind) for kind in ("sft", "dpo", "tools")}
+
+
+def rendered(run: Path, profile: Path) -> SampleRows:
+    dom = browse(run / "report.html", profile, "--dump-dom").stdout
+    scan = SampleRows()
+    scan.feed(dom)
+    return scan
+
+
+def screenshot(run: Path, profile: Path, name: str):
+    """A screenshot of the run's report, kept for CI, decoded to its pixels."""
+    path = run / name
+    browse(run / "report.html", profile, f"--window-size={SCREEN[0]},{SCREEN[1]}", f"--screenshot={path}")
+    artifacts = os.environ.get("SYNTHKD_TEST_ARTIFACTS")
+    if artifacts:
+        target = Path(artifacts) / "report"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / name)
+        shutil.copyfile(run / "report.html", target / name.replace(".png", ".html"))
+    pixels = read_png(path)
+    assert pixels.shape[:2] == (SCREEN[1], SCREEN[0])
+    return pixels
+
+
+def assert_page_drawn(pixels) -> None:
+    """Not blank, and the funnel at the top drawn: bars of the chart's blue in the first 1000 px."""
+    ink = (pixels.min(axis=-1) < WHITE_ENOUGH).mean()
+    assert ink > 0.05, f"only {ink:.1%} of the page is not white"
+    assert share_of_colour(pixels[:1000], svg.BLUE) > 0.05, "no funnel bars at the top of the page"
+
+
+def vertical_runs(mask) -> int:
+    """The longest run of True down any one column of a 2-D mask."""
+    longest = 0
+    for column in mask.T:
+        edges = np.diff(np.concatenate(([0], column.astype(np.int8), [0])))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        longest = max(longest, int((ends - starts).max(initial=0)))
+    return longest
+
+
+def test_sft_report_shows_every_input_and_flags_the_truncated_answer(format_runs, tmp_path: Path):
+    run = format_runs["sft"]
+    page = rendered(run, tmp_path / "dom")
+    assert page.sections[:2] == ["funnel", "sample"]  # the funnel first, the rows next
+    assert set(page.rows) == {row["id"] for row in SFT_SEEDS}
+    email = page.rows["email"]["cells"]
+    # The instruction, its input (the email it is about) and the system prompt, beside the answer.
+    assert "Suggest a title for the following email:" in email[1] and "quarterly review moves" in email[1]
+    assert "You are a concise assistant." in email[1]
+    assert "Quarterly review moved to Friday 10:00" in email[2] and "score 9" in email[0]
+    assert page.rows["poem"]["badges"] == [["badge", "truncated"]]
+    assert "truncated" in page.rows["poem"]["classes"] and not page.rows["email"]["badges"]
+    assert any(line.startswith("1 truncated (finish_reason length") for line in page.summary)
+
+    pixels = screenshot(run, tmp_path / "shot", "report-sft.png")
+    assert_page_drawn(pixels)
+    # The truncated row's marker: a vermillion bar down the left edge of its first cell (the only
+    # vermillion that tall in the first column: the funnel legend's swatch is 12 px).
+    left = pixels[:, :220]
+    marker = vertical_runs(np.all(np.abs(left.astype(int) - [0xD5, 0x5E, 0x00]) <= 6, axis=-1))
+    assert marker >= 30, f"no truncated-row marker drawn (tallest vermillion run {marker} px)"
+
+
+def test_dpo_report_shows_chosen_and_rejected_side_by_side(format_runs, tmp_path: Path):
+    run = format_runs["dpo"]
+    page = rendered(run, tmp_path / "dom")
+    tides = page.rows["tides"]["cells"]  # one table row: prompt, chosen, rejected
+    assert "Explain tides." in tides[1]
+    assert "chosen score 8" in tides[2] and "Answer: Explain tides." in tides[2]
+    assert "rejected score 3" in tides[3] and "Weak student: the moon, maybe." in tides[3]
+    wind = page.rows["wind"]["cells"]  # here the student's answer won
+    assert "Strong student" in wind[2] and "Answer: Explain wind." in wind[3]
+    html_text = (run / "report.html").read_text(encoding="utf-8")
+    # One histogram per score column, not overlaid.
+    scores = html_text[html_text.index('<section id="scores">') :]
+    scores = scores[: scores.index("</section>")]
+    assert scores.count('<svg class="chart-svg"') == 2
+    assert (
+        'id="plot-scores-chosen_score-title"' in scores and 'id="plot-scores-rejected_score-title"' in scores
+    )
+    assert "chosen answers (words)" in html_text and "rejected answers (words)" in html_text
+
+    pixels = screenshot(run, tmp_path / "shot", "report-dpo.png")
+    assert_page_drawn(pixels)
+    # In the picture too: the chosen cells' green and the rejected cells' red tints share their
+    # lines of pixels (the same table rows), chosen on the left.
+    chosen = np.all(pixels == [0xF3, 0xFA, 0xF6], axis=-1)
+    rejected = np.all(pixels == [0xFD, 0xF4, 0xEF], axis=-1)
+    chosen_lines, rejected_lines = chosen.sum(axis=1) > 50, rejected.sum(axis=1) > 50
+    assert chosen_lines.sum() > 60, "no chosen cells drawn"
+    assert (chosen_lines & rejected_lines).sum() >= 0.9 * chosen_lines.sum()
+    assert np.flatnonzero(chosen.any(axis=0)).mean() < np.flatnonzero(rejected.any(axis=0)).mean()
+
+
+def test_tool_call_report_shows_the_tools_offered_and_the_calls_made(format_runs, tmp_path: Path):
+    run = format_runs["tools"]
+    page = rendered(run, tmp_path / "dom")
+    weather = page.rows["weather"]
+    offered, talk = weather["cells"][1], weather["cells"][2]
+    assert "What's the weather in Oslo right now, in celsius?" in offered
+    for tool in json.loads((run.parent / "tools.json").read_text()):
+        assert tool["function"]["name"] in offered
+    # The call made, its arguments pretty-printed (one per line), the tool's result and the answer.
+    assert "get_weather" in talk and "It is 4 °C in Oslo." in talk
+    assert '{\n  "city": "Oslo",\n  "unit": "celsius"\n}' in weather["pre"]
+    money = page.rows["money"]
+    assert '"from_currency": "EUR"' in "".join(money["pre"]) and "2912.5" in money["cells"][2]
+
+    assert_page_drawn(screenshot(run, tmp_path / "shot", "report-tools.png"))
+
+
+def test_the_basic_reports_are_small(format_runs):
+    for run in format_runs.values():
+        page = (run / "report.html").read_text(encoding="utf-8")
+        assert len(page.encode()) < 300_000 and not PLOTLY_SCRIPT.search(page)
+
+
+def test_histograms_have_sensible_bins():
+    # Lengths: a handful of rows over a narrow range still gets ten one-word bins around them.
+    narrow = svg.histogram_bins([5, 6, 7, 7, 8])
+    assert [b.low for b in narrow] == list(range(2, 12)) and [b.count for b in narrow][3:7] == [1, 1, 2, 1]
+    # Wide and many: between 10 and 40 round-width bins, every value counted once.
+    rng = random.Random(0)
+    for values in ([rng.randint(20, 900) for _ in range(500)], [rng.randint(1, 60) for _ in range(12)]):
+        bins = svg.histogram_bins(values)
+        widths = {b.high - b.low for b in bins if not b.overflow}
+        assert 10 <= len(bins) <= 41 and len(widths) == 1 and sum(b.count for b in bins) == len(values)
+    # Scores: a judge's whole scores get one bar per score over 1..10, gaps included.
+    labels, counts = score_bins([7.0, 7.0, 9.0, 4.0])
+    assert labels == [str(n) for n in range(1, 11)] and counts == [0, 0, 0, 1, 0, 0, 2, 0, 1, 0]
+    labels, counts = score_bins([rng.uniform(0, 1) for _ in range(200)])  # a reward model's scores
+    assert 10 <= len(labels) <= 40 and sum(counts) == 200
+
+
+def planted_run(folder: Path, rows: list[dict]) -> Path:
+    steps = [{"index": 0, "step": "load", "rows_in": 0, "rows_out": len(rows), "rows_dropped": {}}]
+    manifest = {"name": "planted", "recipe": {"seed": 1}, "rows": len(rows), "steps": steps}
+    write_run(folder, rows, [], manifest)
+    return folder
+
+
+def test_dialogues_show_every_turn_and_long_texts_are_clipped_with_the_whole_behind_details(tmp_path: Path):
+    long_answer = "word " * 400 + "THE-END"
+    turns = [
+        {"role": "system", "content": "You are Ada, a patient tutor."},
+        {"role": "user", "content": "What is a prime?"},
+        {"role": "assistant", "content": "A number with exactly two divisors."},
+        {"role": "user", "content": "Is 1 prime?"},
+        {"role": "assistant", "content": long_answer},
+    ]
+    row = {"id": "d1", "persona": "a curious pupil", "messages": turns, "turns": 2, "response": long_answer}
+    run = planted_run(tmp_path / "run", [row])
+    page, _ = build_report(open_run(run))
+    assert run_format([row]) == DIALOGUE and "dialogues (multi-turn messages)" in page
+    sample = page[page.index('<table class="samples dialogue">') :]
+    sample = sample[: sample.index("</table>")]
+    for turn in turns[:4]:
+        assert html.escape(turn["content"], quote=True) in sample
+    assert "a curious pupil" in sample  # the persona the dialogue was made from
+    # The long answer: clipped in view, the whole of it behind a <details>, no script needed.
+    assert "show all 2,007 characters" in sample and sample.count("THE-END") == 1
+    assert "<script" not in page

@@ -1,9 +1,12 @@
 """`report.html`: one self-contained page with charts of a run, for a look before training on it.
 
-The basic report (the default after every run) is cheap: well under a second to write and about
-50 KB, whatever the run's size. Its charts (funnel, lengths, judge scores, dedup pairs, tokens and
-cost) are inline SVG drawn in Python (`svg_charts`), with no script, so the file opens anywhere
-without a network; their numbers are in tables and tooltips too. The instruction map is drawn on
+The basic report (the default after every run) is cheap: well under a second to write and tens
+of KB (under 100 KB for 300 rows of long answers), whatever the run's size. It opens with a summary
+(rows, the format, truncated answers, failures), the funnel, then a sample of rows shown in the
+run's format with every input column (`report_samples`). Its charts (funnel, lengths, a histogram
+per score column, dedup pairs, tokens and cost) are inline SVG drawn in Python (`svg_charts`), with
+no script, so the file opens anywhere without a network; their numbers are in tables and tooltips
+too. The instruction map is drawn on
 request (`with_map`: `output.report: full`, `synthkd report --map`): it embeds the instructions
 (reusing cached embeddings), which takes tens of seconds, and it is a plotly figure, so only then is
 plotly.js (about 4.6 MB) inlined. Everything comes from the run folder: the manifest (funnel, tokens,
@@ -31,6 +34,7 @@ from synthkd.curate.embeddings import encoder_modules
 from synthkd.errors import MissingExtraError
 from synthkd.extras import check_installed, require
 from synthkd.messages import TEACHER_PROMPT
+from synthkd.publish import report_samples as samples
 from synthkd.publish import svg_charts as svg
 from synthkd.publish.loop_table import loop_table, read_loop
 from synthkd.publish.rundir import RunDir, open_run
@@ -209,7 +213,9 @@ def _length_panel(rows: list[dict[str, Any]], getter: Any, noun: str, color: str
     if not lengths:
         return f'<div class="panel"><h3>{html.escape(title)}</h3><p class="note">No {noun} found.</p></div>'
     bins = svg.histogram_bins(lengths)
-    chart = svg.histogram(f"plot-lengths-{noun}", f"Lengths of {noun} in words", bins, color, unit="words")
+    chart = svg.histogram(
+        f"plot-lengths-{noun.replace(' ', '-')}", f"Lengths of {noun} in words", bins, color, unit="words"
+    )
     ordered = sorted(lengths)
     summary = (
         f"{len(ordered):,} {noun}: median {svg.percentile(ordered, 0.5):,} words, "
@@ -224,14 +230,25 @@ def _length_panel(rows: list[dict[str, Any]], getter: Any, noun: str, color: str
     )
 
 
-def lengths_chart(rows: list[dict[str, Any]]) -> str:
-    """Histograms of instruction and response lengths in words, side by side, with their medians."""
-    return (
-        '<div class="panels">'
-        + _length_panel(rows, instruction_of, "instructions", svg.BLUE)
-        + _length_panel(rows, response_of, "responses", svg.VERMILLION)
-        + "</div>"
-    )
+def _rejected_of(row: dict[str, Any]) -> str | None:
+    return _content(row.get("rejected"), "assistant", last=True)
+
+
+def lengths_chart(rows: list[dict[str, Any]], fmt: str = samples.SFT) -> str:
+    """Histograms of instruction and response lengths in words (of prompts, chosen and rejected
+    answers for DPO pairs), side by side, with their medians."""
+    if fmt == samples.PREFERENCE:
+        panels = [
+            _length_panel(rows, instruction_of, "prompts", svg.BLUE),
+            _length_panel(rows, response_of, "chosen answers", svg.GREEN),
+            _length_panel(rows, _rejected_of, "rejected answers", svg.VERMILLION),
+        ]
+    else:
+        panels = [
+            _length_panel(rows, instruction_of, "instructions", svg.BLUE),
+            _length_panel(rows, response_of, "responses", svg.VERMILLION),
+        ]
+    return '<div class="panels">' + "".join(panels) + "</div>"
 
 
 def _scores_by_column(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -242,42 +259,58 @@ def _scores_by_column(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     return {column: values for column, values in found.items() if values}
 
 
-def _score_categories(every: list[float]) -> tuple[list[str], Any]:
-    """Category labels and a value -> category index function. Judges mostly give whole scores: one
-    bar per score then (gaps included); otherwise about 20 round-width bins."""
-    low, high = min(every), max(every)
-    if all(float(v).is_integer() for v in every) and high - low <= 40:
-        labels = [svg.count_text(v) for v in range(int(low), int(high) + 1)]
-        return labels, lambda v: int(v) - int(low)
-    width = svg.nice_step(high - low, 20, whole=False)
+def score_bins(values: list[float]) -> tuple[list[str], list[int]]:
+    """Category labels and counts. Judges mostly give whole scores: one bar per score then, gaps
+    included (over 1..10 for scores within it, a judge's usual scale); otherwise `bin_count` bins
+    of a round width."""
+    low, high = min(values), max(values)
+    if all(float(v).is_integer() for v in values) and high - low <= 40:
+        first, last = (min(int(low), 1), 10) if low >= 0 and high <= 10 else (int(low), int(high))
+        counts = [0] * (last - first + 1)
+        for value in values:
+            counts[int(value) - first] += 1
+        return [svg.count_text(v) for v in range(first, last + 1)], counts
+    width = svg.nice_step(high - low, svg.bin_count(sorted(values)), whole=False)
     start = math.floor(low / width) * width
     count = int((high - start) // width) + 1
-    labels = [f"{start + i * width:g}–{start + (i + 1) * width:g}" for i in range(count)]
-    return labels, lambda v: min(count - 1, int((v - start) // width))
+    counts = [0] * count
+    for value in values:
+        counts[min(count - 1, int((value - start) // width))] += 1
+    return [f"{start + i * width:g}–{start + (i + 1) * width:g}" for i in range(count)], counts
+
+
+SCORE_COLORS = {"score": svg.BLUE, "chosen_score": svg.GREEN, "rejected_score": svg.VERMILLION}
 
 
 def scores_chart(rows: list[dict[str, Any]]) -> str | None:
-    """Bars of how many rows got each score, per score column side by side; None without scores."""
+    """A histogram per score column (score, chosen_score, rejected_score), side by side, each with
+    its count, mean and median; None without scores."""
     found = _scores_by_column(rows)
     if not found:
         return None
-    labels, category = _score_categories([v for values in found.values() for v in values])
-    colors = {"score": svg.BLUE, "chosen_score": svg.GREEN, "rejected_score": svg.VERMILLION}
-    series = []
+    panels = []
     for column, values in found.items():
-        counts = [0] * len(labels)
-        for value in values:
-            counts[category(value)] += 1
-        series.append(svg.Series(column, counts, colors[column]))
-    chart = svg.bar_chart(
-        "plot-scores-svg", "Judge scores", labels, series, stacked=False, y_label="rows", x_label="score"
-    )
-    summaries = [
-        f"{column}: {len(values):,} rows, mean {statistics.fmean(values):.2f}, "
-        f"median {statistics.median(values):g}"
-        for column, values in found.items()
-    ]
-    return svg.legend(series) + chart + f'<p class="note">{html.escape("; ".join(summaries))}</p>'
+        labels, counts = score_bins(values)
+        chart = svg.bar_chart(
+            f"plot-scores-{column}",
+            f"{column}: rows per score",
+            labels,
+            [svg.Series(column, counts, SCORE_COLORS[column])],
+            stacked=False,
+            y_label="rows",
+            x_label=column,
+            width=svg.WIDTH / 2,
+            height=svg.HEIGHT * 0.8,
+        )
+        summary = (
+            f"{len(values):,} rows, mean {statistics.fmean(values):.2f}, median {statistics.median(values):g}"
+        )
+        panels.append(
+            f'<div class="panel"><h3>{html.escape(column)}</h3>{chart}'
+            f'<p class="note">{html.escape(summary)}</p></div>'
+        )
+    # `small`: a lone score chart keeps a panel's width instead of filling the page.
+    return '<div class="panels small">' + "".join(panels) + "</div>"
 
 
 def dedup_pairs(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -441,6 +474,7 @@ def build_report(
     rows = list(run.rows())
     steps = run.steps
     seed = int(run.recipe.get("seed", 42))
+    fmt = samples.run_format(rows)
     page = _Page([], [])
 
     page.chart(
@@ -449,10 +483,11 @@ def build_report(
         funnel_chart(steps),
         _funnel_table(steps),
     )
-    page.chart("lengths", "Length distributions", lengths_chart(rows))
+    _add_sample(page, rows, fmt, seed)
+    page.chart("lengths", "Length distributions", lengths_chart(rows, fmt))
     scores = scores_chart(rows)
     if scores is not None:
-        page.chart("scores", "Judge scores", scores)
+        page.chart("scores", "Judge scores: one histogram per score column", scores)
     else:
         page.text(
             "scores", "Judge scores", "<p>No judge scores in this run (no judge or preference step).</p>"
@@ -462,17 +497,46 @@ def build_report(
     page.chart("cost", "Tokens and estimated cost per step", cost_chart(steps), _cost_table(run))
     _add_experiment(page, run.path / EXPERIMENT_DIR)
     _add_loop(page, run.path)
+    return _render(run, page, _summary(run, rows, fmt)), page.plot_ids
+
+
+def _add_sample(page: _Page, rows: list[dict[str, Any]], fmt: str, seed: int) -> None:
+    """A random sample of rows in the run's format, every input column shown."""
     sample = random.Random(seed).sample(rows, min(SAMPLE_ROWS, len(rows)))
-    sample_table = [
-        [row.get("id"), instruction_of(row) or "", response_of(row) or "", row.get("score", "")]
-        for row in sample
-    ]
-    page.text(
-        "sample",
-        f"A sample of rows ({len(sample)} of {len(rows)})",
-        _table(["id", "instruction", "response", "score"], sample_table),
+    heading = f"A sample of rows ({len(sample)} of {len(rows):,}): {samples.FORMAT_NAMES[fmt]}"
+    if not sample:
+        page.text("sample", heading, "<p>No rows.</p>")
+        return
+    truncated = sum(samples.is_truncated(row) for row in sample)
+    note = (
+        f'<p class="note">{truncated} of these were cut short by max_tokens: marked truncated.</p>'
+        if truncated
+        else ""
     )
-    return _render(run, page), page.plot_ids
+    page.text("sample", heading, note + samples.samples_table(sample, fmt))
+
+
+def _summary(run: RunDir, rows: list[dict[str, Any]], fmt: str) -> list[tuple[str, bool]]:
+    """The lines under the title (rows, format, truncated answers, failures, teachers, cost), each
+    with whether it is a warning (shown in colour: truncated answers, failures)."""
+    manifest = run.manifest
+    truncated = sum(samples.is_truncated(row) for row in rows)
+    teachers = ", ".join(f"{t.get('backend')}:{t.get('model')}" for t in manifest.get("teachers") or [])
+    failures = manifest.get("failures") or 0
+    truncated_line = f"{truncated:,} truncated" + (
+        f" (finish_reason length: the teacher hit max_tokens; `synthkd show {run.path} "
+        "--where finish_reason=length` lists them)"
+        if truncated
+        else ""
+    )
+    return [
+        (f"{_count(manifest.get('rows', len(rows)))} rows: {samples.FORMAT_NAMES[fmt]}", False),
+        (truncated_line, truncated > 0),
+        (f"{_count(failures)} failures", failures > 0),
+        (f"teachers: {teachers or 'none'}", False),
+        (f"est. cost {_cost_text(manifest.get('cost_usd'))}", False),
+        (f"finished {manifest.get('finished', '?')}", False),
+    ]
 
 
 def _add_map(page: _Page, rows: list[dict[str, Any]], seed: int, model: str, with_map: bool) -> None:
@@ -567,7 +631,9 @@ def _cost_table(run: RunDir) -> str:
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1200px; padding: 0 16px;
   color: #222; }
-section { margin: 32px 0; } h1 { margin-bottom: 4px; } .meta { color: #555; }
+section { margin: 32px 0; } h1 { margin-bottom: 4px; }
+.meta { color: #555; list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 2px 18px; }
+.meta li.warn { color: #a33a00; font-weight: 600; }
 h2 { font-size: 20px; margin: 0 0 8px; } h3 { font-size: 15px; margin: 0 0 4px; font-weight: 600; }
 nav { font-size: 14px; } nav a { margin-right: 14px; }
 table { border-collapse: collapse; font-size: 13px; width: 100%; margin-top: 8px; }
@@ -577,6 +643,7 @@ figure.chart { margin: 0; }
 .chart-svg { display: block; width: 100%; height: auto; font-family: system-ui, sans-serif; }
 .chart-svg .bar:hover { opacity: 0.8; }
 .panels { display: grid; grid-template-columns: repeat(auto-fit, minmax(380px, 1fr)); gap: 24px; }
+.panels.small { grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); }
 .legend { list-style: none; display: flex; flex-wrap: wrap; gap: 4px 18px; padding: 0; margin: 0 0 4px;
   font-size: 13px; }
 .legend li { display: flex; align-items: center; gap: 6px; }
@@ -584,16 +651,10 @@ figure.chart { margin: 0; }
 """
 
 
-def _render(run: RunDir, page: _Page) -> str:
-    manifest = run.manifest
-    meta = (
-        f"{manifest.get('rows', '?')} rows, {manifest.get('failures', 0)} failures; teachers: "
-        + (
-            ", ".join(f"{t.get('backend')}:{t.get('model')}" for t in manifest.get("teachers") or [])
-            or "none"
-        )
-        + f"; est. cost {_cost_text(manifest.get('cost_usd'))}"
-        + f"; finished {manifest.get('finished', '?')}"
+def _render(run: RunDir, page: _Page, summary: list[tuple[str, bool]]) -> str:
+    items = "".join(
+        f'<li class="warn">{html.escape(line)}</li>' if warn else f"<li>{html.escape(line)}</li>"
+        for line, warn in summary
     )
     contents = "".join(
         f'<a href="#{name}">{html.escape(heading.split(":")[0])}</a>' for name, heading, _ in page.sections
@@ -607,8 +668,9 @@ def _render(run: RunDir, page: _Page) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>synthkd report: {html.escape(run.name)}</title><style>{STYLE}</style>{script}</head><body>"
-        f'<h1>{html.escape(run.name)}</h1><p class="meta">{html.escape(meta)}</p>'
+        f"<title>synthkd report: {html.escape(run.name)}</title>"
+        f"<style>{STYLE}{samples.SAMPLE_STYLE}</style>{script}</head><body>"
+        f'<h1>{html.escape(run.name)}</h1><ul class="meta" id="summary">{items}</ul>'
         f'<nav aria-label="sections">{contents}</nav>\n' + sections + "</body></html>\n"
     )
 

@@ -343,19 +343,50 @@ def _describe_bars(categories: Sequence[str], series: Sequence[Series]) -> str:
     return "; ".join(described)
 
 
-def histogram_bins(values: Sequence[float], max_bins: int = 30) -> list[Bin]:
-    """Round-width bins over whole-number values; a long tail (past 1.5 times the 99.5th
-    percentile) goes into one last overflow bar, so the bulk of the data is not squeezed into a bar
-    or two by a single outlier."""
+MIN_BINS, MAX_BINS = 10, 40
+
+
+def bin_count(ordered: Sequence[float]) -> int:
+    """How many bars a histogram of these values (sorted) should have: the Freedman–Diaconis rule
+    (bin width twice the interquartile range over the cube root of n), or the square root of n when
+    the middle half is one value, clipped to 10..40 so a handful of rows still shows a shape and a
+    long run no comb."""
+    n = len(ordered)
+    span = ordered[-1] - ordered[0]
+    spread = percentile(ordered, 0.75) - percentile(ordered, 0.25)
+    wanted = span / (2 * spread / n ** (1 / 3)) if spread > 0 and span > 0 else math.sqrt(n)
+    return min(MAX_BINS, max(MIN_BINS, round(wanted)))
+
+
+def _whole_width(low: float, upper: float, target: int) -> float:
+    """The round width (1, 2 or 5 times a power of ten, at least 1) that cuts low..upper into the
+    count of bins nearest `target` within 10..40 (whole-number values: a bin holds a whole range)."""
+    candidates = [f * 10**m for m in range(10) for f in (1, 2, 5)]
+
+    def bins(width: float) -> int:
+        return int((upper - math.floor(low / width) * width) // width) + 1
+
+    fitting = [w for w in candidates if MIN_BINS <= bins(w) <= MAX_BINS]
+    return min(fitting, key=lambda w: (abs(bins(w) - target), w)) if fitting else 1.0
+
+
+def histogram_bins(values: Sequence[float]) -> list[Bin]:
+    """Round-width bins over whole-number values (`bin_count` of them, about); a long tail (past
+    1.5 times the 99.5th percentile) goes into one last overflow bar, so the bulk of the data is
+    not squeezed into a bar or two by a single outlier. Values spanning fewer than 10 numbers get
+    one bar per number, over 10 numbers around them (none below 0)."""
     if not values:
         return []
     ordered = sorted(values)
     low, high = ordered[0], ordered[-1]
     cap = percentile(ordered, 0.995)
     upper = cap if high > 1.5 * cap and cap > low else high
-    width = nice_step(upper - low + 1, max_bins)
+    width = _whole_width(low, upper, bin_count([v for v in ordered if v <= upper]))
     start = math.floor(low / width) * width
     count = int((upper - start) // width) + 1
+    if count < MIN_BINS:  # a narrow range: one bar per number, widened to ten numbers around it
+        start = max(0.0, low - (MIN_BINS - (upper - low + 1)) // 2)
+        count = MIN_BINS
     counts = [0] * count
     overflow = 0
     for value in ordered:
