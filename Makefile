@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 # Offline: no model or dataset is downloaded at run time; litellm uses its bundled price map.
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: setup quickstart experiment test bench clean chromium bubblewrap
+.PHONY: setup quickstart experiment test bench docs clean chromium bubblewrap
 
 # Install a Debian package once, with sudo when not root: $(call apt_install,command,package)
 define apt_install
@@ -61,6 +61,10 @@ test: setup chromium bubblewrap
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+
+# docs/reference.md and the README's example and recipe table, from the code (a test checks them).
+docs: setup
+	$(BIN)/python -m synthkd.docs_reference
 
 clean:
 	rm -rf $(VENV) runs

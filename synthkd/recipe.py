@@ -33,6 +33,8 @@ PYTHON_RECIPE = "<recipe>"
 
 
 class OutputConfig(StrictModel):
+    """Where the run's outputs go, in which format, and the dataset card's metadata."""
+
     dir: str | None = Field(
         None, description="run folder, relative to the working directory; default runs/<name>"
     )
@@ -80,13 +82,15 @@ class EngineConfig(StrictModel):
 
 
 class Recipe(StrictModel):
+    """A recipe: the teacher, the steps run in order, and what is done with their rows."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run and its folder")
     seed: int = Field(42, description="seeds sampling wherever synthkd samples")
     teacher: TeacherConfig = Field(
         description="default teacher of every step (default: the embedded SmolLM2)"
     )
     steps: list[AnyStep] = Field(min_length=1, description="run in order")
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig, description="the run folder and the card")
     train: TrainConfig | None = Field(None, description="train a student on the run's dataset (TRL)")
     max_cost_usd: float | None = Field(
         None,

@@ -82,7 +82,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         "the public Python API: synthkd.run and the names `import synthkd` offers",
         ["synthkd", "synthkd.api", "synthkd.reporter"],
     ),
-    ("the command line and the test helpers", ["synthkd.cli", "synthkd.testing"]),
+    (
+        "the command line, the test helpers and the generated docs",
+        ["synthkd.cli", "synthkd.testing", "synthkd.docs_reference"],
+    ),
 ]
 
 

@@ -15,6 +15,8 @@ __all__ = ["HUB_LICENSES", "HUB_TASKS", "HubConfig", "HubLicense", "HubTask"]
 
 
 class HubConfig(StrictModel):
+    """The Hub dataset repository a finished run is pushed to."""
+
     repo_id: str = Field(
         pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
         description="dataset repository on the Hub, namespace/name; created if it does not exist",

@@ -32,7 +32,7 @@ from synthkd.steps.base import (
     exact_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, reask_prompt_field
 from synthkd.teachers.base import ChatRequest
 
 _LABEL_LINE = re.compile(
@@ -88,7 +88,7 @@ class ClassifyStep(TeacherStep):
     reask: int = Field(1, ge=0, description="times an answer without a valid label is asked again")
     prompt: str = Field("prompts/classify/label.jinja", description="the teacher's prompt")
     student_prompt: str = Field("prompts/classify/student.jinja", description="the prompt in the SFT data")
-    reask_prompt: str = "prompts/reask.jinja"
+    reask_prompt: str = reask_prompt_field()
 
     @field_validator("labels")
     @classmethod

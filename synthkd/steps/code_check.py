@@ -44,7 +44,7 @@ from synthkd.steps.base import (
     prompt_tokens,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, reask_prompt_field
 from synthkd.teachers.base import ChatRequest, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 
@@ -74,7 +74,7 @@ class CodeCheckStep(TeacherStep):
     task_column: str = Field("instruction", description="the task, shown to the teacher writing tests")
     tests_column: str | None = Field(None, description="column with the tests; then no teacher is asked")
     prompt: str = Field("prompts/code_check/tests.jinja", description="asks the teacher for tests")
-    reask_prompt: str = "prompts/reask.jinja"
+    reask_prompt: str = reask_prompt_field()
     cpu_seconds: float = Field(10.0, gt=0, description="CPU time per check")
     wall_seconds: float | None = Field(None, gt=0, description="wall-clock limit (default 2 x CPU + 5 s)")
     memory_mb: int = Field(512, ge=64, description="address space per check")

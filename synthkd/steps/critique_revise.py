@@ -32,7 +32,7 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of
+from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of, reask_prompt_field
 from synthkd.teachers.base import ChatRequest
 
 _VERDICT = re.compile(r"needs\s+revision\W*?[:：]\W*(yes|no)\b", re.IGNORECASE)
@@ -98,9 +98,15 @@ class CritiqueReviseStep(TeacherStep):
     response_column: str = Field("response", description="the response to critique")
     rounds: int = Field(1, ge=1, description="critique-revision rounds at most")
     keep_unchanged: bool = Field(False, description="keep rows the critique found nothing wrong with")
-    critique_prompt: str = "prompts/critique_revise/critique.jinja"
-    revise_prompt: str = "prompts/critique_revise/revise.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    critique_prompt: str = Field(
+        "prompts/critique_revise/critique.jinja",
+        description="Jinja template asking for a critique against the principles, ending "
+        "`Needs revision: yes/no`",
+    )
+    revise_prompt: str = Field(
+        "prompts/critique_revise/revise.jinja", description="Jinja template asking for the answer rewritten"
+    )
+    reask_prompt: str = reask_prompt_field()
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         needed = {self.prompt_column, self.response_column}

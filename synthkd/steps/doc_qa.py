@@ -33,7 +33,7 @@ from synthkd.steps.base import (
     TeacherStep,
     exact_plan,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, reask_prompt_field, strip_code_fence
 from synthkd.steps.sources import SeedSource
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import EMBEDDED_MODEL
@@ -91,9 +91,12 @@ class DocQAStep(TeacherStep, SeedSource):
     min_answer_support: float = Field(
         0.8, ge=0, le=1, description="share of the answer's content words that must appear in the chunk"
     )
-    prompt: str = "prompts/doc_qa/generate.jinja"
+    prompt: str = Field(
+        "prompts/doc_qa/generate.jinja",
+        description="Jinja template asking for QA pairs, with their supporting text, from one chunk",
+    )
     question_prompt: str = Field("prompts/doc_qa/question.jinja", description="the student's user message")
-    reask_prompt: str = "prompts/reask.jinja"
+    reask_prompt: str = reask_prompt_field()
 
     _documents: list[Row] = PrivateAttr(default_factory=list)
 

@@ -35,7 +35,7 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_yes_no
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_yes_no, reask_prompt_field
 from synthkd.teachers.base import ChatRequest
 
 DEPTH_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input"]
@@ -84,10 +84,20 @@ class EvolInstructStep(TeacherStep):
         20, ge=0, description="an answer shorter than this eliminates the evolution"
     )
     keep_original: bool = Field(False, description="also output the round-0 instructions")
-    depth_prompt: str = "prompts/evol_instruct/depth.jinja"
-    breadth_prompt: str = "prompts/evol_instruct/breadth.jinja"
-    equal_prompt: str = "prompts/evol_instruct/equal.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    depth_prompt: str = Field(
+        "prompts/evol_instruct/depth.jinja",
+        description="Jinja template of the in-depth rewrites (the operation's instruction is filled in)",
+    )
+    breadth_prompt: str = Field(
+        "prompts/evol_instruct/breadth.jinja",
+        description="Jinja template of the in-breadth rewrite: a new instruction in the same domain",
+    )
+    equal_prompt: str = Field(
+        "prompts/evol_instruct/equal.jinja",
+        description="with elimination: teacher, Jinja template asking whether an evolution adds "
+        "nothing to its parent",
+    )
+    reask_prompt: str = reask_prompt_field()
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns({"instruction"}, columns, ctx, "step", "evol_instruct")

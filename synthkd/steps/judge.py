@@ -27,7 +27,7 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ask_parsed, failure_of
+from synthkd.steps.parsing import ask_parsed, failure_of, reask_prompt_field
 from synthkd.steps.scoring import agreed_winner, parse_winner, score_parser
 from synthkd.teachers.base import ChatRequest
 from synthkd.teachers.config import TeacherConfig
@@ -66,9 +66,14 @@ class JudgeStep(TeacherStep):
     min_aspect_scores: dict[str, float] | None = Field(
         None, description="per aspect, drop rows scoring below it there, e.g. {safety: 4}"
     )
-    pointwise_prompt: str = "prompts/judge/pointwise.jinja"
-    pairwise_prompt: str = "prompts/judge/pairwise.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    pointwise_prompt: str = Field(
+        "prompts/judge/pointwise.jinja",
+        description="Jinja template of a pointwise verdict: a JSON score and why",
+    )
+    pairwise_prompt: str = Field(
+        "prompts/judge/pairwise.jinja", description="Jinja template comparing two answers to one prompt"
+    )
+    reask_prompt: str = reask_prompt_field()
     teacher: TeacherConfig | None = Field(None, description="the judge; defaults to the recipe's teacher")
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:

@@ -7,10 +7,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import Field
+
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.steps.base import Failure, Progress, Row
 from synthkd.teachers.base import ChatRequest
 from synthkd.templates import PromptTemplate
+
+
+def reask_prompt_field() -> Any:
+    """The `reask_prompt:` key of a step that re-asks through `ask_parsed`, documented once."""
+    return Field(
+        "prompts/reask.jinja",
+        description="Jinja template of the re-ask after an answer that could not be parsed (shows the error)",
+    )
 
 
 class ParseError(ValueError):

@@ -26,7 +26,7 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ask_parsed
+from synthkd.steps.parsing import ask_parsed, reask_prompt_field
 from synthkd.steps.preference_rows import preference_row
 from synthkd.steps.scoring import score_parser
 from synthkd.teachers.base import ChatRequest
@@ -55,8 +55,10 @@ class PreferenceStep(TeacherStep):
     system: str | None = Field(None, description="system prompt for the sampled answers")
     scale: tuple[int, int] = Field((1, 10), description="the judge's lowest and highest score")
     prompt: str = Field("prompts/label.jinja", description="template of the user message")
-    judge_prompt: str = "prompts/judge/pointwise.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    judge_prompt: str = Field(
+        "prompts/judge/pointwise.jinja", description="Jinja template the judge scores each candidate with"
+    )
+    reask_prompt: str = reask_prompt_field()
     teacher: TeacherConfig | None = Field(None, description="writes the candidates")
     judge_teacher: TeacherConfig | None = Field(None, description="scores them (default: the same teacher)")
 

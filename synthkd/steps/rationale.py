@@ -27,7 +27,7 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, reask_prompt_field
 from synthkd.teachers.base import ChatRequest
 
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]?\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -58,7 +58,7 @@ class RationaleStep(TeacherStep):
     )
     n: int = Field(5, ge=1, description="samples per row (self-consistency votes; with gold, tries)")
     min_agreement: float = Field(0.5, gt=0, le=1, description="share of samples the majority answer needs")
-    reask_prompt: str = "prompts/reask.jinja"
+    reask_prompt: str = reask_prompt_field()
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         needed = set(self.template("prompt").variables) - {"input"}

@@ -34,7 +34,7 @@ from synthkd.steps.base import (
     exact_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, reask_prompt_field, strip_code_fence
 from synthkd.teachers.base import ChatRequest
 
 MAX_EXPRESSION_CHARS = 500
@@ -253,7 +253,7 @@ class RecomputeStep(TeacherStep):
     )
     drop_non_numeric: bool = Field(False, description="drop rows whose answer is not one number")
     reask: int = Field(1, ge=0, description="times a refused expression is asked again")
-    reask_prompt: str = "prompts/reask.jinja"
+    reask_prompt: str = reask_prompt_field()
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         needed = set(self.template("prompt").variables) - {"input"}

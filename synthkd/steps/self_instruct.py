@@ -33,7 +33,14 @@ from synthkd.steps.base import (
     estimate_plan,
     require_columns,
 )
-from synthkd.steps.parsing import ParseError, ask_parsed, failure_of, parse_numbered_list, parse_yes_no
+from synthkd.steps.parsing import (
+    ParseError,
+    ask_parsed,
+    failure_of,
+    parse_numbered_list,
+    parse_yes_no,
+    reask_prompt_field,
+)
 from synthkd.teachers.base import ChatRequest
 
 if TYPE_CHECKING:
@@ -92,17 +99,33 @@ class SelfInstructStep(TeacherStep):
     requests_per_round: int = Field(8, ge=1, description="requests sent together before filtering")
     max_rounds: int = Field(50, ge=1, description="give up after this many rounds")
     rouge_threshold: float = Field(0.7, gt=0, le=1, description="drop a task at this ROUGE-L F1 to the pool")
-    min_words: int = Field(3, ge=1)
-    max_words: int = Field(150, ge=1)
-    blocked_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_KEYWORDS))
+    min_words: int = Field(3, ge=1, description="drop a new instruction with fewer words (too_short)")
+    max_words: int = Field(150, ge=1, description="drop a new instruction with more words (too_long)")
+    blocked_keywords: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_KEYWORDS),
+        description="drop an instruction naming one of these words, which a text model cannot do "
+        "(unsupported_keyword: image, file, draw, ...)",
+    )
     instances: bool = Field(True, description="generate input/output instances for each new task")
     max_instances: int = Field(1, ge=1, description="instances asked for per task")
     keep_seeds: bool = Field(False, description="also output the seed rows")
-    prompt: str = "prompts/self_instruct/generate.jinja"
-    classify_prompt: str = "prompts/self_instruct/is_classification.jinja"
-    instances_prompt: str = "prompts/self_instruct/instances.jinja"
-    classification_instances_prompt: str = "prompts/self_instruct/classification_instances.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    prompt: str = Field(
+        "prompts/self_instruct/generate.jinja",
+        description="Jinja template asking for new tasks from examples",
+    )
+    classify_prompt: str = Field(
+        "prompts/self_instruct/is_classification.jinja",
+        description="Jinja template asking whether a task is a classification task",
+    )
+    instances_prompt: str = Field(
+        "prompts/self_instruct/instances.jinja",
+        description="Jinja template asking for a task's input/output instances",
+    )
+    classification_instances_prompt: str = Field(
+        "prompts/self_instruct/classification_instances.jinja",
+        description="Jinja template asking for a classification task's instances, the label first",
+    )
+    reask_prompt: str = reask_prompt_field()
 
     _blocked: re.Pattern | None = PrivateAttr(None)
 

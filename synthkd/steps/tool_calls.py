@@ -55,7 +55,14 @@ from synthkd.steps.base import (
     prompt_tokens,
     require_columns,
 )
-from synthkd.steps.parsing import Parsed, ParseError, ask_parsed, failure_of, strip_code_fence
+from synthkd.steps.parsing import (
+    Parsed,
+    ParseError,
+    ask_parsed,
+    failure_of,
+    reask_prompt_field,
+    strip_code_fence,
+)
 from synthkd.teachers.base import ChatRequest, Completion, max_completion_tokens
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -261,12 +268,27 @@ class ToolCallsStep(TeacherStep):
         description="rounds of calls: after each round's results the teacher may call again (calls that "
         "need those results) or stop; 1 = one round (several calls may go together)",
     )
-    request_prompt: str = "prompts/tool_calls/request.jinja"
-    calls_prompt: str = "prompts/tool_calls/calls.jinja"
-    next_calls_prompt: str = "prompts/tool_calls/next_calls.jinja"
-    results_prompt: str = "prompts/tool_calls/results.jinja"
-    answer_prompt: str = "prompts/tool_calls/answer.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    request_prompt: str = Field(
+        "prompts/tool_calls/request.jinja",
+        description="Jinja template asking for a user request one tool serves (without request_column)",
+    )
+    calls_prompt: str = Field(
+        "prompts/tool_calls/calls.jinja",
+        description="Jinja template asking for the first round's calls as JSON",
+    )
+    next_calls_prompt: str = Field(
+        "prompts/tool_calls/next_calls.jinja",
+        description="Jinja template asking, after a round's results, for more calls or none (max_rounds > 1)",
+    )
+    results_prompt: str = Field(
+        "prompts/tool_calls/results.jinja",
+        description="Jinja template asking for the calls' simulated results",
+    )
+    answer_prompt: str = Field(
+        "prompts/tool_calls/answer.jinja",
+        description="Jinja template asking for the final answer from the results",
+    )
+    reask_prompt: str = reask_prompt_field()
 
     _tools: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 

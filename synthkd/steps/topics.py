@@ -25,7 +25,7 @@ from synthkd.steps.base import (
     estimate_plan,
     prompt_tokens,
 )
-from synthkd.steps.parsing import ask_parsed, failure_of, parse_numbered_list
+from synthkd.steps.parsing import ask_parsed, failure_of, parse_numbered_list, reask_prompt_field
 from synthkd.teachers.base import ChatRequest
 
 
@@ -41,9 +41,14 @@ class TopicsStep(TeacherStep):
     similarity_threshold: float = Field(
         0.7, gt=0, le=1, description="ROUGE-L F1 at which two items are duplicates"
     )
-    subtopics_prompt: str = "prompts/topics/subtopics.jinja"
-    instructions_prompt: str = "prompts/topics/instructions.jinja"
-    reask_prompt: str = "prompts/reask.jinja"
+    subtopics_prompt: str = Field(
+        "prompts/topics/subtopics.jinja", description="Jinja template asking for a topic's subtopics"
+    )
+    instructions_prompt: str = Field(
+        "prompts/topics/instructions.jinja",
+        description="Jinja template asking for instructions on one leaf topic",
+    )
+    reask_prompt: str = reask_prompt_field()
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         added = {"id", "instruction", "topic", "topic_path"}

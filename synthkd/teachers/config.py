@@ -42,7 +42,13 @@ class TokenPrice(StrictModel):
 class TeacherConfig(StrictModel):
     """Which model answers, where it lives, and how hard synthkd may push it."""
 
-    backend: Literal["openai", "litellm", "transformers", "vllm"] = "openai"
+    backend: Literal["openai", "litellm", "transformers", "vllm"] = Field(
+        "openai",
+        description="openai: any OpenAI-compatible base_url, posted to directly; litellm: any provider "
+        "(anthropic/claude-..., ollama/...; for an OpenAI-compatible server openai/<model> with base_url); "
+        "transformers: a local model; vllm: a local model in vLLM's engine, on a GPU. A recipe without "
+        "teacher: gets transformers and the embedded model",
+    )
     model: str = Field(
         min_length=1,
         description="API model name; for transformers and vllm a local folder, a Hub id or `embedded`",
@@ -56,7 +62,11 @@ class TeacherConfig(StrictModel):
     concurrency: int = Field(64, ge=1, description="requests in flight at once")
     rpm: float | None = Field(None, gt=0, description="requests per minute limit")
     tpm: float | None = Field(None, gt=0, description="tokens per minute limit")
-    params: dict[str, Any] = Field(default_factory=dict, description="generation parameters sent as they are")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="generation parameters sent as they are (transformers: max_tokens, temperature, top_p, "
+        "top_k, min_p, repetition_penalty, seed; vllm: those and stop, presence_penalty, frequency_penalty)",
+    )
     timeout: float = Field(120.0, gt=0, description="seconds before one request is abandoned and retried")
     max_attempts: int = Field(6, ge=1, description="attempts per request, the first included")
     outage_seconds: float = Field(

@@ -19,9 +19,11 @@ from synthkd.teachers.config import (
 
 
 class LoraSettings(StrictModel):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    """LoRA adapters (peft), merged into the saved model."""
+
+    r: int = Field(16, ge=1, description="rank of the adapters")
+    alpha: int = Field(32, ge=1, description="scaling: the adapters' update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
     target_modules: list[str] | str = Field("all-linear", description="modules adapted (peft's names)")
 
 
