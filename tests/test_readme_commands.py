@@ -144,7 +144,8 @@ def test_the_readme_commands_run_as_written(tmp_path: Path):
     run = checkout / "runs" / "quickstart"
     for made in ("dataset", "data.jsonl", "manifest.json", "README.md", "report.html", "student"):
         assert (run / made).exists(), f"make quickstart did not write {made}"
-    assert (checkout / "to-upload" / "README.md").is_file()  # push --dry-run wrote its folder
+    assert (run / "push-dry-run" / "README.md").is_file()  # push --dry-run wrote its folder
+    assert (checkout / "my-recipe" / "quickstart.yaml").is_file()  # init made a copy to edit
 
 
 DOCS_WITH_COMMANDS = [page for page in PAGES[1:] if any(block.runs for block in blocks(page))]
