@@ -586,3 +586,34 @@ def test_dialogues_show_every_turn_and_long_texts_are_clipped_with_the_whole_beh
     # The long answer: clipped in view, the whole of it behind a <details>, no script needed.
     assert "show all 2,007 characters" in sample and sample.count("THE-END") == 1
     assert "<script" not in page
+
+
+def test_pairs_in_the_standard_format_show_their_texts_and_a_nan_score_is_left_out(tmp_path: Path):
+    # A DPO set loaded as plain strings (TRL's standard format), one judge score unreadable (NaN).
+    rows = [
+        {
+            "id": "p1",
+            "prompt": "Why is the sky blue?",
+            "chosen": "Rayleigh scattering.",
+            "rejected": "Paint.",
+            "chosen_score": 9,
+            "rejected_score": 2,
+        },
+        {
+            "id": "p2",
+            "prompt": "Name a prime.",
+            "chosen": "Seven.",
+            "rejected": "Nine.",
+            "chosen_score": float("nan"),
+            "rejected_score": 1,
+        },
+    ]
+    page, _ = build_report(open_run(planted_run(tmp_path / "run", rows)))
+    sample = page[page.index('<table class="samples preference">') :]
+    sample = sample[: sample.index("</table>")]
+    for row in rows:
+        for column in ("prompt", "chosen", "rejected"):
+            assert html.escape(row[column]) in sample, f"{row['id']}: {column} not shown"
+    scores = page[page.index('<section id="scores">') :]
+    scores = scores[: scores.index("</section>")]
+    assert "1 rows, mean 9.00" in scores and "2 rows, mean 1.50" in scores  # the NaN is not counted

@@ -253,7 +253,12 @@ def lengths_chart(rows: list[dict[str, Any]], fmt: str = samples.SFT) -> str:
 
 def _scores_by_column(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     found = {
-        column: [row[column] for row in rows if isinstance(row.get(column), int | float)]
+        # A judge's NaN (json.loads reads it) or infinity has no place on an axis: left out.
+        column: [
+            row[column]
+            for row in rows
+            if isinstance(row.get(column), int | float) and math.isfinite(row[column])
+        ]
         for column in SCORE_COLUMNS
     }
     return {column: values for column, values in found.items() if values}

@@ -237,15 +237,23 @@ def _sft_row(row: dict[str, Any]) -> list[str]:
     return [_row_head(row), inputs, (text_block(response) if response is not None else "") + _derived(row)]
 
 
+def _turns_or_text(value: Any) -> str:
+    """A pair's prompt or answer: messages (TRL's conversational format) as a conversation, a plain
+    string (its standard format, as a loaded DPO set may be) as text."""
+    if isinstance(value, str):
+        return text_block(value)
+    return conversation(_messages(value))
+
+
 def _pair_row(row: dict[str, Any]) -> list[str]:
     prompt = _messages(row.get("prompt"))
     shown = {m.get("content") for m in prompt if isinstance(m.get("content"), str)}
-    inputs = conversation(prompt) + _fields(row, input_columns(row), shown)
+    inputs = _turns_or_text(row.get("prompt")) + _fields(row, input_columns(row), shown)
 
     def side(column: str) -> str:
         score = row.get(f"{column}_score")
         head = f'<div class="score">{column} score {_score_text(score)}</div>' if score is not None else ""
-        return head + conversation(_messages(row.get(column)))
+        return head + _turns_or_text(row.get(column))
 
     return [_row_head(row, None), inputs + _derived(row), side("chosen"), side("rejected")]
 
