@@ -19,7 +19,7 @@ from synthkd.loop.config import LoopConfig
 from synthkd.overrides import apply_overrides
 from synthkd.publish.config import HubConfig, HubLicense, HubTask
 from synthkd.publish.hub_recipe import download_recipe, is_hub_recipe
-from synthkd.shipped import not_found, resolve_path
+from synthkd.shipped import find_recipe_file
 from synthkd.steps import STEP_TYPES, AnyStep, Step, add_step_class
 from synthkd.steps.parsing import register_parser
 from synthkd.teachers.config import TeacherConfig, default_teacher
@@ -207,14 +207,11 @@ def recipe_teachers(recipe: Recipe, *, training: bool = True) -> list[TeacherUse
 
 
 def find_recipe(path: str | Path) -> Path:
-    """A recipe path as given, a recipe on the Hub (`hf://datasets/<repo>/recipe.yaml`, downloaded
-    with the files beside it), else one of the shipped recipes (`recipes/quickstart.yaml`)."""
+    """A recipe on the Hub (`hf://datasets/<repo>/recipe.yaml`, downloaded with the files beside
+    it), else a recipe file's path as given, else a shipped recipe's name (`shipped.find_recipe_file`)."""
     if is_hub_recipe(path):
         return download_recipe(str(path))
-    found = resolve_path(path, Path.cwd())
-    if found is None or not found.is_file():
-        raise RecipeError(not_found("recipe file", path, None))
-    return found.resolve() if Path(path).exists() else found
+    return find_recipe_file(path)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:

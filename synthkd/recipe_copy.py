@@ -4,11 +4,10 @@ points at nothing outside its folder.
 
 What is a file the recipe names is found the way the recipe finds it: every string of the recipe
 that resolves (`shipped.resolve_path`, from the recipe's folder, then the shipped files) to a file
-or folder among the shipped recipes and prompts or in the recipe's own folder. A file named
-inside that folder keeps its relative path, so the recipe's text stays as it is; one named from
-elsewhere (`../self_instruct/seed_tasks.jsonl`, an absolute path) is copied to the top of the new
-folder and its line in the recipe rewritten. Templates' `{% include %}`s are followed too, and a
-LICENSE file beside a copied file goes with it.
+or folder, wherever it is. A file named inside that folder keeps its relative path, so the
+recipe's text stays as it is; one named from elsewhere (`../self_instruct/seed_tasks.jsonl`, an
+absolute path) is copied to the top of the new folder and its line in the recipe rewritten.
+Templates' `{% include %}`s are followed too, and a LICENSE file beside a copied file goes with it.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ from typing import Any
 
 from synthkd.errors import RecipeError
 from synthkd.recipe import find_recipe, load_recipe
-from synthkd.shipped import resolve_path, shipped_recipes, shipped_root
-from synthkd.spelling import close_names
+from synthkd.shipped import resolve_path
 from synthkd.yaml_source import KeyPath
 
 # Keys whose value is never a file to copy: a place the run writes, or a name that may also be a
@@ -54,30 +52,15 @@ class NamedFile:
     value: str = ""
 
 
-def find_source_recipe(name: str) -> Path:
-    """A recipe by the name `synthkd recipes` lists it (`recipes/law/doc_qa.yaml`), that name
-    without `recipes/` or `.yaml` (`quickstart`, `law/doc_qa`), or a recipe file's path."""
-    shipped = {path: shipped_root() / path for path, _ in shipped_recipes()}
-    for path, file in shipped.items():
-        short = path.removeprefix("recipes/")
-        if name in (path, short, short.removesuffix(".yaml"), path.removesuffix(".yaml")):
-            return file
-    if Path(name).expanduser().is_file():
-        return find_recipe(name)
-    short_names = [path.removeprefix("recipes/").removesuffix(".yaml") for path in shipped]
-    close = close_names(name.removeprefix("recipes/").removesuffix(".yaml"), short_names)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise RecipeError(f"no recipe {name!r}: {hint}`synthkd recipes` lists the shipped ones")
-
-
 def copy_recipe(name: str, dest: str | Path | None = None) -> RecipeCopy:
-    """Copy the recipe `name` (see `find_source_recipe`) with the files it names into `dest`: a
-    folder (made if missing; default ./<recipe file's stem>), or a .yaml path for the recipe.
-    Refuses (RecipeError) to overwrite anything; writes nothing until all of it is ready."""
-    source = find_source_recipe(name)
+    """Copy the recipe `name` (a path, a shipped recipe's name: `recipe.find_recipe`) with the
+    files it names into `dest`: a folder (made if missing; default ./<recipe file's stem>), or a
+    .yaml path for the recipe. Refuses (RecipeError) to overwrite anything; writes nothing until
+    all of it is ready."""
+    source = find_recipe(name)
     loaded = load_recipe(source)  # a recipe that does not validate is not a starting point
     folder, recipe_name = _destination(source, dest)
-    copies = _named_files(loaded.data, source.parent)
+    copies = _named_files(loaded.data, source.parent, recipe_name)
     targets = [folder / recipe_name, *(folder / named.written for named in copies)]
     existing = [target for target in targets if target.exists() or target.is_symlink()]
     if existing:
@@ -109,15 +92,20 @@ def _destination(source: Path, dest: str | Path | None) -> tuple[Path, str]:
     return path, source.name
 
 
-def _named_files(data: Any, recipe_dir: Path) -> list[NamedFile]:
-    """The files and folders the recipe names, then those its templates include."""
+def _named_files(data: Any, recipe_dir: Path, recipe_name: str) -> list[NamedFile]:
+    """The files and folders the recipe names, then those its templates include; none written
+    where the recipe will be (`recipe_name`)."""
     found: dict[Path, NamedFile] = {}
-    for key, value in _strings(data, ()):
+    # Paths kept as written first, so that a file moved to the top from elsewhere takes another
+    # name than one of them (`../data/seeds.jsonl` beside the recipe's own `seeds.jsonl`).
+    for key, value in sorted(_strings(data, ()), key=lambda item: not _stays_inside(item[1])):
         if key and key[-1] in NOT_FILES:
             continue
         origin = _copyable(value, recipe_dir)
         if origin is not None and origin not in found:
-            written = _place_in_copy(value, origin, {named.written for named in found.values()})
+            written = _place_in_copy(
+                value, origin, {recipe_name, *(named.written for named in found.values())}
+            )
             found[origin] = NamedFile(origin, written, None if written == value else key, value)
     for named in list(found.values()):
         for licence in sorted(named.origin.parent.glob("LICENSE*")) if named.origin.is_file() else []:
@@ -142,8 +130,9 @@ def _strings(node: Any, key: KeyPath) -> list[tuple[KeyPath, str]]:
 
 
 def _copyable(value: str, recipe_dir: Path) -> Path | None:
-    """Where `value` points if it names a file of the recipe's own or a shipped one, or a folder
-    in the recipe's own folder (shipped prompts/ has folders named like the steps)."""
+    """Where `value` points if it names a file or folder the recipe reads: any the recipe's path
+    resolves to, except a folder holding the recipe itself (`..`: not data) and a bare word that
+    only the shipped folders have (`judge` beside prompts/judge/: a name, not a folder)."""
     if not value or len(value) > 255 or any(char.isspace() for char in value):
         return None  # prose (a system prompt), not a path
     try:
@@ -152,15 +141,12 @@ def _copyable(value: str, recipe_dir: Path) -> Path | None:
         return None
     if found is None:
         return None
-    found, own = found.resolve(), recipe_dir.resolve()
+    found = found.resolve()
     if found.is_dir():
-        return found if found.is_relative_to(own) and found != own else None
-    root = shipped_root().resolve()
-    return (
-        found
-        if any(found.is_relative_to(owner) for owner in (own, root / "recipes", root / "prompts"))
-        else None
-    )
+        bare_shipped_name = "/" not in value and not (recipe_dir / value).exists()
+        if bare_shipped_name or recipe_dir.resolve().is_relative_to(found):
+            return None
+    return found
 
 
 def _stays_inside(written: str) -> bool:
@@ -170,11 +156,13 @@ def _stays_inside(written: str) -> bool:
 
 def _place_in_copy(value: str, origin: Path, used: set[str]) -> str:
     """The path the copy gives the file: as the recipe writes it where that stays inside the new
-    folder, else its name at the top of it (its parent's name prefixed if two share a name)."""
+    folder, else its name at the top of it (its parent's name prefixed if two share a name, then
+    numbered)."""
     if _stays_inside(value):
         return value
-    name = origin.name
-    return name if name not in used else f"{origin.parent.name}_{name}"
+    names = [origin.name, f"{origin.parent.name}_{origin.name}"]
+    names += (f"{origin.stem}_{number}{origin.suffix}" for number in range(2, len(used) + 3))
+    return next(name for name in names if name not in used)
 
 
 def _template_references(template: Path) -> list[str]:
@@ -199,7 +187,7 @@ def _rewritten(text: str, lines: dict[KeyPath, int], copies: list[NamedFile]) ->
 def _copy(origin: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if origin.is_dir():
-        shutil.copytree(origin, target)
+        shutil.copytree(origin, target, ignore=shutil.ignore_patterns(".*"))  # no .git, .cache
     else:
         shutil.copy2(origin, target)
 

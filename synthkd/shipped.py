@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synthkd.errors import RecipeError
 from synthkd.spelling import close_names
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -112,17 +113,54 @@ def _corrected(base: Path, parts: tuple[str, ...], same_suffix: bool) -> list[st
     return ["/".join(written)] if changed else []  # a folder corrected, or nothing missing
 
 
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def find_recipe_file(name: str | Path) -> Path:
+    """The recipe file `name` means: a recipe file's path as given (from the working directory),
+    else a shipped recipe by its name, as `synthkd recipes` lists it or without `recipes/` and
+    `.yaml` (`quickstart`, `law/doc_qa`). The one place a recipe name is looked up, so that every
+    command takes the same names. RecipeError, with the names close to it, if neither."""
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given.resolve()
+    shipped = shipped_recipe_files().get(_short_name(str(name)))
+    if shipped is None:
+        raise RecipeError(_recipe_not_found(str(name)))
+    return shipped
+
+
+def shipped_recipe_files() -> dict[str, Path]:
+    """Every shipped recipe by its short name (`law/doc_qa`)."""
+    recipes = shipped_root() / "recipes"
+    files = sorted(recipes.rglob("*.yaml"))
+    return {path.relative_to(recipes).with_suffix("").as_posix(): path for path in files}
+
+
+def _short_name(name: str) -> str:
+    return name.removeprefix("./").removeprefix("recipes/").removesuffix(".yaml")
+
+
+def _recipe_not_found(name: str) -> str:
+    """What is close to a recipe name that is neither a file nor a shipped recipe: recipe files
+    spelled like it (written as the user wrote theirs), then shipped recipes' names; never a file
+    that is no recipe (quickstart.log beside a mistyped `quickstart`)."""
+    files = [path for path in close_paths(name, None) if Path(path).suffix in RECIPE_SUFFIXES]
+    meant = {_short_name(path) for path in files}
+    names = close_names(_short_name(name), list(shipped_recipe_files()))
+    close = [*files, *(short for short in names if short not in meant)]
+    if close:
+        return f"recipe file not found: {name}; did you mean {' or '.join(close)}?"
+    return f"recipe file not found: {name}: no such file, nor a shipped recipe's name (`synthkd recipes`)"
+
+
 SUMMARY_CHARS = 110  # a recipe's line in `synthkd recipes`
 
 
 def shipped_recipes() -> list[tuple[str, str]]:
     """Every shipped recipe as (path to give `synthkd run`, e.g. recipes/quickstart.yaml, and one
     line on what it makes: the first sentence of the comment it opens with)."""
-    recipes = shipped_root() / "recipes"
-    found = []
-    for path in sorted(recipes.rglob("*.yaml")):
-        found.append((f"recipes/{path.relative_to(recipes).as_posix()}", _summary(path)))
-    return found
+    return [(f"recipes/{short}.yaml", _summary(path)) for short, path in shipped_recipe_files().items()]
 
 
 def _summary(path: Path) -> str:

@@ -143,6 +143,28 @@ def test_a_mistyped_recipe_path_suggests_the_shipped_recipe(capsys, written, mea
     assert f"error: recipe file not found: {written}; did you mean {meant}?" in out
 
 
+@pytest.mark.parametrize("name", ["quickstart", "law/doc_qa", "recipes/law/doc_qa", "law/doc_qa.yaml"])
+def test_a_shipped_recipe_is_named_alike_in_every_command(capsys, monkeypatch, name):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code, out = run_cli(["validate", name, "--allow-missing-key"], capsys)
+    assert code == 0, out
+    assert (
+        f"recipes/{name.removeprefix('recipes/').removesuffix('.yaml')}.yaml: " in out
+        and "steps valid" in out
+    )
+
+
+def test_a_mistyped_recipe_name_suggests_recipes_only(tmp_path, capsys):
+    (tmp_path / "quickstart.log").write_text("a log, not a recipe")
+    (tmp_path / "quickstart_notes.txt").write_text("")
+    code, out = run_cli(["validate", "quikstart"], capsys)
+    assert code == 2
+    assert "error: recipe file not found: quikstart; did you mean quickstart?" in out
+    (tmp_path / "quickstart_mine.yaml").write_text("name: mine\n")  # a recipe of the user's: suggested first
+    code, out = run_cli(["validate", "quickstart_mne.yaml"], capsys)
+    assert code == 2 and "did you mean quickstart_mine.yaml or quickstart?" in out, out
+
+
 def test_missing_template_file(recipe_dir, capsys, listening_port):
     path = write(recipe_dir, GOOD.format(port=listening_port, prompt="missing.jinja"))
     code, out = run_cli(["validate", str(path)], capsys)

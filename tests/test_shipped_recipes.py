@@ -130,14 +130,14 @@ def test_init_copies_a_recipe_with_its_files_and_the_copy_validates_on_its_own(
 ):
     from helpers import run_cli
 
-    from synthkd.recipe_copy import find_source_recipe
+    from synthkd.recipe import find_recipe
     from synthkd.shipped import resolve_path
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     dest = tmp_path / "mine"
     code, out = run_cli(["init", name, str(dest)], capsys)
     assert code == 0, out
-    source = find_source_recipe(name)
+    source = find_recipe(name)
     recipe = dest / source.name
     assert f"wrote mine/{source.name}" in out and f"next: synthkd validate mine/{source.name}" in out
     for relative, original in copied.items():
@@ -178,8 +178,92 @@ def test_init_of_an_unknown_recipe_suggests_the_shipped_one(tmp_path: Path, caps
 
     code, out = run_cli(["init", "law/doc-qa"], capsys)
     assert code == 2
-    assert (
-        "error: no recipe 'law/doc-qa': did you mean law/doc_qa? `synthkd recipes` lists the shipped ones"
-        in out
-    )
+    assert "error: recipe file not found: law/doc-qa; did you mean law/doc_qa?" in out
     assert list(tmp_path.iterdir()) == [tmp_path / "cache"]  # nothing written (the cache is conftest's)
+
+
+USER_RECIPE = """\
+name: mine
+teacher: {{backend: openai, model: gpt-4o-mini, api_key_env: SYNTHKD_TEST_KEY, base_url: "http://127.0.0.1:9/v1"}}
+steps:
+{steps}
+output:
+  dir: out
+"""
+
+
+@pytest.mark.parametrize(
+    ("steps", "rewritten"),
+    [
+        # A data file and a template beside the recipe's folder, and one named by its absolute path.
+        (
+            "  - step: load\n    path: ../data/seeds.jsonl\n"
+            "  - step: label\n    prompt: {root}/templates/ask.jinja",
+            {"../data/seeds.jsonl": "seeds.jsonl", "{root}/templates/ask.jinja": "ask.jinja"},
+        ),
+        # A folder of documents outside it (its dot-files stay behind).
+        ("  - step: doc_qa\n    documents: ../docs", {"../docs": "docs"}),
+        # A file named like one in the recipe's folder: each keeps its own content.
+        (
+            "  - step: load\n    path: ../data/seeds.jsonl\n"
+            "  - step: decontaminate\n    columns: [instruction]\n"
+            "    eval_sets:\n      - path: seeds.jsonl\n        columns: [instruction]",
+            {"../data/seeds.jsonl": "data_seeds.jsonl", "seeds.jsonl": "seeds.jsonl"},
+        ),
+    ],
+    ids=["file", "folder", "same-name"],
+)
+def test_init_copies_the_files_a_user_recipe_names_outside_its_folder(
+    steps, rewritten, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+):
+    import shutil
+
+    from helpers import run_cli, write_jsonl
+
+    monkeypatch.setenv("SYNTHKD_TEST_KEY", "sk-test")
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "seeds.jsonl", [{"instruction": "Say hi."}])
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "ask.jinja").write_text("Answer: {{ instruction }}")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "contract.md").write_text("# Terms\n\nThe supplier delivers within 30 days.\n")
+    (tmp_path / "docs" / ".notes").write_text("private")
+    (tmp_path / "a").mkdir()
+    write_jsonl(tmp_path / "a" / "seeds.jsonl", [{"instruction": "A test question."}])
+    text = USER_RECIPE.format(steps=steps.format(root=tmp_path))
+    (tmp_path / "a" / "a.yaml").write_text(text)
+
+    code, out = run_cli(["init", "a/a.yaml", "new"], capsys)
+    assert code == 0, out
+    copy = (tmp_path / "new" / "a.yaml").read_text()
+    for written, placed in rewritten.items():
+        written = written.format(root=tmp_path)
+        assert f" {placed}\n" in copy and (written == placed or written not in copy), copy
+        origin, target = tmp_path / "a" / written, tmp_path / "new" / placed
+        if origin.is_dir():
+            assert sorted(path.name for path in target.iterdir()) == ["contract.md"]  # no .notes
+        else:
+            assert target.read_bytes() == origin.read_bytes()
+    assert (tmp_path / "a" / "a.yaml").read_text() == text  # the original as it was
+    # The copy reads its own files: with the originals gone it still validates.
+    for folder in ("data", "templates", "docs", "a"):
+        shutil.rmtree(tmp_path / folder)
+    code, out = run_cli(["validate", "new/a.yaml"], capsys)
+    assert code == 0, out
+
+
+def test_init_and_validate_take_a_local_recipe_before_a_shipped_one_of_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+):
+    from helpers import run_cli, write_jsonl
+
+    monkeypatch.setenv("SYNTHKD_TEST_KEY", "sk-test")
+    write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": "Say hi."}])
+    text = USER_RECIPE.format(steps="  - step: load\n    path: seeds.jsonl\n  - step: label")
+    (tmp_path / "quickstart.yaml").write_text(text)
+    code, out = run_cli(["validate", "quickstart.yaml"], capsys)
+    assert code == 0 and f"ok {tmp_path / 'quickstart.yaml'}" in out, out
+    code, out = run_cli(["init", "quickstart.yaml", "new"], capsys)
+    assert code == 0, out
+    assert (tmp_path / "new" / "quickstart.yaml").read_text() == text
+    assert sorted(path.name for path in (tmp_path / "new").iterdir()) == ["quickstart.yaml", "seeds.jsonl"]

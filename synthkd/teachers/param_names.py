@@ -12,7 +12,7 @@ like a known one, and not itself known, is refused, as a typo; other names go as
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from synthkd.errors import RecipeError
@@ -151,14 +151,19 @@ KNOWN_PARAMS = OPENAI_CHAT_PARAMS | PROVIDER_PARAMS  # what an open backend know
 # temprature/temperature 0.95, max_token/max_tokens 0.95, top-p/top_p 0.8.
 TYPO_SIMILARITY = 0.8
 
+# Where a refused param is written: the place of every param, or the place of one by its name (a
+# param may come from the recipe's teacher while a step's own teacher sets the others).
+Where = str | Callable[[str], str]
 
-def check_params(params: dict[str, Any], where: str, backend: str, valid: Collection[str]) -> None:
+
+def check_params(params: dict[str, Any], where: Where, backend: str, valid: Collection[str]) -> None:
     """Refuse the params a closed backend does not take, each with its did-you-mean."""
     unknown = sorted(set(params) - set(valid))
     if unknown:
         named = ", ".join(f"{name}{_did_you_mean(name, valid)}" for name in unknown)
         raise RecipeError(
-            f"{named} not supported by the {backend} backend; valid: {', '.join(sorted(valid))}", where=where
+            f"{named} not supported by the {backend} backend; valid: {', '.join(sorted(valid))}",
+            where=_place(where, unknown[0]),
         )
 
 
@@ -173,7 +178,7 @@ def typos(params: dict[str, Any], known: Collection[str]) -> dict[str, str]:
     return found
 
 
-def check_typos(params: dict[str, Any], where: str, backend: str, known: Collection[str]) -> None:
+def check_typos(params: dict[str, Any], where: Where, backend: str, known: Collection[str]) -> None:
     """Refuse the params an open backend takes for typos of a known one."""
     found = typos(params, known)
     if found:
@@ -181,8 +186,12 @@ def check_typos(params: dict[str, Any], where: str, backend: str, known: Collect
         raise RecipeError(
             f"{named}: not a param the {backend} backend knows, and spelled like one that it does; "
             "other names are sent to the server as they are",
-            where=where,
+            where=_place(where, next(iter(found))),
         )
+
+
+def _place(where: Where, name: str) -> str:
+    return where(name) if callable(where) else where
 
 
 def _did_you_mean(name: str, valid: Collection[str]) -> str:

@@ -20,36 +20,23 @@ from synthkd.teachers.anthropic_params import ANTHROPIC_PREFIX, refused_param
 from synthkd.teachers.base import Capabilities, Teacher
 from synthkd.teachers.config import DEFAULT_LOCAL_BACKEND, EMBEDDED_MODEL, TeacherConfig, is_embedded
 from synthkd.teachers.embedded import GGUF_PACKAGE, INSTALL_HINT
-from synthkd.teachers.param_names import (
-    KNOWN_PARAMS,
-    OPENAI_CHAT_PARAMS,
-    check_params,
-    check_typos,
-    typos,
-)
-from synthkd.teachers.transformers_backend import LOCAL_PARAMS, check_local_params
-from synthkd.teachers.vllm_backend import VLLM_PARAMS, check_vllm_params
+from synthkd.teachers.param_names import KNOWN_PARAMS, OPENAI_CHAT_PARAMS, Where, check_params, check_typos
+from synthkd.teachers.transformers_backend import check_local_params
+from synthkd.teachers.vllm_backend import check_vllm_params
 
 
 def _local_param_check(
-    valid: frozenset[str], check: Callable[[dict[str, Any], str], None]
-) -> Callable[[TeacherConfig, Callable[..., str]], None]:
-    """A local backend's param check, pointed at the first param it refuses: that param may come
-    from the recipe's teacher while the step's own teacher sets other params."""
-
-    def check_at(config: TeacherConfig, where: Callable[..., str]) -> None:
-        unknown = sorted(set(config.params) - valid)
-        check(config.params, where(unknown[0]) if unknown else where())
-
-    return check_at
+    check: Callable[[dict[str, Any], Where], None],
+) -> Callable[[TeacherConfig, Callable[[str], str]], None]:
+    """A local backend's param check, pointed at the first param it refuses."""
+    return lambda config, where: check(config.params, where)
 
 
-def _openai_param_check(config: TeacherConfig, where: Callable[..., str]) -> None:
+def _openai_param_check(config: TeacherConfig, where: Callable[[str], str]) -> None:
     """OpenAI's own endpoint takes its documented params only (another name is an HTTP 400 for
     every request); another OpenAI-compatible server adds its own, so only typos are refused."""
     if _is_openai_endpoint(config.base_url):
-        unknown = sorted(set(config.params) - OPENAI_CHAT_PARAMS)
-        check_params(config.params, where(*unknown[:1]), "openai", OPENAI_CHAT_PARAMS)
+        check_params(config.params, where, "openai", OPENAI_CHAT_PARAMS)
     else:
         _typo_check(config, where)
 
@@ -60,10 +47,9 @@ def _is_openai_endpoint(base_url: str | None) -> bool:
     return base_url is None or urlsplit(base_url).hostname == "api.openai.com"
 
 
-def _typo_check(config: TeacherConfig, where: Callable[..., str]) -> None:
+def _typo_check(config: TeacherConfig, where: Callable[[str], str]) -> None:
     """An open backend's check: names spelled like a known param are refused as its typos."""
-    found = typos(config.params, KNOWN_PARAMS)
-    check_typos(config.params, where(*list(found)[:1]), config.backend, KNOWN_PARAMS)
+    check_typos(config.params, where, config.backend, KNOWN_PARAMS)
 
 
 def _carries_every_param(params: dict[str, Any]) -> tuple[str, str] | None:
@@ -102,7 +88,7 @@ class BackendSpec:
     factory: str  # "module:Class"; the class takes (config), and seed= when seeded_from_recipe
     default_base_url: str | None = None  # the endpoint a config without base_url reaches
     # Refuses the teacher's params the backend cannot take, naming the key (see param_names).
-    check_params: Callable[[TeacherConfig, Callable[..., str]], None] = field(default=_typo_check)
+    check_params: Callable[[TeacherConfig, Callable[[str], str]], None] = field(default=_typo_check)
     # Samples of a local model come from the recipe seed, which then belongs in the cache key.
     seeded_from_recipe: bool = False
     # The pip extra the backend's packages come from (None: the core install has them), and the
@@ -165,7 +151,7 @@ BACKENDS: dict[str, BackendSpec] = {
             "transformers",
             Capabilities(local=True, scores_text=True, continues_prefix=True, ramp_up=False),
             factory="synthkd.teachers.transformers_backend:TransformersTeacher",
-            check_params=_local_param_check(LOCAL_PARAMS, check_local_params),
+            check_params=_local_param_check(check_local_params),
             seeded_from_recipe=True,
             extra="local",
             modules=LOCAL_MODEL,
@@ -181,7 +167,7 @@ BACKENDS: dict[str, BackendSpec] = {
                 ramp_up=False,
             ),
             factory="synthkd.teachers.vllm_backend:VLLMTeacher",
-            check_params=_local_param_check(VLLM_PARAMS, check_vllm_params),
+            check_params=_local_param_check(check_vllm_params),
             seeded_from_recipe=True,
             extra="vllm",
             modules=VLLM_MODEL,

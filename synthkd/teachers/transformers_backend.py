@@ -13,7 +13,7 @@ from synthkd.kd.topk import TopK, teacher_top_k, tokenizer_fingerprint
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.embedded import resolve_model_source
-from synthkd.teachers.param_names import check_params
+from synthkd.teachers.param_names import Where, check_params
 
 # Recipe params (OpenAI names where one exists) -> generate() arguments.
 _PARAM_NAMES = {
@@ -31,7 +31,7 @@ SAMPLING_PARAMS = ("temperature", "top_k", "top_p", "min_p")  # applied by synth
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def check_local_params(params: dict[str, Any], where: str) -> None:
+def check_local_params(params: dict[str, Any], where: Where) -> None:
     check_params(params, where, "transformers", LOCAL_PARAMS)
 
 

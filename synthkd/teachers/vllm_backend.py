@@ -23,7 +23,7 @@ from synthkd.kd.topk import TopK, tokenize_conversation, tokenizer_fingerprint
 from synthkd.teachers.base import ChatRequest, Completion, RateLimitHint, ScoreRequest, TeacherError
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.embedded import resolve_model_source
-from synthkd.teachers.param_names import check_params
+from synthkd.teachers.param_names import Where, check_params
 from synthkd.teachers.transformers_backend import (
     DEFAULT_MAX_NEW_TOKENS,
     LOCAL_PARAMS,
@@ -52,7 +52,7 @@ MAX_SCORE_TOP_K = 100
 DTYPE = "bfloat16"
 
 
-def check_vllm_params(params: dict[str, Any], where: str) -> None:
+def check_vllm_params(params: dict[str, Any], where: Where) -> None:
     check_params(params, where, BACKEND, VLLM_PARAMS)
 
 
