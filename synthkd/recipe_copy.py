@@ -25,9 +25,10 @@ from synthkd.recipe import find_recipe, load_recipe
 from synthkd.shipped import resolve_path
 from synthkd.yaml_source import KeyPath
 
-# Keys whose value is never a file to copy: a place the run writes, or a name that may also be a
-# folder's (`name: quickstart` beside recipes/quickstart/, `step: label` and prompts/label/).
-NOT_FILES = {"dir", "output_dir", "name", "step"}
+# Keys whose value is never a file to copy: a place the run writes, a name that may also be a
+# folder's (`name: quickstart` beside recipes/quickstart/, `step: label` and prompts/label/), or a
+# model (a local model folder is gigabytes, and a recipe names it where it is, not beside itself).
+NOT_FILES = {"dir", "output_dir", "name", "step", "model", "student", "tokenizer"}
 # A template's include/import/extends of another file, as written.
 _TEMPLATE_REFERENCE = re.compile(r"{%-?\s*(?:include|import|extends|from)\s+(['\"])([^'\"]+)\1")
 

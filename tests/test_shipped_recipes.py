@@ -267,3 +267,22 @@ def test_init_and_validate_take_a_local_recipe_before_a_shipped_one_of_its_name(
     assert code == 0, out
     assert (tmp_path / "new" / "quickstart.yaml").read_text() == text
     assert sorted(path.name for path in (tmp_path / "new").iterdir()) == ["quickstart.yaml", "seeds.jsonl"]
+
+
+def test_init_leaves_a_local_model_folder_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+):
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "my-student").mkdir(parents=True)
+    (tmp_path / "a" / "my-student" / "model.safetensors").write_bytes(b"\0" * 1024)  # gigabytes, really
+    (tmp_path / "a" / "a.yaml").write_text(
+        "name: mine\nteacher: {backend: transformers, model: my-student}\n"
+        "steps:\n  - step: magpie\n    num_rows: 2\noutput:\n  dir: out\n"
+        "train: {method: sft, student: my-student}\n"
+    )
+    code, out = run_cli(["init", "a/a.yaml", "new"], capsys)
+    assert code == 0, out
+    assert not (tmp_path / "new" / "my-student").exists(), "a model folder was copied"
+    assert "model: my-student" in (tmp_path / "new" / "a.yaml").read_text()
