@@ -65,3 +65,14 @@ def test_wheel_ships_prompts_and_recipes_and_finds_them(tmp_path: Path):
     assert recipe == str(installed / "synthkd" / "_shipped" / "recipes" / "quickstart.yaml")
     assert checked == "checked"
     assert sandboxed == "ok"  # the sandbox finds its child code in the installed wheel
+
+
+def test_python_m_synthkd_is_the_command(tmp_path: Path):
+    # For an environment whose scripts folder is not on PATH; from another folder, like a user's.
+    done = subprocess.run(
+        [sys.executable, "-m", "synthkd", "validate", "quikstart"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "did you mean quickstart?" in done.stderr, done.stderr
