@@ -235,7 +235,8 @@ def train_run(
     if recipe.loop is not None:
         from synthkd.loop.run import run_loop
 
-        return run_loop(loaded, run_dir, (reporter or Reporter()).round_finished)
+        reporter = reporter or Reporter()
+        return run_loop(loaded, run_dir, reporter.round_finished, reporter.training_bar)
     with (reporter or Reporter()).training_bar() as bar:
         return train_student(
             recipe.train,

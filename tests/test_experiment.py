@@ -83,6 +83,7 @@ def test_every_arm_trains_per_seed_and_is_compared_on_held_out_rows(tmp_path, mo
         code, out = run_cli(["experiment", str(recipe), "--output", "run", "--docs", "docs-out"], capsys)
         assert code == 0, out
         assert judge_server.stats()["requests"] > 0  # the same pair twice is asked once (the cache)
+        assert "'loss':" not in out and "'grad_norm':" not in out  # training on bars, not log dicts
     work = tmp_path / "run" / "experiment"
     results = json.loads((work / "results.json").read_text())
 

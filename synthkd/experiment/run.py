@@ -153,7 +153,7 @@ def run_experiment(
     folders = {kind: _save_subset(dataset, rows, work / "data" / kind) for kind, rows in subsets.items()}
     for arm in config.arms:
         for seed in config.seeds:
-            trained = _train(loaded, config, arm, seed, folders[arm.data], work)
+            trained = _train(loaded, config, arm, seed, folders[arm.data], work, progress)
             student_dir = work / arm.name / f"seed-{seed}"
             trained.metrics = evaluator.evaluate(str(student_dir))
             if not config.keep_students:  # a model per arm and seed adds up (0.3 GB each here)
@@ -231,7 +231,13 @@ def _save_subset(dataset: Any, rows: list[int], folder: Path) -> Path:
 
 
 def _train(
-    loaded: LoadedRecipe, config: ExperimentConfig, arm: ExperimentArm, seed: int, data: Path, work: Path
+    loaded: LoadedRecipe,
+    config: ExperimentConfig,
+    arm: ExperimentArm,
+    seed: int,
+    data: Path,
+    work: Path,
+    progress: ProgressFactory | None,
 ) -> TrainedRun:
     from synthkd.training.run import train_student
 
@@ -247,7 +253,13 @@ def _train(
         eval_split=0,
         output_dir=str(output),
     )
-    trained = train_student(train, data, work, seed, f"{loaded.recipe.name}-{arm.name}", evaluate=False)
+    # Each training on a bar of its own, as the steps are, not transformers' printed log dicts.
+    bar = progress.step(f"train {arm.name} seed {seed}", None) if progress is not None else None
+    trained = train_student(
+        train, data, work, seed, f"{loaded.recipe.name}-{arm.name}", evaluate=False, progress=bar
+    )
+    if bar is not None:
+        bar.finish()
     return TrainedRun(
         arm.name, seed, len(load_run_dataset(data)), trained.train_tokens, trained.train_seconds, {}
     )

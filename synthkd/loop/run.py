@@ -27,9 +27,10 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthkd.atomic import atomic_write_text
 from synthkd.errors import RecipeError, RunIncompleteError
@@ -41,6 +42,9 @@ from synthkd.publish.loop_table import LOOP_DIR, LOOP_FILE
 from synthkd.recipe import LoadedRecipe, recipe_from_data
 from synthkd.steps import STEP_TYPES
 from synthkd.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from synthkd.steps.base import Progress
 
 ROUND_FILE = "round.json"
 HELD_OUT_FILE = "held_out.json"  # the ids of the rows every student is evaluated on, none trained on
@@ -84,7 +88,12 @@ class LoopResult:
     rounds: list[RoundResult]
 
 
-def run_loop(loaded: LoadedRecipe, run_dir: Path, say: Callable[[str], None] = print) -> LoopResult:
+def run_loop(
+    loaded: LoadedRecipe,
+    run_dir: Path,
+    say: Callable[[str], None] = print,
+    training_bar: Callable[[], AbstractContextManager[Progress | None]] = nullcontext,
+) -> LoopResult:
     """Run the rounds of `loaded`'s loop on the rows its steps wrote to `run_dir` (see the module)."""
     config, train = _check_loop(loaded)
     rows = [dict(row) for row in load_run_dataset(run_dir / "dataset")]
@@ -107,7 +116,9 @@ def run_loop(loaded: LoadedRecipe, run_dir: Path, say: Callable[[str], None] = p
         folder = rounds_dir / f"round-{number}"
         finished = read_round(folder)
         if finished is None or finished.checkpoint != checkpoint:
-            finished = _run_round(loaded, config, train, number, checkpoint, pool, folder, evaluation)
+            finished = _run_round(
+                loaded, config, train, number, checkpoint, pool, folder, evaluation, training_bar
+            )
         else:
             say(f"round {number}: finished before, kept ({finished.trained})")
         rounds.append(finished)
@@ -228,6 +239,7 @@ def _run_round(
     pool: list[dict[str, Any]],
     folder: Path,
     evaluation: HeldOutEvaluation,
+    training_bar: Callable[[], AbstractContextManager[Progress | None]],
 ) -> RoundResult:
     from synthkd.training.run import train_student
 
@@ -266,15 +278,17 @@ def _run_round(
         round_train = train.model_copy(
             update={"student": checkpoint, "output_dir": str(staging), "push_to_hub": None, "eval_split": 0}
         )
-        trained = train_student(
-            round_train,
-            made.out_dir / "dataset",
-            folder,
-            loaded.recipe.seed + number,
-            recipe.recipe.name,
-            loaded.base_dir,
-            evaluate=False,
-        )
+        with training_bar() as bar:  # the round's training steps on a bar, when the caller has one
+            trained = train_student(
+                round_train,
+                made.out_dir / "dataset",
+                folder,
+                loaded.recipe.seed + number,
+                recipe.recipe.name,
+                loaded.base_dir,
+                evaluate=False,
+                progress=bar,
+            )
         losses, rewards = trained.train_losses, trained.train_rewards
         student = folder / f"student-{weights_digest(staging)[:16]}"
         shutil.rmtree(student, ignore_errors=True)
