@@ -191,15 +191,6 @@ def _validate(args: argparse.Namespace) -> int:
         raise  # an error wherever it is found, as a step's own check reports it
     except RecipeError as exc:  # the recipe is fine; this machine is not ready to run it yet
         console.print(f"[yellow]warning:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
-    output = loaded.recipe.output
-    if output.hub is not None and output.license is None:  # the push at the end would be refused
-        console.print(
-            f"[yellow]warning:[/] {escape(loaded.at('output'))}: output.hub is set but output.license is "
-            "not: the push after the run will be refused (a card with no license grants no rights "
-            "to reuse the data); add a Hub license id, e.g. license: apache-2.0",
-            highlight=False,
-            soft_wrap=True,
-        )
     for index, (step, columns) in enumerate(zip(loaded.recipe.steps, flow, strict=True)):
         shown = ", ".join(sorted(columns)) if columns is not None else "(known at run time)"
         console.print(f"  {index}: [bold]{step.step}[/] -> {shown}", highlight=False)
@@ -229,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe, overrides=args.overrides)
     with_engine_flags(loaded, args.engine, args.address)
+    if loaded.from_hub:  # someone else's recipe: say where it sends prompts and keys, before it does
+        _print_hub_teachers(loaded)
     check(loaded)
     if args.dry_run:
         _print_plan(plan(loaded, use_cache=not args.no_cache), loaded)
@@ -245,6 +238,32 @@ def _run(args: argparse.Namespace) -> int:
         )
         run_loaded(loaded, settings=settings)
     return 0
+
+
+def _print_hub_teachers(loaded: Any) -> None:
+    """One line per teacher of a recipe from the Hub: backend, model, the endpoint it sends the
+    prompts to and the variable whose key it sends there (its author chose them)."""
+    from synthkd.preflight import redact_url
+    from synthkd.recipe import recipe_teachers
+    from synthkd.teachers.registry import backend_spec
+
+    console.print(
+        "this recipe comes from the Hub; its teachers (override with --set ...base_url=, ...api_key_env=):",
+        highlight=False,
+        markup=False,
+    )
+    seen = set()
+    for use in recipe_teachers(loaded.recipe):
+        config = use.config
+        endpoint = (
+            redact_url(config.base_url) or backend_spec(config.backend).default_base_url or "this machine"
+        )
+        key = f"${config.api_key_env}" if config.api_key_env else "no key"
+        line = f"{config.backend} {config.model} -> {endpoint} (key: {key})"
+        if line not in seen:
+            seen.add(line)
+            where = ".".join(str(part) for part in use.key)
+            console.print(f"  {where}: {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -505,7 +524,10 @@ def _print_summary(result) -> None:
 
 def _publish_parsers(commands) -> None:
     push = commands.add_parser(
-        "push", help="upload a run's parquet data, dataset card and recipe to the Hub in one commit"
+        "push",
+        help="upload a run's parquet data, dataset card and recipe to the Hub in one commit",
+        # --dry-run takes an optional folder: written first, it would take RUN_DIR as that folder.
+        usage="synthkd push RUN_DIR REPO_ID [--dry-run [DIR]] [--private] [--token-env VAR] [--license ID]",
     )
     push.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (output.dir)")
     push.add_argument("repo_id", metavar="REPO_ID", help="dataset repository, namespace/name")
@@ -516,7 +538,9 @@ def _publish_parsers(commands) -> None:
         nargs="?",
         const=True,
         metavar="DIR",
-        help="write the exact folder that would be uploaded (default RUN_DIR/push-dry-run); send nothing",
+        help="write the folder that would be uploaded (default RUN_DIR/push-dry-run; the merge with a "
+        "card already on the Hub is left out) and send nothing; give it after RUN_DIR REPO_ID, as "
+        "`--dry-run RUN_DIR REPO_ID` reads RUN_DIR as DIR",
     )
     push.add_argument(
         "--license", metavar="ID", help="the dataset's Hub license id, for a run whose recipe set none"

@@ -1,15 +1,59 @@
-"""The Hub's identifiers for dataset card metadata (licenses, task categories), as pydantic types.
+"""The Hub's identifiers: repository ids, what names a Hub dataset rather than a local file, and
+the dataset card's metadata ids (licenses, task categories), as pydantic types where a recipe
+holds them.
 
 In the base layer so a step (`load`'s `license:`, the licence of its seeds) and the recipe's
-`output:` check the same ids at load time, not when a push fails at the end of a long run.
+`output:` check the same ids at load time, not when a push fails at the end of a long run; and so
+that `push`, `output.hub`, `hf://` addresses, `load`, `decontaminate` and the card share one rule each.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator
+
+from synthkd.data_files import FILE_SUFFIXES
+
+# The Hub's rule for repository ids: namespace/name, letters, digits, - _ . (no -- or .. inside,
+# not ending in . or .git), each part at most 96 characters.
+_REPO_PART = r"[A-Za-z0-9][\w.-]{0,95}"
+REPO_ID_PATTERN = rf"{_REPO_PART}/{_REPO_PART}"
+_REPO_ID = re.compile(rf"^{REPO_ID_PATTERN}$")
+# A dataset a step reads from the Hub: name or namespace/name (the older datasets have no
+# namespace), not a file name (a missing seeds.jsonl is a missing file, not a Hub id).
+_DATASET_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def is_repo_id(value: str) -> bool:
+    """Whether `value` is a Hub repository id the Hub accepts (namespace/name)."""
+    return (
+        bool(_REPO_ID.match(value))
+        and "--" not in value
+        and ".." not in value
+        and not value.endswith((".git", "."))
+    )
+
+
+def repo_id_error(value: str) -> str:
+    return (
+        f"{value!r} is not a Hub repository id: give namespace/name (letters, digits, - _ .), "
+        "e.g. my-user/my-dataset"
+    )
+
+
+def is_hub_dataset_id(name: str) -> bool:
+    """Whether a data path a step was given that is not a local file names a Hub dataset."""
+    return bool(_DATASET_ID.match(name)) and not name.endswith(FILE_SUFFIXES)
+
+
+def _repo_id(value: str) -> str:
+    if not is_repo_id(value):
+        raise ValueError(repo_id_error(value))
+    return value
+
 
 # The Hub's license identifiers (huggingface.co/docs/hub/repositories-licenses).
 HUB_LICENSES = frozenset(
@@ -59,3 +103,4 @@ def _one_of(known: frozenset[str], what: str):
 
 HubLicense = Annotated[str, AfterValidator(_one_of(HUB_LICENSES, "license"))]
 HubTask = Annotated[str, AfterValidator(_one_of(HUB_TASKS, "task"))]
+HubRepoId = Annotated[str, AfterValidator(_repo_id)]

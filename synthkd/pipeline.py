@@ -55,11 +55,14 @@ def check(loaded: LoadedRecipe, columns: Columns | frozenset[str] = frozenset())
 
 def _check_steps(loaded: LoadedRecipe, columns: Columns) -> list[Columns]:
     flow = []
+    given = loaded.given_values() if loaded.from_hub else frozenset()
     for index, step in enumerate(loaded.recipe.steps):
         ctx = CheckContext(
             loaded.base_dir,
             lambda key, i=index: loaded.at("steps", i, key),
             lambda *key, i=index: teacher_where(loaded, ("steps", i, "teacher"), *key),
+            confined=loaded.from_hub,
+            given=given,
         )
         columns = step.check(columns, ctx)
         flow.append(columns)

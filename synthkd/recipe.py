@@ -59,7 +59,21 @@ class OutputConfig(StrictModel):
     )
     language: list[str] | None = Field(None, description="ISO 639-1 codes of the rows' language, e.g. [en]")
     task_categories: list[HubTask] | None = Field(None, description="Hub task categories; default inferred")
-    hub: HubConfig | None = Field(None, description="push the finished run to this Hub dataset repository")
+    hub: HubConfig | None = Field(
+        None, description="push the finished run to this Hub dataset repository (needs `license`)"
+    )
+
+    @model_validator(mode="after")
+    def _hub_needs_license(self) -> OutputConfig:
+        # Checked when the recipe is loaded: found at the push, it would fail a finished (paid) run.
+        if self.hub is not None and self.license is None:
+            raise ValueError(
+                "output.hub is set but output.license is not: a dataset pushed without a license grants "
+                "no rights to reuse it, so the push would be refused. Add output.license: a Hub "
+                "license id (apache-2.0, mit, cc-by-4.0, cc-by-sa-4.0, cc-by-nc-4.0, ..., see "
+                "huggingface.co/docs/hub/repositories-licenses) or `other`"
+            )
+        return self
 
 
 class EngineConfig(StrictModel):
@@ -149,6 +163,33 @@ class LoadedRecipe:
     lines: dict[KeyPath, int] = field(default_factory=dict)
     overridden: set[KeyPath] = field(default_factory=set)
     extras: set[str] = field(default_factory=set)  # pip extras its checks found it needs (the card says)
+    from_hub: bool = False  # downloaded from hf://: the files it names must stay in its repository
+
+    def given_values(self) -> frozenset[str]:
+        """The strings given with --set (paths the user names, which a Hub recipe may not)."""
+        found: set[str] = set()
+
+        def collect(value: Any) -> None:
+            if isinstance(value, str):
+                found.add(value)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    collect(item)
+            elif isinstance(value, list):
+                for item in value:
+                    collect(item)
+
+        for key_path in self.overridden:
+            value: Any = self.data
+            for part in key_path:
+                if isinstance(value, dict):
+                    value = value.get(part)
+                elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
+                    value = value[part]
+                else:
+                    value = None
+            collect(value)
+        return frozenset(found)
 
     @property
     def base_dir(self) -> Path:
@@ -222,7 +263,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         raise RecipeError(
             "a recipe must be a mapping with name, teacher, steps and output", where=str(recipe_path)
         )
-    return _validated(data, recipe_path, lines, overrides or [])
+    loaded = _validated(data, recipe_path, lines, overrides or [])
+    loaded.from_hub = is_hub_recipe(path)
+    return loaded
 
 
 def recipe_from_data(

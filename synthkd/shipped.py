@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from synthkd.errors import RecipeError
 from synthkd.spelling import close_names
@@ -51,6 +51,16 @@ def resolve_path(relative: str | Path, base_dir: Path | None) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def leaves_its_folder(relative: str | Path) -> bool:
+    """Whether a recipe path can point outside the folders it is looked for in: absolute, from
+    the home folder (`~`), or climbing out with `..`. Checked on the name, not the resolved path:
+    the Hub cache's snapshot files are links into its blob store, outside the snapshot folder."""
+    text = str(relative).replace("\\", "/")
+    if text.startswith("~") or Path(text).is_absolute() or PureWindowsPath(text).drive:
+        return True
+    return os.path.normpath(text).replace("\\", "/").split("/")[0] == ".."
 
 
 def not_found(what: str, relative: str | Path, base_dir: Path | None) -> str:

@@ -212,3 +212,85 @@ def test_magpie_reads_no_seeds_so_its_data_is_original(tmp_path: Path):
     card = DatasetCard.load(write_card(run))
     assert card.data.to_dict()["source_datasets"] == ["original"]
     assert "@article{xu2024magpie" in card.text
+
+
+def test_the_source_table_shows_the_stored_name_not_a_local_path(tmp_path: Path, listening_port: int):
+    """A seed file outside the recipe's folder is pushed as files/<name>: the card says that name,
+    not the path on the author's machine."""
+    private = tmp_path / "home" / "alice" / "clients" / "acme"
+    private.mkdir(parents=True)
+    (private / "seeds.jsonl").write_text('{"instruction": "hi"}\n')
+    (tmp_path / "recipe.yaml").write_text(
+        "name: mine\nteacher: {backend: openai, model: m, api_key_env: null, "
+        f"base_url: 'http://127.0.0.1:{listening_port}/v1'}}\n"
+        f"steps:\n  - {{step: load, path: {private / 'seeds.jsonl'}}}\n  - {{step: label}}\n"
+    )
+    run = plant_run(tmp_path / "recipe.yaml", tmp_path / "run")
+    text = DatasetCard.load(write_card(run)).text
+    assert "| 0:load | `files/seeds.jsonl` |" in text and "alice" not in text
+
+
+def test_stored_names_are_distinct_and_refuse_the_recipe_folder():
+    from synthkd.publish.recipe_files import stored_names
+    from synthkd.publish.rundir import PublishInputError
+
+    names = stored_names(["/abs/seeds.jsonl", "files/seeds.jsonl", "~/seeds.jsonl", "prompts/a.jinja"])
+    assert names["files/seeds.jsonl"] == "files/seeds.jsonl"  # a clean name keeps its own name
+    assert len(set(names.values())) == 4
+    assert names["/abs/seeds.jsonl"].endswith("/seeds.jsonl") and names["/abs/seeds.jsonl"].startswith(
+        "files/"
+    )
+    for name in (".", "./", "data/.."):
+        with pytest.raises(PublishInputError, match="holds the recipe"):
+            stored_names([name])
+
+
+def test_a_step_may_not_read_the_recipes_own_folder(tmp_path: Path, listening_port: int, capsys):
+    (tmp_path / "recipe.yaml").write_text(
+        "name: mine\nteacher: {backend: openai, model: m, api_key_env: null, "
+        f"base_url: 'http://127.0.0.1:{listening_port}/v1'}}\n"
+        "steps:\n  - {step: doc_qa, documents: .}\n"
+    )
+    assert main(["validate", str(tmp_path / "recipe.yaml")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "steps.0.documents" in err and "is the folder holding the recipe" in err
+
+
+def test_kept_folders_leave_out_hidden_files_and_eval_sets_are_not_kept(tmp_path: Path, listening_port: int):
+    docs = tmp_path / "docs"
+    for name in ("a.md", "sub/b.md", ".git/config", ".env"):
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(f"{name} text " * 20)
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "hi", "response": "ho"}\n')
+    (tmp_path / "eval.jsonl").write_text('{"question": "held out"}\n')
+    (tmp_path / "recipe.yaml").write_text(
+        "name: mine\nteacher: {backend: openai, model: m, api_key_env: null, "
+        f"base_url: 'http://127.0.0.1:{listening_port}/v1'}}\n"
+        "steps:\n  - {step: load, path: seeds.jsonl}\n"
+        "  - {step: decontaminate, eval_sets: [{path: eval.jsonl, columns: [question]}]}\n"
+    )
+    loaded = load_recipe(tmp_path / "recipe.yaml")
+    check(loaded)
+    assert set(loaded.recipe.data_files()) == {"seeds.jsonl"}  # the evaluation set is not recorded
+    keep_recipe_files(tmp_path / "run", {"docs": docs, **loaded.recipe.data_files()}, {})
+    kept = tmp_path / "run" / "recipe_files" / "tree"
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == [
+        "docs/a.md",
+        "docs/sub/b.md",
+        "seeds.jsonl",
+    ]
+
+
+def test_output_hub_without_a_license_is_refused_when_the_recipe_loads(capsys):
+    args = [
+        "validate",
+        "recipes/quickstart.yaml",
+        "--set",
+        "output.hub.repo_id=me/data",
+        "--set",
+        "output.license=null",
+    ]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "output.license" in err and "apache-2.0" in err and "`other`" in err
+    assert main([*args, "--set", "output.license=other", "--allow-missing-key"]) == 0

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "synthkd.extras",
             "synthkd.redaction",
             "synthkd.atomic",
+            "synthkd.file_copy",
             "synthkd.gc_pause",
             "synthkd.config_base",
             "synthkd.hub_ids",

@@ -14,6 +14,7 @@ from publish_run import (
     CANARY_HF_TOKEN,
     CANARY_KEY,
     CANARY_PASSWORD,
+    EVAL,
     KEY_VARIABLE,
     SCRIPT,
     make_run,
@@ -22,12 +23,13 @@ from publish_run import (
 
 from synthkd.cli import main
 from synthkd.publish.card import validate_metadata
+from synthkd.publish.push import DRY_RUN_MARKER
 
 CANARIES = (CANARY_KEY, CANARY_PASSWORD, CANARY_HF_TOKEN)
 DATA_FILE = "data/train-00000-of-00001.parquet"
-# What the recipe reads, uploaded beside recipe.yaml under the names it gives them.
+# What the recipe reads, uploaded beside recipe.yaml under the names it gives them; not its
+# evaluation set (eval.jsonl), which published beside the training data would not be held out.
 RECIPE_FILES = [
-    "eval.jsonl",
     "prompts/judge/pairwise.jinja",
     "prompts/judge/pointwise.jinja",
     "prompts/label.jinja",
@@ -53,10 +55,13 @@ def planted(run_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    """The fake Hub, HF_ENDPOINT pointing at it, online for it, and the canaries in the environment."""
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The fake Hub, HF_ENDPOINT pointing at it, online for it, a Hub cache of its own (every fake
+    repository starts at the same revision, so a shared cache would answer from another test's
+    files), and the canaries in the environment."""
     with FakeHub() as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
         monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
         monkeypatch.setenv(KEY_VARIABLE, CANARY_KEY)
         monkeypatch.setenv("SYNTHKD_TEST_HF_TOKEN", CANARY_HF_TOKEN)
@@ -113,7 +118,7 @@ def test_dry_run_folder_loads_with_datasets(planted: Path, tmp_path: Path, monke
     folder = tmp_path / "upload"
     assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 0
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert sorted(files) == UPLOADED
+    assert sorted(files) == sorted([*UPLOADED, DRY_RUN_MARKER])  # the marker: this folder is ours
     assert_no_canary(files)
     loaded = load_dataset(str(folder))
     original = load_from_disk(str(planted / "dataset"))
@@ -237,15 +242,17 @@ def test_dry_run_without_a_folder_writes_into_the_run_folder(planted: Path, monk
     assert main(["push", str(planted), "me/kd-data", "--dry-run"]) == 0
     folder = planted / "push-dry-run"
     assert f"dry run: {folder} holds" in " ".join(capsys.readouterr().err.split())
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == UPLOADED
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
+        [*UPLOADED, DRY_RUN_MARKER]
+    )
     assert "hf://datasets/me/kd-data/recipe.yaml" in (folder / "README.md").read_text()
 
 
 def test_a_pushed_recipe_reruns_from_the_hub(planted: Path, tmp_path: Path, hub: FakeHub, monkeypatch):
-    """`synthkd run hf://datasets/<repo>/recipe.yaml`: the recipe, its seeds, evaluation set and
-    templates come from the (fake) Hub, the answers from a fresh fake teacher, and the rows are the
-    same as the pushed run's."""
-    from helpers import read_jsonl
+    """`synthkd run hf://datasets/<repo>/recipe.yaml`: the recipe, its seeds and templates come from
+    the (fake) Hub, the evaluation set (not uploaded) is given again with --set, the answers come
+    from a fresh fake teacher, and the rows are the same as the pushed run's."""
+    from helpers import read_jsonl, write_jsonl
 
     from synthkd.testing.fake_openai import FakeOpenAIServer
 
@@ -253,12 +260,19 @@ def test_a_pushed_recipe_reruns_from_the_hub(planted: Path, tmp_path: Path, hub:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("SYNTHKD_CACHE_DIR", str(tmp_path / "fresh-cache"))  # nothing replayed
     monkeypatch.chdir(tmp_path)  # no seeds.jsonl here: they must come from the Hub
+    card = hub.repos["datasets/me/kd-data"]["files"]["README.md"].decode()
+    assert "evaluation sets the run was decontaminated against are not uploaded" in card
+    assert "--set steps.3.eval_sets.0.path=<file>" in card
+    eval_set = tmp_path / "mine" / "eval.jsonl"  # outside the snapshot: a path the user gives is allowed
+    eval_set.parent.mkdir()
+    write_jsonl(eval_set, EVAL)
     with FakeOpenAIServer(script=SCRIPT) as server:
         teacher_urls = [
             f"{key}.base_url={server.base_url}" for key in ("teacher", "steps.1.teacher", "steps.4.teacher")
         ]
         args = ["run", "hf://datasets/me/kd-data/recipe.yaml", "--output", str(tmp_path / "again")]
-        assert main([*args, *(f"--set={url}" for url in teacher_urls)]) == 0
+        sets = [*(f"--set={url}" for url in teacher_urls), f"--set=steps.3.eval_sets.0.path={eval_set}"]
+        assert main([*args, *sets]) == 0
         assert server.stats()["requests"] > 0
     fields = ("id", "instruction", "response", "score")
     again = [{k: row[k] for k in fields} for row in read_jsonl(tmp_path / "again" / "data.jsonl")]
@@ -272,3 +286,98 @@ def test_a_bad_hub_recipe_address_is_one_clear_error(hub: FakeHub, tmp_path: Pat
     assert main(["validate", "hf://datasets/me/missing/recipe.yaml"]) == 2
     err = capsys.readouterr().err
     assert "hf://datasets/me/missing/recipe.yaml" in err and "HTTP 404" in err and "Traceback" not in err
+
+
+def test_dry_run_never_replaces_a_folder_it_did_not_write(planted: Path, tmp_path: Path, capsys):
+    """A clone of the dataset repository holds README.md, recipe.yaml and data/ too, and the user's
+    .git and notes: a dry run into it is refused and it is left as it was."""
+    clone = tmp_path / "clone"
+    for name in ("README.md", "recipe.yaml", "data/train.parquet", ".git/config", "notes.txt"):
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(f"the user's {name}")
+    before = {p.relative_to(clone).as_posix(): p.read_text() for p in clone.rglob("*") if p.is_file()}
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(clone)]) == 2
+    err = capsys.readouterr().err
+    assert str(clone) in " ".join(err.split()) and DRY_RUN_MARKER in err
+    assert {p.relative_to(clone).as_posix(): p.read_text() for p in clone.rglob("*") if p.is_file()} == before
+
+
+def test_a_push_pushes_no_dry_run_marker(planted: Path, hub: FakeHub):
+    assert main(["push", str(planted), "me/kd-data", "--dry-run"]) == 0  # a marker in the run folder
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 0
+    (commit,) = hub.commits
+    assert not any(DRY_RUN_MARKER in path or "push-dry-run" in path for path in commit["added"])
+
+
+def test_a_refused_push_creates_no_repository(planted: Path, hub: FakeHub, monkeypatch, capsys):
+    """The secret scan runs before create_repo: a refused push leaves no (maybe public) empty repo."""
+    manifest = json.loads((planted / "manifest.json").read_text())
+    manifest["recipe"]["steps"][1]["teacher"]["params"]["extra_body"] = {"note": CANARY_KEY}
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 1
+    assert "refusing to upload" in capsys.readouterr().err
+    assert hub.repos == {} and hub.commits == []
+    assert not [path for method, path, _ in hub.requests if method == "POST"]
+
+
+def test_a_remote_card_with_broken_metadata_is_a_clear_error(planted: Path, hub: FakeHub, capsys):
+    broken = "---\nlicense: [mit\ntags: {\n---\n\n# Theirs\n"
+    hub.repos["datasets/me/kd-data"] = {"private": False, "files": {"README.md": broken.encode()}}
+    assert main(["push", str(planted), "me/kd-data", "--token-env", "SYNTHKD_TEST_HF_TOKEN"]) == 1
+    err = capsys.readouterr().err
+    assert "me/kd-data" in err and "README.md already in the repository" in err and "Traceback" not in err
+    assert hub.commits == []
+
+
+def test_a_missing_kept_file_stops_the_push(planted: Path, tmp_path: Path, capsys):
+    kept = planted / "recipe_files" / "tree" / "seeds.jsonl"
+    kept.unlink()
+    folder = tmp_path / "upload"
+    assert main(["push", str(planted), "me/kd-data", "--dry-run", str(folder)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(kept) in err and "'seeds.jsonl' is missing" in err and not folder.exists()
+
+
+def test_a_hub_recipe_address_stays_in_its_repository(hub: FakeHub, capsys):
+    hub.repos["datasets/me/r"] = {"private": False, "files": {"recipe.yaml": b"name: x\n"}}
+    assert main(["validate", "hf://datasets/me/r/../../../x.yaml"]) == 2
+    assert "is not a path inside the repository me/r" in capsys.readouterr().err
+    assert not [path for _, path, _ in hub.requests]  # refused before anything is downloaded
+
+
+def test_a_hub_recipe_revision_may_be_a_pull_request(hub: FakeHub):
+    main(["validate", "hf://datasets/me/r@refs/pr/1/recipe.yaml"])
+    paths = [path for _, path, _ in hub.requests]
+    # Asked for revision refs/pr/1 of me/r (not a file pr/1/recipe.yaml at the main revision).
+    assert paths and all("refs%2Fpr%2F1" in path or "refs/pr/1" in path for path in paths)
+
+
+def put_hub_recipe(hub: FakeHub, steps: list[dict], base_url: str, **files: bytes) -> None:
+    """A recipe of someone else's in the fake Hub's me/r, with `files` beside it."""
+    teacher = {"backend": "openai", "model": "m", "base_url": base_url, "api_key_env": "OPENAI_API_KEY"}
+    recipe = {"name": "theirs", "teacher": teacher, "steps": steps}
+    hub.repos["datasets/me/r"] = {
+        "private": False,
+        "files": {"recipe.yaml": yaml.safe_dump(recipe).encode(), **files},
+    }
+
+
+@pytest.mark.parametrize("named", ["~/secrets.txt", "../../outside.txt", "/etc/hostname"])
+def test_a_hub_recipe_reads_no_file_outside_its_repository(hub: FakeHub, capsys, named: str):
+    """A pushed recipe naming `documents: ~` would send the home folder to its author's teacher."""
+    put_hub_recipe(hub, [{"step": "load", "path": named}], "http://127.0.0.1:9/v1")
+    assert main(["validate", "hf://datasets/me/r/recipe.yaml", "--allow-missing-key"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "steps.0.path" in err and "may name only files in its own repository" in err
+
+
+def test_a_hub_run_says_where_its_teachers_send(hub: FakeHub, tmp_path: Path, monkeypatch, capsys):
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}]
+    put_hub_recipe(
+        hub, steps, "http://collector.example:8000/v1", **{"seeds.jsonl": b'{"instruction": "hi"}\n'}
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "hf://datasets/me/r/recipe.yaml", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "steps.1.teacher: openai m -> http://collector.example:8000/v1 (key: $OPENAI_API_KEY)" in out

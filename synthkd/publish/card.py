@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from synthkd.atomic import atomic_write_text
+from synthkd.hub_ids import is_hub_dataset_id
 from synthkd.publish.card_sources import (
     citations_section,
     source_datasets,
@@ -23,7 +24,7 @@ from synthkd.publish.card_sources import (
 )
 from synthkd.publish.config import HUB_LICENSES, HUB_TASKS
 from synthkd.publish.loop_table import loop_table, read_loop
-from synthkd.publish.recipe_files import FILES_DIR, read_names
+from synthkd.publish.recipe_files import kept_path, read_names, repoint
 from synthkd.publish.rundir import RunDir, open_run
 from synthkd.publish.secrets import clean_recipe
 from synthkd.shipped import resolve_path
@@ -195,7 +196,7 @@ def find_templates(manifest: dict[str, Any], run_path: Path | None = None) -> di
     kept = read_names(run_path) if run_path is not None else {}
     found = {}
     for name, digest in (manifest.get("templates") or {}).items():
-        candidates = [run_path / FILES_DIR / kept[name]] if run_path is not None and name in kept else []
+        candidates = [kept_path(run_path, kept[name])] if run_path is not None and name in kept else []
         candidates += [path] if (path := resolve_path(name, None)) is not None else []
         for path in candidates:
             if path.is_file():
@@ -286,7 +287,9 @@ def _taxonomy_section(run: RunDir) -> str:
 
 def _steps_section(run: RunDir) -> str:
     lines = ["## Steps and their parameters", ""]
-    for index, step in enumerate(clean_recipe(run.recipe).get("steps") or []):
+    # Files under the names they have beside the pushed recipe, not their paths on this machine.
+    recipe = repoint(clean_recipe(run.recipe), read_names(run.path))
+    for index, step in enumerate(recipe.get("steps") or []):
         step_class = step_types().get(str(step.get("step")))
         teacher_keys = step_class.teacher_keys() if step_class is not None else ["teacher"]
         # A teacher section is named by backend:model; its params have a section of their own.
@@ -464,7 +467,27 @@ def _reproduce_section(run: RunDir) -> str:
         f"synthkd run hf://datasets/{REPO_PLACEHOLDER}/{RECIPE_FILE}\n```\n\n"
         "or, in a clone of this repository, `synthkd run recipe.yaml`. A rerun with the same teacher "
         "replays synthkd's request cache where present; a sampled (temperature > 0) API teacher may "
-        "answer differently."
+        "answer differently." + _eval_sets_note(run)
+    )
+
+
+def _eval_sets_note(run: RunDir) -> str:
+    """What a rerun must be given again: the local evaluation sets `decontaminate` protected,
+    which are not uploaded (published beside the training data, they would not be held out)."""
+    sets = [
+        (index, position, str(eval_set.get("path")))
+        for index, step in enumerate(run.recipe.get("steps") or [])
+        if step.get("step") == "decontaminate"
+        for position, eval_set in enumerate(step.get("eval_sets") or [])
+        if isinstance(eval_set, dict) and not is_hub_dataset_id(str(eval_set.get("path")))
+    ]
+    if not sets:
+        return ""
+    given = " ".join(f"--set steps.{index}.eval_sets.{position}.path=<file>" for index, position, _ in sets)
+    return (
+        "\n\nThe evaluation sets the run was decontaminated against are not uploaded (published beside "
+        "the training data, they would no longer be held out): give yours again to rerun, "
+        f"`synthkd run hf://datasets/{REPO_PLACEHOLDER}/{RECIPE_FILE} {given}`."
     )
 
 

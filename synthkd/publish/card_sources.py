@@ -7,17 +7,16 @@ the `source:` and `license:` its author gave it, and the BibTeX each step class 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from synthkd.data_files import FILE_SUFFIXES
+from synthkd.hub_ids import is_hub_dataset_id
+from synthkd.publish.recipe_files import read_names
 from synthkd.publish.rundir import RunDir
 
 # The Hub's `source_datasets` value for data derived from no published dataset.
 ORIGINAL = "original"
 # The keys naming the seed data of the steps that read it.
 SEED_KEYS = {"load": "path", "doc_qa": "documents"}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 SURVEY_CITATION = """\
 @article{xu2024survey,
@@ -43,6 +42,9 @@ def seed_sources(run: RunDir) -> list[dict[str, Any]]:
     """Each step that read seed data: {index, step, data (as named), source, license}. A `load`
     from the Hub is its own source."""
     local = run.manifest.get("data_files")  # names found on disk; absent in older manifests
+    # A local file is shown under the name it has beside the pushed recipe (files/seeds.jsonl),
+    # never as the recipe named it (/home/alice/clients/acme/seeds.jsonl: a path on the machine).
+    stored = read_names(run.path)
     found = []
     for index, step in enumerate(run.recipe.get("steps") or []):
         key = SEED_KEYS.get(str(step.get("step")))
@@ -56,7 +58,7 @@ def seed_sources(run: RunDir) -> list[dict[str, Any]]:
             {
                 "index": index,
                 "step": step["step"],
-                "data": data,
+                "data": stored.get(data, data),
                 "source": source,
                 "license": step.get("license"),
             }
@@ -67,7 +69,7 @@ def seed_sources(run: RunDir) -> list[dict[str, Any]]:
 def _is_hub_id(path: str, local: list[str] | None) -> bool:
     if local is not None:
         return path not in local
-    return bool(_HUB_ID.match(path)) and not path.endswith(FILE_SUFFIXES)
+    return is_hub_dataset_id(path)
 
 
 def source_datasets(run: RunDir) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from synthkd.config_base import StrictModel
-from synthkd.hub_ids import HUB_LICENSES, HUB_TASKS, HubLicense, HubTask
+from synthkd.hub_ids import HUB_LICENSES, HUB_TASKS, HubLicense, HubRepoId, HubTask
 
 __all__ = ["HUB_LICENSES", "HUB_TASKS", "HubConfig", "HubLicense", "HubTask"]
 
@@ -17,8 +17,7 @@ __all__ = ["HUB_LICENSES", "HUB_TASKS", "HubConfig", "HubLicense", "HubTask"]
 class HubConfig(StrictModel):
     """The Hub dataset repository a finished run is pushed to."""
 
-    repo_id: str = Field(
-        pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
+    repo_id: HubRepoId = Field(
         description="dataset repository on the Hub, namespace/name; created if it does not exist",
     )
     private: bool = Field(False, description="create the repository private (ignored if it exists)")

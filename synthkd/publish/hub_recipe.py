@@ -13,13 +13,21 @@ import re
 from pathlib import Path
 
 from synthkd.errors import RecipeError
+from synthkd.hub_ids import REPO_ID_PATTERN, is_repo_id
+from synthkd.publish.hub_http import first_line, http_status, is_unreachable
+from synthkd.shipped import leaves_its_folder
 
 HUB_PREFIX = "hf://"
-# hf://datasets/namespace/name[@revision][/path/in/repo.yaml]
+# hf://datasets/namespace/name[@revision][/path/in/repo.yaml]; a revision is a branch, tag or
+# commit without "/", or a pull request's refs/pr/N (its slashes would otherwise be read as the path).
 _HUB_URL = re.compile(
-    r"^hf://datasets/(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*?)(@(?P<rev>[\w.-]+))?(/(?P<path>.+))?$"
+    rf"^hf://datasets/(?P<repo>{REPO_ID_PATTERN}?)(@(?P<rev>refs/pr/\d+|[^/@]+))?(/(?P<path>.+))?$"
 )
 DEFAULT_RECIPE = "recipe.yaml"
+ADDRESS = (
+    "give hf://datasets/<namespace>/<name>/recipe.yaml (optionally <name>@<revision>: a branch, tag "
+    "or commit, or refs/pr/<N>; a branch with / in its name is not supported)"
+)
 
 
 def is_hub_recipe(path: str | Path) -> bool:
@@ -29,14 +37,12 @@ def is_hub_recipe(path: str | Path) -> bool:
 def download_recipe(url: str) -> Path:
     """The local path of the recipe `url` names, its repository's files downloaded beside it."""
     match = _HUB_URL.match(url)
-    if match is None:
-        raise RecipeError(
-            "not a Hub recipe address: give hf://datasets/<namespace>/<name>/recipe.yaml "
-            "(optionally <name>@<revision>)",
-            where=url,
-        )
+    if match is None or not is_repo_id(match["repo"]):
+        raise RecipeError(f"not a Hub recipe address: {ADDRESS}", where=url)
     repo, revision = match["repo"], match["rev"]
     path = match["path"] or DEFAULT_RECIPE
+    if leaves_its_folder(path):  # hf://datasets/a/b/../../x.yaml: outside the downloaded repository
+        raise RecipeError(f"{path!r} is not a path inside the repository {repo}", where=url)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -57,11 +63,19 @@ def download_recipe(url: str) -> Path:
             where=url,
         ) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
         raise RecipeError(
-            f"cannot download the repository: HTTP {status} (is {repo} public?)", where=url
+            f"cannot download the repository: HTTP {http_status(exc)} (is {repo} public?)", where=url
         ) from None
-    recipe = Path(folder) / path
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise RecipeError(f"cannot download the repository: {first_line(exc)}", where=url) from None
+    root = Path(folder)
+    recipe = root / path
+    # Checked on the path as written, not resolved: the snapshot's files are links into the
+    # cache's blob store, outside the snapshot folder.
+    if not Path(os.path.normpath(recipe)).is_relative_to(root):
+        raise RecipeError(f"{path!r} is not a path inside the repository {repo}", where=url)
     if not recipe.is_file():
         raise RecipeError(f"the repository {repo} has no {path}", where=url)
     return recipe

@@ -1,8 +1,10 @@
 """Push a run to the Hub: parquet data, the card and the recipe, in one commit.
 
-The folder that is uploaded is first written out whole (`--dry-run [DIR]` keeps it), searched for
-secrets, then sent with `HfApi.create_repo` and one `create_commit`, so a dataset repository never
-shows a card without its data or data from two runs. Beside recipe.yaml go the seed files and
+The folder that is uploaded is first written out whole (`--dry-run [DIR]` keeps it) and searched for
+secrets before anything is created on the Hub or written to DIR, then sent with
+`HfApi.create_repo` and one `create_commit`, so a dataset repository never shows a card without
+its data or data from two runs. A dry-run folder holds a marker file (not uploaded): only a folder
+with it, or a new or empty one, is ever replaced. Beside recipe.yaml go the seed files and
 templates it reads (`recipe_files`), so `synthkd run hf://datasets/<repo>/recipe.yaml` reruns it.
 A card already in the repository keeps its metadata keys the run does not set (`card_merge`).
 A run whose card has no license is refused: the Hub would show the data with no terms of reuse.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,19 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import SynthkdError
-from synthkd.hub_ids import HUB_LICENSES
+from synthkd.file_copy import copy_entry, replace_folder
+from synthkd.hub_ids import HUB_LICENSES, is_repo_id, repo_id_error
 from synthkd.publish.card import CARD_FILE, RECIPE_FILE, REPO_PLACEHOLDER, build_card, write_recipe
 from synthkd.publish.card_merge import merge_metadata, other_config_paths
-from synthkd.publish.recipe_files import FILES_DIR, read_names, repoint
+from synthkd.publish.hub_http import first_line, http_status, is_unreachable
+from synthkd.publish.recipe_files import kept_files, read_names, repoint
 from synthkd.publish.rundir import PublishInputError, RunDir, open_run
 from synthkd.publish.secrets import assert_no_secret, secret_values
 
-# The Hub's rule for repository ids: namespace/name, letters, digits, - _ . (no -- or .. inside).
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 # Parquet shards of at most this much Arrow data, as datasets' push_to_hub does.
 MAX_SHARD_BYTES = 500 * 2**20
 DATA_DIR = "data"
 DRY_RUN_DIR = "push-dry-run"  # `--dry-run` without a folder writes here, in the run folder
+DRY_RUN_MARKER = ".synthkd-dry-run"  # in a dry-run folder: this folder is ours to replace
 
 
 class PushError(SynthkdError):
@@ -53,11 +55,8 @@ class PushResult:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith((".git", ".")):
-        raise PublishInputError(
-            f"{repo_id!r} is not a Hub repository id: give namespace/name (letters, digits, - _ .), "
-            "e.g. my-user/my-dataset"
-        )
+    if not is_repo_id(repo_id):
+        raise PublishInputError(repo_id_error(repo_id))
     return repo_id
 
 
@@ -92,35 +91,47 @@ def _stage_recipe(run: RunDir, folder: Path) -> None:
     """recipe.yaml with the files it reads beside it, pointed at them; without `output.hub`, so a
     rerun from the Hub does not push over this repository."""
     names = read_names(run.path)
-    kept = run.path / FILES_DIR
-    for stored in names.values():
-        source, target = kept / stored, folder / stored
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        elif source.exists():
-            shutil.copy2(source, target)
+    for stored, source in kept_files(run.path).items():  # all there, or an error naming the missing
+        copy_entry(source, folder / stored)
     recipe = repoint(run.recipe, names)
     output = {key: value for key, value in (recipe.get("output") or {}).items() if key != "hub"}
     write_recipe(run, folder / RECIPE_FILE, {**recipe, "output": output})
 
 
-def _prepare_dry_run_folder(folder: Path) -> None:
-    """A dry-run folder is ours only if it is new, empty, or holds a previous dry run (which is
-    then replaced whole)."""
+def _check_dry_run_folder(folder: Path) -> None:
+    """A dry-run folder is ours only if it is new, empty, or holds the marker a previous dry run
+    left (it is then replaced whole). Any other folder (a clone of the dataset repository, with
+    .git and notes of the user's) is refused, never deleted."""
     if not folder.exists():
         return
     if not folder.is_dir():
-        raise PublishInputError(f"{folder}: exists and is not a folder")
-    names = {p.name for p in folder.iterdir()}
-    if not names:
+        raise PublishInputError(f"{folder}: exists and is not a folder; give a new folder for --dry-run")
+    names = sorted(p.name for p in folder.iterdir())
+    if not names or DRY_RUN_MARKER in names:
         return
-    if {CARD_FILE, RECIPE_FILE, DATA_DIR} <= names:
-        shutil.rmtree(folder)
-        return
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     raise PublishInputError(
-        f"{folder}: not empty ({', '.join(sorted(names)[:3])}...); give a new folder for --dry-run"
+        f"{folder}: not empty ({shown}) and not written by an earlier --dry-run (no {DRY_RUN_MARKER} "
+        "in it), so it is not replaced; give a new or empty folder for --dry-run"
     )
+
+
+def _write_dry_run(run: RunDir, target: Path, repo_id: str, secrets: list[str]) -> list[str]:
+    """Stage beside `target`, search for secrets, then swap the staged folder in: a refused or
+    failed dry run leaves `target` as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        files = stage(run, staging, repo_id)
+        assert_no_secret((staging / f for f in files), secrets)
+        (staging / DRY_RUN_MARKER).write_text(
+            "written by synthkd push --dry-run; the next dry run into this folder replaces it\n",
+            encoding="utf-8",
+        )
+        replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
 
 
 def _token(token_env: str | None) -> str | None:
@@ -153,25 +164,22 @@ def push(
     _require_license(run)
     token = _token(token_env)
     secrets = secret_values(run.recipe, [token, *(extra_secrets or [])])
-    target = None if dry_run is None or dry_run is False else _dry_run_folder(run, dry_run)
-    if target is None:
-        _check_online()
-    else:
-        _prepare_dry_run_folder(target)
-    # Staged in a temporary folder and searched for secrets first: a file with a secret is never
-    # uploaded, nor left in the dry-run folder.
+    if dry_run is not None and dry_run is not False:
+        target = _dry_run_folder(run, dry_run)
+        _check_dry_run_folder(target)
+        return PushResult(repo_id, _write_dry_run(run, target, repo_id, secrets), folder=target)
+    _check_online()
+    # Staged in a temporary folder and searched for secrets before the repository is created (a
+    # refused push leaves no empty, maybe public, repository), and the card again once merged.
     with tempfile.TemporaryDirectory(prefix="synthkd-push-") as tmp:
         folder = Path(tmp)
         files = stage(run, folder, repo_id)
-        if target is not None:
-            assert_no_secret((folder / f for f in files), secrets)
-            shutil.copytree(folder, target, dirs_exist_ok=True)
-            return PushResult(repo_id, files, folder=target)
+        assert_no_secret((folder / f for f in files), secrets)
         with _hub_errors(repo_id, token) as api:
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
             existing = api.list_repo_files(repo_id, repo_type="dataset")
             kept_paths = _merge_existing_card(api, repo_id, folder, existing)
-            assert_no_secret((folder / f for f in files), secrets)
+            assert_no_secret([folder / CARD_FILE], secrets)
             commit_url = _commit(api, run, folder, files, existing, kept_paths, repo_id, commit_message)
     return PushResult(repo_id, files, commit_url)
 
@@ -216,12 +224,11 @@ def _hub_errors(repo_id: str, token: str | None) -> Iterator[Any]:
     try:
         yield api
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
         raise PushError(
-            f"push to {api.endpoint} ({repo_id}) failed: HTTP {status}: {_first_line(exc)}"
+            f"push to {api.endpoint} ({repo_id}) failed: HTTP {http_status(exc)}: {first_line(exc)}"
         ) from None
-    except Exception as exc:  # connection refused, DNS (httpx2 errors are not OSErrors): nothing committed
-        if exc.__class__.__module__.split(".")[0] not in ("httpx", "httpx2") and not isinstance(exc, OSError):
+    except Exception as exc:  # connection refused, DNS: nothing committed
+        if not is_unreachable(exc):
             raise
         raise PushError(f"push to {api.endpoint} ({repo_id}) failed: {exc}") from None
 
@@ -231,10 +238,18 @@ def _merge_existing_card(api: Any, repo_id: str, folder: Path, existing: list[st
     patterns of the configs it keeps, whose files the push must not delete."""
     if CARD_FILE not in existing:
         return []
+    import yaml
     from huggingface_hub import DatasetCard
 
     old_path = api.hf_hub_download(repo_id, CARD_FILE, repo_type="dataset")
-    old = DatasetCard(Path(old_path).read_text(encoding="utf-8")).data.to_dict()
+    try:
+        old = DatasetCard(Path(old_path).read_text(encoding="utf-8")).data.to_dict()
+    except (ValueError, yaml.YAMLError) as exc:  # its metadata block is not a YAML mapping
+        raise PushError(
+            f"{repo_id}: the {CARD_FILE} already in the repository has metadata that cannot be read "
+            f"({first_line(exc)}); fix or remove its --- block on the Hub, then push again "
+            "(nothing was committed)"
+        ) from None
     ours = DatasetCard((folder / CARD_FILE).read_text(encoding="utf-8"))
     merged = merge_metadata(old, ours.data.to_dict())
     text = f"---\n{_metadata_yaml(merged)}---\n\n{ours.text.lstrip(chr(10))}"
@@ -281,7 +296,3 @@ def _commit(
         commit_message=message or f"synthkd: {run.name} ({shards} data file(s), card, recipe)",
     )
     return info.commit_url
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]

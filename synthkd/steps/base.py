@@ -17,7 +17,7 @@ from synthkd.config_base import StrictModel
 from synthkd.curate.embeddings import Encoder
 from synthkd.dispatch.dispatcher import Dispatcher, Outcome
 from synthkd.errors import RecipeError
-from synthkd.shipped import resolve_path
+from synthkd.shipped import leaves_its_folder, resolve_path
 from synthkd.teachers.base import ChatRequest, Completion, estimate_prompt_tokens, max_completion_tokens
 from synthkd.teachers.config import TeacherConfig
 from synthkd.teachers.registry import teacher_label
@@ -35,6 +35,25 @@ class CheckContext:
     at: Callable[[str], str]  # at("prompt") -> "recipe.yaml:14: steps.1.prompt"
     # teacher_at("backend") -> the step's own teacher key if it sets it, else the recipe's.
     teacher_at: Callable[..., str] = lambda *key: ".".join(("teacher", *key))
+    # A recipe downloaded from the Hub (`synthkd run hf://...`): what it names must stay in its
+    # own repository's folder (or the shipped files), so a pushed recipe cannot read `~/.ssh` or
+    # `/etc` and send it to a teacher. Paths the user gave with --set (`given`) are theirs.
+    confined: bool = False
+    given: frozenset[str] = frozenset()
+
+    def find_file(self, named: str, key: str | None = None) -> Path | None:
+        """The file or folder a recipe path names (recipe folder first, then the shipped ones),
+        None if absent; a RecipeError if a recipe from the Hub names one outside its repository."""
+        self.check_confined(named, self.at(key) if key else None)
+        return resolve_path(named, self.recipe_dir)
+
+    def check_confined(self, named: str, where: str | None) -> None:
+        if self.confined and named not in self.given and leaves_its_folder(named):
+            raise RecipeError(
+                f"{named!r}: a recipe from the Hub may name only files in its own repository "
+                "(no absolute, ~ or .. paths); to use a file of yours, give it with --set",
+                where=where,
+            )
 
 
 class Progress:
@@ -257,6 +276,7 @@ class Step(StrictModel):
 
     def load_template_file(self, key: str, path: str, ctx: CheckContext, where: str) -> None:
         """Load a template no key names (a fixed prompt the step adds, like label's JSON re-ask)."""
+        ctx.check_confined(path, where)
         self._templates[key] = load_template(path, ctx.recipe_dir, where)
         self._template_files[key] = path
 
@@ -269,10 +289,18 @@ class Step(StrictModel):
             sources[self._template_files[key]] = template.source
         return sources
 
-    def local_file(self, named: str, ctx: CheckContext) -> Path | None:
-        """The file or folder a key names (recipe folder first, then the shipped ones), remembered
-        as data the recipe needs to rerun (a push uploads it beside the recipe); None if absent."""
-        found = resolve_path(named, ctx.recipe_dir)
+    def local_file(self, named: str, ctx: CheckContext, key: str | None = None) -> Path | None:
+        """The file or folder `key` names (`ctx.find_file`), remembered as data the recipe needs
+        to rerun (a push uploads it beside the recipe); None if absent. A file that must not be
+        published (an evaluation set) is found with `ctx.find_file` instead."""
+        found = ctx.find_file(named, key)
+        if found is not None and found.is_dir() and ctx.recipe_dir.resolve().is_relative_to(found.resolve()):
+            # The run keeps what its steps read, and a push uploads it: not the recipe's own
+            # folder, which holds the runs (and maybe .env) beside it.
+            raise RecipeError(
+                f"{named!r} is the folder holding the recipe; put the data in a folder of its own",
+                where=ctx.at(key) if key else None,
+            )
         if found is not None:
             self._data_files[named] = found
         return found

@@ -12,6 +12,7 @@ from synthkd.curate.embeddings import Encoder, encoder_modules
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
+from synthkd.hub_ids import is_hub_dataset_id
 from synthkd.shipped import not_found
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepResult, require_columns
 
@@ -59,11 +60,11 @@ class DecontaminateStep(Step):
             check_installed(needed, "curate", "decontamination by embeddings", ctx.at("embedding_threshold"))
         self._index = NgramIndex(self.ngram, self.min_words)
         for position, eval_set in enumerate(self.eval_sets):
-            source = self.local_file(eval_set.path, ctx)
+            # Found, not recorded as the recipe's data (`local_file`): an evaluation set published
+            # beside the training data would no longer be held out.
+            source = ctx.find_file(eval_set.path, "eval_sets")
             if source is None:
-                if "/" in eval_set.path and not eval_set.path.endswith(
-                    (".jsonl", ".json", ".csv", ".parquet")
-                ):
+                if is_hub_dataset_id(eval_set.path):
                     self._hub_sets.append(eval_set)  # loaded at run time
                     continue
                 raise RecipeError(

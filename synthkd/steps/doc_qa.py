@@ -102,7 +102,7 @@ class DocQAStep(TeacherStep, SeedSource):
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
         check_tokenizer_installed(self.tokenizer, ctx.at("tokenizer"))  # the `local` extra's
-        source = self.local_file(self.documents, ctx)
+        source = self.local_file(self.documents, ctx, "documents")
         if source is None:
             raise RecipeError(
                 not_found("documents", self.documents, ctx.recipe_dir), where=ctx.at("documents")

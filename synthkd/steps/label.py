@@ -225,11 +225,11 @@ class LabelStep(TeacherStep):
 
 
 def _load_schema(
-    value: dict[str, Any] | str, ctx: CheckContext, find: Callable[[str, CheckContext], Path | None]
+    value: dict[str, Any] | str, ctx: CheckContext, find: Callable[[str, CheckContext, str], Path | None]
 ) -> dict[str, Any]:
     if isinstance(value, str):
         # Like every recipe path: relative to the recipe's folder (then the shipped files), ~ expanded.
-        path = find(value, ctx)
+        path = find(value, ctx, "schema")
         if path is None:
             raise RecipeError(not_found("JSON schema file", value, ctx.recipe_dir), where=ctx.at("schema"))
         try:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
 from synthkd.cache import ResponseCache
-from synthkd.data_files import FILE_SUFFIXES, read_rows
+from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
+from synthkd.hub_ids import is_hub_dataset_id
 from synthkd.shipped import not_found
 from synthkd.steps.base import CheckContext, Columns, Row, Step, StepContext, StepPlan, StepResult
 from synthkd.steps.sources import SeedSource
-
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 class LoadStep(Step, SeedSource):
@@ -31,8 +29,8 @@ class LoadStep(Step, SeedSource):
     _rows: list[Row] | None = PrivateAttr(None)
 
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
-        source = self.local_file(self.path, ctx)
-        if source is None and not (_HUB_ID.match(self.path) and not self.path.endswith(FILE_SUFFIXES)):
+        source = self.local_file(self.path, ctx, "path")
+        if source is None and not is_hub_dataset_id(self.path):
             raise RecipeError(not_found("file", self.path, ctx.recipe_dir), where=ctx.at("path"))
         if source is None:
             return None  # a Hub dataset: its columns are known only once it is downloaded

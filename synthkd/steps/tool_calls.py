@@ -303,7 +303,7 @@ class ToolCallsStep(TeacherStep):
         return keys
 
     def check_step(self, columns: Columns, ctx: CheckContext) -> Columns:
-        source = self.local_file(self.tools, ctx)
+        source = self.local_file(self.tools, ctx, "tools")
         if source is None or not source.is_file():
             raise RecipeError(not_found("tools file", self.tools, ctx.recipe_dir), where=ctx.at("tools"))
         try:
