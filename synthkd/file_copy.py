@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -20,24 +19,14 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def copy_entry(source: Path, target: Path, suffixes: Iterable[str] | None = None) -> None:
-    """Copy the file or folder `source` to `target` (its parent folders made). A folder's hidden
-    files and folders are left out, and, with `suffixes`, its files with other suffixes."""
+def copy_entry(source: Path, target: Path) -> None:
+    """Copy the file or folder `source` to `target` (its parent folders made); a folder's hidden
+    files and folders are left out."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not source.is_dir():
         shutil.copy2(source, target)
         return
-    wanted = tuple(suffixes) if suffixes is not None else None
-
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        def unwanted(name: str) -> bool:
-            if is_hidden(name):
-                return True
-            return wanted is not None and not name.endswith(wanted) and not (Path(folder) / name).is_dir()
-
-        return [name for name in names if unwanted(name)]
-
-    shutil.copytree(source, target, ignore=ignore)
+    shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if is_hidden(n)])
 
 
 def replace_folder(staging: Path, final: Path) -> None:

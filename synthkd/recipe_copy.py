@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import RecipeError
+from synthkd.file_copy import copy_entry
 from synthkd.recipe import find_recipe, load_recipe
 from synthkd.shipped import resolve_path
 from synthkd.yaml_source import KeyPath
@@ -76,7 +77,7 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> RecipeCopy:
     try:
         (staging / recipe_name).write_text(text, encoding="utf-8")
         for named in copies:
-            _copy(named.origin, staging / named.written)
+            copy_entry(named.origin, staging / named.written)
         _move_into(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,14 +184,6 @@ def _rewritten(text: str, lines: dict[KeyPath, int], copies: list[NamedFile]) ->
             number = lines[named.key] - 1
             rows[number] = rows[number].replace(named.value, named.written, 1)
     return "".join(rows)
-
-
-def _copy(origin: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if origin.is_dir():
-        shutil.copytree(origin, target, ignore=shutil.ignore_patterns(".*"))  # no .git, .cache
-    else:
-        shutil.copy2(origin, target)
 
 
 def _move_into(staging: Path, folder: Path) -> None:

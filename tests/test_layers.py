@@ -85,7 +85,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "the command line, the test helpers and the generated docs",
-        ["synthkd.cli", "synthkd.testing", "synthkd.docs_reference"],
+        ["synthkd.cli", "synthkd.__main__", "synthkd.testing", "synthkd.docs_reference"],
     ),
 ]
 
