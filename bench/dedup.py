@@ -15,7 +15,8 @@ IVF index over float16 vectors, searched in chunks; the vectors are written to a
 cache), `static-cached` (the same, reading the vectors `static` cached: what a rerun or a later
 step pays), and `semhash` (semhash 0.5 with the same static encoder, its own usearch index).
 MiniLM encodes about 500 texts/s on 2 cores, so it runs on the first `--minilm-rows` rows only, and
-`static` is run there too (`static@<n>`), for a recall comparison on the same rows.
+`static` is run there too (`static@<n>`), for a recall comparison on the same rows. `static-0.93`
+(any number) is the static encoder at another cosine threshold (0.95 otherwise).
 
 semhash is not a dependency of synthkd (not even of an extra: only this benchmark uses it); install
 it beside synthkd first: pip install semhash==0.5.0
@@ -206,7 +207,8 @@ def run_method(method: str, rows: int, cache_dir: str, queue: multiprocessing.Qu
         from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed_float16, load_encoder
         from synthkd.curate.semantic import semantic_duplicates
 
-        spec = EMBEDDED_ENCODER if method == "minilm" else f"static:{EMBEDDED_ENCODER}"
+        name, _, threshold = method.partition("-")  # static-0.93: another cosine threshold
+        spec = EMBEDDED_ENCODER if name == "minilm" else f"static:{EMBEDDED_ENCODER}"
         load_encoder(spec)  # distilled (or loaded) before the clock starts: made once, not per run
         cache = EmbeddingCache(Path(cache_dir) / f"embeddings-{rows}.sqlite")
         clock = time.perf_counter()
@@ -215,7 +217,7 @@ def run_method(method: str, rows: int, cache_dir: str, queue: multiprocessing.Qu
         report["encode_seconds"] = time.perf_counter() - clock
         report["encoded"] = encoded
         search = time.perf_counter()
-        found = semantic_duplicates(vectors, threshold=0.95, index="ivf")
+        found = semantic_duplicates(vectors, threshold=float(threshold or 0.95), index="ivf")
         report["search_seconds"] = time.perf_counter() - search
     report["seconds"] = time.perf_counter() - clock
     report["dropped"] = sorted(found)
