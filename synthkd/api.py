@@ -219,6 +219,7 @@ def publish_run(
         warn or Reporter().warn,
         output.report,
         data_files=loaded.recipe.data_files(),
+        map_encoder=output.report_encoder,
     )
 
 

@@ -50,6 +50,11 @@ class OutputConfig(StrictModel):
         description="report.html after the run: basic (seconds), full (adds the instruction map, which "
         "embeds every instruction: tens of seconds), none",
     )
+    report_encoder: Literal["transformer", "static"] = Field(
+        "transformer",
+        description="the instruction map's encoder (report: full): transformer, the embedded MiniLM; "
+        "static, the static encoder distilled from it (faster, finds fewer paraphrases: see dedup)",
+    )
     format: Literal["messages", "flat"] = Field(
         "messages", description="messages: add a TRL conversational `messages` column; flat: columns only"
     )

@@ -72,6 +72,24 @@ def test_the_static_encoder_is_distilled_offline_and_ranks_a_paraphrase_first(st
     assert int(similarity[0].argmax()) == 1 and similarity[0, 1] > 0.9  # the paraphrase, not another
 
 
+@pytest.mark.slow
+def test_the_whole_vocabulary_is_distilled_offline(tmp_path: Path, private_cache: Path):
+    """What `encoder: static` makes on first use: every token of MiniLM's vocabulary (about 15 s)."""
+    load_encoder.cache_clear()
+    try:
+        vectors, encoded = embed([row["instruction"] for row in ROWS], STATIC)
+    finally:
+        load_encoder.cache_clear()
+    folder = encoder_dir(EMBEDDED_ENCODER)
+    from model2vec import StaticModel
+
+    table = StaticModel.from_pretrained(str(folder)).embedding
+    assert table.shape == (30522, 256) and np.count_nonzero(np.abs(table).sum(axis=1)) > 30_000
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -1)
+    assert encoded == len(ROWS) and int(similarity[0].argmax()) == 1
+
+
 def test_every_embedding_step_reuses_cached_vectors(tmp_path: Path, static_in_cache: Path, capsys):
     """Dedup, decontamination and the report's map with the static encoder: a rerun reads every
     vector from the cache, so it loads no encoder. Shown by removing the encoder after the first
@@ -89,7 +107,9 @@ def test_every_embedding_step_reuses_cached_vectors(tmp_path: Path, static_in_ca
             "encoder": "static",
         },
     ]
-    recipe = write_recipe(tmp_path / "r.yaml", {"name": "static", "steps": steps, "output": {"dir": "out"}})
+    # The run draws the map too (report: full), with the encoder the recipe names.
+    output = {"dir": "out", "report": "full", "report_encoder": "static"}
+    recipe = write_recipe(tmp_path / "r.yaml", {"name": "static", "steps": steps, "output": output})
     kept = []
     for attempt in range(2):
         assert main(["run", str(recipe), "--output", str(tmp_path / "out")]) == 0

@@ -168,7 +168,15 @@ def run_experiment(
     write_results(result, config, work, docs)
     # The run folder's card, and its report with the experiment's table and chart (`output.report`).
     # Nothing is pushed: an experiment compares ways of training, it does not publish its rows.
-    finish_run(made.out_dir, loaded.recipe.template_sources(), None, [], say, loaded.recipe.output.report)
+    finish_run(
+        made.out_dir,
+        loaded.recipe.template_sources(),
+        None,
+        [],
+        say,
+        loaded.recipe.output.report,
+        map_encoder=loaded.recipe.output.report_encoder,
+    )
     return result
 
 

@@ -127,7 +127,15 @@ def run_loop(
     result = LoopResult(Path(checkpoint), before, rounds[-1].after, rounds)
     atomic_write_text(rounds_dir / LOOP_FILE, json.dumps(asdict(result), indent=2, default=str) + "\n")
     # The card and report again, now with their loop sections (read from the files above).
-    finish_run(run_dir, loaded.recipe.template_sources(), None, [], say, loaded.recipe.output.report)
+    finish_run(
+        run_dir,
+        loaded.recipe.template_sources(),
+        None,
+        [],
+        say,
+        loaded.recipe.output.report,
+        map_encoder=loaded.recipe.output.report_encoder,
+    )
     if train.push_to_hub:
         from synthkd.publish.push_model import push_student
 

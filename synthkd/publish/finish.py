@@ -43,15 +43,17 @@ def finish_run(
     warn: Callable[[str], None] = print,
     report: str = "basic",
     data_files: dict[str, Path] | None = None,
+    map_encoder: str = "transformer",
 ) -> tuple[list[Path], PushResult | None]:
     """Write recipe.yaml, README.md and report.html into the run folder, then push if `hub`.
 
     `templates`: the prompt templates' texts as the run used them (file as named -> source; the
     card shows them, the manifest has their hashes). `extra_secrets`: values that must not be
     pushed besides the key variables (see `url_passwords`). `report`: basic, full (with the
-    instruction map) or none (`output.report`). `data_files`: the files the steps read (as named ->
-    where found), kept with the templates in the run folder for a push to upload beside the
-    recipe; None leaves those kept earlier (a loop rewriting its card).
+    instruction map, embedded by `map_encoder`: `output.report_encoder`) or none (`output.report`).
+    `data_files`: the files the steps read (as named -> where found), kept with the templates in
+    the run folder for a push to upload beside the recipe; None leaves those kept earlier (a loop
+    rewriting its card).
 
     The dataset is already safely written: a card or report that fails is a warning, not a failed run.
     A report whose instruction map needs an extra this install lacks (`report: full` without
@@ -63,7 +65,7 @@ def finish_run(
     if data_files is not None:  # first: a push (below, or later) uploads them
         writers.insert(0, ("the recipe's files", lambda: _keep_files(run_dir, data_files, templates)))
     if report != "none":
-        writers.append(("report", lambda: _write_report(run_dir, report == "full", warn)))
+        writers.append(("report", lambda: _write_report(run_dir, report == "full", map_encoder, warn)))
     for what, writer in writers:
         try:
             written.append(writer())
@@ -85,10 +87,12 @@ def finish_run(
     return written, result
 
 
-def _write_report(run_dir: Path, with_map: bool, warn: Callable[[str], None]) -> Path:
+def _write_report(run_dir: Path, with_map: bool, encoder: str, warn: Callable[[str], None]) -> Path:
     """The report, with its instruction map if asked for and installed; else without it."""
+    from synthkd.curate.embeddings import EMBEDDED_ENCODER, encoder_spec
+
     try:
-        return write_report(run_dir, with_map=with_map)
+        return write_report(run_dir, with_map=with_map, map_model=encoder_spec(EMBEDDED_ENCODER, encoder))
     except MissingExtraError as exc:
         if not with_map:
             raise
