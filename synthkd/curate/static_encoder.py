@@ -3,7 +3,7 @@
 Distilling runs the model once over every token of its vocabulary (`[CLS] token [SEP]`, mean-pooled),
 reduces the vectors to `PCA_DIMS` dimensions and weighs each token down by its estimated frequency
 (Zipf's law on the vocabulary order, smooth inverse frequency `SIF`), as model2vec's `distill` does.
-Encoding is then a table look-up and a mean per text: about 100x faster than the transformer on a CPU,
+Encoding is then a table look-up and a mean per text: about 40x faster than the transformer on a CPU,
 at some cost in quality that bench/dedup.py measures.
 
 We distil here rather than with `model2vec.distill`: that needs model2vec's `distill` extra
@@ -50,7 +50,7 @@ def load_static(model: str, source: str) -> StaticModel:
     folder = encoder_dir(model)
     if not (folder / "config.json").exists():
         print(
-            f"distilling a static encoder from {model} (once; about 15 s on 2 cores) into {folder}",
+            f"distilling a static encoder from {model} (once; about 10-20 s on 2 cores) into {folder}",
             file=sys.stderr,
             flush=True,
         )
