@@ -25,7 +25,7 @@ FENCE = re.compile(r"^```(?P<language>[^`\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MU
 NOT_RUN = re.compile(r"<!--\s*not run:(?P<reason>.*?)-->")
 # Top-level entries of the checkout a block's copy leaves out: what runs write, and git's own.
 NOT_COPIED = {"runs", ".git"}
-BLOCK_TIMEOUT_S = 900  # make quickstart: about 3.5 minutes on 2 cores, more on a busy machine
+BLOCK_TIMEOUT_S = 900  # make quickstart: about 2 minutes on 2 idle cores, far more on a busy one
 
 
 @dataclass
