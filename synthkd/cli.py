@@ -607,13 +607,11 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from synthkd.curate.embeddings import EMBEDDED_ENCODER, encoder_spec
     from synthkd.progress import quiet_library_progress_bars
     from synthkd.publish.report import write_report
 
     quiet_library_progress_bars()
-    spec = encoder_spec(EMBEDDED_ENCODER, args.encoder)
-    path = write_report(args.run_dir, args.output, with_map=args.map, map_model=spec)
+    path = write_report(args.run_dir, args.output, with_map=args.map, map_encoder=args.encoder)
     # The size says what the map costs: plotly.js (~4.6 MB) is inlined only for it.
     size = f"{path.stat().st_size / 1024:,.0f} KB" + (", with plotly.js for the map" if args.map else "")
     console.print(f"report -> {path} ({size})", highlight=False, soft_wrap=True)  # a path whole

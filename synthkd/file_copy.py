@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-
-def is_hidden(name: str) -> bool:
-    return name.startswith(".")
 
 
 def copy_entry(source: Path, target: Path) -> None:
@@ -26,7 +25,7 @@ def copy_entry(source: Path, target: Path) -> None:
     if not source.is_dir():
         shutil.copy2(source, target)
         return
-    shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if is_hidden(n)])
+    shutil.copytree(source, target, ignore=lambda folder, names: [n for n in names if n.startswith(".")])
 
 
 def replace_folder(staging: Path, final: Path) -> None:
@@ -44,6 +43,19 @@ def replace_folder(staging: Path, final: Path) -> None:
         os.rename(retired, final)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A new folder beside `final` to fill; made `final` (`replace_folder`) when the block ends
+    without an error, deleted either way: a failed block leaves `final` as it was."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    try:
+        yield staging
+        replace_folder(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once swapped in
 
 
 def recover_folder(final: Path) -> None:

@@ -475,7 +475,7 @@ def _eval_sets_note(run: RunDir) -> str:
     """What a rerun must be given again: the local evaluation sets `decontaminate` protected,
     which are not uploaded (published beside the training data, they would not be held out)."""
     sets = [
-        (index, position, str(eval_set.get("path")))
+        (index, position)
         for index, step in enumerate(run.recipe.get("steps") or [])
         if step.get("step") == "decontaminate"
         for position, eval_set in enumerate(step.get("eval_sets") or [])
@@ -483,7 +483,7 @@ def _eval_sets_note(run: RunDir) -> str:
     ]
     if not sets:
         return ""
-    given = " ".join(f"--set steps.{index}.eval_sets.{position}.path=<file>" for index, position, _ in sets)
+    given = " ".join(f"--set steps.{index}.eval_sets.{position}.path=<file>" for index, position in sets)
     return (
         "\n\nThe evaluation sets the run was decontaminated against are not uploaded (published beside "
         "the training data, they would no longer be held out): give yours again to rerun, "

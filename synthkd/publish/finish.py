@@ -89,10 +89,8 @@ def finish_run(
 
 def _write_report(run_dir: Path, with_map: bool, encoder: str, warn: Callable[[str], None]) -> Path:
     """The report, with its instruction map if asked for and installed; else without it."""
-    from synthkd.curate.embeddings import EMBEDDED_ENCODER, encoder_spec
-
     try:
-        return write_report(run_dir, with_map=with_map, map_model=encoder_spec(EMBEDDED_ENCODER, encoder))
+        return write_report(run_dir, with_map=with_map, map_encoder=encoder)
     except MissingExtraError as exc:
         if not with_map:
             raise

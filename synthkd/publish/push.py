@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import SynthkdError
-from synthkd.file_copy import copy_entry, replace_folder
+from synthkd.file_copy import copy_entry, staged_folder
 from synthkd.hub_ids import HUB_LICENSES, is_repo_id, repo_id_error
 from synthkd.publish.card import CARD_FILE, RECIPE_FILE, REPO_PLACEHOLDER, build_card, write_recipe
 from synthkd.publish.card_merge import merge_metadata, other_config_paths
@@ -91,7 +90,7 @@ def _stage_recipe(run: RunDir, folder: Path) -> None:
     """recipe.yaml with the files it reads beside it, pointed at them; without `output.hub`, so a
     rerun from the Hub does not push over this repository."""
     names = read_names(run.path)
-    for stored, source in kept_files(run.path).items():  # all there, or an error naming the missing
+    for stored, source in kept_files(run.path, names).items():  # all there, or an error naming the missing
         copy_entry(source, folder / stored)
     recipe = repoint(run.recipe, names)
     output = {key: value for key, value in (recipe.get("output") or {}).items() if key != "hub"}
@@ -119,18 +118,13 @@ def _check_dry_run_folder(folder: Path) -> None:
 def _write_dry_run(run: RunDir, target: Path, repo_id: str, secrets: list[str]) -> list[str]:
     """Stage beside `target`, search for secrets, then swap the staged folder in: a refused or
     failed dry run leaves `target` as it was."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         files = stage(run, staging, repo_id)
         assert_no_secret((staging / f for f in files), secrets)
         (staging / DRY_RUN_MARKER).write_text(
             "written by synthkd push --dry-run; the next dry run into this folder replaces it\n",
             encoding="utf-8",
         )
-        replace_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return files
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from synthkd.file_copy import copy_entry, recover_folder, replace_folder
+from synthkd.file_copy import copy_entry, recover_folder, staged_folder
 from synthkd.publish.rundir import PublishInputError
 
 FILES_DIR = "recipe_files"
@@ -80,8 +79,7 @@ def keep_recipe_files(run_dir: Path, data_files: dict[str, Path], templates: dic
     recover_folder(final)
     for stale in run_dir.glob(f".{FILES_DIR}.staging-*"):  # a killed run's (the run folder is locked)
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{FILES_DIR}.staging-", dir=run_dir))
-    try:
+    with staged_folder(final) as staging:
         for named, source in data_files.items():
             copy_entry(source, staging / STORED_DIR / names[named])
         for named, text in templates.items():
@@ -89,9 +87,6 @@ def keep_recipe_files(run_dir: Path, data_files: dict[str, Path], templates: dic
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         (staging / NAMES_FILE).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
-        replace_folder(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already once swapped in
 
 
 def read_names(run_dir: Path) -> dict[str, str]:
@@ -107,11 +102,12 @@ def kept_path(run_dir: Path, stored: str) -> Path:
     return run_dir / FILES_DIR / STORED_DIR / stored
 
 
-def kept_files(run_dir: Path) -> dict[str, Path]:
-    """Stored name -> the kept file or folder; a PublishInputError naming one that is gone (a push of
-    a recipe without a file it reads could not be rerun)."""
+def kept_files(run_dir: Path, names: dict[str, str]) -> dict[str, Path]:
+    """Stored name -> the kept file or folder, for the run's `names` (`read_names`); a
+    PublishInputError naming one that is gone (a push of a recipe without a file it reads could
+    not be rerun)."""
     found = {}
-    for named, stored in read_names(run_dir).items():
+    for named, stored in names.items():
         path = kept_path(run_dir, stored)
         if not path.exists():
             raise PublishInputError(

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.atomic import atomic_write_text
-from synthkd.curate.embeddings import encoder_modules
+from synthkd.curate.embeddings import EMBEDDED_ENCODER, encoder_modules, encoder_spec
 from synthkd.errors import MissingExtraError
 from synthkd.extras import check_installed, require
 from synthkd.messages import TEACHER_PROMPT
@@ -691,15 +691,16 @@ def write_report(
     out: str | Path | None = None,
     *,
     with_map: bool = False,
-    map_model: str = "embedded",
+    map_encoder: str = "transformer",
 ) -> Path:
-    """Write the report (default `<run dir>/report.html`) and return its path. With the map, raises
+    """Write the report (default `<run dir>/report.html`) and return its path; the map embeds with
+    the embedded MiniLM or its static encoder (`map_encoder`: transformer or static). With the map, raises
     `MissingExtraError` (exit 2) before reading the run if plotly or scikit-learn (the `report`
     extra) is missing; the basic report needs neither."""
     if with_map:  # the basic report is drawn in Python: a core install writes it too
         check_installed(("plotly", "sklearn"), "report", MAP_PURPOSE)
     run = open_run(run_dir)
-    page, _ = build_report(run, with_map=with_map, map_model=map_model)
+    page, _ = build_report(run, with_map=with_map, map_model=encoder_spec(EMBEDDED_ENCODER, map_encoder))
     path = Path(out) if out is not None else run.path / REPORT_FILE
     # Written beside and renamed into place: a full disk leaves the previous report whole.
     atomic_write_text(path, page, what="the report")

@@ -28,7 +28,7 @@ from synthkd.teachers.vllm_backend import check_vllm_params
 def _local_param_check(
     check: Callable[[dict[str, Any], Where], None],
 ) -> Callable[[TeacherConfig, Callable[[str], str]], None]:
-    """A local backend's param check, pointed at the first param it refuses."""
+    """A local backend's check of its params, called with the teacher's config as the registry does."""
     return lambda config, where: check(config.params, where)
 
 
