@@ -255,8 +255,15 @@ def _print_hub_teachers(loaded: Any) -> None:
     seen = set()
     for use in recipe_teachers(loaded.recipe):
         config = use.config
+        spec = backend_spec(config.backend)
+        # A provider chosen by the model's name (litellm's anthropic/...) is named, never taken
+        # for this machine: only a local backend keeps the prompts here.
         endpoint = (
-            redact_url(config.base_url) or backend_spec(config.backend).default_base_url or "this machine"
+            "this machine"
+            if spec.capabilities.local
+            else redact_url(config.base_url)
+            or spec.default_base_url
+            or spec.describe_provider(config.model, None)
         )
         key = f"${config.api_key_env}" if config.api_key_env else "no key"
         line = f"{config.backend} {config.model} -> {endpoint} (key: {key})"

@@ -371,6 +371,22 @@ def test_a_hub_recipe_reads_no_file_outside_its_repository(hub: FakeHub, capsys,
     assert "steps.0.path" in err and "may name only files in its own repository" in err
 
 
+def test_a_hub_recipe_on_litellm_names_its_provider(hub: FakeHub, tmp_path: Path, monkeypatch, capsys):
+    """litellm picks the endpoint from the model's name: the line names the provider, not this machine."""
+    teacher = {"backend": "litellm", "model": "anthropic/claude-x", "api_key_env": "ANTHROPIC_API_KEY"}
+    steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}]
+    recipe = {"name": "theirs", "teacher": teacher, "steps": steps}
+    hub.repos["datasets/me/r"] = {
+        "private": False,
+        "files": {"recipe.yaml": yaml.safe_dump(recipe).encode(), "seeds.jsonl": b'{"instruction": "hi"}\n'},
+    }
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "hf://datasets/me/r/recipe.yaml", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "litellm anthropic/claude-x -> anthropic (through litellm) (key: $ANTHROPIC_API_KEY)" in out
+
+
 def test_a_hub_run_says_where_its_teachers_send(hub: FakeHub, tmp_path: Path, monkeypatch, capsys):
     steps = [{"step": "load", "path": "seeds.jsonl"}, {"step": "label"}]
     put_hub_recipe(
