@@ -5,6 +5,7 @@ on the same command again, run only the shards it had not finished."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -344,16 +345,43 @@ def test_ctrl_c_stops_a_ray_run_promptly(tmp_path, server):
     """Interrupted, the driver stops taking shards, stops the cluster it started and exits 130."""
     path = recipe(tmp_path, server)
     command = [sys.executable, "-m", "synthkd.cli", "run", str(path), "--output", "stopped"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(shard_folder_root().glob("*/*.json")):
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGINT)
-    clock = time.monotonic()
-    _, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130, err
-    assert time.monotonic() - clock < 30
-    assert "Traceback" not in err and "interrupted" in err
+    # A process group of its own: the local cluster the driver starts is in it, so whatever the
+    # test's outcome, nothing is left running to slow the tests after it.
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None and not _shards_written():
+            time.sleep(0.05)
+        assert _shards_written(), "the run wrote no shard: nothing was in progress to interrupt"
+        driver.send_signal(signal.SIGINT)
+        clock = time.monotonic()
+        _, err = driver.communicate(timeout=120)
+        stopped_after = time.monotonic() - clock
+        assert driver.returncode == 130, err
+        assert stopped_after < 30, f"took {stopped_after:.0f} s to stop"
+        assert "Traceback" not in err and "interrupted" in err, err
+        assert _session_ends(driver.pid, within_s=60), "the cluster the driver started still runs"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+def _shards_written() -> bool:
+    return any(shard_folder_root().glob("*/*.json"))
+
+
+def _session_ends(session: int, within_s: float) -> bool:
+    """Whether every process of `session` is gone (or a zombie) within `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        states = subprocess.run(["ps", "-o", "stat=", "-s", str(session)], capture_output=True, text=True)
+        if all(state.startswith("Z") for state in states.stdout.split()):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, server, capsys):

@@ -142,6 +142,10 @@ class RayEngine:
         if self._connected:
             import ray
 
+            if self._stop.is_set():
+                # The thread still waiting on Ray Data fails once Ray is gone, and Ray Data logs
+                # that as an internal error with its stack trace: not news to a user who stopped it.
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL + 1)
             ray.shutdown()
             self._connected = False
 
