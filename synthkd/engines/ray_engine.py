@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -37,10 +38,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from synthkd.atomic import atomic_write_text
 from synthkd.curate.embeddings import Encoder
@@ -54,6 +55,8 @@ from synthkd.steps.base import Failure, Progress, Row, Step
 from synthkd.teachers.http_errors import is_transient_reason
 from synthkd.teachers.registry import capabilities_of
 from synthkd.version import __version__
+
+T = TypeVar("T")
 
 # How often Ray restarts an actor that died (and retries its shard) before the run stops.
 ACTOR_RESTARTS = 3
@@ -83,7 +86,7 @@ class RayEngine:
         self._connect()  # in this thread: ray.init installs signal handlers
         self._stop.clear()
         try:
-            return await asyncio.to_thread(self._run_steps, run, start, stop, rows)
+            return await _in_daemon_thread(self._run_steps, run, start, stop, rows)
         except asyncio.CancelledError:  # Ctrl-C: the thread stops taking results; close() stops Ray
             self._stop.set()
             raise
@@ -557,6 +560,30 @@ def _our_error(exc: BaseException) -> BaseException:
         f"{type(exc).__name__}: {first_line}. Answers received are cached and finished shards kept: "
         "the same command goes on from there"
     )
+
+
+async def _in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, in a daemon thread of its own. asyncio.run, ending, joins the threads of
+    its default executor, and after a Ctrl-C the one reading Ray Data's iterator may never return
+    (Ray is shut down under it): the driver hung there. A daemon thread is not waited for."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[Any], None], value: Any) -> None:
+        if not future.done():  # cancelled meanwhile: nobody waits for it
+            outcome(value)
+
+    def work() -> None:
+        try:
+            value, outcome = context.run(function, *args), future.set_result
+        except BaseException as exc:  # handed to the awaiting task, as to_thread does
+            value, outcome = exc, future.set_exception
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run ended without it
+            loop.call_soon_threadsafe(settle, outcome, value)
+
+    threading.Thread(target=work, name="synthkd-ray-steps", daemon=True).start()
+    return await future
 
 
 def _check_reachable(address: str | None) -> None:
