@@ -345,8 +345,8 @@ def test_ctrl_c_stops_a_ray_run_promptly(tmp_path, server):
     """Interrupted, the driver stops taking shards, stops the cluster it started and exits 130."""
     path = recipe(tmp_path, server)
     command = [sys.executable, "-m", "synthkd.cli", "run", str(path), "--output", "stopped"]
-    # A process group of its own: the local cluster the driver starts is in it, so whatever the
-    # test's outcome, nothing is left running to slow the tests after it.
+    # A session (and process group) of its own: the local cluster the driver starts is in it, so
+    # whatever the test's outcome, nothing is left running to slow the tests after it.
     driver = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
